@@ -1,0 +1,30 @@
+# Every target sets up .venv with pip when it is missing (torch comes from this machine's disk copy).
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test bench lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/rtdecode demo
+
+test: $(STAMP)
+	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	mkdir -p benchmarks/results
+	$(BIN)/rtdecode bench preprocess --json | tee benchmarks/results/preprocess.json
+	$(BIN)/rtdecode bench endurance --json | tee benchmarks/results/endurance.json
+
+lint: $(STAMP)
+	$(BIN)/ruff check rtdecode calibration gui models tests benchmarks
+
+clean:
+	rm -rf $(VENV) demo-output .pytest_cache

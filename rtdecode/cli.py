@@ -1,0 +1,123 @@
+"""The ``rtdecode`` command."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from rtdecode.errors import RtdecodeError
+
+
+def _shape(text: str) -> tuple[int, int, int]:
+    parts = tuple(int(p) for p in text.lower().split("x"))
+    if len(parts) != 3:
+        raise argparse.ArgumentTypeError(f"shape must look like 100x100x52, got {text!r}")
+    return parts  # type: ignore[return-value]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rtdecode", description="Real-time fMRI-to-image decoding at the scanner.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="watch the scanner folder and preprocess every volume of a session")
+    p.add_argument("--config", required=True, type=Path, help="session configuration (TOML)")
+    p.add_argument("--idle-timeout", type=float, default=None, help="stop after this many seconds without a new file")
+    p.add_argument("--quiet", action="store_true", help="no per-volume summary line")
+
+    p = sub.add_parser("config", help="write a configuration template, or check a configuration file")
+    p.add_argument("action", choices=["template", "check"])
+    p.add_argument("path", nargs="?", type=Path, help="file to check (check) or write (template; default: stdout)")
+
+    p = sub.add_parser("simulate", help="write a simulated scanner run into a folder at TR pace")
+    p.add_argument("--out", required=True, type=Path, help="folder to write into (the watch folder)")
+    p.add_argument("--volumes", type=int, default=40)
+    p.add_argument("--shape", type=_shape, default=(64, 64, 36), help="voxels, e.g. 100x100x52")
+    p.add_argument("--voxel-mm", type=float, default=3.0)
+    p.add_argument("--tr", type=float, default=1.5)
+    p.add_argument("--speedup", type=float, default=1.0, help="write N times faster than real time")
+    p.add_argument("--format", choices=["mosaic", "enhanced", "nifti"], default="mosaic")
+    p.add_argument("--series", type=int, default=1)
+    p.add_argument("--pattern", default=None, help="file-name pattern (default: Siemens real-time export)")
+    p.add_argument("--max-mm", type=float, default=1.5)
+    p.add_argument("--max-deg", type=float, default=1.5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--truth", type=Path, default=None, help="folder for the ground-truth motion table")
+
+    p = sub.add_parser("bench", help="benchmark a stage; prints a table, or JSON with --json")
+    p.add_argument("stage", help="preprocess | endurance")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--volumes", type=int, default=None)
+    p.add_argument("--shape", type=_shape, default=None)
+    p.add_argument("--voxels", dest="n_voxels", type=int, default=None)
+
+    p = sub.add_parser("demo", help="a simulated run through the scanner side, with a live summary")
+    p.add_argument("--out", type=Path, default=Path("demo-output"))
+    p.add_argument("--volumes", type=int, default=60)
+    p.add_argument("--speedup", type=float, default=4.0)
+    p.add_argument("--shape", type=_shape, default=(64, 64, 36))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        return _dispatch(args)
+    except RtdecodeError as exc:
+        print(f"rtdecode: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "config":
+        from rtdecode.config import SessionConfig, config_to_toml, load_config
+
+        if args.action == "template":
+            text = config_to_toml(SessionConfig())
+            if args.path:
+                args.path.write_text(text)
+            else:
+                print(text)
+            return 0
+        if args.path is None:
+            raise SystemExit("rtdecode config check: give the configuration file to check")
+        load_config(args.path)
+        print(f"{args.path}: ok")
+        return 0
+    if args.command == "run":
+        from rtdecode.config import load_config
+        from rtdecode.live import run_scanner_side
+
+        run_scanner_side(load_config(args.config), idle_timeout=args.idle_timeout, quiet=args.quiet)
+        return 0
+    if args.command == "simulate":
+        from rtdecode.simulator.scanner import simulate_run, write_run
+
+        pattern = args.pattern or ("{run:03d}_{volume:06d}.nii" if args.format == "nifti" else "001_{run:06d}_{volume:06d}.dcm")
+        run = simulate_run(args.volumes, shape=args.shape, voxel_mm=args.voxel_mm, max_mm=args.max_mm,
+                           max_deg=args.max_deg, seed=args.seed)
+        paths = write_run(run, args.out, pattern=pattern, series=args.series, fmt=args.format, tr_s=args.tr,
+                          speedup=args.speedup, truth_dir=args.truth)
+        print(f"wrote {len(paths)} volumes to {args.out}")
+        return 0
+    if args.command == "bench":
+        from rtdecode.bench import run_stage
+
+        run_stage(args.stage, as_json=args.json, volumes=args.volumes, shape=args.shape, n_voxels=args.n_voxels)
+        return 0
+    if args.command == "demo":
+        from rtdecode.demo import run_demo
+
+        run_demo(args.out, volumes=args.volumes, speedup=args.speedup, shape=args.shape)
+        return 0
+    raise AssertionError(args.command)  # pragma: no cover
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,238 @@
+"""Session configuration: one TOML file with every setting a run needs, validated up front.
+
+An unknown key, a missing file or a bad value raises one :class:`ConfigError` that names the key
+(``scanner.tr_s``), what was expected and what was given. Relative paths are resolved against the
+folder of the configuration file, so a session folder can be moved as a whole.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+from rtdecode.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+@dataclass
+class SessionSection:
+    """Where the session folder goes and who it is for (BIDS labels: letters and digits only)."""
+
+    root: Path = Path("sessions")
+    subject: str = "01"
+    session: str = "01"
+    task: str = "rt"
+
+
+@dataclass
+class ScannerSection:
+    """How volumes arrive from the scanner."""
+
+    watch_dir: Path = Path("incoming")
+    # Placeholders: {run} (series number) and {volume} (0-based index), with optional :06d widths.
+    pattern: str = "001_{run:06d}_{volume:06d}.dcm"
+    format: Literal["auto", "dicom", "nifti"] = "auto"
+    mode: Literal["events", "polling"] = "events"
+    poll_interval_s: float = 0.1
+    tr_s: float = 1.5
+    volumes_per_run: int = 192
+    settle_s: float = 0.02
+    partial_timeout_s: float = 2.0
+    missing_timeout_s: float = 3.0
+    quarantine_dir: Path | None = None
+
+
+@dataclass
+class PreprocessSection:
+    """Motion correction, registration and masking."""
+
+    reference_volume: int = 0
+    session_reference: Path | None = None
+    mask: Path | None = None
+    mask_threshold: float = 0.3
+    fd_threshold_mm: float = 0.5
+    max_iterations: int = 12
+    sample_stride: int = 2
+    save_resampled: bool = False
+
+
+@dataclass
+class NetworkSection:
+    """ZeroMQ addresses. Bind to 127.0.0.1 unless scanner side and decoder are different hosts."""
+
+    host: str = "127.0.0.1"
+    events_port: int = 5555
+    betas_port: int = 5556
+    results_port: int = 5557
+
+
+@dataclass
+class ModelsSection:
+    """Calibrated model folder for the decoder (not needed by the scanner side)."""
+
+    folder: Path | None = None
+
+
+@dataclass
+class SessionConfig:
+    """Every setting one session needs."""
+
+    session: SessionSection = field(default_factory=SessionSection)
+    scanner: ScannerSection = field(default_factory=ScannerSection)
+    preprocess: PreprocessSection = field(default_factory=PreprocessSection)
+    network: NetworkSection = field(default_factory=NetworkSection)
+    models: ModelsSection = field(default_factory=ModelsSection)
+
+    @property
+    def session_dir(self) -> Path:
+        return self.session.root / f"sub-{self.session.subject}" / f"ses-{self.session.session}"
+
+
+_LABEL = re.compile(r"^[A-Za-z0-9]+$")
+_POSITIVE = {
+    "scanner.poll_interval_s", "scanner.tr_s", "scanner.volumes_per_run", "scanner.partial_timeout_s",
+    "scanner.missing_timeout_s", "preprocess.fd_threshold_mm", "preprocess.max_iterations",
+    "preprocess.sample_stride",
+}
+_PORTS = {"network.events_port", "network.betas_port", "network.results_port"}
+_MUST_EXIST = {"preprocess.session_reference", "preprocess.mask", "models.folder"}
+
+
+def load_config(path: str | Path) -> SessionConfig:
+    """Read and validate a session configuration file."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: configuration file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    return config_from_dict(raw, base_dir=path.parent, source=str(path))
+
+
+def config_from_dict(raw: dict[str, Any], base_dir: Path = Path("."), source: str = "config") -> SessionConfig:
+    """Build a validated :class:`SessionConfig` from nested dicts (as TOML gives them)."""
+    cfg = SessionConfig()
+    hints = get_type_hints(SessionConfig)
+    for section_name, section_raw in raw.items():
+        if section_name not in hints:
+            raise ConfigError(
+                f"{source}: unknown section [{section_name}]; expected one of {sorted(hints)}"
+            )
+        if not isinstance(section_raw, dict):
+            raise ConfigError(f"{source}: [{section_name}] must be a table, got {section_raw!r}")
+        section = getattr(cfg, section_name)
+        section_hints = get_type_hints(type(section))
+        for key, value in section_raw.items():
+            dotted = f"{section_name}.{key}"
+            if key not in section_hints:
+                raise ConfigError(
+                    f"{source}: unknown key {dotted}; expected one of {sorted(section_hints)}"
+                )
+            setattr(section, key, _coerce(dotted, section_hints[key], value, base_dir, source))
+    _validate(cfg, source)
+    return cfg
+
+
+def _coerce(dotted: str, hint: Any, value: Any, base_dir: Path, source: str) -> Any:
+    origin, args = get_origin(hint), get_args(hint)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{source}: {dotted} must be one of {list(args)}, got {value!r}")
+        return value
+    optional = type(None) in args
+    if optional:
+        (hint,) = [a for a in args if a is not type(None)]
+        if value == "":
+            return None
+    if hint is Path:
+        if not isinstance(value, str):
+            raise ConfigError(f"{source}: {dotted} must be a path string, got {value!r}")
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else (base_dir / p)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{source}: {dotted} must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{source}: {dotted} must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{source}: {dotted} must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{source}: {dotted} must be a string, got {value!r}")
+        return value
+    raise ConfigError(f"{source}: {dotted} has unsupported type {hint}")  # pragma: no cover
+
+
+def _validate(cfg: SessionConfig, source: str) -> None:
+    for name in ("subject", "session", "task"):
+        value = getattr(cfg.session, name)
+        if not _LABEL.match(value):
+            raise ConfigError(f"{source}: session.{name} must be letters and digits only, got {value!r}")
+    for dotted in _POSITIVE:
+        value = _get(cfg, dotted)
+        if value <= 0:
+            raise ConfigError(f"{source}: {dotted} must be positive, got {value!r}")
+    for dotted in _PORTS:
+        value = _get(cfg, dotted)
+        if not 0 <= value <= 65535:
+            raise ConfigError(f"{source}: {dotted} must be a TCP port (0-65535; 0 = any free port), got {value!r}")
+    for dotted in _MUST_EXIST:
+        value = _get(cfg, dotted)
+        if value is not None and not Path(value).exists():
+            raise ConfigError(f"{source}: {dotted} names a file that does not exist: {value}")
+    if cfg.preprocess.reference_volume < 0:
+        raise ConfigError(
+            f"{source}: preprocess.reference_volume must be >= 0, got {cfg.preprocess.reference_volume}"
+        )
+    if not 0 < cfg.preprocess.mask_threshold < 1:
+        raise ConfigError(
+            f"{source}: preprocess.mask_threshold must be between 0 and 1, got {cfg.preprocess.mask_threshold}"
+        )
+    from rtdecode.ingest.naming import compile_pattern
+
+    try:
+        compile_pattern(cfg.scanner.pattern)
+    except ValueError as exc:
+        raise ConfigError(f"{source}: scanner.pattern: {exc}") from None
+
+
+def _get(cfg: SessionConfig, dotted: str) -> Any:
+    section, key = dotted.split(".")
+    return getattr(getattr(cfg, section), key)
+
+
+def config_to_toml(cfg: SessionConfig) -> str:
+    """Write a configuration back as TOML (for templates and the copy kept in the session folder)."""
+    lines: list[str] = []
+    for f in dataclasses.fields(cfg):
+        lines.append(f"[{f.name}]")
+        section = getattr(cfg, f.name)
+        for sf in dataclasses.fields(section):
+            value = getattr(section, sf.name)
+            lines.append(f"{sf.name} = {_toml_value(value)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _toml_value(value: Any) -> str:
+    if value is None:
+        return '""'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'

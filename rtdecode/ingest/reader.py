@@ -1,0 +1,225 @@
+"""Read one scanner file (one volume) into a :class:`Volume` with a RAS voxel-to-world affine.
+
+DICOM is read in process with pydicom (Siemens mosaic and enhanced multi-frame); NIfTI with nibabel.
+Affines follow nibabel's convention for DICOM (array axis 0 runs down the image rows) converted from
+DICOM's LPS patient space to the RAS space of NIfTI, so a mask drawn on a NIfTI image applies as is.
+
+Only an allow-list of acquisition fields is kept in :attr:`Volume.meta`: patient-identifying fields
+never leave this module.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rtdecode.errors import IngestError, PartialFileError
+
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+# Acquisition fields safe to keep and pass on: geometry and timing only, nothing about the person.
+SAFE_FIELDS = (
+    "SeriesNumber", "AcquisitionNumber", "InstanceNumber", "AcquisitionTime", "RepetitionTime",
+    "EchoTime", "FlipAngle", "Manufacturer", "ManufacturerModelName", "SoftwareVersions",
+    "MagneticFieldStrength", "SeriesInstanceUID",
+)
+
+
+@dataclass
+class Volume:
+    """One 3-D volume as the scanner wrote it.
+
+    Attributes:
+        data: float32 array (i, j, k) in nibabel's DICOM axis order.
+        affine: 4x4 voxel-to-world (RAS, mm).
+        series: series identity (SeriesInstanceUID or number) used to tell runs apart.
+        meta: allow-listed acquisition fields (no patient data).
+        source: the file it came from.
+    """
+
+    data: np.ndarray
+    affine: np.ndarray
+    series: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+    source: str = ""
+
+
+def read_volume(path: str | Path, fmt: str = "auto") -> Volume:
+    """Read a DICOM or NIfTI file holding one volume.
+
+    Raises:
+        PartialFileError: the file is shorter than its header announces (possibly still being written).
+        IngestError: anything else that makes the file unusable (not 3-D, NaNs, unknown layout).
+    """
+    path = Path(path)
+    if fmt == "auto":
+        fmt = "nifti" if path.name.endswith((".nii", ".nii.gz")) else "dicom"
+    vol = read_nifti(path) if fmt == "nifti" else read_dicom(path)
+    if not np.all(np.isfinite(vol.data)):
+        raise IngestError(path, f"{int(np.size(vol.data) - np.isfinite(vol.data).sum())} voxels are NaN or infinite")
+    return vol
+
+
+def read_nifti(path: Path) -> Volume:
+    import nibabel as nib
+
+    try:
+        img = nib.load(str(path))
+        data = np.asarray(img.dataobj, dtype=np.float32)
+    except FileNotFoundError:
+        raise
+    except (EOFError, OSError, ValueError) as exc:
+        # nibabel reports a short data block as EOF or a bad reshape: a half-written file.
+        raise PartialFileError(path, f"NIfTI data is incomplete or unreadable ({exc})") from None
+    except Exception as exc:  # nibabel raises several ImageFileError subclasses
+        raise IngestError(path, f"not a readable NIfTI file ({exc})") from None
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise IngestError(path, f"expected one 3-D volume, got an array of shape {data.shape}")
+    return Volume(data=data, affine=np.asarray(img.affine, dtype=np.float64), series="", source=str(path))
+
+
+def read_dicom(path: Path) -> Volume:
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        ds = pydicom.dcmread(str(path))
+    except InvalidDicomError as exc:
+        if path.stat().st_size < 132:  # preamble and 'DICM' not even written yet
+            raise PartialFileError(path, f"only {path.stat().st_size} bytes so far; not yet a DICOM file") from None
+        raise IngestError(path, f"not a DICOM file ({exc})") from None
+    except (EOFError, OSError, ValueError, KeyError, TypeError) as exc:
+        raise PartialFileError(path, f"DICOM header is incomplete ({type(exc).__name__}: {exc})") from None
+    if "PixelData" not in ds:
+        raise PartialFileError(path, "DICOM has no pixel data (file cut before it)")
+    if "PerFrameFunctionalGroupsSequence" in ds:
+        data, affine = _enhanced(ds, path)
+    else:
+        data, affine = _classic(ds, path)
+    meta = {k: _plain(ds.get(k)) for k in SAFE_FIELDS if k in ds}
+    series = str(ds.get("SeriesInstanceUID") or ds.get("SeriesNumber") or "")
+    return Volume(data=data, affine=affine, series=series, meta=meta, source=str(path))
+
+
+def _pixels(ds: Any, path: Path, n_frames: int) -> np.ndarray:
+    rows, cols, bits = int(ds.Rows), int(ds.Columns), int(ds.BitsAllocated)
+    expected = rows * cols * n_frames * bits // 8
+    got = len(ds.PixelData)
+    if got < expected:
+        raise PartialFileError(path, f"pixel data holds {got} bytes, header announces {expected} ({rows}x{cols}x{n_frames}, {bits}-bit)")
+    if bits not in (8, 16, 32):
+        raise IngestError(path, f"BitsAllocated must be 8, 16 or 32, got {bits}")
+    signed = int(getattr(ds, "PixelRepresentation", 0)) == 1
+    dtype = np.dtype(f"{'<i' if signed else '<u'}{bits // 8}")
+    arr = np.frombuffer(ds.PixelData, dtype=dtype, count=rows * cols * n_frames)
+    arr = arr.reshape(n_frames, rows, cols).astype(np.float32)
+    slope = float(getattr(ds, "RescaleSlope", 1.0) or 1.0)
+    intercept = float(getattr(ds, "RescaleIntercept", 0.0) or 0.0)
+    if slope != 1.0 or intercept != 0.0:
+        arr = arr * slope + intercept
+    return arr
+
+
+def _orientation(iop: Any, path: Path) -> np.ndarray:
+    if iop is None or len(iop) != 6:
+        raise IngestError(path, f"ImageOrientationPatient must hold 6 numbers, got {iop!r}")
+    return np.array([float(v) for v in iop]).reshape(2, 3).T  # columns: row cosine, column cosine
+
+
+def _affine(iop: np.ndarray, spacing: tuple[float, float, float], normal: np.ndarray, ipp: np.ndarray) -> np.ndarray:
+    rot = np.column_stack([iop[:, 1], iop[:, 0], normal])  # axis 0 moves down the rows
+    aff = np.eye(4)
+    aff[:3, :3] = rot * np.asarray(spacing)
+    aff[:3, 3] = ipp
+    return LPS_TO_RAS @ aff
+
+
+def _classic(ds: Any, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    image_type = [str(t).upper() for t in ds.get("ImageType", [])]
+    iop = _orientation(ds.get("ImageOrientationPatient"), path)
+    ipp = np.array([float(v) for v in ds.get("ImagePositionPatient", [0, 0, 0])])
+    pix = [float(v) for v in ds.get("PixelSpacing", [1, 1])]
+    slice_spacing = float(ds.get("SpacingBetweenSlices") or ds.get("SliceThickness") or 1.0)
+    frame = _pixels(ds, path, 1)[0]
+    if "MOSAIC" not in image_type:
+        normal = np.cross(iop[:, 1], iop[:, 0])  # nibabel: column cosine x row cosine
+        return frame[:, :, None], _affine(iop, (pix[0], pix[1], slice_spacing), normal, ipp)
+    n_slices, normal = _mosaic_csa(ds, path)
+    if normal is None:
+        normal = np.cross(iop[:, 1], iop[:, 0])  # nibabel: column cosine x row cosine
+    tiles = math.ceil(math.sqrt(n_slices))
+    rows, cols = frame.shape
+    if rows % tiles or cols % tiles:
+        raise IngestError(path, f"mosaic of {rows}x{cols} pixels cannot hold {tiles}x{tiles} tiles")
+    tr, tc = rows // tiles, cols // tiles
+    data = frame.reshape(tiles, tr, tiles, tc).transpose(1, 3, 0, 2).reshape(tr, tc, tiles * tiles)
+    data = np.ascontiguousarray(data[:, :, :n_slices])
+    # The mosaic's position is the corner of the whole mosaic; move it to the corner of one tile.
+    q = np.column_stack([iop[:, 1], iop[:, 0]]) * np.asarray(pix)
+    ipp = ipp + q @ (np.array([rows - tr, cols - tc]) / 2.0)
+    return data, _affine(iop, (pix[0], pix[1], slice_spacing), normal, ipp)
+
+
+def _mosaic_csa(ds: Any, path: Path) -> tuple[int, np.ndarray | None]:
+    from nibabel.nicom import csareader
+
+    n, normal = None, None
+    elem = ds.get((0x0029, 0x1010))
+    if elem is not None:
+        try:
+            csa = csareader.read(elem.value)
+            n = csareader.get_n_mosaic(csa)
+            sn = csareader.get_slice_normal(csa)
+            normal = None if sn is None else np.asarray(sn, dtype=float)
+        except Exception as exc:  # malformed CSA: fall back to the public tag below
+            raise IngestError(path, f"Siemens CSA image header unreadable ({exc})") from None
+    if n is None and (0x0019, 0x100A) in ds:
+        n = int(ds[0x0019, 0x100A].value)
+    if not n:
+        raise IngestError(path, "MOSAIC image without NumberOfImagesInMosaic (CSA header or (0019,100A))")
+    return int(n), normal
+
+
+def _enhanced(ds: Any, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    frames = ds.PerFrameFunctionalGroupsSequence
+    shared = ds.SharedFunctionalGroupsSequence[0] if "SharedFunctionalGroupsSequence" in ds else None
+
+    def group(item: Any, name: str) -> Any:
+        for src in (item, shared):
+            if src is not None and name in src:
+                return src[name].value[0]
+        raise IngestError(path, f"enhanced DICOM lacks {name} (per-frame or shared)")
+
+    iop = _orientation(group(frames[0], "PlaneOrientationSequence").ImageOrientationPatient, path)
+    measures = group(frames[0], "PixelMeasuresSequence")
+    pix = [float(v) for v in measures.PixelSpacing]
+    normal = np.cross(iop[:, 1], iop[:, 0])  # nibabel: column cosine x row cosine
+    ipps = np.array([[float(v) for v in group(f, "PlanePositionSequence").ImagePositionPatient] for f in frames])
+    pos = ipps @ normal
+    order = np.argsort(pos, kind="stable")
+    if len(order) > 1:
+        spacing = float(np.median(np.diff(pos[order])))
+        if spacing <= 0:
+            raise IngestError(path, "enhanced DICOM holds several frames at one slice position (more than one volume?)")
+    else:
+        spacing = float(getattr(measures, "SpacingBetweenSlices", None) or getattr(measures, "SliceThickness", 1.0))
+    pixels = _pixels(ds, path, len(frames))
+    data = np.ascontiguousarray(pixels[order].transpose(1, 2, 0))
+    return data, _affine(iop, (pix[0], pix[1], spacing), normal, ipps[order[0]])
+
+
+def _plain(value: Any) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, (int, float, str)):
+        return value
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return str(value)

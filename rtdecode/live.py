@@ -1,0 +1,60 @@
+"""Run the scanner side in the foreground with a one-line-per-volume summary for the operator."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from rtdecode.config import SessionConfig
+from rtdecode.scanner import ScannerSide, VolumeEvent
+from rtdecode.transport import Publisher
+
+
+class LiveSummary:
+    """Prints each volume's QA and keeps latency figures for the closing summary."""
+
+    def __init__(self, config: SessionConfig, quiet: bool = False) -> None:
+        self.config = config
+        self.quiet = quiet
+        self.latencies: list[float] = []
+        self.fd_alarms = 0
+
+    def __call__(self, ev: VolumeEvent) -> None:
+        self.latencies.append(ev.latency_ms)
+        alarm = ev.fd > self.config.preprocess.fd_threshold_mm
+        self.fd_alarms += alarm
+        if not self.quiet:
+            n = self.config.scanner.volumes_per_run
+            print(f"run {ev.run:02d} vol {ev.index + 1:4d}/{n}  FD {ev.fd:5.2f} mm{' !' if alarm else '  '}"
+                  f"  trans {ev.motion[0]:+5.2f} {ev.motion[1]:+5.2f} {ev.motion[2]:+5.2f} mm"
+                  f"  DVARS {ev.dvars:7.1f}  tSNR {ev.tsnr:6.1f}  latency {ev.latency_ms:6.1f} ms", flush=True)
+
+    def report(self, side: ScannerSide) -> str:
+        lat = np.asarray(self.latencies) if self.latencies else np.zeros(1)
+        lines = [
+            "",
+            f"processed {side.processed} volumes in {len(side.runs)} run(s); "
+            f"{len(side.folder.rejected())} file(s) set aside; {self.fd_alarms} FD alarm(s) "
+            f"(> {self.config.preprocess.fd_threshold_mm} mm)",
+            f"file closed -> masked vector: median {np.median(lat):.1f} ms, p99 {np.percentile(lat, 99):.1f} ms "
+            f"(TR {self.config.scanner.tr_s * 1000:.0f} ms)",
+            f"session folder: {side.folder.path}",
+        ]
+        return "\n".join(lines)
+
+
+def run_scanner_side(config: SessionConfig, idle_timeout: float | None = None, quiet: bool = False,
+                     until=None) -> ScannerSide:
+    """Watch, preprocess and publish until interrupted (or idle); print the summary at the end."""
+    address = f"tcp://{config.network.host}:{config.network.events_port}"
+    publisher = Publisher(address)
+    summary = LiveSummary(config, quiet=quiet)
+    side = ScannerSide(config, publisher=publisher, on_volume=summary)
+    print(f"watching {config.scanner.watch_dir} ({config.scanner.mode}); events on {publisher.address}", flush=True)
+    try:
+        side.run(until=until, idle_timeout=idle_timeout)
+    except KeyboardInterrupt:
+        side.stop()
+    finally:
+        publisher.close()
+    print(summary.report(side), flush=True)
+    return side

@@ -1,0 +1,1 @@
+"""In-process preprocessing: rigid motion correction, registration, resampling, masking and QA."""

@@ -1,0 +1,179 @@
+"""The session folder: a BIDS-like tree written as data arrives and read back by every later stage.
+
+    <root>/sub-XX/ses-YY/
+        config.toml                         the configuration the session ran with
+        runs.tsv                            run number <-> scanner series, start time
+        rejected.tsv                        every file set aside, with the reason
+        func/sub-XX_ses-YY_task-T_run-NN_bold/vol-000000.nii
+                                            each volume as received (no patient fields)
+        derivatives/rtdecode/func/
+            ..._run-NN_boldref.nii          the run's reference volume
+            ..._run-NN_desc-brain_mask.nii  the mask (on the grid it was defined on)
+            ..._run-NN_desc-confounds_timeseries.tsv
+                                            one row per volume: motion (mm, deg), FD, DVARS, tSNR,
+                                            timing; status 'ok' or 'missing'
+            ..._run-NN_desc-masked_bold.f32 masked vectors, float32 rows in volume order
+            ..._run-NN_desc-masked_bold.json  n_voxels and dtype of the rows
+
+Every append is flushed before the next volume is taken, so a crash loses at most the volume in
+hand; :meth:`RunStore.load` trims a half-written last row and the run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+CONFOUND_COLUMNS = (
+    "volume", "status", "trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z",
+    "framewise_displacement", "dvars", "tsnr", "t_file", "t_done", "latency_ms",
+)
+
+
+def _append_tsv(path: Path, columns: tuple[str, ...], row: dict) -> None:
+    new = not path.exists() or path.stat().st_size == 0
+    with open(path, "a", newline="") as fh:
+        if new:
+            fh.write("\t".join(columns) + "\n")
+        fh.write("\t".join(_fmt(row.get(c, "n/a")) for c in columns) + "\n")
+        fh.flush()
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        return "n/a" if np.isnan(value) else f"{value:.6g}"
+    return str(value).replace("\t", " ").replace("\n", " ")
+
+
+def read_tsv(path: Path) -> list[dict[str, str]]:
+    """Rows of a TSV written by this module; a final line cut by a crash is dropped."""
+    if not path.exists():
+        return []
+    text = path.read_text()
+    lines = text.split("\n")
+    if not text.endswith("\n"):
+        lines = lines[:-1]  # the last line was being written when the process died
+    lines = [ln for ln in lines if ln]
+    if not lines:
+        return []
+    return list(csv.DictReader(lines, delimiter="\t"))
+
+
+def _repair_tail(path: Path) -> None:
+    """Cut a last line that a crash left without its newline, so the next append starts clean."""
+    if not path.exists():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with open(path, "r+b") as fh:
+            fh.truncate(data.rfind(b"\n") + 1)
+
+
+@dataclass
+class SessionFolder:
+    """Paths of one subject's session."""
+
+    root: Path
+    subject: str
+    session: str
+    task: str = "rt"
+
+    @property
+    def path(self) -> Path:
+        return Path(self.root) / f"sub-{self.subject}" / f"ses-{self.session}"
+
+    @property
+    def derivatives(self) -> Path:
+        return self.path / "derivatives" / "rtdecode" / "func"
+
+    def prefix(self, run: int) -> str:
+        return f"sub-{self.subject}_ses-{self.session}_task-{self.task}_run-{run:02d}"
+
+    def create(self) -> SessionFolder:
+        (self.path / "func").mkdir(parents=True, exist_ok=True)
+        self.derivatives.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def runs(self) -> list[dict[str, str]]:
+        return read_tsv(self.path / "runs.tsv")
+
+    def add_run(self, run: int, series_key: int, series_uid: str) -> None:
+        _append_tsv(
+            self.path / "runs.tsv", ("run", "series", "series_uid", "started"),
+            {"run": run, "series": series_key, "series_uid": series_uid, "started": time.strftime("%Y-%m-%dT%H:%M:%S")},
+        )
+
+    def reject(self, file: str, reason: str) -> None:
+        _append_tsv(self.path / "rejected.tsv", ("time", "file", "reason"),
+                    {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "file": file, "reason": reason})
+
+    def rejected(self) -> list[dict[str, str]]:
+        return read_tsv(self.path / "rejected.tsv")
+
+    def run_store(self, run: int) -> RunStore:
+        return RunStore(self, run)
+
+
+class RunStore:
+    """Append-only storage of one run's volumes, vectors and confounds."""
+
+    def __init__(self, folder: SessionFolder, run: int) -> None:
+        self.folder = folder
+        self.run = run
+        p = folder.prefix(run)
+        self.raw_dir = folder.path / "func" / f"{p}_bold"
+        self.boldref = folder.derivatives / f"{p}_boldref.nii"
+        self.mask = folder.derivatives / f"{p}_desc-brain_mask.nii"
+        self.confounds = folder.derivatives / f"{p}_desc-confounds_timeseries.tsv"
+        self.vectors = folder.derivatives / f"{p}_desc-masked_bold.f32"
+        self.vectors_json = folder.derivatives / f"{p}_desc-masked_bold.json"
+        self.raw_dir.mkdir(parents=True, exist_ok=True)
+
+    def save_reference(self, data: np.ndarray, affine: np.ndarray, mask: np.ndarray, mask_affine: np.ndarray) -> None:
+        nib.save(nib.Nifti1Image(np.asarray(data, np.float32), affine), self.boldref)
+        nib.save(nib.Nifti1Image(mask.astype(np.uint8), mask_affine), self.mask)
+        self.vectors_json.write_text(json.dumps({"n_voxels": int(mask.sum()), "dtype": "<f4"}))
+
+    def save_volume(self, index: int, data: np.ndarray, affine: np.ndarray) -> None:
+        img = nib.Nifti1Image(np.asarray(data, np.float32), affine)
+        nib.save(img, self.raw_dir / f"vol-{index:06d}.nii")
+
+    def append(self, vector: np.ndarray, row: dict) -> None:
+        """Store one processed volume: vector first, then its confounds row (the commit point)."""
+        with open(self.vectors, "ab") as fh:
+            fh.write(np.ascontiguousarray(vector, dtype="<f4").tobytes())
+            fh.flush()
+        _append_tsv(self.confounds, CONFOUND_COLUMNS, {**row, "status": "ok"})
+
+    def append_missing(self, index: int) -> None:
+        _append_tsv(self.confounds, CONFOUND_COLUMNS, {"volume": index, "status": "missing"})
+
+    def load(self) -> tuple[list[dict[str, str]], np.ndarray]:
+        """Rows of the confounds table and the matching (n_ok, n_voxels) vectors; repairs a torn tail."""
+        _repair_tail(self.confounds)
+        rows = read_tsv(self.confounds)
+        if not self.vectors_json.exists():
+            return rows, np.zeros((0, 0), np.float32)
+        n_vox = json.loads(self.vectors_json.read_text())["n_voxels"]
+        n_ok = sum(r["status"] == "ok" for r in rows)
+        row_bytes = 4 * n_vox
+        if self.vectors.exists() and self.vectors.stat().st_size != n_ok * row_bytes:
+            # A vector written without its confounds row (crash between the two): drop it.
+            with open(self.vectors, "r+b") as fh:
+                fh.truncate(n_ok * row_bytes)
+                fh.flush()
+                os.fsync(fh.fileno())
+        vectors = np.fromfile(self.vectors, dtype="<f4").reshape(-1, n_vox) if self.vectors.exists() else np.zeros((0, n_vox), np.float32)
+        return rows, vectors
+
+    def load_reference(self) -> tuple[nib.Nifti1Image, nib.Nifti1Image] | None:
+        if not (self.boldref.exists() and self.mask.exists()):
+            return None
+        return nib.load(self.boldref), nib.load(self.mask)

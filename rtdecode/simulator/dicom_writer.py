@@ -1,0 +1,157 @@
+"""Write volumes as a Siemens real-time export does: classic mosaic or enhanced multi-frame DICOM.
+
+The header carries the fields a Siemens real-time export carries (compare a real file with
+``pydicom``), including a pseudonymous patient block, so code that reads these files reads a
+scanner's. Geometry follows nibabel's convention: ``affine`` is RAS, data axis 0 runs down rows.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.sequence import Sequence as DicomSequence
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from rtdecode.simulator.csa import encode_csa2
+
+RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+MR_IMAGE = "1.2.840.10008.5.1.4.1.1.4"
+ENHANCED_MR_IMAGE = "1.2.840.10008.5.1.4.1.1.4.1"
+PSEUDONYM = "SIM0001_pseudonym"
+
+
+def _geometry(affine: np.ndarray) -> tuple[list[float], list[float], float, np.ndarray, np.ndarray]:
+    lps = RAS_TO_LPS @ np.asarray(affine, float)
+    zooms = np.linalg.norm(lps[:3, :3], axis=0)
+    col_dir, row_dir, normal = (lps[:3, i] / zooms[i] for i in range(3))
+    iop = [*row_dir.tolist(), *col_dir.tolist()]
+    return iop, [float(zooms[0]), float(zooms[1])], float(zooms[2]), normal, lps[:3, 3]
+
+
+def _base(path: Path, sop_class: str, series_number: int, series_uid: str, instance: int, tr_s: float) -> FileDataset:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\x00" * 128)
+    now = time.localtime()
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
+    ds.StudyDate = ds.SeriesDate = ds.AcquisitionDate = ds.ContentDate = time.strftime("%Y%m%d", now)
+    ds.AcquisitionTime = ds.ContentTime = time.strftime("%H%M%S.000000", now)
+    ds.Modality, ds.Manufacturer, ds.ManufacturerModelName = "MR", "SIEMENS", "Skyra"
+    ds.SoftwareVersions = "syngo MR E11 (rtdecode simulator)"
+    ds.InstitutionName = "rtdecode simulated site"
+    ds.SeriesDescription = ds.ProtocolName = f"func_task-rt_run-{series_number:02d}"
+    ds.PatientName, ds.PatientID = PSEUDONYM, PSEUDONYM
+    ds.PatientBirthDate, ds.PatientSex, ds.PatientAge = "19900101", "O", "035Y"
+    ds.ScanningSequence, ds.SequenceVariant, ds.MRAcquisitionType = "EP", "SK", "2D"
+    ds.RepetitionTime, ds.EchoTime, ds.FlipAngle = f"{tr_s * 1000:g}", "30", "64"
+    ds.MagneticFieldStrength = "3"
+    ds.PatientPosition = "HFS"
+    ds.StudyInstanceUID = "1.2.826.0.1.3680043.8.498.1"
+    ds.SeriesInstanceUID = series_uid
+    ds.FrameOfReferenceUID = "1.2.826.0.1.3680043.8.498.2"
+    ds.StudyID, ds.SeriesNumber = "1", str(series_number)
+    ds.AcquisitionNumber = ds.InstanceNumber = str(instance)
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    return ds
+
+
+def series_uid_for(series_number: int, seed: int = 0) -> str:
+    return f"1.2.826.0.1.3680043.8.498.{seed}.{series_number}"
+
+
+def write_mosaic(path: str | Path, data: np.ndarray, affine: np.ndarray, series_number: int, instance: int,
+                 tr_s: float = 1.5, series_uid: str | None = None) -> None:
+    """Write one volume as a classic Siemens mosaic DICOM (uint16 pixels, CSA header)."""
+    path = Path(path)
+    rows, cols, n = data.shape
+    tiles = math.ceil(math.sqrt(n))
+    mosaic = np.zeros((tiles * rows, tiles * cols), np.uint16)
+    vals = np.clip(np.rint(data), 0, 4095).astype(np.uint16)
+    for s in range(n):
+        r, c = divmod(s, tiles)
+        mosaic[r * rows:(r + 1) * rows, c * cols:(c + 1) * cols] = vals[:, :, s]
+    iop, pix, dz, normal, ipp = _geometry(affine)
+    iop_m = np.array(iop).reshape(2, 3).T
+    q = np.column_stack([iop_m[:, 1], iop_m[:, 0]]) * np.asarray(pix)
+    mosaic_ipp = ipp - q @ (np.array([tiles * rows - rows, tiles * cols - cols]) / 2.0)
+    ds = _base(path, MR_IMAGE, series_number, series_uid or series_uid_for(series_number), instance, tr_s)
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "ND", "NORM", "MOSAIC"]
+    ds.SliceThickness = ds.SpacingBetweenSlices = f"{dz:g}"
+    ds.AcquisitionMatrix = [rows, 0, 0, cols]
+    ds.InPlanePhaseEncodingDirection = "COL"
+    ds.ImagePositionPatient = [f"{v:.6f}" for v in mosaic_ipp]
+    ds.ImageOrientationPatient = [f"{v:.6f}" for v in iop]
+    ds.SliceLocation = f"{float(ipp @ normal):.4f}"
+    ds.Rows, ds.Columns = mosaic.shape
+    ds.PixelSpacing = [f"{pix[0]:g}", f"{pix[1]:g}"]
+    slice_times = [(i * tr_s * 1000 / n) for i in range(n)]
+    csa = encode_csa2({
+        "NumberOfImagesInMosaic": ("US", [n]),
+        "SliceNormalVector": ("FD", [f"{v:.8f}" for v in normal]),
+        "AcquisitionMatrixText": ("SH", [f"{rows}p*{cols}"]),
+        "MosaicRefAcqTimes": ("FD", [f"{t:.4f}" for t in slice_times]),
+    })
+    block = ds.private_block(0x0029, "SIEMENS CSA HEADER", create=True)
+    block.add_new(0x08, "CS", "IMAGE NUM 4")
+    block.add_new(0x10, "OB", csa)
+    ds.PixelData = mosaic.tobytes()
+    ds.save_as(str(path), enforce_file_format=True)
+
+
+def write_enhanced(path: str | Path, data: np.ndarray, affine: np.ndarray, series_number: int, instance: int,
+                   tr_s: float = 1.5, series_uid: str | None = None) -> None:
+    """Write one volume as an enhanced multi-frame MR DICOM (the XA-series layout): one frame per slice."""
+    path = Path(path)
+    rows, cols, n = data.shape
+    iop, pix, dz, normal, ipp = _geometry(affine)
+    lps = RAS_TO_LPS @ np.asarray(affine, float)
+    ds = _base(path, ENHANCED_MR_IMAGE, series_number, series_uid or series_uid_for(series_number), instance, tr_s)
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "NONE"]
+    ds.Rows, ds.Columns, ds.NumberOfFrames = rows, cols, n
+    shared = pydicom.Dataset()
+    measures = pydicom.Dataset()
+    measures.PixelSpacing = [f"{pix[0]:g}", f"{pix[1]:g}"]
+    measures.SliceThickness = measures.SpacingBetweenSlices = f"{dz:g}"
+    orient = pydicom.Dataset()
+    orient.ImageOrientationPatient = [f"{v:.6f}" for v in iop]
+    shared.PixelMeasuresSequence = DicomSequence([measures])
+    shared.PlaneOrientationSequence = DicomSequence([orient])
+    ds.SharedFunctionalGroupsSequence = DicomSequence([shared])
+    dim_stack, dim_pos = pydicom.Dataset(), pydicom.Dataset()
+    dim_stack.DimensionIndexPointer = pydicom.tag.Tag("StackID")
+    dim_stack.FunctionalGroupPointer = pydicom.tag.Tag("FrameContentSequence")
+    dim_pos.DimensionIndexPointer = pydicom.tag.Tag("InStackPositionNumber")
+    dim_pos.FunctionalGroupPointer = pydicom.tag.Tag("FrameContentSequence")
+    ds.DimensionIndexSequence = DicomSequence([dim_stack, dim_pos])
+    frames = []
+    for s in range(n):
+        item = pydicom.Dataset()
+        content = pydicom.Dataset()
+        content.StackID = "1"
+        content.InStackPositionNumber = s + 1
+        content.DimensionIndexValues = [1, s + 1]
+        content.TemporalPositionIndex = 1
+        position = pydicom.Dataset()
+        position.ImagePositionPatient = [f"{v:.6f}" for v in lps[:3, :3] @ np.array([0, 0, s]) + ipp]
+        item.FrameContentSequence = DicomSequence([content])
+        item.PlanePositionSequence = DicomSequence([position])
+        frames.append(item)
+    ds.PerFrameFunctionalGroupsSequence = DicomSequence(frames)
+    vals = np.clip(np.rint(data), 0, 4095).astype(np.uint16)
+    ds.PixelData = np.ascontiguousarray(vals.transpose(2, 0, 1)).tobytes()
+    ds.save_as(str(path), enforce_file_format=True)
+
+
+def write_nifti(path: str | Path, data: np.ndarray, affine: np.ndarray) -> None:
+    import nibabel as nib
+
+    nib.save(nib.Nifti1Image(np.asarray(data, np.float32), affine), str(path))

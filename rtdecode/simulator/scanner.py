@@ -1,0 +1,99 @@
+"""A simulated scanner run: volumes with known head motion written into a folder at TR pace.
+
+This is the scanner-side load generator (and the demo's source of data). Ground truth (motion per
+volume) is saved outside the watch folder so that tests can check what the pipeline estimated.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from rtdecode.ingest.naming import format_name
+from rtdecode.simulator.dicom_writer import write_enhanced, write_mosaic, write_nifti
+from rtdecode.simulator.phantom import brain_volume
+
+WRITERS = {"mosaic": write_mosaic, "enhanced": write_enhanced}
+
+
+@dataclass
+class SimulatedRun:
+    """A run's volumes in memory, with the motion that produced them (mm, radians)."""
+
+    volumes: list[np.ndarray]
+    affine: np.ndarray
+    motion: np.ndarray  # (n, 6)
+
+
+def motion_trajectory(n: int, max_mm: float, max_deg: float, rng: np.random.Generator) -> np.ndarray:
+    """Slow drift plus occasional jerks, bounded by ``max_mm`` and ``max_deg``; volume 0 is still."""
+    steps = rng.normal(0, 1, (n, 6)) * np.r_[[max_mm / 20] * 3, [np.deg2rad(max_deg) / 20] * 3]
+    jerks = rng.random(n) < 0.03
+    steps[jerks] *= 6
+    path = np.cumsum(steps, axis=0)
+    path -= path[0]
+    limit = np.r_[[max_mm] * 3, [np.deg2rad(max_deg)] * 3]
+    return np.clip(path, -limit, limit)
+
+
+def simulate_run(n_volumes: int, shape: tuple[int, int, int] = (100, 100, 52), voxel_mm: float = 2.0,
+                 max_mm: float = 1.5, max_deg: float = 1.5, noise: float = 0.01, seed: int = 0) -> SimulatedRun:
+    """Volumes of a brain moving along a random trajectory, with thermal-like noise and slow drift."""
+    rng = np.random.default_rng(seed)
+    motion = motion_trajectory(n_volumes, max_mm, max_deg, rng)
+    volumes = []
+    affine = None
+    for t in range(n_volumes):
+        vol, affine = brain_volume(shape, voxel_mm, params=motion[t])
+        drift = 1.0 + 0.002 * np.sin(2 * np.pi * t / max(n_volumes, 2))
+        vol = vol * drift + rng.normal(0, noise * 1000, shape).astype(np.float32) + 20.0
+        volumes.append(np.clip(vol, 0, 4095).astype(np.float32))
+    return SimulatedRun(volumes, affine, motion)
+
+
+def write_run(run: SimulatedRun, folder: str | Path, pattern: str = "001_{run:06d}_{volume:06d}.dcm",
+              series: int = 1, fmt: str = "mosaic", tr_s: float = 1.5, speedup: float = 1.0,
+              chunked: bool = False, truth_dir: str | Path | None = None) -> list[Path]:
+    """Write each volume as the scanner would, one per TR divided by ``speedup``; return the paths."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if truth_dir is not None:
+        save_truth(run, Path(truth_dir) / f"series-{series:03d}_motion_truth.tsv")
+    paths = []
+    start = time.monotonic()
+    for t, vol in enumerate(run.volumes):
+        name = format_name(pattern, series, t)
+        target = folder / name
+        tmp = folder.parent / f".{folder.name}.{name}.tmp" if chunked else target
+        if fmt == "nifti":
+            write_nifti(tmp, vol, run.affine)
+        else:
+            WRITERS[fmt](tmp, vol, run.affine, series_number=series, instance=t + 1, tr_s=tr_s)
+        if chunked:
+            write_in_chunks(tmp.read_bytes(), target, pause_s=0.02)
+            tmp.unlink()
+        paths.append(target)
+        delay = start + (t + 1) * tr_s / speedup - time.monotonic()
+        if delay > 0 and t + 1 < len(run.volumes):
+            time.sleep(delay)
+    return paths
+
+
+def write_in_chunks(payload: bytes, target: Path, n_chunks: int = 4, pause_s: float = 0.02) -> None:
+    """Write ``payload`` to ``target`` in pieces, as a slow network share would deliver it."""
+    size = -(-len(payload) // n_chunks)
+    with open(target, "wb") as fh:
+        for i in range(0, len(payload), size):
+            fh.write(payload[i:i + size])
+            fh.flush()
+            time.sleep(pause_s)
+
+
+def save_truth(run: SimulatedRun, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = "trans_x\ttrans_y\ttrans_z\trot_x\trot_y\trot_z"
+    table = np.c_[run.motion[:, :3], np.rad2deg(run.motion[:, 3:])]
+    np.savetxt(path, table, delimiter="\t", header=header, comments="", fmt="%.6f")

@@ -77,7 +77,9 @@ class RunPreprocessor:
             session_rigid = RigidReference(session_reference.data, session_reference.affine, stride=sample_stride)
             self.registration = session_rigid.register(reference.data, reference.affine, max_iterations=30)
         if mask is None:
-            mask = Mask(intensity_mask(reference.data, mask_threshold), reference.affine)
+            # The mask lives on the grid that the registration starts from.
+            base = session_reference if session_reference is not None else reference
+            mask = Mask(intensity_mask(base.data, mask_threshold), base.affine)
         if mask.n_voxels == 0:
             raise IngestError("mask", "the mask selects no voxels")
         self.mask = mask

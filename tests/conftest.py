@@ -1,0 +1,73 @@
+"""Shared fixtures: seeded simulated runs with small, unequal shapes, and a scanner side in a thread."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rtdecode.config import SessionConfig, config_from_dict
+from rtdecode.scanner import ScannerSide, VolumeEvent
+from rtdecode.simulator.scanner import SimulatedRun, simulate_run
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+SKYRA_RUN = SHARED / "data" / "siemens-skyra-mosaic-run"
+SMALL_SHAPE = (26, 30, 20)  # unequal sides so axis mix-ups fail
+
+
+@pytest.fixture(scope="session")
+def small_run() -> SimulatedRun:
+    return simulate_run(12, shape=SMALL_SHAPE, voxel_mm=6.0, max_mm=1.0, max_deg=1.0, seed=3)
+
+
+def make_config(tmp_path: Path, **sections) -> SessionConfig:
+    raw = {
+        "session": {"root": str(tmp_path / "sessions"), "subject": "01", "session": "01"},
+        "scanner": {"watch_dir": str(tmp_path / "watch"), "volumes_per_run": 12, "poll_interval_s": 0.05,
+                    "partial_timeout_s": 1.0, "missing_timeout_s": 2.0, "quarantine_dir": str(tmp_path / "rejected")},
+        "network": {"events_port": 0},
+    }
+    for name, values in sections.items():
+        raw.setdefault(name, {}).update(values)
+    (tmp_path / "watch").mkdir(exist_ok=True)
+    return config_from_dict(raw)
+
+
+class SideThread:
+    """A ScannerSide running in a background thread until ``n`` volumes are processed or time runs out."""
+
+    def __init__(self, config: SessionConfig, n: int, timeout: float = 60.0, publisher=None) -> None:
+        self.events: list[VolumeEvent] = []
+        self.side = ScannerSide(config, publisher=publisher, on_volume=self.events.append)
+        self.n = n
+        self.deadline = time.monotonic() + timeout
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        self.side.run(until=lambda s: s.processed >= self.n or time.monotonic() > self.deadline)
+
+    def __enter__(self) -> SideThread:
+        self.thread.start()
+        time.sleep(0.2)  # let the watcher's observer start before files land
+        return self
+
+    def wait(self, settle: float = 0.0) -> None:
+        self.thread.join(timeout=max(1.0, self.deadline - time.monotonic() + 5))
+        assert not self.thread.is_alive(), "scanner side did not stop in time"
+        time.sleep(settle)
+
+    def __exit__(self, *exc) -> None:
+        self.side.stop()
+        self.thread.join(timeout=10)
+
+    @property
+    def indices(self) -> list[tuple[int, int]]:
+        return [(e.run, e.index) for e in self.events]
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1234)

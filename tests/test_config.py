@@ -1,0 +1,53 @@
+from pathlib import Path
+
+import pytest
+
+from rtdecode.config import SessionConfig, config_to_toml, load_config
+from rtdecode.errors import ConfigError
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "session.toml"
+    path.write_text(text)
+    return path
+
+
+def test_template_round_trips(tmp_path):
+    path = _write(tmp_path, config_to_toml(SessionConfig()))
+    cfg = load_config(path)
+    assert cfg.scanner.tr_s == 1.5 and cfg.scanner.pattern == "001_{run:06d}_{volume:06d}.dcm"
+    assert cfg.scanner.watch_dir == tmp_path / "incoming"  # relative paths resolve beside the file
+
+
+def test_values_are_read_and_paths_resolved(tmp_path):
+    (tmp_path / "mask.nii").write_bytes(b"")
+    cfg = load_config(_write(tmp_path, '[scanner]\ntr_s = 2\nmode = "polling"\n[preprocess]\nmask = "mask.nii"\n'))
+    assert cfg.scanner.tr_s == 2.0 and cfg.scanner.mode == "polling"
+    assert cfg.preprocess.mask == tmp_path / "mask.nii"
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("[scanner]\ntr = 1.5\n", "unknown key scanner.tr;"),
+        ("[scaner]\n", "unknown section [scaner]"),
+        ("[scanner]\ntr_s = -1\n", "scanner.tr_s must be positive, got -1.0"),
+        ('[scanner]\ntr_s = "fast"\n', "scanner.tr_s must be a number, got 'fast'"),
+        ('[scanner]\nmode = "inotify"\n', "scanner.mode must be one of ['events', 'polling'], got 'inotify'"),
+        ('[preprocess]\nmask = "nowhere.nii"\n', "preprocess.mask names a file that does not exist"),
+        ('[scanner]\npattern = "vol.dcm"\n', "scanner.pattern: pattern must contain a {volume} placeholder"),
+        ("[network]\nevents_port = 70000\n", "network.events_port must be a TCP port"),
+        ('[session]\nsubject = "01/../x"\n', "session.subject must be letters and digits only"),
+        ("[scanner\n", "not valid TOML"),
+    ],
+)
+def test_bad_settings_give_one_clear_error(tmp_path, text, expected):
+    with pytest.raises(ConfigError) as info:
+        load_config(_write(tmp_path, text))
+    assert expected in str(info.value)
+    assert str(tmp_path / "session.toml") in str(info.value)
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="configuration file not found"):
+        load_config(tmp_path / "absent.toml")

@@ -7,7 +7,6 @@ registered in :data:`STAGES`; later issues add theirs (glm, decoder, wire, calib
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 import time
 from collections.abc import Callable

@@ -138,7 +138,7 @@ def decode(frames: Sequence[bytes | memoryview]) -> Message:
     fields = {k: v for k, v in header.items() if k not in ENVELOPE_FIELDS}
     _check_fields(mtype, fields)
     msg = Message(type=mtype, fields=fields, seq=int(header["seq"]), time=float(header["time"]))
-    for desc, frame in zip(descs, frames[2:]):
+    for desc, frame in zip(descs, frames[2:], strict=False):
         _decode_frame(mtype, desc, frame, msg)
     return msg
 

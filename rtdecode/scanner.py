@@ -293,7 +293,7 @@ class ScannerSide:
         run.store.save_volume(index, volume.data, volume.affine)
         row = {"volume": index, "framewise_displacement": out.fd, "dvars": out.dvars, "tsnr": out.tsnr,
                "t_file": f"{t_file:.3f}", "t_done": f"{t_done:.3f}", "latency_ms": latency_ms}
-        row.update(dict(zip(("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z"), motion.tolist())))
+        row.update(dict(zip(("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z"), motion.tolist(), strict=True)))
         run.store.append(out.vector, row)
         run.n_ok += 1
         self.processed += 1

@@ -14,7 +14,6 @@ import os
 import queue
 import re
 import threading
-import time
 from pathlib import Path
 
 log = logging.getLogger(__name__)

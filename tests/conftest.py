@@ -68,6 +68,19 @@ class SideThread:
         return [(e.run, e.index) for e in self.events]
 
 
+def drain(sub, seconds: float, n_volumes: int | None = None) -> list:
+    """Messages a subscriber receives within ``seconds`` (sooner once ``n_volumes`` volume events came)."""
+    got = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if n_volumes is not None and sum(m.type == "volume" for m in got) >= n_volumes:
+            break
+        msg = sub.recv(timeout_ms=100)
+        if msg is not None:
+            got.append(msg)
+    return got
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)

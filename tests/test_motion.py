@@ -1,11 +1,11 @@
 import numpy as np
 import pytest
 
+from rtdecode.ingest.reader import Volume
 from rtdecode.preprocess.motion import RigidReference
 from rtdecode.preprocess.pipeline import RunPreprocessor
 from rtdecode.preprocess.qa import RunningQA, framewise_displacement
 from rtdecode.preprocess.rigid import matrix_to_params, params_to_matrix
-from rtdecode.ingest.reader import Volume
 from rtdecode.simulator.phantom import brain_volume
 
 
@@ -64,7 +64,7 @@ def test_qa_measures(rng):
     assert fd == pytest.approx(0.3 + 50 * 0.01)
     qa = RunningQA(50)
     base = rng.normal(100, 1, 50)
-    for t in range(30):
+    for _t in range(30):
         dvars, tsnr = qa.update(base + rng.normal(0, 2, 50))
     assert 30 < tsnr < 70  # mean 100, temporal sd 2 -> about 50
     assert 1.5 < dvars < 4.5  # sqrt(2) * 2

@@ -7,12 +7,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from conftest import SideThread, make_config
 from rtdecode.ingest.naming import format_name
-from rtdecode.protocol import Message
 from rtdecode.session import SessionFolder
 from rtdecode.simulator.dicom_writer import write_mosaic
 from rtdecode.simulator.scanner import write_in_chunks
+
+from conftest import SideThread, drain, make_config
 
 PATTERN = "001_{run:06d}_{volume:06d}.dcm"
 
@@ -145,7 +145,6 @@ def test_events_published_on_the_wire(tmp_path, small_run):
     cfg = make_config(tmp_path)
     pub = Publisher("tcp://127.0.0.1:0")
     sub = Subscriber(pub.address)
-    got: list[Message] = []
     try:
         time.sleep(0.3)  # subscription in place before anything is published
         with SideThread(cfg, n=4, timeout=60, publisher=pub) as st:
@@ -153,11 +152,7 @@ def test_events_published_on_the_wire(tmp_path, small_run):
                 _put(cfg.scanner.watch_dir, format_name(PATTERN, 7, t), _dicom_bytes(tmp_path, small_run, t))
                 time.sleep(0.05)
             st.wait()
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and sum(m.type == "volume" for m in got) < 4:
-            msg = sub.recv(timeout_ms=100)
-            if msg is not None:
-                got.append(msg)
+        got = drain(sub, 5.0, n_volumes=4)
     finally:
         sub.close()
         pub.close()

@@ -1,0 +1,35 @@
+import json
+import subprocess
+import sys
+
+from rtdecode.cli import main
+
+
+def test_config_template_then_check(tmp_path, capsys):
+    path = tmp_path / "session.toml"
+    assert main(["config", "template", str(path)]) == 0
+    assert main(["config", "check", str(path)]) == 0
+    assert "ok" in capsys.readouterr().out
+    path.write_text(path.read_text().replace("tr_s = 1.5", "tr_s = 0"))
+    assert main(["config", "check", str(path)]) == 2
+    assert "scanner.tr_s must be positive, got 0.0" in capsys.readouterr().err
+
+
+def test_bench_preprocess_json_is_one_object():
+    out = subprocess.run(
+        [sys.executable, "-m", "rtdecode.cli", "bench", "preprocess", "--json", "--volumes", "3",
+         "--shape", "40x48x30", "--voxels", "500"],
+        capture_output=True, text=True, timeout=300, check=True,
+    )
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["stage"] == "preprocess" and result["n_voxels"] == 500 and result["volumes"] == 2
+    assert result["median_ms"] > 0 and result["p99_ms"] >= result["median_ms"]
+
+
+def test_short_demo_runs_end_to_end(tmp_path):
+    from rtdecode.demo import run_demo
+
+    result = run_demo(tmp_path / "demo", volumes=6, speedup=15, shape=(26, 30, 20), quiet=True)
+    assert result["processed"] == 6
+    assert result["messages_received"] >= 6
+    assert result["median_translation_error_mm"] < 0.5

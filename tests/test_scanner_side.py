@@ -175,3 +175,17 @@ def test_nifti_volumes_and_a_mask_file(tmp_path, small_run):
             time.sleep(0.05)
         st.wait()
     assert [e.vector.shape for e in st.events] == [(int(mask.sum()),)] * 3
+
+
+def test_unreadable_session_reference_or_mask_stops_before_the_run(tmp_path):
+    from rtdecode.errors import ConfigError
+    from rtdecode.scanner import ScannerSide
+
+    (tmp_path / "boldref.dcm").write_bytes(b"\x00" * 64)
+    cfg = make_config(tmp_path, preprocess={"session_reference": str(tmp_path / "boldref.dcm")})
+    with pytest.raises(ConfigError, match="preprocess.session_reference: cannot read .*boldref.dcm"):
+        ScannerSide(cfg)
+    (tmp_path / "mask.nii").write_bytes(b"garbage")
+    cfg = make_config(tmp_path, preprocess={"mask": str(tmp_path / "mask.nii")})
+    with pytest.raises(ConfigError, match="preprocess.mask: cannot read .*mask.nii as NIfTI"):
+        ScannerSide(cfg)

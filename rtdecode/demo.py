@@ -39,7 +39,6 @@ def run_demo(out: Path, volumes: int = 60, speedup: float = 4.0, shape: tuple[in
                               kwargs={"series": series, "speedup": speedup, "truth_dir": truth}, daemon=True)
     print(f"2. scanner writing one file per {1.5 / speedup:.2f} s (TR 1.5 s sped up {speedup:g}x) into {watch}", flush=True)
     received: list[str] = []
-    result: dict = {}
 
     def until(side) -> bool:
         if not writer.is_alive() and not writer.ident:

@@ -106,3 +106,5 @@ def test_file_name_patterns():
     assert format_name("001_{run:06d}_{volume:06d}.dcm", 13, 5) == "001_000013_000005.dcm"
     with pytest.raises(ValueError, match="volume"):
         compile_pattern("run{run}.dcm")
+    with pytest.raises(ValueError, match="unknown placeholder"):
+        compile_pattern("{subject}_{volume}.dcm")

@@ -31,10 +31,9 @@ def compile_pattern(pattern: str) -> re.Pattern[str]:
         out.append(f"(?P<{m.group(1)}>{digits})")
         pos = m.end()
     out.append(_literal(pattern[pos:]))
-    regex = "".join(out)
-    if "{" in regex.replace("\\{", "") and re.search(r"(?<!\\)\{[a-z]", regex):
+    if "{" in _PLACEHOLDER.sub("", pattern) or "}" in _PLACEHOLDER.sub("", pattern):
         raise ValueError(f"pattern has an unknown placeholder: {pattern!r} (allowed: {{run}}, {{volume}})")
-    return re.compile(f"^{regex}$")
+    return re.compile("^" + "".join(out) + "$")
 
 
 def _literal(text: str) -> str:

@@ -1,7 +1,7 @@
 """``rtdecode bench <stage>``: does this machine keep up with the TR?
 
 Each stage prints a human table, or with ``--json`` one JSON object of its figures. Stages are
-registered in :data:`STAGES`; later issues add theirs (glm, decoder, wire, calibrate).
+registered in :data:`STAGES` by ``@stage``; modules listed in :data:`PLUGINS` add theirs.
 """
 
 from __future__ import annotations
@@ -142,7 +142,14 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+PLUGINS = ("rtdecode.simulator.bench", "rtdecode.glm.bench")
+
+
 def run_stage(name: str, as_json: bool = False, **kwargs) -> dict:
+    import importlib
+
+    for module in PLUGINS:
+        importlib.import_module(module)  # each registers its stages
     if name not in STAGES:
         raise SystemExit(f"rtdecode bench: unknown stage {name!r}; available: {', '.join(sorted(STAGES))}")
     result = STAGES[name](**{k: v for k, v in kwargs.items() if v is not None})

@@ -31,23 +31,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["template", "check"])
     p.add_argument("path", nargs="?", type=Path, help="file to check (check) or write (template; default: stdout)")
 
-    p = sub.add_parser("simulate", help="write a simulated scanner run into a folder at TR pace")
-    p.add_argument("--out", required=True, type=Path, help="folder to write into (the watch folder)")
-    p.add_argument("--volumes", type=int, default=40)
-    p.add_argument("--shape", type=_shape, default=(64, 64, 36), help="voxels, e.g. 100x100x52")
-    p.add_argument("--voxel-mm", type=float, default=3.0)
-    p.add_argument("--tr", type=float, default=1.5)
-    p.add_argument("--speedup", type=float, default=1.0, help="write N times faster than real time")
-    p.add_argument("--format", choices=["mosaic", "enhanced", "nifti"], default="mosaic")
-    p.add_argument("--series", type=int, default=1)
-    p.add_argument("--pattern", default=None, help="file-name pattern (default: Siemens real-time export)")
-    p.add_argument("--max-mm", type=float, default=1.5)
-    p.add_argument("--max-deg", type=float, default=1.5)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--truth", type=Path, default=None, help="folder for the ground-truth motion table")
+    p = sub.add_parser("simulate", help="simulated subjects, stimuli and scanner runs (no scanner needed)")
+    sim = p.add_subparsers(dest="what", required=True)
+    q = sim.add_parser("run", help="write a task run of a simulated subject into a folder at TR pace")
+    q.add_argument("--out", required=True, type=Path, help="folder to write into (the watch folder)")
+    q.add_argument("--truth", type=Path, default=None, help="folder for ground truth (events, motion, true betas)")
+    q.add_argument("--stimuli", type=Path, default=None, help="folder to write the shown images into (PNG)")
+    q.add_argument("--run", type=int, default=1, help="which run of the visit (1-based)")
+    q.add_argument("--runs", type=int, default=11, help="runs in the visit's plan")
+    q.add_argument("--volumes", type=int, default=192)
+    q.add_argument("--trials", type=int, default=63)
+    q.add_argument("--rest", action="store_true", help="no task: motion and noise only")
+    q.add_argument("--shape", type=_shape, default=(100, 100, 52), help="voxels, e.g. 100x100x52")
+    q.add_argument("--voxel-mm", type=float, default=2.0)
+    q.add_argument("--tr", type=float, default=1.5)
+    q.add_argument("--speedup", type=float, default=1.0, help="write N times faster than real time")
+    q.add_argument("--format", choices=["mosaic", "enhanced", "nifti"], default="mosaic")
+    q.add_argument("--series", type=int, default=None, help="DICOM series number (default: the run number)")
+    q.add_argument("--pattern", default=None, help="file-name pattern (default: Siemens real-time export)")
+    q.add_argument("--max-mm", type=float, default=1.0)
+    q.add_argument("--max-deg", type=float, default=1.0)
+    q.add_argument("--subject-seed", type=int, default=1)
+    q.add_argument("--voxels", type=int, default=2000, help="visual voxels of the simulated subject (at 2 mm)")
+    q.add_argument("--reliability", type=float, default=0.3, help="median single-trial reliability")
+    q.add_argument("--seed", type=int, default=0)
+    q = sim.add_parser("betas", help="write trial-level betas for several subjects and sessions")
+    q.add_argument("--out", required=True, type=Path)
+    q.add_argument("--subjects", type=int, default=4)
+    q.add_argument("--sessions", type=int, default=1)
+    q.add_argument("--runs", type=int, default=11)
+    q.add_argument("--trials", type=int, default=63)
+    q.add_argument("--reliability", type=float, default=0.3)
+    q.add_argument("--seed", type=int, default=0)
+    q = sim.add_parser("stimuli", help="write the built-in stimulus images as PNG")
+    q.add_argument("--out", required=True, type=Path)
+    q.add_argument("-n", type=int, default=1200)
 
     p = sub.add_parser("bench", help="benchmark a stage; prints a table, or JSON with --json")
-    p.add_argument("stage", help="preprocess | endurance")
+    p.add_argument("stage", help="preprocess | endurance | simulate | glm")
     p.add_argument("--json", action="store_true")
     p.add_argument("--volumes", type=int, default=None)
     p.add_argument("--shape", type=_shape, default=None)
@@ -97,15 +118,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         run_scanner_side(load_config(args.config), idle_timeout=args.idle_timeout, quiet=args.quiet)
         return 0
     if args.command == "simulate":
-        from rtdecode.simulator.scanner import simulate_run, write_run
+        from rtdecode.simulator.cli import simulate
 
-        pattern = args.pattern or ("{run:03d}_{volume:06d}.nii" if args.format == "nifti" else "001_{run:06d}_{volume:06d}.dcm")
-        run = simulate_run(args.volumes, shape=args.shape, voxel_mm=args.voxel_mm, max_mm=args.max_mm,
-                           max_deg=args.max_deg, seed=args.seed)
-        paths = write_run(run, args.out, pattern=pattern, series=args.series, fmt=args.format, tr_s=args.tr,
-                          speedup=args.speedup, truth_dir=args.truth)
-        print(f"wrote {len(paths)} volumes to {args.out}")
-        return 0
+        return simulate(args)
     if args.command == "bench":
         from rtdecode.bench import run_stage
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -12,6 +13,9 @@ import pytest
 from rtdecode.config import SessionConfig, config_from_dict
 from rtdecode.scanner import ScannerSide, VolumeEvent
 from rtdecode.simulator.scanner import SimulatedRun, simulate_run
+
+# Derived arrays (template, latent basis) cached inside the checkout, not in the user's home.
+os.environ.setdefault("RTDECODE_CACHE", str(Path(__file__).resolve().parents[1] / ".pytest_cache" / "rtdecode"))
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 SKYRA_RUN = SHARED / "data" / "siemens-skyra-mosaic-run"
@@ -79,6 +83,24 @@ def drain(sub, seconds: float, n_volumes: int | None = None) -> list:
         if msg is not None:
             got.append(msg)
     return got
+
+
+@pytest.fixture(scope="session")
+def latent_space():
+    from rtdecode.simulator.subjects import LatentSpace
+
+    return LatentSpace(dim=32)
+
+
+@pytest.fixture(scope="session")
+def small_visit(latent_space):
+    """A simulated subject's visit on a small 4 mm grid with unequal sides; runs of 192 volumes."""
+    from rtdecode.simulator.subjects import SubjectSpec
+    from rtdecode.simulator.visit import Visit
+
+    spec = SubjectSpec(name="t01", n_voxels=3000, seed=5, latent_dim=32)
+    return Visit(spec, n_runs=3, shape=(40, 46, 36), voxel_mm=4.0, max_mm=0.8, max_deg=0.8, seed=9,
+                 latent=latent_space)
 
 
 @pytest.fixture

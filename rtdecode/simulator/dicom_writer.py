@@ -44,6 +44,27 @@ def _base(path: Path, sop_class: str, series_number: int, series_uid: str, insta
     ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
     ds.StudyDate = ds.SeriesDate = ds.AcquisitionDate = ds.ContentDate = time.strftime("%Y%m%d", now)
     ds.AcquisitionTime = ds.ContentTime = time.strftime("%H%M%S.000000", now)
+    ds.InstanceCreationDate, ds.InstanceCreationTime = ds.ContentDate, ds.ContentTime
+    ds.StudyTime = ds.SeriesTime = ds.AcquisitionTime
+    ds.InstitutionAddress = "Simulated Road 1,Nowhere"
+    ds.StationName = "RTDSIM01"
+    ds.StudyDescription = "rtdecode^simulated"
+    ds.PhysiciansOfRecord = ["", ""]
+    ds.PatientSize, ds.PatientWeight = "1.75", "70"
+    ds.BodyPartExamined = "BRAIN"
+    ds.ScanOptions, ds.AngioFlag = "FS", "N"
+    ds.NumberOfAverages, ds.ImagingFrequency, ds.ImagedNucleus, ds.EchoNumbers = "1", "123.25", "1H", "1"
+    ds.PercentSampling = ds.PercentPhaseFieldOfView = "100"
+    ds.PixelBandwidth = "2232"
+    ds.DeviceSerialNumber = "00000"
+    ds.TransmitCoilName = "Body"
+    ds.VariableFlipAngleFlag, ds.SAR, ds.dBdt = "N", "0.09", "0"
+    ds.PerformedProcedureStepStartDate, ds.PerformedProcedureStepStartTime = ds.StudyDate, ds.StudyTime
+    ds.PerformedProcedureStepID = "MR" + ds.StudyDate + ds.StudyTime[:6]
+    ds.PerformedProcedureStepDescription = ds.StudyDescription
+    localizer = pydicom.Dataset()
+    localizer.ReferencedSOPClassUID, localizer.ReferencedSOPInstanceUID = MR_IMAGE, "1.2.826.0.1.3680043.8.498.3"
+    ds.ReferencedImageSequence = DicomSequence([localizer])
     ds.Modality, ds.Manufacturer, ds.ManufacturerModelName = "MR", "SIEMENS", "Skyra"
     ds.SoftwareVersions = "syngo MR E11 (rtdecode simulator)"
     ds.InstitutionName = "rtdecode simulated site"
@@ -91,18 +112,52 @@ def write_mosaic(path: str | Path, data: np.ndarray, affine: np.ndarray, series_
     ds.ImagePositionPatient = [f"{v:.6f}" for v in mosaic_ipp]
     ds.ImageOrientationPatient = [f"{v:.6f}" for v in iop]
     ds.SliceLocation = f"{float(ipp @ normal):.4f}"
+    ds.SequenceName = f"*epfid2d1_{cols}"
+    ds.NumberOfPhaseEncodingSteps, ds.EchoTrainLength = str(rows), str(rows // 2)
+    ds.NumberOfFrames = "1"
     ds.Rows, ds.Columns = mosaic.shape
+    ds.SmallestImagePixelValue, ds.LargestImagePixelValue = int(mosaic.min()), int(mosaic.max())
+    ds.WindowCenter, ds.WindowWidth = f"{int(mosaic.max()) // 3}", f"{max(int(mosaic.max()) * 2 // 3, 1)}"
+    ds.WindowCenterWidthExplanation = "Algo1"
     ds.PixelSpacing = [f"{pix[0]:g}", f"{pix[1]:g}"]
     slice_times = [(i * tr_s * 1000 / n) for i in range(n)]
     csa = encode_csa2({
+        "EchoTime": ("DS", [30.0]),
+        "RepetitionTime": ("DS", [tr_s * 1000]),
+        "FlipAngle": ("DS", [64.0]),
+        "NumberOfAverages": ("DS", [1.0]),
+        "SliceThickness": ("DS", [dz]),
+        "PixelSpacing": ("DS", list(pix)),
         "NumberOfImagesInMosaic": ("US", [n]),
         "SliceNormalVector": ("FD", [f"{v:.8f}" for v in normal]),
         "AcquisitionMatrixText": ("SH", [f"{rows}p*{cols}"]),
         "MosaicRefAcqTimes": ("FD", [f"{t:.4f}" for t in slice_times]),
+        "SlicePosition_PCS": ("FD", [f"{v:.6f}" for v in ipp]),
+        "PhaseEncodingDirectionPositive": ("IS", [1]),
+        "BandwidthPerPixelPhaseEncode": ("FD", [30.0]),
+        "RealDwellTime": ("IS", [2700]),
+        "ImaPATModeText": ("LO", ["p2"]),
+        "SliceMeasurementDuration": ("DS", [tr_s * 1e6 / max(n, 1)]),
+        "TimeAfterStart": ("DS", [(instance - 1) * tr_s]),
+        "ICE_Dims": ("LO", [f"X_1_1_1_{instance}_1_1_1_1_1_1_1_1"]),
+        "ProtocolSliceNumber": ("IS", [0]),
+        "ImaRelTablePosition": ("IS", [0, 0, 0]),
+        "SequenceMask": ("UL", [134217729]),
     })
+    phoenix = "\n".join(["### ASCCONV BEGIN ###", f"sKSpace.lBaseResolution\t = {cols}",
+                          f"sKSpace.lPhaseEncodingLines\t = {rows}", f"sSliceArray.lSize\t = {n}",
+                          f"alTR[0]\t = {int(tr_s * 1e6)}", "sSliceArray.ucMode\t = 0x4",
+                          "### ASCCONV END ###"])
+    series_csa = encode_csa2({"MrPhoenixProtocol": ("UN", [phoenix]), "UsedPatientWeight": ("IS", [70]),
+                              "SliceArrayConcatenations": ("IS", [1])})
+    stamp = ds.StudyDate
     block = ds.private_block(0x0029, "SIEMENS CSA HEADER", create=True)
     block.add_new(0x08, "CS", "IMAGE NUM 4")
+    block.add_new(0x09, "LO", stamp)
     block.add_new(0x10, "OB", csa)
+    block.add_new(0x18, "CS", "MR")
+    block.add_new(0x19, "LO", stamp)
+    block.add_new(0x20, "OB", series_csa)
     ds.PixelData = mosaic.tobytes()
     ds.save_as(str(path), enforce_file_format=True)
 

@@ -7,15 +7,22 @@ from functools import lru_cache
 import numpy as np
 from scipy import ndimage
 
+from rtdecode.cache import cached_arrays
 from rtdecode.preprocess.rigid import params_to_matrix, volume_center
 
 
 @lru_cache(maxsize=1)
-def _mni() -> tuple[np.ndarray, np.ndarray]:
-    from nilearn.datasets import load_mni152_template
+def mni_template() -> tuple[np.ndarray, np.ndarray]:
+    """nilearn's bundled MNI152 2 mm template (values 0..1) and its affine."""
 
-    img = load_mni152_template(resolution=2)
-    return np.asarray(img.get_fdata(), np.float32), np.asarray(img.affine, float)
+    def build() -> tuple[np.ndarray, np.ndarray]:
+        from nilearn.datasets import load_mni152_template
+
+        img = load_mni152_template(resolution=2)
+        return np.asarray(img.get_fdata(), np.float32), np.asarray(img.affine, float)
+
+    data, affine = cached_arrays("mni152-2mm", "nilearn load_mni152_template(resolution=2)|v1", build)
+    return data, affine
 
 
 def epi_grid(shape: tuple[int, int, int], voxel_mm: float) -> np.ndarray:
@@ -33,7 +40,7 @@ def brain_volume(shape: tuple[int, int, int] = (100, 100, 52), voxel_mm: float =
     ``params`` (mm, radians, about the grid centre) is the head's motion: the returned volume shows
     the head displaced by that transform, so registration to the unmoved volume should recover it.
     """
-    template, t_aff = _mni()
+    template, t_aff = mni_template()
     affine = epi_grid(shape, voxel_mm)
     ijk = np.indices(shape, dtype=np.float64).reshape(3, -1)
     world = affine[:3, :3] @ ijk + affine[:3, 3:4]

@@ -7,12 +7,15 @@ volume) is saved outside the watch folder so that tests can check what the pipel
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
 from rtdecode.ingest.naming import format_name
+from rtdecode.simulator.bold import save_motion
 from rtdecode.simulator.dicom_writer import write_enhanced, write_mosaic, write_nifti
 from rtdecode.simulator.phantom import brain_volume
 
@@ -26,6 +29,28 @@ class SimulatedRun:
     volumes: list[np.ndarray]
     affine: np.ndarray
     motion: np.ndarray  # (n, 6)
+
+    def iter_volumes(self) -> Iterator[np.ndarray]:
+        return iter(self.volumes)
+
+
+class WritableRun(Protocol):
+    affine: np.ndarray
+    motion: np.ndarray
+
+    def iter_volumes(self) -> Iterator[np.ndarray]: ...
+
+
+@dataclass
+class WriteReport:
+    """Where the volumes went and how far behind the TR schedule each was finished (seconds)."""
+
+    paths: list[Path] = field(default_factory=list)
+    lag_s: list[float] = field(default_factory=list)
+
+    @property
+    def max_lag_s(self) -> float:
+        return max(self.lag_s, default=0.0)
 
 
 def motion_trajectory(n: int, max_mm: float, max_deg: float, rng: np.random.Generator) -> np.ndarray:
@@ -54,17 +79,23 @@ def simulate_run(n_volumes: int, shape: tuple[int, int, int] = (100, 100, 52), v
     return SimulatedRun(volumes, affine, motion)
 
 
-def write_run(run: SimulatedRun, folder: str | Path, pattern: str = "001_{run:06d}_{volume:06d}.dcm",
+def write_run(run: WritableRun, folder: str | Path, pattern: str = "001_{run:06d}_{volume:06d}.dcm",
               series: int = 1, fmt: str = "mosaic", tr_s: float = 1.5, speedup: float = 1.0,
-              chunked: bool = False, truth_dir: str | Path | None = None) -> list[Path]:
-    """Write each volume as the scanner would, one per TR divided by ``speedup``; return the paths."""
+              chunked: bool = False, truth_dir: str | Path | None = None) -> WriteReport:
+    """Write each volume as the scanner would, volume t finished by (t + 1) * TR / ``speedup``.
+
+    Volumes are generated just in time (a :class:`~rtdecode.simulator.bold.BoldRun` never holds a
+    whole run in memory); the report says how late each file was against that schedule, so a
+    simulator that cannot keep up with the TR is seen, not hidden.
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     if truth_dir is not None:
-        save_truth(run, Path(truth_dir) / f"series-{series:03d}_motion_truth.tsv")
-    paths = []
+        save_motion(run.motion, Path(truth_dir) / f"series-{series:03d}_motion_truth.tsv")
+    report = WriteReport()
     start = time.monotonic()
-    for t, vol in enumerate(run.volumes):
+    period = tr_s / speedup
+    for t, vol in enumerate(run.iter_volumes()):
         name = format_name(pattern, series, t)
         target = folder / name
         tmp = folder.parent / f".{folder.name}.{name}.tmp" if chunked else target
@@ -75,11 +106,13 @@ def write_run(run: SimulatedRun, folder: str | Path, pattern: str = "001_{run:06
         if chunked:
             write_in_chunks(tmp.read_bytes(), target, pause_s=0.02)
             tmp.unlink()
-        paths.append(target)
-        delay = start + (t + 1) * tr_s / speedup - time.monotonic()
-        if delay > 0 and t + 1 < len(run.volumes):
+        report.paths.append(target)
+        due = start + (t + 1) * period
+        report.lag_s.append(max(time.monotonic() - due, 0.0))
+        delay = due - time.monotonic()
+        if delay > 0:
             time.sleep(delay)
-    return paths
+    return report
 
 
 def write_in_chunks(payload: bytes, target: Path, n_chunks: int = 4, pause_s: float = 0.02) -> None:
@@ -92,8 +125,3 @@ def write_in_chunks(payload: bytes, target: Path, n_chunks: int = 4, pause_s: fl
             time.sleep(pause_s)
 
 
-def save_truth(run: SimulatedRun, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    header = "trans_x\ttrans_y\ttrans_z\trot_x\trot_y\trot_z"
-    table = np.c_[run.motion[:, :3], np.rad2deg(run.motion[:, 3:])]
-    np.savetxt(path, table, delimiter="\t", header=header, comments="", fmt="%.6f")

@@ -1,0 +1,1 @@
+"""Single-trial GLM: design (HRF, drift, LSS), pure estimators, and the incremental per-run shell."""

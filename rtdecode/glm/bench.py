@@ -1,0 +1,1 @@
+"""``rtdecode bench glm``."""

@@ -1,0 +1,190 @@
+"""Simulated subjects: voxel responses generated from a latent representation shared across people.
+
+The model (see docs/simulated-brain.md):
+- every image has stand-in tokens (models.standin) and a shared latent ``z``: the image's first
+  ``latent_dim`` principal components of those tokens over the built-in set, whitened;
+- a subject owns a visual region of the MNI brain (occipital, chosen by a subject-specific smooth
+  field, so subjects differ in voxel count and location) and spatially smooth response maps
+  (random Fourier features of the voxel position, a different draw per subject: the same latent
+  lands on different voxels in different people);
+- voxel response to an image = mean evoked response + image-specific part, where the image-specific
+  part mixes the shared latent (linearly, through the subject's maps) with a subject-specific
+  nonlinear function of it (what a shared model cannot transfer);
+- a voxel's single-trial reliability is the correlation, across trials, between its estimated and its
+  true response; it varies across voxels around the configured median.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from models.standin import StandInConfig, StandInEmbedder
+from rtdecode.cache import cached_arrays
+from rtdecode.simulator.phantom import mni_template
+from rtdecode.simulator.stimuli import StimulusSet
+
+NSD_RELIABILITY = 0.3  # median single-trial correlation with the true response (NSD-like: noisy)
+
+
+@dataclass(frozen=True)
+class SubjectSpec:
+    """What defines a simulated subject; everything else is drawn from ``seed``."""
+
+    name: str = "sim01"
+    n_voxels: int = 2000
+    seed: int = 1
+    reliability: float = NSD_RELIABILITY
+    latent_dim: int = 48
+    specific_fraction: float = 0.3  # share of image-specific variance that is subject-specific
+    evoked_pct: float = 1.0  # mean evoked response, % signal change
+    signal_pct: float = 0.8  # sd of the image-specific response across images, % signal change
+    map_scale_mm: float = 8.0  # spatial scale of the response maps
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class LatentSpace:
+    """The shared latent: whitened principal components of stand-in tokens over the built-in images."""
+
+    def __init__(self, embedder: StandInEmbedder | None = None, stimuli: StimulusSet | None = None,
+                 dim: int = 48, basis_images: int = 240) -> None:
+        self.embedder = embedder or StandInEmbedder()
+        self.stimuli = stimuli or StimulusSet()
+        self.mean, self.components = _pca_basis(self.embedder.config, self.stimuli, basis_images)
+        if dim > self.components.shape[0]:
+            raise ValueError(f"latent_dim {dim} exceeds the {self.components.shape[0]} components available")
+        self.dim = dim
+
+    def from_tokens(self, tokens: np.ndarray) -> np.ndarray:
+        flat = np.asarray(tokens, np.float32).reshape(len(tokens), -1)
+        return (flat - self.mean) @ self.components[: self.dim].T
+
+    def of_images(self, indices) -> np.ndarray:
+        return self.from_tokens(self.tokens(indices))
+
+    def tokens(self, indices) -> np.ndarray:
+        return self.embedder.embed(self.stimuli.images(indices))
+
+
+@lru_cache(maxsize=4)
+def _pca_basis(config: StandInConfig, stimuli: StimulusSet, n: int) -> tuple[np.ndarray, np.ndarray]:
+    def build() -> tuple[np.ndarray, np.ndarray]:
+        tokens = StandInEmbedder(config).embed(stimuli.images(range(min(n, stimuli.n))))
+        flat = tokens.reshape(len(tokens), -1)
+        mean = flat.mean(axis=0)
+        _, s, vt = np.linalg.svd(flat - mean, full_matrices=False)
+        scale = s / np.sqrt(len(flat) - 1)
+        keep = scale > scale[0] * 1e-4
+        return mean.astype(np.float32), (vt[keep] / scale[keep, None]).astype(np.float32)
+
+    mean, components = cached_arrays("latent-basis", f"{config}|{stimuli}|{n}|v1", build)
+    return mean, components
+
+
+class SimulatedSubject:
+    """A subject's voxels (MNI mm), response maps and per-voxel reliability."""
+
+    def __init__(self, spec: SubjectSpec) -> None:
+        self.spec = spec
+        rng = np.random.default_rng([spec.seed, 101])
+        self._roi_field = _FourierField(rng, 1, scale_mm=15.0)
+        self._shared = _FourierField(rng, spec.latent_dim, scale_mm=spec.map_scale_mm)
+        self._specific = _FourierField(rng, spec.latent_dim, scale_mm=spec.map_scale_mm)
+        self._param_field = _FourierField(rng, 2, scale_mm=4.0)
+        self._specific_proj = rng.normal(0, 2 / np.sqrt(spec.latent_dim), (spec.latent_dim, spec.latent_dim))
+        self._specific_phase = rng.uniform(0, 2 * np.pi, spec.latent_dim)
+        candidates = _candidate_voxels()
+        field = self._roi_field(candidates)[:, 0]
+        if spec.n_voxels > len(candidates):
+            raise ValueError(f"SubjectSpec.n_voxels: at most {len(candidates)} visual voxels at 2 mm, got {spec.n_voxels}")
+        order = np.argsort(-field, kind="stable")[: spec.n_voxels]
+        self.roi_threshold = float(field[order[-1]])
+        self.xyz = candidates[np.sort(order)]
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def n_voxels(self) -> int:
+        return len(self.xyz)
+
+    def in_roi(self, xyz: np.ndarray) -> np.ndarray:
+        """Which world positions (mm, head frame) belong to this subject's visual region."""
+        return _visual_candidates(xyz) & (self._roi_field(xyz)[:, 0] >= self.roi_threshold)
+
+    def voxel_params(self, xyz: np.ndarray) -> dict[str, np.ndarray]:
+        """Per-voxel evoked mean, signal sd (both %) and reliability at positions ``xyz``.
+
+        Smooth functions of position, so the same voxel gets the same values whatever grid samples it.
+        """
+        f = self._param_field(xyz)
+        gain = np.exp(0.3 * f[:, 0])
+        rel = np.clip(self.spec.reliability * np.exp(0.35 * f[:, 1]), 0.02, 0.9)
+        return {"evoked": self.spec.evoked_pct * gain, "signal": self.spec.signal_pct * gain, "reliability": rel}
+
+    def responses(self, latents: np.ndarray, xyz: np.ndarray | None = None) -> np.ndarray:
+        """True responses (% signal change), shape (n_images, n_voxels), at ``xyz`` (default: own voxels)."""
+        xyz = self.xyz if xyz is None else xyz
+        latents = np.asarray(latents, np.float64)
+        shared = latents @ _unit_rows(self._shared(xyz)).T
+        # Random Fourier features of the latent: a stable response to the image that is not linear in
+        # the shared latent, so a shared model cannot transfer it between people.
+        specific_code = np.sqrt(2) * np.cos(latents @ self._specific_proj.T + self._specific_phase)
+        specific = specific_code @ _unit_rows(self._specific(xyz)).T
+        f = self.spec.specific_fraction
+        part = np.sqrt(1 - f) * shared + np.sqrt(f) * specific
+        p = self.voxel_params(xyz)
+        return (p["evoked"] + p["signal"] * part).astype(np.float32)
+
+    def noisy_betas(self, true: np.ndarray, rng: np.random.Generator, xyz: np.ndarray | None = None) -> np.ndarray:
+        """Single-trial estimates whose per-voxel correlation with ``true`` is the voxel's reliability."""
+        p = self.voxel_params(self.xyz if xyz is None else xyz)
+        sd = p["signal"] * np.sqrt(1 / p["reliability"] ** 2 - 1)
+        return (true + rng.normal(0, 1, true.shape) * sd).astype(np.float32)
+
+
+class _FourierField:
+    """Smooth random functions of position: random Fourier features with a length scale in mm."""
+
+    def __init__(self, rng: np.random.Generator, n_out: int, scale_mm: float, n_features: int = 192) -> None:
+        self.omega = rng.normal(0, 1 / scale_mm, (3, n_features))
+        self.phase = rng.uniform(0, 2 * np.pi, n_features)
+        self.weights = rng.normal(0, 1, (n_features, n_out)) * np.sqrt(2 / n_features)
+
+    def __call__(self, xyz: np.ndarray) -> np.ndarray:
+        return np.cos(np.asarray(xyz, float) @ self.omega + self.phase) @ self.weights
+
+
+def _unit_rows(m: np.ndarray) -> np.ndarray:
+    return m / np.maximum(np.linalg.norm(m, axis=1, keepdims=True), 1e-9)
+
+
+def _visual_candidates(xyz: np.ndarray) -> np.ndarray:
+    """Occipital and ventral-temporal cortex: posterior brain tissue (MNI y < -45 mm, z < 45 mm)."""
+    data, affine = mni_template()
+    ijk = np.rint((np.asarray(xyz, float) - affine[:3, 3]) @ np.linalg.inv(affine[:3, :3]).T).astype(int)
+    inside = np.all((ijk >= 0) & (ijk < data.shape), axis=1)
+    tissue = np.zeros(len(xyz), bool)
+    i = ijk[inside]
+    tissue[inside] = data[i[:, 0], i[:, 1], i[:, 2]] > 0.35
+    return tissue & (xyz[:, 1] < -45) & (xyz[:, 2] < 45) & (xyz[:, 2] > -25)
+
+
+@lru_cache(maxsize=1)
+def _candidate_voxels() -> np.ndarray:
+    data, affine = mni_template()
+    ijk = np.argwhere(data > 0.35)
+    xyz = ijk @ affine[:3, :3].T + affine[:3, 3]
+    return xyz[_visual_candidates(xyz)]
+
+
+def default_subjects(n: int = 4, base_seed: int = 1, reliability: float = NSD_RELIABILITY,
+                     voxels: tuple[int, ...] = (1800, 1500, 2100, 1300, 1700, 1950, 1400, 1600)) -> list[SubjectSpec]:
+    """Several subjects with different voxel counts (NSD-like spread, scaled down for a CPU)."""
+    return [SubjectSpec(name=f"sim{i + 1:02d}", n_voxels=voxels[i % len(voxels)], seed=base_seed + i,
+                        reliability=reliability) for i in range(n)]

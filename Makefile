@@ -22,6 +22,8 @@ bench: $(STAMP)
 	mkdir -p benchmarks/results
 	$(BIN)/rtdecode bench preprocess --json | tee benchmarks/results/preprocess.json
 	$(BIN)/rtdecode bench endurance --json | tee benchmarks/results/endurance.json
+	$(BIN)/rtdecode bench simulate --json | tee benchmarks/results/simulate.json
+	$(BIN)/rtdecode bench glm --json | tee benchmarks/results/glm.json
 
 lint: $(STAMP)
 	$(BIN)/ruff check rtdecode calibration gui models tests benchmarks

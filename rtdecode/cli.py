@@ -67,6 +67,15 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--out", required=True, type=Path)
     q.add_argument("-n", type=int, default=1200)
 
+    p = sub.add_parser("glm", help="single-trial betas of a recorded session folder (offline mode)")
+    p.add_argument("session", type=Path, help="session folder (.../sub-XX/ses-YY)")
+    p.add_argument("--out", type=Path, required=True, help="folder for betas.npy and trials.tsv")
+    p.add_argument("--noise-model", choices=["ar1", "ols"], default="ar1")
+    p.add_argument("--version", choices=["endofrun", "realtime"], default="endofrun",
+                   help="whole-run estimates, or the real-time estimates replayed")
+    p.add_argument("--tr", type=float, default=1.5)
+    p.add_argument("--delay", type=float, default=7.5, help="seconds after onset (realtime version)")
+
     p = sub.add_parser("bench", help="benchmark a stage; prints a table, or JSON with --json")
     p.add_argument("stage", help="preprocess | endurance | simulate | glm")
     p.add_argument("--json", action="store_true")
@@ -74,10 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shape", type=_shape, default=None)
     p.add_argument("--voxels", dest="n_voxels", type=int, default=None)
 
-    p = sub.add_parser("demo", help="a simulated run through the scanner side, with a live summary")
+    p = sub.add_parser("demo", help="a simulated task run through the scanner side and the GLM, with a live summary")
     p.add_argument("--out", type=Path, default=Path("demo-output"))
-    p.add_argument("--volumes", type=int, default=60)
-    p.add_argument("--speedup", type=float, default=4.0)
+    p.add_argument("--volumes", type=int, default=192)
+    p.add_argument("--speedup", type=float, default=6.0)
     p.add_argument("--shape", type=_shape, default=(64, 64, 36))
     return parser
 
@@ -121,6 +130,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         from rtdecode.simulator.cli import simulate
 
         return simulate(args)
+    if args.command == "glm":
+        from rtdecode.glm.offline import write_offline_betas
+
+        write_offline_betas(args.session, args.out, args.noise_model, args.version, args.tr, args.delay)
+        return 0
     if args.command == "bench":
         from rtdecode.bench import run_stage
 

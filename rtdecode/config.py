@@ -82,12 +82,32 @@ class ModelsSection:
 
 
 @dataclass
+class GLMSection:
+    """Single-trial betas. Names follow nilearn's FirstLevelModel; defaults are Real-time MindEye's."""
+
+    enabled: bool = True
+    # Each run's events table (onset, duration, image). Placeholders: {run} (1-based run number in the
+    # session) and {series} (scanner series number). Empty: no betas, volumes only.
+    events: Path | None = None
+    noise_model: Literal["ar1", "ols"] = "ar1"
+    hrf_model: Literal["glover"] = "glover"
+    drift_model: Literal["cosine"] = "cosine"
+    high_pass: float = 0.01
+    delay_s: float = 7.5  # a trial is estimated once the volume at onset + delay_s has arrived
+    motion_confounds: bool = True
+    zscore: Literal["running", "calibration", "none"] = "running"
+    zscore_stats: Path | None = None  # folder with zscore_mean.npy and zscore_std.npy (zscore = "calibration")
+    average_repeats: bool = False  # send the mean over all presentations of an image so far
+
+
+@dataclass
 class SessionConfig:
     """Every setting one session needs."""
 
     session: SessionSection = field(default_factory=SessionSection)
     scanner: ScannerSection = field(default_factory=ScannerSection)
     preprocess: PreprocessSection = field(default_factory=PreprocessSection)
+    glm: GLMSection = field(default_factory=GLMSection)
     network: NetworkSection = field(default_factory=NetworkSection)
     models: ModelsSection = field(default_factory=ModelsSection)
 
@@ -100,10 +120,10 @@ _LABEL = re.compile(r"^[A-Za-z0-9]+$")
 _POSITIVE = {
     "scanner.poll_interval_s", "scanner.tr_s", "scanner.volumes_per_run", "scanner.partial_timeout_s",
     "scanner.missing_timeout_s", "preprocess.fd_threshold_mm", "preprocess.max_iterations",
-    "preprocess.sample_stride",
+    "preprocess.sample_stride", "glm.high_pass", "glm.delay_s",
 }
 _PORTS = {"network.events_port", "network.betas_port", "network.results_port"}
-_MUST_EXIST = {"preprocess.session_reference", "preprocess.mask", "models.folder"}
+_MUST_EXIST = {"preprocess.session_reference", "preprocess.mask", "models.folder", "glm.zscore_stats"}
 
 
 def load_config(path: str | Path) -> SessionConfig:
@@ -202,6 +222,14 @@ def _validate(cfg: SessionConfig, source: str) -> None:
         raise ConfigError(
             f"{source}: preprocess.mask_threshold must be between 0 and 1, got {cfg.preprocess.mask_threshold}"
         )
+    if cfg.glm.zscore == "calibration" and cfg.glm.zscore_stats is None:
+        raise ConfigError(f"{source}: glm.zscore = \"calibration\" needs glm.zscore_stats (the calibrated model's folder)")
+    if cfg.glm.events is not None:
+        try:
+            str(cfg.glm.events).format(run=1, series=1)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ConfigError(f"{source}: glm.events: only {{run}} and {{series}} placeholders are allowed, "
+                              f"got {str(cfg.glm.events)!r} ({exc})") from None
     from rtdecode.ingest.naming import compile_pattern
 
     try:

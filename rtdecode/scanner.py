@@ -20,6 +20,7 @@ import numpy as np
 
 from rtdecode.config import SessionConfig
 from rtdecode.errors import ConfigError, IngestError, PartialFileError
+from rtdecode.glm.runner import TrialBetas
 from rtdecode.ingest.naming import compile_pattern, parse_name
 from rtdecode.ingest.reader import Volume, read_volume
 from rtdecode.preprocess.pipeline import Mask, RunPreprocessor
@@ -71,16 +72,19 @@ class ScannerSide:
     Args:
         config: validated session configuration.
         publisher: optional :class:`rtdecode.transport.Publisher` for events.
-        on_volume: optional callback for each processed volume (live summary, GLM).
+        on_volume: optional callback for each processed volume (live summary).
+        on_beta: optional callback for each single-trial beta (estimate, vector as sent).
     """
 
-    def __init__(self, config: SessionConfig, publisher=None, on_volume: Callable[[VolumeEvent], None] | None = None) -> None:
+    def __init__(self, config: SessionConfig, publisher=None, on_volume: Callable[[VolumeEvent], None] | None = None,
+                 on_beta: Callable | None = None) -> None:
         self.config = config
         sc = config.scanner
         self.regex = compile_pattern(sc.pattern)
         self.folder = SessionFolder(config.session.root, config.session.subject, config.session.session, config.session.task).create()
         self.publisher = publisher
         self.on_volume = on_volume
+        self.betas = TrialBetas(config, self.folder, self._send, on_beta)
         self.quarantine = sc.quarantine_dir or (sc.watch_dir / "rtdecode-rejected")
         self.mask = self._load_mask()
         self.session_reference = self._load_session_reference()
@@ -135,6 +139,10 @@ class ScannerSide:
                 params[:, 3:] = np.deg2rad(params[:, 3:])
                 run.preprocessor.resume(params, vectors)
             run.ended = len(rows) >= self.config.scanner.volumes_per_run
+            if run.preprocessor is not None:
+                self.betas.resume_run(number, key, rows, vectors)
+                if run.ended:
+                    self.betas.end_run(number)  # in case the process stopped between the last volume and here
             self.runs[key] = run
             self.current = run
             log.info("resuming run %d (series %d): %d volumes already stored", number, key, run.n_ok)
@@ -218,7 +226,8 @@ class ScannerSide:
             return True
         status = run.sequencer.add(key.volume, volume, now)
         if status == "duplicate":
-            log.info("%s: volume %d of run %d already received; duplicate ignored", path.name, key.volume, run.number)
+            # Usually a late modification event for a file already taken; a resent file looks the same.
+            log.debug("%s: volume %d of run %d already received; duplicate ignored", path.name, key.volume, run.number)
         elif status == "late":
             self._reject(path, f"volume {key.volume} arrived after it was declared missing")
         return True
@@ -253,6 +262,7 @@ class ScannerSide:
                 log.warning("run %d: volume %d missing after %.1f s; its row is dropped", run.number, delivery.index, self.config.scanner.missing_timeout_s)
                 run.store.append_missing(delivery.index)
                 self._send(Message("volume_missing", {"run": run.number, "index": delivery.index}))
+                self.betas.missing(run.number, delivery.index)
             else:
                 self._deliver(run, delivery.index, delivery.item)
         if not run.ended and run.sequencer.next_index >= self.config.scanner.volumes_per_run:
@@ -273,6 +283,7 @@ class ScannerSide:
             pre = run.preprocessor
             run.store.save_reference(volume.data, volume.affine, pre.mask.data, pre.mask.affine)
             self._send(Message("run_started", {"run": run.number, "series": run.series_key, "shape": list(volume.data.shape), "n_voxels": pre.mask.n_voxels}))
+            self.betas.start_run(run.number, run.series_key, pre.mask.n_voxels)
             held, run.held = run.held, []
             for i, v in held:
                 self._process(run, i, v)
@@ -303,9 +314,11 @@ class ScannerSide:
                                       "fd_alarm": out.fd > self.config.preprocess.fd_threshold_mm}))
         if self.on_volume is not None:
             self.on_volume(event)
+        self.betas.volume(run.number, index, out.vector, motion)
 
     def _end_run(self, run: _Run) -> None:
         run.ended = True
+        self.betas.end_run(run.number)
         self._send(Message("run_ended", {"run": run.number, "n_volumes": run.n_ok}))
         log.info("run %d ended: %d volumes stored", run.number, run.n_ok)
 

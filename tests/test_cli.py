@@ -29,7 +29,8 @@ def test_bench_preprocess_json_is_one_object():
 def test_short_demo_runs_end_to_end(tmp_path):
     from rtdecode.demo import run_demo
 
-    result = run_demo(tmp_path / "demo", volumes=6, speedup=15, shape=(26, 30, 20), quiet=True)
-    assert result["processed"] == 6
-    assert result["messages_received"] >= 6
+    result = run_demo(tmp_path / "demo", volumes=30, speedup=15, shape=(40, 46, 30), quiet=True)
+    assert result["processed"] == 30
+    assert result["messages_received"] >= 30
     assert result["median_translation_error_mm"] < 0.5
+    assert result["betas_realtime"] == result["betas_endofrun"] == 8  # every trial that fits in 30 volumes

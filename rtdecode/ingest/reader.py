@@ -92,8 +92,13 @@ def read_dicom(path: Path) -> Volume:
     try:
         ds = pydicom.dcmread(str(path))
     except InvalidDicomError as exc:
-        if path.stat().st_size < 132:  # preamble and 'DICM' not even written yet
-            raise PartialFileError(path, f"only {path.stat().st_size} bytes so far; not yet a DICOM file") from None
+        # Look again: the read may have raced the writer (an empty file then, a DICOM file now).
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+        if len(head) < 132:  # preamble and 'DICM' not even written yet
+            raise PartialFileError(path, f"only {len(head)} bytes so far; not yet a DICOM file") from None
+        if head[128:132] == b"DICM":
+            raise PartialFileError(path, "the file was still being written when read") from None
         raise IngestError(path, f"not a DICOM file ({exc})") from None
     except (EOFError, OSError, ValueError, KeyError, TypeError) as exc:
         raise PartialFileError(path, f"DICOM header is incomplete ({type(exc).__name__}: {exc})") from None

@@ -1,0 +1,93 @@
+"""Offline mode: the same GLM over every run of a recorded session folder (for calibration)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from rtdecode.glm.events import read_events
+from rtdecode.glm.incremental import GLMSettings, IncrementalGLM
+from rtdecode.session import SessionFolder
+
+MOTION = ("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z")
+
+
+@dataclass
+class SessionBetas:
+    betas: np.ndarray  # (n_trials, n_voxels) float32, raw units
+    images: list[str]
+    runs: np.ndarray  # run number of each trial
+    trials: np.ndarray  # trial index within its run
+
+
+def session_folder(path: str | Path) -> SessionFolder:
+    """A SessionFolder from its path (``.../sub-XX/ses-YY``)."""
+    path = Path(path)
+    sub, ses = path.parent.name, path.name
+    if not (sub.startswith("sub-") and ses.startswith("ses-")):
+        raise ValueError(f"{path}: expected a session folder named .../sub-<label>/ses-<label>")
+    task = "rt"
+    for f in sorted((path / "func").glob("*_events.tsv")):
+        task = f.name.split("task-")[1].split("_")[0]
+        break
+    return SessionFolder(path.parent.parent, sub[4:], ses[4:], task)
+
+
+def offline_betas(folder: SessionFolder, settings: GLMSettings, version: str = "endofrun") -> SessionBetas:
+    """Betas of every run with an events table: 'endofrun' (whole run) or 'realtime' (replayed)."""
+    if version not in ("endofrun", "realtime"):
+        raise ValueError(f"version must be 'endofrun' or 'realtime', got {version!r}")
+    betas, images, runs, trials = [], [], [], []
+    for row in folder.runs():
+        run = int(row["run"])
+        events_file = folder.path / "func" / f"{folder.prefix(run)}_events.tsv"
+        if not events_file.exists():
+            continue
+        rows, vectors = folder.run_store(run).load()
+        if vectors.size == 0:
+            continue
+        glm = IncrementalGLM(read_events(events_file), vectors.shape[1], settings, len(rows))
+        k = 0
+        estimates = []
+        for r in rows:
+            if r["status"] == "ok":
+                glm.add(int(r["volume"]), vectors[k], [float(r[c]) for c in MOTION])
+                k += 1
+                if version == "realtime":
+                    estimates += [glm.estimate(j) for j in glm.ready()]
+            else:
+                glm.add_missing(int(r["volume"]))
+        if version == "endofrun":
+            estimates = glm.end_of_run()
+        for est in sorted(estimates, key=lambda e: e.trial):
+            betas.append(est.beta)
+            images.append(est.image)
+            runs.append(run)
+            trials.append(est.trial)
+    if not betas:
+        raise ValueError(f"{folder.path}: no run has both stored volumes and an events table")
+    return SessionBetas(np.stack(betas), images, np.asarray(runs), np.asarray(trials))
+
+
+def write_offline_betas(session: Path, out: Path, noise_model: str = "ar1", version: str = "endofrun",
+                        tr_s: float = 1.5, delay_s: float = 7.5) -> Path:
+    """``rtdecode glm``: estimate and write betas.npy + trials.tsv (the simulator's trial-level layout)."""
+    from rtdecode.errors import ConfigError
+    from rtdecode.glm.events import EventsError
+
+    try:
+        result = offline_betas(session_folder(session), GLMSettings(t_r=tr_s, noise_model=noise_model, delay_s=delay_s),
+                               version)
+    except (ValueError, EventsError) as exc:
+        raise ConfigError(f"rtdecode glm: {exc}") from None
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    np.save(out / "betas.npy", result.betas)
+    with open(out / "trials.tsv", "w") as fh:
+        fh.write("trial\trun\timage\n")
+        for i, (run, image) in enumerate(zip(result.runs, result.images, strict=True)):
+            fh.write(f"{i}\t{run}\t{image}\n")
+    print(f"{len(result.images)} betas from {len(set(result.runs.tolist()))} run(s) of {session} -> {out}")
+    return out

@@ -1,0 +1,170 @@
+"""The scanner side's GLM stage: per-run incremental GLMs, session z-scoring, storage and hand-off.
+
+Owned by the scanner side's single loop (no threads here). For each run it looks up the events table
+named by ``glm.events``; a run without one is processed for volumes only, with one log line saying
+where the table was looked for. Every beta is stored (raw and as sent) before it is handed on, and a
+restarted scanner side rebuilds each run's GLM and the session's z-score statistics from the session
+folder, so no trial is estimated or sent twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from rtdecode.config import SessionConfig
+from rtdecode.errors import ConfigError
+from rtdecode.glm.events import Events, EventsError, read_events, write_events
+from rtdecode.glm.incremental import GLMSettings, IncrementalGLM, TrialEstimate
+from rtdecode.glm.normalize import FixedZScore, NoZScore, RepeatAverager, RunningZScore
+from rtdecode.glm.store import BetaStore
+from rtdecode.protocol import Message
+from rtdecode.session import SessionFolder
+
+log = logging.getLogger(__name__)
+
+
+def settings_from_config(config: SessionConfig) -> GLMSettings:
+    g = config.glm
+    return GLMSettings(t_r=config.scanner.tr_s, hrf_model=g.hrf_model, drift_model=g.drift_model,
+                       high_pass=g.high_pass, noise_model=g.noise_model, delay_s=g.delay_s,
+                       motion_confounds=g.motion_confounds)
+
+
+def events_path(config: SessionConfig, run: int, series: int) -> Path | None:
+    if config.glm.events is None:
+        return None
+    return Path(str(config.glm.events).format(run=run, series=series))
+
+
+class _Normalizer:
+    """z-scoring (running over the session, or fixed) then optional repeat averaging."""
+
+    def __init__(self, config: SessionConfig, n_voxels: int) -> None:
+        mode = config.glm.zscore
+        if mode == "calibration":
+            try:
+                self.z = FixedZScore.load(config.glm.zscore_stats)
+            except ValueError as exc:
+                raise ConfigError(f"glm.zscore_stats: {exc}") from None
+        else:
+            self.z = RunningZScore(n_voxels) if mode == "running" else NoZScore()
+        self.average = RepeatAverager() if config.glm.average_repeats else None
+
+    def __call__(self, image: str, beta: np.ndarray) -> tuple[np.ndarray, int]:
+        z = self.z(beta)
+        return self.average(image, z) if self.average is not None else (z, 1)
+
+
+class TrialBetas:
+    """GLM stage of the scanner side. Call :meth:`volume`, :meth:`missing`, :meth:`end_run`."""
+
+    def __init__(self, config: SessionConfig, folder: SessionFolder, send: Callable[[Message], None],
+                 on_beta: Callable[[TrialEstimate, np.ndarray], None] | None = None) -> None:
+        self.config = config
+        self.folder = folder
+        self.send = send
+        self.on_beta = on_beta
+        self.settings = settings_from_config(config)
+        self.glms: dict[int, IncrementalGLM] = {}
+        self.stores: dict[int, dict[str, BetaStore]] = {}
+        self._normalizers: dict[str, _Normalizer] = {}
+        self._skipped: set[int] = set()
+
+    # -- runs -----------------------------------------------------------------------------------
+    def start_run(self, run: int, series: int, n_voxels: int) -> bool:
+        """Set up run ``run``'s GLM if its events table exists; False when the run has no betas."""
+        if not self.config.glm.enabled or run in self.glms or run in self._skipped:
+            return run in self.glms
+        path = events_path(self.config, run, series)
+        if path is None or not path.exists():
+            where = "glm.events is not set" if path is None else f"no events table at {path}"
+            log.warning("run %d: %s; volumes only, no betas", run, where)
+            self._skipped.add(run)
+            return False
+        duration = self.config.scanner.volumes_per_run * self.config.scanner.tr_s
+        try:
+            events = read_events(path, run_duration_s=duration)
+        except EventsError as exc:
+            log.error("run %d: %s; volumes only, no betas", run, exc)
+            self._skipped.add(run)
+            self.send(Message("status", {"state": "glm_error", "service": "scanner", "run": run, "reason": str(exc)}))
+            return False
+        self._open(run, events, n_voxels)
+        # The session keeps its own copy, so offline estimates and calibration need nothing else.
+        write_events(self.folder.path / "func" / f"{self.folder.prefix(run)}_events.tsv", events)
+        log.info("run %d: %d trials from %s", run, len(events), path)
+        return True
+
+    def _open(self, run: int, events: Events, n_voxels: int) -> IncrementalGLM:
+        glm = IncrementalGLM(events, n_voxels, self.settings, self.config.scanner.volumes_per_run)
+        self.glms[run] = glm
+        self.stores[run] = {v: BetaStore(self.folder, run, v) for v in ("realtime", "endofrun")}
+        for version in ("realtime", "endofrun"):
+            if version not in self._normalizers:
+                self._normalizers[version] = _Normalizer(self.config, n_voxels)
+        return glm
+
+    def resume_run(self, run: int, series: int, rows: list[dict[str, str]], vectors: np.ndarray) -> None:
+        """Rebuild a run's GLM from its stored volumes and mark the trials already estimated."""
+        if vectors.size == 0 or not self.start_run(run, series, vectors.shape[1]):
+            return
+        glm = self.glms[run]
+        k = 0
+        for r in rows:
+            index = int(r["volume"])
+            if r["status"] == "ok":
+                motion = [float(r[c]) for c in ("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z")]
+                glm.add(index, vectors[k], motion)
+                k += 1
+            else:
+                glm.add_missing(index)
+        for version, store in self.stores[run].items():
+            stored, raw, _ = store.load()
+            for row, beta in zip(stored, raw, strict=True):
+                if version == "realtime":
+                    glm.done.add(int(row["trial"]))
+                self._normalizers[version](row["image"], beta)  # statistics as they were
+
+    # -- volumes ----------------------------------------------------------------------------------
+    def volume(self, run: int, index: int, vector: np.ndarray, motion: np.ndarray) -> list[TrialEstimate]:
+        glm = self.glms.get(run)
+        if glm is None:
+            return []
+        glm.add(index, vector, motion)
+        return [self._emit(run, glm.estimate(j)) for j in glm.ready()]
+
+    def missing(self, run: int, index: int) -> list[TrialEstimate]:
+        glm = self.glms.get(run)
+        if glm is None:
+            return []
+        glm.add_missing(index)
+        return [self._emit(run, glm.estimate(j)) for j in glm.ready()]
+
+    def end_run(self, run: int) -> list[TrialEstimate]:
+        """Trials whose window never came are estimated now; then every trial again, as 'endofrun'."""
+        glm = self.glms.get(run)
+        if glm is None or glm.n_frames == 0:
+            return []
+        late = [j for j in range(len(glm.events)) if j not in glm.done
+                and glm.events.onset[j] <= (glm.n_frames - 1) * glm.settings.t_r]
+        out = [self._emit(run, glm.estimate(j)) for j in late]
+        if not self.stores[run]["endofrun"].table.exists():
+            out += [self._emit(run, est) for est in glm.end_of_run()]
+        return out
+
+    def _emit(self, run: int, est: TrialEstimate) -> TrialEstimate:
+        t_ready = time.time()
+        sent, n_repeats = self._normalizers[est.version](est.image, est.beta)
+        self.stores[run][est.version].append(est, sent, self.settings, {
+            "n_repeats": n_repeats, "t_ready": f"{t_ready - est.estimate_ms / 1e3:.3f}", "t_done": f"{time.time():.3f}"})
+        self.send(Message("beta", {"run": run, "trial": est.trial, "image": est.image, "version": est.version,
+                                   "onset": est.onset, "n_frames": est.n_frames, "n_repeats": n_repeats,
+                                   "estimate_ms": round(est.estimate_ms, 3)}, arrays={"beta": sent}))
+        if self.on_beta is not None:
+            self.on_beta(est, sent)
+        return est

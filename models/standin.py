@@ -56,6 +56,12 @@ class StandInEmbedder:
         self.weights = np.r_[np.full(N_COLOUR, 2.0), np.full(N_EDGE, 3.0), np.full(N_OTHER, 1.5)].astype(np.float32)
 
     @property
+    def id(self) -> str:
+        """Names this feature space (cache keys, model folders)."""
+        c = self.config
+        return f"standin-g{c.grid}-d{c.dim}-s{c.seed}-p{c.pixels}"
+
+    @property
     def token_shape(self) -> tuple[int, int]:
         return self.config.tokens, self.config.dim
 
@@ -135,3 +141,4 @@ def _as_batch(images: np.ndarray | list) -> list[np.ndarray]:
     if isinstance(images, np.ndarray) and images.ndim == 3:
         return [images]
     return list(images)
+

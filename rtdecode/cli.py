@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from rtdecode.errors import RtdecodeError
+from rtdecode.errors import ConfigError, RtdecodeError
 
 
 def _shape(text: str) -> tuple[int, int, int]:
@@ -76,6 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tr", type=float, default=1.5)
     p.add_argument("--delay", type=float, default=7.5, help="seconds after onset (realtime version)")
 
+    p = sub.add_parser("models", help="the published weights: what is here, and fetching them (internet)")
+    p.add_argument("action", choices=["check", "download", "list"])
+    p.add_argument("name", nargs="?", help="file to download (see: rtdecode models list)")
+    p.add_argument("--folder", type=Path, default=Path("weights"), help="where weights live (default: ./weights)")
+
     p = sub.add_parser("bench", help="benchmark a stage; prints a table, or JSON with --json")
     p.add_argument("stage", help="preprocess | endurance | simulate | glm")
     p.add_argument("--json", action="store_true")
@@ -135,6 +140,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         write_offline_betas(args.session, args.out, args.noise_model, args.version, args.tr, args.delay)
         return 0
+    if args.command == "models":
+        return _models(args)
     if args.command == "bench":
         from rtdecode.bench import run_stage
 
@@ -146,6 +153,31 @@ def _dispatch(args: argparse.Namespace) -> int:
         run_demo(args.out, volumes=args.volumes, speedup=args.speedup, shape=args.shape)
         return 0
     raise AssertionError(args.command)  # pragma: no cover
+
+
+def _models(args: argparse.Namespace) -> int:
+    from models import registry
+
+    if args.action == "list":
+        for f in registry.REGISTRY.values():
+            print(f"{f.name:34s} {f.size_gb:6.2f} GB  {f.repo_id}/{f.path}  - {f.description}")
+        return 0
+    if args.action == "check":
+        missing = 0
+        for f, path, present in registry.check(args.folder):
+            missing += not present
+            print(f"{'ok     ' if present else 'missing'}  {f.name:34s} {path}")
+        if missing:
+            print(f"{missing} file(s) missing; fetch one with: rtdecode models download NAME --folder {args.folder}")
+        return 0
+    if not args.name:
+        raise SystemExit("rtdecode models download: name the file (rtdecode models list shows them)")
+    try:
+        registry.entry(args.name)
+    except KeyError as exc:
+        raise ConfigError(str(exc.args[0])) from None
+    print(registry.download(args.name, args.folder))
+    return 0
 
 
 if __name__ == "__main__":

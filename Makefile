@@ -24,6 +24,7 @@ bench: $(STAMP)
 	$(BIN)/rtdecode bench endurance --json | tee benchmarks/results/endurance.json
 	$(BIN)/rtdecode bench simulate --json | tee benchmarks/results/simulate.json
 	$(BIN)/rtdecode bench glm --json | tee benchmarks/results/glm.json
+	$(BIN)/rtdecode bench decoder --json | tee benchmarks/results/decoder.json
 
 lint: $(STAMP)
 	$(BIN)/ruff check rtdecode calibration gui models tests benchmarks

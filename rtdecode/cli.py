@@ -82,11 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folder", type=Path, default=Path("weights"), help="where weights live (default: ./weights)")
 
     p = sub.add_parser("bench", help="benchmark a stage; prints a table, or JSON with --json")
-    p.add_argument("stage", help="preprocess | endurance | simulate | glm")
+    p.add_argument("stage", help="preprocess | endurance | simulate | glm | decoder")
     p.add_argument("--json", action="store_true")
     p.add_argument("--volumes", type=int, default=None)
     p.add_argument("--shape", type=_shape, default=None)
     p.add_argument("--voxels", dest="n_voxels", type=int, default=None)
+    p.add_argument("--hidden", type=int, default=None, help="decoder: MindEye2 hidden size (4096 or 1024)")
+    p.add_argument("--unclip", action="store_true", default=None, help="decoder: also time unCLIP on the CPU")
 
     p = sub.add_parser("demo", help="a simulated task run through the scanner side and the GLM, with a live summary")
     p.add_argument("--out", type=Path, default=Path("demo-output"))
@@ -145,7 +147,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "bench":
         from rtdecode.bench import run_stage
 
-        run_stage(args.stage, as_json=args.json, volumes=args.volumes, shape=args.shape, n_voxels=args.n_voxels)
+        extra = {"hidden": args.hidden, "unclip": args.unclip} if args.stage == "decoder" else {}
+        extra.update({} if args.stage == "decoder" else {"volumes": args.volumes, "shape": args.shape})
+        run_stage(args.stage, as_json=args.json, n_voxels=args.n_voxels, **extra)
         return 0
     if args.command == "demo":
         from rtdecode.demo import run_demo

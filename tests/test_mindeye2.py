@@ -180,3 +180,16 @@ def test_prior_matches_dalle2_pytorch():
     expected = ref.p_sample_loop_ddim(brain.shape, dict(text_embed=brain), timesteps=20)
     torch.manual_seed(5)
     assert torch.allclose(prior.sample(brain, steps=20), expected, atol=1e-6)
+
+
+def test_bf16_inference_from_a_converted_folder(tmp_path):
+    torch.manual_seed(4)
+    save_pretrained(MindEye2(tiny_config()), tmp_path / "m")
+    model = load_pretrained(tmp_path / "m", dtype=torch.bfloat16)
+    assert model.backbone.backbone_linear.weight.dtype == torch.bfloat16
+    assert model.diffusion_prior.noise_scheduler.betas.dtype == torch.float32  # schedule stays exact
+    with torch.no_grad():
+        backbone, clip, (blur, _) = model(torch.randn(2, 37, dtype=torch.bfloat16), "subj02")
+        tokens = model.diffusion_prior.sample(backbone, steps=20, generator=torch.Generator().manual_seed(0))
+    assert tokens.dtype == torch.bfloat16 and tokens.shape == (2, 5, 32) and torch.isfinite(tokens.float()).all()
+    assert blur.shape == (2, 4, 28, 28)

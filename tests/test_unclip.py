@@ -94,3 +94,16 @@ def test_missing_or_foreign_unclip_file(tmp_path):
     torch.save([1, 2], tmp_path / "list.ckpt")
     with pytest.raises(ValueError, match="expected a dict with 'state_dict'"):
         load_unclip_checkpoint(tmp_path / "list.ckpt")
+
+
+def test_blurry_image_through_a_saved_sd_vae(tmp_path):
+    from models.blurry import blurry_image, build_sd_vae, load_sd_vae
+
+    torch.manual_seed(3)
+    vae = build_sd_vae((32, 32, 64, 64), device="cpu")
+    torch.save(vae.state_dict(), tmp_path / "sd_image_var_autoenc.pth")
+    loaded = load_sd_vae(tmp_path / "sd_image_var_autoenc.pth", (32, 32, 64, 64))
+    latent = torch.randn(2, 4, 28, 28)
+    image = blurry_image(loaded, latent)
+    assert image.shape == (2, 3, 224, 224) and 0 <= float(image.min()) and float(image.max()) <= 1
+    assert torch.equal(image, blurry_image(vae.eval(), latent))

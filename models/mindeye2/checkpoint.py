@@ -119,7 +119,12 @@ def save_pretrained(model: MindEye2, folder: str | Path) -> Path:
     return folder
 
 
-def load_pretrained(folder: str | Path, device: str | torch.device = "cpu") -> MindEye2:
+def load_pretrained(folder: str | Path, device: str | torch.device = "cpu",
+                    dtype: torch.dtype | None = None) -> MindEye2:
+    """A folder written by :func:`save_pretrained`; ``dtype`` (e.g. torch.bfloat16) for GPU inference.
+
+    The prior's schedule buffers stay float32 whatever ``dtype``: they index and scale the noise.
+    """
     from safetensors.torch import load_file
 
     folder = Path(folder)
@@ -130,6 +135,10 @@ def load_pretrained(folder: str | Path, device: str | torch.device = "cpu") -> M
     with torch.device("meta"):
         model = MindEye2(config)
     model.load_state_dict(load_file(str(folder / "model.safetensors"), device=str(device)), strict=True, assign=True)
+    if dtype is not None:
+        schedule = model.diffusion_prior.noise_scheduler
+        model.to(dtype)
+        schedule.float()
     return model.eval()
 
 

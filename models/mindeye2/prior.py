@@ -87,13 +87,14 @@ class BrainDiffusionPrior(nn.Module):
         total = sched.num_timesteps
         if not 0 < steps < total:
             raise ValueError(f"DDIM steps must be between 1 and {total - 1}, got {steps}")
-        alphas = sched.alphas_cumprod_prev  # sic: the published loop uses these as the DDIM alphas
+        alphas = sched.alphas_cumprod_prev.float()  # sic: the published loop uses these as the DDIM alphas
         times = list(reversed(torch.linspace(-1.0, total, steps + 1)[:-1].int().tolist()))
-        x = torch.randn(brain_embed.shape, device=brain_embed.device, dtype=brain_embed.dtype, generator=generator)
+        dtype = brain_embed.dtype  # the network's precision; the update itself runs in float32
+        x = torch.randn(brain_embed.shape, device=brain_embed.device, generator=generator).float()
         x0 = x
         for time, time_next in zip(times[:-1], times[1:], strict=True):
             t = torch.full((len(x),), time, device=x.device, dtype=torch.long)
-            x0 = self.net(x, t, brain_embed)
+            x0 = self.net(x.to(dtype), t, brain_embed).float()
             if time_next < 0:
                 x = x0
                 continue
@@ -101,6 +102,6 @@ class BrainDiffusionPrior(nn.Module):
             alpha, alpha_next = alphas[time], alphas[time_next]
             c1 = eta * ((1 - alpha / alpha_next) * (1 - alpha_next) / (1 - alpha)).sqrt()
             c2 = ((1 - alpha_next) - c1 ** 2).sqrt()
-            noise = torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator) if time_next > 0 else 0.0
+            noise = torch.randn(x.shape, device=x.device, generator=generator) if time_next > 0 else 0.0
             x = x0 * alpha_next.sqrt() + c1 * noise + c2 * pred_noise
-        return x
+        return x.to(dtype)

@@ -157,7 +157,10 @@ class TimeMLP(nn.Module):
                                  nn.Linear(hidden, dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x.float())
+        weight = self.net[-1].weight.dtype
+        # Published: always fp32 input (autocast then picks the matmul precision). With weights cast
+        # to bf16/fp16 and no autocast, feed the weights' dtype instead.
+        return self.net(x.float() if weight == torch.float32 else x.to(weight))
 
 
 class PriorNetwork(nn.Module):

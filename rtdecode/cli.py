@@ -76,6 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tr", type=float, default=1.5)
     p.add_argument("--delay", type=float, default=7.5, help="seconds after onset (realtime version)")
 
+    p = sub.add_parser("decode", help="the decoder process: betas in, retrievals and reconstructions out")
+    p.add_argument("--model", required=True, type=Path, help="calibrated model folder")
+    p.add_argument("--gallery", required=True, type=Path, help="folder of images to retrieve from")
+    p.add_argument("--out", required=True, type=Path, help="folder for results (resumes if it exists)")
+    p.add_argument("--betas", default="tcp://127.0.0.1:5556", help="address to bind for betas")
+    p.add_argument("--results", default="tcp://127.0.0.1:5557", help="address to bind for results")
+    p.add_argument("--policy", default="every", help="reconstructions: every | newest | every-N")
+
     p = sub.add_parser("models", help="the published weights: what is here, and fetching them (internet)")
     p.add_argument("action", choices=["check", "download", "list"])
     p.add_argument("name", nargs="?", help="file to download (see: rtdecode models list)")
@@ -141,6 +149,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         from rtdecode.glm.offline import write_offline_betas
 
         write_offline_betas(args.session, args.out, args.noise_model, args.version, args.tr, args.delay)
+        return 0
+    if args.command == "decode":
+        from rtdecode.decoder.service import run_decoder
+
+        run_decoder(args.model, args.out, args.gallery, args.betas, args.results, args.policy)
         return 0
     if args.command == "models":
         return _models(args)

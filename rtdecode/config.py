@@ -72,6 +72,10 @@ class NetworkSection:
     events_port: int = 5555
     betas_port: int = 5556
     results_port: int = 5557
+    # The decoder's betas address, e.g. "tcp://127.0.0.1:5556"; empty: betas are only published.
+    decoder: str = ""
+    resend_s: float = 2.0  # unacknowledged betas are sent again after this long
+    drain_s: float = 10.0  # on stop, wait up to this long for the decoder to acknowledge the last betas
 
 
 @dataclass
@@ -120,7 +124,7 @@ _LABEL = re.compile(r"^[A-Za-z0-9]+$")
 _POSITIVE = {
     "scanner.poll_interval_s", "scanner.tr_s", "scanner.volumes_per_run", "scanner.partial_timeout_s",
     "scanner.missing_timeout_s", "preprocess.fd_threshold_mm", "preprocess.max_iterations",
-    "preprocess.sample_stride", "glm.high_pass", "glm.delay_s",
+    "preprocess.sample_stride", "glm.high_pass", "glm.delay_s", "network.resend_s", "network.drain_s",
 }
 _PORTS = {"network.events_port", "network.betas_port", "network.results_port"}
 _MUST_EXIST = {"preprocess.session_reference", "preprocess.mask", "models.folder", "glm.zscore_stats"}
@@ -222,6 +226,8 @@ def _validate(cfg: SessionConfig, source: str) -> None:
         raise ConfigError(
             f"{source}: preprocess.mask_threshold must be between 0 and 1, got {cfg.preprocess.mask_threshold}"
         )
+    if cfg.network.decoder and not re.match(r"^(tcp|ipc)://\S+$", cfg.network.decoder):
+        raise ConfigError(f"{source}: network.decoder must be an address like tcp://127.0.0.1:5556, got {cfg.network.decoder!r}")
     if cfg.glm.zscore == "calibration" and cfg.glm.zscore_stats is None:
         raise ConfigError(f"{source}: glm.zscore = \"calibration\" needs glm.zscore_stats (the calibrated model's folder)")
     if cfg.glm.events is not None:

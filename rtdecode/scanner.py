@@ -84,7 +84,14 @@ class ScannerSide:
         self.folder = SessionFolder(config.session.root, config.session.subject, config.session.session, config.session.task).create()
         self.publisher = publisher
         self.on_volume = on_volume
-        self.betas = TrialBetas(config, self.folder, self._send, on_beta)
+        self.beta_sender = None
+        if config.network.decoder:
+            from rtdecode.reliable import BetaSender
+
+            self.beta_sender = BetaSender(config.network.decoder, self.folder.derivatives / "betas_acked.keys",
+                                          resend_s=config.network.resend_s)
+        self.betas = TrialBetas(config, self.folder, self._send, on_beta,
+                                deliver=self.beta_sender.send if self.beta_sender else None)
         self.quarantine = sc.quarantine_dir or (sc.watch_dir / "rtdecode-rejected")
         self.mask = self._load_mask()
         self.session_reference = self._load_session_reference()
@@ -180,6 +187,16 @@ class ScannerSide:
                     break
         finally:
             self.stop()
+            if self.beta_sender is not None:
+                # Let the decoder acknowledge what is in flight; anything left is resent on the next start.
+                deadline = time.monotonic() + self.config.network.drain_s
+                while self.beta_sender.outbox and time.monotonic() < deadline:
+                    self.beta_sender.pump(100)
+                if self.beta_sender.outbox:
+                    log.warning("%d beta(s) not yet acknowledged by the decoder; they are resent on the next start",
+                                len(self.beta_sender.outbox))
+                self.beta_sender.close()
+                self.beta_sender = None
 
     def step(self, timeout: float) -> bool:
         """Take what arrived within ``timeout`` s; return True if anything was done."""
@@ -196,6 +213,8 @@ class ScannerSide:
                 did |= self._take(pend, now)
         for run in list(self.runs.values()):
             did |= self._drain(run)
+        if self.beta_sender is not None:
+            self.beta_sender.pump(0)
         return did
 
     def _take(self, pend: _Pending, now: float) -> bool:

@@ -64,8 +64,10 @@ class TrialBetas:
     """GLM stage of the scanner side. Call :meth:`volume`, :meth:`missing`, :meth:`end_run`."""
 
     def __init__(self, config: SessionConfig, folder: SessionFolder, send: Callable[[Message], None],
-                 on_beta: Callable[[TrialEstimate, np.ndarray], None] | None = None) -> None:
+                 on_beta: Callable[[TrialEstimate, np.ndarray], None] | None = None,
+                 deliver: Callable[[Message], None] | None = None) -> None:
         self.config = config
+        self.deliver = deliver  # the acknowledged channel to the decoder, when there is one
         self.folder = folder
         self.send = send
         self.on_beta = on_beta
@@ -124,11 +126,15 @@ class TrialBetas:
             else:
                 glm.add_missing(index)
         for version, store in self.stores[run].items():
-            stored, raw, _ = store.load()
-            for row, beta in zip(stored, raw, strict=True):
+            stored, raw, sent = store.load()
+            for row, beta, vector in zip(stored, raw, sent, strict=True):
                 if version == "realtime":
                     glm.done.add(int(row["trial"]))
                 self._normalizers[version](row["image"], beta)  # statistics as they were
+                if self.deliver is not None:  # the sender skips what the decoder already acknowledged
+                    self.deliver(self._message(run, int(row["trial"]), row["image"], version, float(row["onset"]),
+                                               int(row["n_frames"]), int(row["n_repeats"]),
+                                               float(row["estimate_ms"]), vector))
 
     # -- volumes ----------------------------------------------------------------------------------
     def volume(self, run: int, index: int, vector: np.ndarray, motion: np.ndarray) -> list[TrialEstimate]:
@@ -157,14 +163,23 @@ class TrialBetas:
             out += [self._emit(run, est) for est in glm.end_of_run()]
         return out
 
+    @staticmethod
+    def _message(run: int, trial: int, image: str, version: str, onset: float, n_frames: int, n_repeats: int,
+                 estimate_ms: float, sent: np.ndarray) -> Message:
+        return Message("beta", {"run": run, "trial": trial, "image": image, "version": version, "onset": onset,
+                                "n_frames": n_frames, "n_repeats": n_repeats, "estimate_ms": round(estimate_ms, 3)},
+                       arrays={"beta": np.asarray(sent, np.float32)})
+
     def _emit(self, run: int, est: TrialEstimate) -> TrialEstimate:
         t_ready = time.time()
         sent, n_repeats = self._normalizers[est.version](est.image, est.beta)
         self.stores[run][est.version].append(est, sent, self.settings, {
             "n_repeats": n_repeats, "t_ready": f"{t_ready - est.estimate_ms / 1e3:.3f}", "t_done": f"{time.time():.3f}"})
-        self.send(Message("beta", {"run": run, "trial": est.trial, "image": est.image, "version": est.version,
-                                   "onset": est.onset, "n_frames": est.n_frames, "n_repeats": n_repeats,
-                                   "estimate_ms": round(est.estimate_ms, 3)}, arrays={"beta": sent}))
+        message = self._message(run, est.trial, est.image, est.version, est.onset, est.n_frames, n_repeats,
+                                est.estimate_ms, sent)
+        self.send(message)
+        if self.deliver is not None:
+            self.deliver(message)
         if self.on_beta is not None:
             self.on_beta(est, sent)
         return est

@@ -1,0 +1,113 @@
+"""Decoding one beta: pure model work, no sockets or files (the service owns those).
+
+brain -> (backbone tokens, retrieval tokens, blurry latent) -> prior tokens (20 DDIM steps);
+retrieval tokens vs the gallery -> top-k; prior tokens -> image (unCLIP when its weights are loaded,
+else the stand-in's inversion when the token space is the stand-in), blurry latent -> image when the
+SD VAE is loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models.mindeye2.checkpoint import load_pretrained
+from models.retrieval import similarity, top_k
+
+
+@dataclass
+class Retrieval:
+    tokens: np.ndarray  # prior tokens (T, D): what reconstruction starts from
+    ids: list[str]
+    scores: list[float]
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    blurry_latent: np.ndarray | None = None
+
+
+def load_embedder(folder: Path):
+    """The token space the model was trained in, from ``embedder.json`` in the model folder."""
+    spec = json.loads((folder / "embedder.json").read_text())
+    if spec["kind"] == "standin":
+        from models.standin import StandInConfig, StandInEmbedder
+
+        return StandInEmbedder(StandInConfig(**spec["config"]))
+    if spec["kind"] == "openclip":
+        from models.clip import ClipTokenEmbedder
+
+        return ClipTokenEmbedder(spec["model"], spec["pretrained"], config_path=spec.get("config_path"))
+    raise ValueError(f"{folder / 'embedder.json'}: kind must be 'standin' or 'openclip', got {spec['kind']!r}")
+
+
+class Decoder:
+    """A calibrated model, its subject's ridge, a gallery in the model's token space, a reconstructor."""
+
+    def __init__(self, model, subject: str, embedder, gallery_ids: list[str], gallery_tokens: np.ndarray,
+                 reconstruct=None, blurry=None, top: int = 5, seed: int = 0) -> None:
+        self.model, self.subject, self.embedder = model.eval(), subject, embedder
+        self.gallery_ids, self.gallery_tokens = gallery_ids, gallery_tokens
+        self.reconstruct_fn, self.blurry_fn = reconstruct, blurry
+        self.top = top
+        self.generator = torch.Generator().manual_seed(seed)
+        self.device = next(model.parameters()).device
+        self.dtype = next(model.parameters()).dtype
+
+    @classmethod
+    def from_folder(cls, folder: str | Path, gallery: str | Path, cache: str | Path | None = None,
+                    device: str = "cpu") -> Decoder:
+        from models.clip import EmbeddingCache
+
+        folder, gallery = Path(folder), Path(gallery)
+        model = load_pretrained(folder, device=device)
+        subject = json.loads((folder / "subject.json").read_text())["subject"]
+        embedder = load_embedder(folder)
+        ids, images = read_gallery(gallery)
+        tokens = EmbeddingCache(embedder, cache or folder / "embedding-cache", dtype=np.float32).embed(images)
+        reconstruct = None
+        if hasattr(embedder, "invert"):
+            reconstruct = lambda t: embedder.invert(t, size=128)  # noqa: E731 - the stand-in's "reconstruction"
+        return cls(model, subject, embedder, ids, tokens, reconstruct=reconstruct)
+
+    @torch.no_grad()
+    def retrieve(self, beta: np.ndarray) -> Retrieval:
+        t0 = time.perf_counter()
+        x = torch.tensor(np.array(beta, np.float32), device=self.device, dtype=self.dtype)[None]  # a copy: wire arrays are read-only
+        backbone, clip, (blur, _) = self.model(x, self.subject)
+        t1 = time.perf_counter()
+        sim = similarity(clip.float().cpu().numpy(), self.gallery_tokens)
+        idx, scores = top_k(sim, self.top)
+        t2 = time.perf_counter()
+        prior = self.model.diffusion_prior.sample(backbone, steps=20, generator=self.generator)
+        t3 = time.perf_counter()
+        return Retrieval(prior[0].float().cpu().numpy(), [self.gallery_ids[i] for i in idx[0]],
+                         [float(s) for s in scores[0]],
+                         {"backbone_ms": (t1 - t0) * 1e3, "retrieval_ms": (t2 - t1) * 1e3, "prior_ms": (t3 - t2) * 1e3},
+                         blur[0].float().cpu().numpy() if blur.ndim == 4 else None)
+
+    def reconstruct(self, tokens: np.ndarray) -> tuple[np.ndarray | None, float]:
+        """Prior tokens -> uint8 image (H, W, 3), or None without a reconstructor; and the time taken."""
+        if self.reconstruct_fn is None:
+            return None, 0.0
+        t0 = time.perf_counter()
+        image = np.asarray(self.reconstruct_fn(tokens))
+        if image.dtype != np.uint8:
+            image = (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
+        return image, (time.perf_counter() - t0) * 1e3
+
+
+def read_gallery(folder: Path) -> tuple[list[str], np.ndarray]:
+    """Images of a folder (PNG/JPEG), named by file stem, as uint8 RGB of one common size."""
+    from PIL import Image
+
+    paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+    if not paths:
+        raise FileNotFoundError(f"{folder}: no PNG or JPEG images to use as a gallery")
+    images = []
+    for p in paths:
+        with Image.open(p) as im:
+            images.append(np.asarray(im.convert("RGB").resize((128, 128), Image.BICUBIC)))
+    return [p.stem for p in paths], np.stack(images)

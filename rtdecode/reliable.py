@@ -1,0 +1,141 @@
+"""The betas channel: acknowledged delivery from the scanner side to the decoder.
+
+The decoder binds a ROUTER; the scanner side connects a DEALER (ZeroMQ reconnects by itself when a
+decoder restarts). Every beta carries a key (run:trial:version). The sender keeps each beta until
+the decoder acknowledges that key, resends what is unacknowledged every ``resend_s``, and records
+acknowledged keys in a ledger file so a restarted scanner side does not resend them. The decoder
+records each key it has decoded before acknowledging it, and acknowledges a repeat without decoding
+it again: delivery is at least once, decoding exactly once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+import zmq
+
+from rtdecode.errors import ProtocolError
+from rtdecode.protocol import Message, decode, encode
+
+log = logging.getLogger(__name__)
+
+
+def beta_key(fields: dict) -> str:
+    return f"{fields['run']}:{fields['trial']}:{fields.get('version', 'realtime')}"
+
+
+class Ledger:
+    """An append-only file of keys (one per line); a torn last line is ignored."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.keys: set[str] = set()
+        if self.path.exists():
+            text = self.path.read_text()
+            lines = text.split("\n")
+            complete = lines if text.endswith("\n") else lines[:-1]
+            self.keys = {line for line in complete if line}
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.keys
+
+    def add(self, key: str) -> None:
+        if key not in self.keys:
+            with open(self.path, "a") as fh:
+                fh.write(key + "\n")
+                fh.flush()
+            self.keys.add(key)
+
+
+class BetaSender:
+    """DEALER side (scanner side). Call :meth:`send` for each beta and :meth:`pump` from the loop."""
+
+    def __init__(self, address: str, ledger: str | Path, resend_s: float = 2.0,
+                 context: zmq.Context | None = None, curve: dict | None = None) -> None:
+        self._sock = (context or zmq.Context.instance()).socket(zmq.DEALER)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.setsockopt(zmq.SNDHWM, 100_000)
+        for option, value in (curve or {}).items():
+            self._sock.setsockopt(option, value)
+        self._sock.connect(address)
+        self.acked = Ledger(ledger)
+        self.outbox: OrderedDict[str, tuple[Message, float]] = OrderedDict()
+        self.resend_s = resend_s
+        self.sent = 0
+
+    def send(self, message: Message) -> None:
+        key = beta_key(message.fields)
+        if key in self.acked or key in self.outbox:
+            return
+        self.outbox[key] = (message, time.monotonic())
+        self._transmit(message)
+
+    def _transmit(self, message: Message) -> None:
+        try:
+            self._sock.send_multipart(encode(message), flags=zmq.NOBLOCK, copy=False)
+            self.sent += 1
+        except zmq.Again:
+            pass  # the decoder is away; the resend timer tries again
+
+    def pump(self, timeout_ms: int = 0) -> int:
+        """Take acknowledgements (waiting up to ``timeout_ms`` for the first) and resend stale betas."""
+        taken = 0
+        while self._sock.poll(timeout_ms if taken == 0 else 0, zmq.POLLIN):
+            frames = self._sock.recv_multipart()
+            try:
+                msg = decode(frames)
+            except ProtocolError as exc:
+                log.warning("betas channel: rejected reply: %s", exc)
+                continue
+            if msg.type == "ack":
+                key = str(msg.fields["ref"])
+                self.acked.add(key)
+                self.outbox.pop(key, None)
+                taken += 1
+        now = time.monotonic()
+        for key, (message, last) in list(self.outbox.items()):
+            if now - last >= self.resend_s:
+                self.outbox[key] = (message, now)
+                self._transmit(message)
+        return taken
+
+    def close(self) -> None:
+        self._sock.close(linger=0)
+
+
+class BetaReceiver:
+    """ROUTER side (decoder). :meth:`recv` gives (peer, message) or None; :meth:`ack` answers a peer."""
+
+    def __init__(self, address: str, context: zmq.Context | None = None, curve: dict | None = None) -> None:
+        self._sock = (context or zmq.Context.instance()).socket(zmq.ROUTER)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        for option, value in (curve or {}).items():
+            self._sock.setsockopt(option, value)
+        if address.endswith(":0"):
+            host = address.rsplit(":", 1)[0]
+            address = f"{host}:{self._sock.bind_to_random_port(host)}"
+        else:
+            self._sock.bind(address)
+        self.address = address
+        self.rejected = 0
+
+    def recv(self, timeout_ms: int) -> tuple[bytes, Message] | None:
+        if not self._sock.poll(timeout_ms, zmq.POLLIN):
+            return None
+        peer, *frames = self._sock.recv_multipart()
+        try:
+            return peer, decode(frames)
+        except ProtocolError as exc:
+            self.rejected += 1
+            log.warning("betas channel: rejected message: %s", exc)
+            return None
+
+    def ack(self, peer: bytes, key: str) -> None:
+        self._sock.send_multipart([peer, *encode(Message("ack", {"ref": key}))])
+
+    def close(self) -> None:
+        self._sock.close(linger=0)

@@ -83,6 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--betas", default="tcp://127.0.0.1:5556", help="address to bind for betas")
     p.add_argument("--results", default="tcp://127.0.0.1:5557", help="address to bind for results")
     p.add_argument("--policy", default="every", help="reconstructions: every | newest | every-N")
+    p.add_argument("--curve-secret", type=Path, default=None, help="this host's secret key (rtdecode keys)")
+    p.add_argument("--curve-allowed", type=Path, default=None, help="folder of client public keys to accept")
+
+    p = sub.add_parser("keys", help="create a CURVE key pair for encrypted links between hosts")
+    p.add_argument("name", help="whose keys: e.g. scanner, decoder, console")
+    p.add_argument("--folder", type=Path, default=Path("keys"))
 
     p = sub.add_parser("models", help="the published weights: what is here, and fetching them (internet)")
     p.add_argument("action", choices=["check", "download", "list"])
@@ -153,7 +159,14 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "decode":
         from rtdecode.decoder.service import run_decoder
 
-        run_decoder(args.model, args.out, args.gallery, args.betas, args.results, args.policy)
+        run_decoder(args.model, args.out, args.gallery, args.betas, args.results, args.policy,
+                    curve_secret=args.curve_secret, curve_allowed=args.curve_allowed)
+        return 0
+    if args.command == "keys":
+        from rtdecode.security import create_keys
+
+        public, secret = create_keys(args.folder, args.name)
+        print(f"public key (copy to the other host's allowed/ folder): {public}\nsecret key (stays here): {secret}")
         return 0
     if args.command == "models":
         return _models(args)

@@ -76,6 +76,10 @@ class NetworkSection:
     decoder: str = ""
     resend_s: float = 2.0  # unacknowledged betas are sent again after this long
     drain_s: float = 10.0  # on stop, wait up to this long for the decoder to acknowledge the last betas
+    # CURVE, for a decoder on another host: this host's secret key and the decoder's public key
+    # (both made by `rtdecode keys`). Empty: plain TCP, which is fine on 127.0.0.1.
+    curve_secret: Path | None = None
+    curve_decoder_key: Path | None = None
 
 
 @dataclass
@@ -127,7 +131,8 @@ _POSITIVE = {
     "preprocess.sample_stride", "glm.high_pass", "glm.delay_s", "network.resend_s", "network.drain_s",
 }
 _PORTS = {"network.events_port", "network.betas_port", "network.results_port"}
-_MUST_EXIST = {"preprocess.session_reference", "preprocess.mask", "models.folder", "glm.zscore_stats"}
+_MUST_EXIST = {"preprocess.session_reference", "preprocess.mask", "models.folder", "glm.zscore_stats",
+               "network.curve_secret", "network.curve_decoder_key"}
 
 
 def load_config(path: str | Path) -> SessionConfig:
@@ -228,6 +233,8 @@ def _validate(cfg: SessionConfig, source: str) -> None:
         )
     if cfg.network.decoder and not re.match(r"^(tcp|ipc)://\S+$", cfg.network.decoder):
         raise ConfigError(f"{source}: network.decoder must be an address like tcp://127.0.0.1:5556, got {cfg.network.decoder!r}")
+    if (cfg.network.curve_secret is None) != (cfg.network.curve_decoder_key is None):
+        raise ConfigError(f"{source}: network.curve_secret and network.curve_decoder_key go together; set both or neither")
     if cfg.glm.zscore == "calibration" and cfg.glm.zscore_stats is None:
         raise ConfigError(f"{source}: glm.zscore = \"calibration\" needs glm.zscore_stats (the calibrated model's folder)")
     if cfg.glm.events is not None:

@@ -88,8 +88,13 @@ class ScannerSide:
         if config.network.decoder:
             from rtdecode.reliable import BetaSender
 
+            curve = None
+            if config.network.curve_secret is not None:
+                from rtdecode.security import client_options
+
+                curve = client_options(config.network.curve_secret, config.network.curve_decoder_key)
             self.beta_sender = BetaSender(config.network.decoder, self.folder.derivatives / "betas_acked.keys",
-                                          resend_s=config.network.resend_s)
+                                          resend_s=config.network.resend_s, curve=curve)
         self.betas = TrialBetas(config, self.folder, self._send, on_beta,
                                 deliver=self.beta_sender.send if self.beta_sender else None)
         self.quarantine = sc.quarantine_dir or (sc.watch_dir / "rtdecode-rejected")

@@ -20,10 +20,12 @@ log = logging.getLogger(__name__)
 class Publisher:
     """PUB socket for events, QA and results (any number of subscribers; late ones miss history)."""
 
-    def __init__(self, address: str, context: zmq.Context | None = None) -> None:
+    def __init__(self, address: str, context: zmq.Context | None = None, curve: dict | None = None) -> None:
         self._ctx = context or zmq.Context.instance()
         self._sock = self._ctx.socket(zmq.PUB)
         self._sock.setsockopt(zmq.LINGER, 0)
+        for option, value in (curve or {}).items():  # rtdecode.security.server_options
+            self._sock.setsockopt(option, value)
         self._sock.setsockopt(zmq.SNDHWM, 10_000)
         if address.endswith(":0"):
             port = self._sock.bind_to_random_port(address.rsplit(":", 1)[0])
@@ -48,10 +50,13 @@ class Publisher:
 class Subscriber:
     """SUB socket; :meth:`recv` returns a validated message, or None on timeout or bad input."""
 
-    def __init__(self, address: str, topics: tuple[str, ...] = ("",), context: zmq.Context | None = None) -> None:
+    def __init__(self, address: str, topics: tuple[str, ...] = ("",), context: zmq.Context | None = None,
+                 curve: dict | None = None) -> None:
         self._ctx = context or zmq.Context.instance()
         self._sock = self._ctx.socket(zmq.SUB)
         self._sock.setsockopt(zmq.LINGER, 0)
+        for option, value in (curve or {}).items():  # rtdecode.security.client_options
+            self._sock.setsockopt(option, value)
         for topic in topics:
             self._sock.setsockopt(zmq.SUBSCRIBE, topic.encode())
         self._sock.connect(address)

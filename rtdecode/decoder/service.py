@@ -88,7 +88,7 @@ class DecoderService:
         self.decoder = decoder
         self.store = ResultStore(out)
         self.receiver = BetaReceiver(betas_address, curve=curve)
-        self.publisher = Publisher(results_address)
+        self.publisher = Publisher(results_address, curve=curve)
         self.policy = policy
         self.heartbeat_s = heartbeat_s
         self.queue: deque[tuple[str, dict]] = deque((k, {}) for k in self.store.pending_reconstructions())
@@ -181,14 +181,27 @@ class DecoderService:
 
 
 def run_decoder(model: Path, out: Path, gallery: Path, betas: str, results: str, policy: str = "every",
-                until: Callable | None = None) -> DecoderService:
+                until: Callable | None = None, curve_secret: Path | None = None,
+                curve_allowed: Path | None = None) -> DecoderService:
     """``rtdecode decode``: load, bind, serve until stopped."""
     decoder = Decoder.from_folder(model, gallery)
-    service = DecoderService(decoder, out, betas, results, policy=policy)
+    curve, auth = None, None
+    if curve_secret is not None:
+        from rtdecode.security import server_options, start_authenticator
+
+        if curve_allowed is None:
+            raise ValueError("--curve-secret needs --curve-allowed (the folder of client public keys to accept)")
+        auth = start_authenticator(curve_allowed)
+        curve = server_options(curve_secret)
+    service = DecoderService(decoder, out, betas, results, policy=policy, curve=curve)
     (Path(out) / "decoder.json").write_text(json.dumps({"betas": service.receiver.address,
                                                          "results": service.publisher.address,
                                                          "model": str(model), "gallery": str(gallery)}))
     log.info("decoder: betas on %s, results on %s, gallery of %d images", service.receiver.address,
              service.publisher.address, len(decoder.gallery_ids))
-    service.run(until)
+    try:
+        service.run(until)
+    finally:
+        if auth is not None:
+            auth.stop()
     return service

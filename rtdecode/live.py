@@ -46,7 +46,7 @@ def run_scanner_side(config: SessionConfig, idle_timeout: float | None = None, q
                      until=None) -> ScannerSide:
     """Watch, preprocess and publish until interrupted (or idle); print the summary at the end."""
     address = f"tcp://{config.network.host}:{config.network.events_port}"
-    publisher = Publisher(address)
+    publisher = Publisher(address, replay=200)  # a console that starts late catches up
     summary = LiveSummary(config, quiet=quiet)
     side = ScannerSide(config, publisher=publisher, on_volume=summary)
     print(f"watching {config.scanner.watch_dir} ({config.scanner.mode}); events on {publisher.address}", flush=True)

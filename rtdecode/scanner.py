@@ -220,6 +220,8 @@ class ScannerSide:
             did |= self._drain(run)
         if self.beta_sender is not None:
             self.beta_sender.pump(0)
+        if self.publisher is not None:
+            self.publisher.serve()  # replay recent events to a console that just joined
         return did
 
     def _take(self, pend: _Pending, now: float) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import deque
 
 import zmq
 
@@ -18,12 +19,21 @@ log = logging.getLogger(__name__)
 
 
 class Publisher:
-    """PUB socket for events, QA and results (any number of subscribers; late ones miss history)."""
+    """PUB socket for events, QA and results, to any number of subscribers.
 
-    def __init__(self, address: str, context: zmq.Context | None = None, curve: dict | None = None) -> None:
+    With ``replay`` > 0 it is an XPUB that keeps its last ``replay`` messages and sends them again
+    when a subscriber joins, so a display that starts late shows the current state at once. Replayed
+    messages keep their sequence numbers; subscribers already connected see them twice and can drop
+    repeats by ``seq``. Call :meth:`serve` from the sending loop to notice new subscribers.
+    """
+
+    def __init__(self, address: str, context: zmq.Context | None = None, curve: dict | None = None,
+                 replay: int = 0) -> None:
         self._ctx = context or zmq.Context.instance()
-        self._sock = self._ctx.socket(zmq.PUB)
+        self._sock = self._ctx.socket(zmq.XPUB if replay else zmq.PUB)
         self._sock.setsockopt(zmq.LINGER, 0)
+        if replay:
+            self._sock.setsockopt(zmq.XPUB_VERBOSE, 1)  # every subscription, even to a topic already wanted
         for option, value in (curve or {}).items():  # rtdecode.security.server_options
             self._sock.setsockopt(option, value)
         self._sock.setsockopt(zmq.SNDHWM, 10_000)
@@ -35,13 +45,34 @@ class Publisher:
         self.address = address
         self._seq = 0
         self._lock = threading.Lock()
+        self._recent: deque[list] = deque(maxlen=replay) if replay else deque(maxlen=0)
+        self.replayed = 0
 
     def send(self, message: Message) -> None:
         """Publish a message, stamping it with this publisher's next sequence number."""
         with self._lock:
             self._seq += 1
             message.seq = self._seq
-            self._sock.send_multipart(encode(message), copy=False)
+            frames = encode(message)
+            self._sock.send_multipart(frames, copy=False)
+            if self._recent.maxlen:
+                self._recent.append(frames)
+        self.serve()
+
+    def serve(self) -> int:
+        """Replay the recent messages for each new subscription; returns how many joins were served."""
+        if not self._recent.maxlen:
+            return 0
+        joins = 0
+        with self._lock:
+            while self._sock.poll(0, zmq.POLLIN):
+                event = self._sock.recv()
+                if event[:1] == b"\x01":  # a subscription (0 is an unsubscription)
+                    joins += 1
+                    for frames in self._recent:
+                        self._sock.send_multipart(frames, copy=False)
+                        self.replayed += 1
+        return joins
 
     def close(self) -> None:
         self._sock.close(linger=0)

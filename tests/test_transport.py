@@ -49,3 +49,28 @@ def test_subscriber_logs_and_survives_malformed_messages(caplog):
     finally:
         sub.close()
         raw.close(linger=0)
+
+
+def test_a_late_subscriber_catches_up_from_the_latest_state():
+    import time
+
+    from rtdecode.protocol import Message
+    from rtdecode.transport import Publisher, Subscriber
+
+    pub = Publisher("tcp://127.0.0.1:0", replay=3)
+    try:
+        for trial in range(5):  # nobody listens yet
+            pub.send(Message("result", {"run": 1, "trial": trial}))
+        late = Subscriber(pub.address, topics=("result",))
+        got = []
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and len(got) < 3:
+            pub.serve()
+            msg = late.recv(timeout_ms=50)
+            if msg is not None:
+                got.append(msg)
+        late.close()
+    finally:
+        pub.close()
+    assert [m.fields["trial"] for m in got] == [2, 3, 4]  # the latest three, in order, with their own seq
+    assert [m.seq for m in got] == [3, 4, 5]

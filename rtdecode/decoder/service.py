@@ -82,13 +82,14 @@ class DecoderService:
     """Owns the sockets, the result store and the reconstruction queue; :meth:`run` is the loop."""
 
     def __init__(self, decoder: Decoder, out: str | Path, betas_address: str, results_address: str,
-                 policy: str = "every", heartbeat_s: float = 1.0, curve: dict | None = None) -> None:
+                 policy: str = "every", heartbeat_s: float = 1.0, curve: dict | None = None,
+                 replay: int = 20) -> None:
         if policy not in POLICIES and not (policy.startswith("every-") and policy[6:].isdigit()):
             raise ValueError(f"reconstruction policy must be every, newest or every-N, got {policy!r}")
         self.decoder = decoder
         self.store = ResultStore(out)
         self.receiver = BetaReceiver(betas_address, curve=curve)
-        self.publisher = Publisher(results_address, curve=curve)
+        self.publisher = Publisher(results_address, curve=curve, replay=replay)
         self.policy = policy
         self.heartbeat_s = heartbeat_s
         self.queue: deque[tuple[str, dict]] = deque((k, {}) for k in self.store.pending_reconstructions())
@@ -118,6 +119,7 @@ class DecoderService:
                 log.warning("betas channel: ignored a %r message", msg.type)
         elif self.queue:
             self._reconstruct_next()
+        self.publisher.serve()  # a display that joins now gets the latest results at once
         now = time.monotonic()
         if now - self._last_beat >= self.heartbeat_s:
             self._last_beat = now

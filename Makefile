@@ -25,6 +25,7 @@ bench: $(STAMP)
 	$(BIN)/rtdecode bench simulate --json | tee benchmarks/results/simulate.json
 	$(BIN)/rtdecode bench glm --json | tee benchmarks/results/glm.json
 	$(BIN)/rtdecode bench decoder --json | tee benchmarks/results/decoder.json
+	$(BIN)/rtdecode bench wire --json | tee benchmarks/results/wire.json
 
 lint: $(STAMP)
 	$(BIN)/ruff check rtdecode calibration gui models tests benchmarks

@@ -1,0 +1,67 @@
+"""``rtdecode bench wire``: the betas channel and result images over loopback."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from rtdecode.bench import stage, summarize
+
+
+@stage("wire")
+def bench_wire(n_voxels: int = 15724, n: int = 500, image_side: int = 768, seed: int = 0) -> dict:
+    """Beta send -> receive (validated) -> ack -> ack received, and a 768 px PNG result end to end."""
+    from rtdecode.protocol import Message, decode_png, encode_png
+    from rtdecode.reliable import BetaReceiver, BetaSender
+    from rtdecode.transport import Publisher, Subscriber
+
+    rng = np.random.default_rng(seed)
+    beta = rng.normal(size=n_voxels).astype(np.float32)
+    receiver = BetaReceiver("tcp://127.0.0.1:0")
+    with tempfile.TemporaryDirectory() as tmp:
+        sender = BetaSender(receiver.address, Path(tmp) / "acked.keys", resend_s=60)
+        time.sleep(0.2)
+        one_way, round_trip = [], []
+        for trial in range(n):
+            t0 = time.perf_counter()
+            sender.send(Message("beta", {"run": 1, "trial": trial, "image": "x"}, arrays={"beta": beta}))
+            peer, msg = receiver.recv(timeout_ms=5000)
+            t1 = time.perf_counter()
+            receiver.ack(peer, f"1:{trial}:realtime")
+            sender.pump(timeout_ms=5000)
+            t2 = time.perf_counter()
+            assert msg.arrays["beta"].shape == (n_voxels,)
+            one_way.append((t1 - t0) * 1e3)
+            round_trip.append((t2 - t0) * 1e3)
+        sender.close()
+    receiver.close()
+    from PIL import Image
+
+    from rtdecode.simulator.stimuli import StimulusSet
+
+    # A picture-like image (a built-in stimulus at 768 px), since PNG size depends on content.
+    image = np.asarray(Image.fromarray(StimulusSet().image(3)).resize((image_side, image_side), Image.BICUBIC))
+    pub = Publisher("tcp://127.0.0.1:0")
+    sub = Subscriber(pub.address)
+    time.sleep(0.3)
+    png_ms, image_ms = [], []
+    for trial in range(20):
+        t0 = time.perf_counter()
+        png = encode_png(image)
+        t1 = time.perf_counter()
+        pub.send(Message("result", {"run": 1, "trial": trial}, images={"reconstruction": png}))
+        msg = sub.recv(timeout_ms=5000)
+        decode_png(msg.images["reconstruction"])
+        t2 = time.perf_counter()
+        png_ms.append((t1 - t0) * 1e3)
+        image_ms.append((t2 - t0) * 1e3)
+    pub.close()
+    sub.close()
+    ow, rt, im = summarize(one_way), summarize(round_trip), summarize(image_ms)
+    return {"stage": "wire", "voxels": n_voxels, "betas": n, "beta_one_way_median_ms": ow["median_ms"],
+            "beta_one_way_p99_ms": ow["p99_ms"], "beta_acked_median_ms": rt["median_ms"], "beta_acked_p99_ms": rt["p99_ms"],
+            "png_bytes": len(png), "png_encode_median_ms": float(np.median(png_ms)),
+            "image_result_median_ms": im["median_ms"], "image_result_p99_ms": im["p99_ms"]}

@@ -74,3 +74,11 @@ def test_a_late_subscriber_catches_up_from_the_latest_state():
         pub.close()
     assert [m.fields["trial"] for m in got] == [2, 3, 4]  # the latest three, in order, with their own seq
     assert [m.seq for m in got] == [3, 4, 5]
+
+
+def test_bench_wire_runs_and_reports_every_figure():
+    from rtdecode.wire_bench import bench_wire
+
+    result = bench_wire(n_voxels=300, n=20)
+    assert result["betas"] == 20 and result["png_bytes"] > 0
+    assert 0 < result["beta_one_way_median_ms"] <= result["beta_one_way_p99_ms"]

@@ -90,6 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", help="whose keys: e.g. scanner, decoder, console")
     p.add_argument("--folder", type=Path, default=Path("keys"))
 
+    for name, text in (("console", "the operator console (Qt): run status, QA plots, decoded trials"),
+                       ("display", "the live display (Qt): full-screen reconstructions for a second screen")):
+        p = sub.add_parser(name, help=text, add_help=False)
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+
     p = sub.add_parser("models", help="the published weights: what is here, and fetching them (internet)")
     p.add_argument("action", choices=["check", "download", "list"])
     p.add_argument("name", nargs="?", help="file to download (see: rtdecode models list)")
@@ -168,6 +173,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         public, secret = create_keys(args.folder, args.name)
         print(f"public key (copy to the other host's allowed/ folder): {public}\nsecret key (stays here): {secret}")
         return 0
+    if args.command in ("console", "display"):
+        from gui.app import main as gui_main
+
+        return gui_main(args.rest, display=args.command == "display")
     if args.command == "models":
         return _models(args)
     if args.command == "bench":

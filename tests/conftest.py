@@ -14,6 +14,7 @@ from rtdecode.config import SessionConfig, config_from_dict
 from rtdecode.scanner import ScannerSide, VolumeEvent
 from rtdecode.simulator.scanner import SimulatedRun, simulate_run
 
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # Qt tests never need a screen
 # Derived arrays (template, latent basis) cached inside the checkout, not in the user's home.
 os.environ.setdefault("RTDECODE_CACHE", str(Path(__file__).resolve().parents[1] / ".pytest_cache" / "rtdecode"))
 

@@ -206,6 +206,12 @@ def test_scanner_side_to_decoder_to_two_subscribers(tmp_path, small_visit):
         decoder.join(timeout=10)
         for sub in subs:
             sub.close()
+    from gui.replay import decoder_messages, session_messages
+
+    replayed = session_messages(st.side.folder.path)
+    assert sum(m.type == "volume" for m in replayed) == 192 and sum(m.type == "beta" for m in replayed) == 63
+    decoded = decoder_messages(tmp_path / "decoded")
+    assert sum(m.fields["stage"] == "reconstruction" for m in decoded) == 126
     acked = (st.side.folder.derivatives / "betas_acked.keys").read_text().split()
     assert len(acked) == 126  # 63 real-time and 63 end-of-run betas, each acknowledged
     for g in got:

@@ -1,0 +1,69 @@
+"""The operator console under pytest-qt (offscreen): fed messages, it shows the right run, plots and trial."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gui.state import ConsoleState
+from rtdecode.protocol import Message, encode_png
+from rtdecode.simulator.stimuli import StimulusSet
+
+pytest.importorskip("pytestqt")
+
+
+def recorded_session(n_volumes: int = 30) -> tuple[list[tuple[str, Message]], dict[str, np.ndarray]]:
+    stimuli = StimulusSet()
+    gallery = {stimuli.ids[i]: stimuli.image(i) for i in range(8)}
+    msgs: list[tuple[str, Message]] = [("scanner", Message("run_started", {"run": 1, "series": 7, "shape": [40, 46, 36], "n_voxels": 380}))]
+    for t in range(n_volumes):
+        fd = 0.9 if t == 12 else 0.1
+        msgs.append(("scanner", Message("volume", {"run": 1, "index": t, "motion": [0.01 * t, 0, 0, 0, 0.02, 0], "fd": fd,
+                                                   "dvars": 20.0 + t % 3, "tsnr": 40.0, "latency_ms": 70.0 + t})))
+    msgs.append(("scanner", Message("volume_missing", {"run": 1, "index": n_volumes})))
+    for trial in range(3):
+        shown = stimuli.ids[trial]
+        msgs.append(("scanner", Message("beta", {"run": 1, "trial": trial, "image": shown, "version": "realtime"})))
+        top = [shown, *[i for i in stimuli.ids[3:7]]] if trial != 1 else stimuli.ids[3:8]
+        msgs.append(("decoder", Message("result", {"run": 1, "trial": trial, "version": "realtime", "image": shown,
+                                                   "stage": "retrieval", "top_ids": top, "top_scores": [0.9, 0.5, 0.4, 0.3, 0.2],
+                                                   "timings_ms": {"prior_ms": 80.0}})))
+        msgs.append(("decoder", Message("result", {"run": 1, "trial": trial, "version": "realtime", "image": shown,
+                                                   "stage": "reconstruction"},
+                                        images={"reconstruction": encode_png(gallery[shown][::2, ::2])})))
+    msgs.append(("decoder", Message("heartbeat", {"service": "decoder"})))
+    for seq, (_, m) in enumerate(msgs, start=1):
+        m.seq = seq
+    return msgs, gallery
+
+
+def test_console_shows_run_plots_and_the_current_trial(qtbot, tmp_path):
+    from gui.console import ConsoleWindow, DisplayWindow
+
+    msgs, gallery = recorded_session()
+    state = ConsoleState(fd_threshold_mm=0.5, volumes_expected=192)
+    for source, m in msgs:
+        state.apply(m, source)
+    assert not state.apply(msgs[5][1], msgs[5][0])  # a replayed message is not applied twice
+    window = ConsoleWindow(state, gallery)
+    qtbot.addWidget(window)
+    window.refresh()
+    assert "1 missing" in window.status.text() and "1 FD alarm" in window.status.text()
+    x, y = window.fd_curve.getData()
+    assert len(x) == 30 and y[12] == pytest.approx(0.9)
+    assert len(window.fd_alarm.getData()[0]) == 1 and window.fd_line.value() == pytest.approx(0.5)
+    assert len(window.motion_curves[0].getData()[1]) == 30
+    assert state.current == (1, 2, "realtime")
+    assert "trial 2" in window.stimulus.caption.text() and not window.reconstruction.picture.pixmap().isNull()
+    assert window.retrieved[0].caption.text().endswith("✓")  # trial 2's top hit is its stimulus
+    assert window.table.rowCount() == 3 and window.table.item(1, 2).text() == "sim-00001"
+    window.table.selectRow(1)
+    window.mark_selected_bad()
+    assert state.trials[(1, 1, "realtime")].bad and window.table.item(1, 4).text() == "bad"
+    assert "decoder" in window.lights["decoder"].text()
+    shot = window.screenshot(tmp_path / "console.png")
+    assert shot.stat().st_size > 10_000
+    display = DisplayWindow(state)
+    qtbot.addWidget(display)
+    display.refresh()
+    assert not display.picture.pixmap().isNull()

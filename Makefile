@@ -26,6 +26,7 @@ bench: $(STAMP)
 	$(BIN)/rtdecode bench glm --json | tee benchmarks/results/glm.json
 	$(BIN)/rtdecode bench decoder --json | tee benchmarks/results/decoder.json
 	$(BIN)/rtdecode bench wire --json | tee benchmarks/results/wire.json
+	$(BIN)/rtdecode bench console --json | tee benchmarks/results/console.json
 
 lint: $(STAMP)
 	$(BIN)/ruff check rtdecode calibration gui models tests benchmarks

@@ -67,3 +67,10 @@ def test_console_shows_run_plots_and_the_current_trial(qtbot, tmp_path):
     qtbot.addWidget(display)
     display.refresh()
     assert not display.picture.pixmap().isNull()
+
+
+def test_bench_console_runs(qtbot):
+    from gui.bench import bench_console
+
+    result = bench_console(volumes=50, updates=3, trials=4)
+    assert result["updates"] == 3 and 0 < result["median_ms"] <= result["max_ms"]

@@ -1,0 +1,59 @@
+"""``rtdecode bench console``: one console update (a new volume, then a redraw) with a long history."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+
+from rtdecode.bench import stage, summarize
+
+
+@stage("console")
+def bench_console(volumes: int = 2000, updates: int = 100, trials: int = 200, seed: int = 0) -> dict:
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    from PyQt6 import QtWidgets
+
+    from gui.console import ConsoleWindow
+    from gui.state import ConsoleState, TrialView
+    from rtdecode.protocol import Message
+    from rtdecode.simulator.stimuli import StimulusSet
+
+    app = QtWidgets.QApplication.instance() or QtWidgets.QApplication([])
+    rng = np.random.default_rng(seed)
+    stimuli = StimulusSet()
+    gallery = {stimuli.ids[i]: stimuli.image(i) for i in range(20)}
+    state = ConsoleState(volumes_expected=volumes + updates)
+    seq = 0
+
+    def volume(t: int) -> Message:
+        nonlocal seq
+        seq += 1
+        m = Message("volume", {"run": 1, "index": t, "motion": rng.normal(0, 0.2, 6).tolist(), "fd": float(abs(rng.normal(0, 0.2))),
+                               "dvars": float(rng.normal(20, 2)), "tsnr": 40.0, "latency_ms": float(rng.normal(70, 5))})
+        m.seq = seq
+        return m
+
+    for t in range(volumes):
+        state.apply(volume(t))
+    for k in range(trials):
+        image = stimuli.ids[k % 20]
+        state.trials[(1, k, "realtime")] = TrialView(1, k, image, top_ids=stimuli.ids[:5], top_scores=[0.5] * 5,
+                                                     reconstruction=gallery[image])
+    state.current = (1, trials - 1, "realtime")
+    window = ConsoleWindow(state, gallery)
+    window.show()
+    window.refresh()
+    app.processEvents()
+    ms = []
+    for t in range(volumes, volumes + updates):
+        t0 = time.perf_counter()
+        state.apply(volume(t))
+        window.refresh()
+        app.processEvents()  # includes the repaint
+        ms.append((time.perf_counter() - t0) * 1e3)
+    window.close()
+    s = summarize(ms)
+    return {"stage": "console", "history_volumes": volumes, "trials": trials, "updates": updates,
+            "median_ms": s["median_ms"], "p99_ms": s["p99_ms"], "max_ms": s["max_ms"]}

@@ -26,6 +26,7 @@ def main(argv: list[str] | None = None, display: bool = False) -> int:
     parser = argparse.ArgumentParser(prog="rtdecode display" if display else "rtdecode console")
     parser.add_argument("--events", default=None, help="scanner side events address, e.g. tcp://127.0.0.1:5555")
     parser.add_argument("--results", default=None, help="decoder results address, e.g. tcp://127.0.0.1:5557")
+    parser.add_argument("--control", default=None, help="scanner side control address, e.g. tcp://127.0.0.1:5558")
     parser.add_argument("--gallery", type=Path, default=None, help="stimulus images, named by id")
     parser.add_argument("--replay", type=Path, default=None, help="a finished session folder to show")
     parser.add_argument("--decoded", type=Path, default=None, help="the decoder's output folder (with --replay)")
@@ -42,7 +43,15 @@ def main(argv: list[str] | None = None, display: bool = False) -> int:
 
     app = QtWidgets.QApplication.instance() or QtWidgets.QApplication(sys.argv[:1])
     state = ConsoleState(fd_threshold_mm=args.fd_threshold)
-    window = DisplayWindow(state) if display else ConsoleWindow(state, load_gallery(args.gallery))
+    control = None
+    if args.control:
+        from rtdecode.control import send_command
+
+        def control(action: str) -> str:
+            reply = send_command(args.control, action)
+            return "no answer from the scanner side" if reply is None else str(reply.fields["detail"])
+
+    window = DisplayWindow(state) if display else ConsoleWindow(state, load_gallery(args.gallery), control)
     if args.replay or args.decoded:
         for msg in session_messages(args.replay) if args.replay else []:
             state.apply(msg, "scanner")

@@ -52,9 +52,12 @@ class ImageTile(QtWidgets.QWidget):
 
 
 class ConsoleWindow(QtWidgets.QMainWindow):
-    def __init__(self, state: ConsoleState, gallery: dict[str, np.ndarray] | None = None) -> None:
+    def __init__(self, state: ConsoleState, gallery: dict[str, np.ndarray] | None = None,
+                 control=None) -> None:
+        """``control(action) -> str`` sends start_run / stop_run to the scanner side (None: no buttons)."""
         super().__init__()
         self.state = state
+        self.control = control
         self.gallery = gallery or {}
         self.setWindowTitle("rtdecode console")
         central = QtWidgets.QWidget()
@@ -68,6 +71,15 @@ class ConsoleWindow(QtWidgets.QMainWindow):
         self.lights = {name: QtWidgets.QLabel(name) for name in ("scanner", "decoder")}
         for light in self.lights.values():
             top.addWidget(light)
+        self.start_button = QtWidgets.QPushButton("start run")
+        self.stop_button = QtWidgets.QPushButton("stop run")
+        self.start_button.clicked.connect(lambda: self.command("start_run"))
+        self.stop_button.clicked.connect(lambda: self.command("stop_run"))
+        for button in (self.start_button, self.stop_button):
+            button.setEnabled(control is not None)
+            top.addWidget(button)
+        self.reply = QtWidgets.QLabel("")
+        top.addWidget(self.reply)
         grid.addLayout(top, 0, 0, 1, 2)
 
         plots = pg.GraphicsLayoutWidget()
@@ -181,6 +193,11 @@ class ConsoleWindow(QtWidgets.QMainWindow):
                 self.table.setItem(row, col, QtWidgets.QTableWidgetItem(text))
         self.table.resizeColumnsToContents()
         self.table.setProperty("dirty", False)
+
+    def command(self, action: str) -> str:
+        detail = self.control(action) if self.control is not None else "no scanner side to command"
+        self.reply.setText(detail)
+        return detail
 
     def mark_selected_bad(self) -> None:
         rows = {i.row() for i in self.table.selectedIndexes()}

@@ -72,6 +72,7 @@ class NetworkSection:
     events_port: int = 5555
     betas_port: int = 5556
     results_port: int = 5557
+    control_port: int = 5558  # operator commands from the console (start_run, stop_run); -1: off
     # The decoder's betas address, e.g. "tcp://127.0.0.1:5556"; empty: betas are only published.
     decoder: str = ""
     resend_s: float = 2.0  # unacknowledged betas are sent again after this long
@@ -215,6 +216,9 @@ def _validate(cfg: SessionConfig, source: str) -> None:
         value = _get(cfg, dotted)
         if value <= 0:
             raise ConfigError(f"{source}: {dotted} must be positive, got {value!r}")
+    if not -1 <= cfg.network.control_port <= 65535:
+        raise ConfigError(f"{source}: network.control_port must be a TCP port, 0 for any free one, or -1 for off, "
+                          f"got {cfg.network.control_port!r}")
     for dotted in _PORTS:
         value = _get(cfg, dotted)
         if not 0 <= value <= 65535:

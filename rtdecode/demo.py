@@ -49,7 +49,7 @@ def run_demo(out: Path, volumes: int = 192, speedup: float = 6.0, shape: tuple[i
         "scanner": {"watch_dir": str(watch), "tr_s": tr, "volumes_per_run": volumes, "missing_timeout_s": 3.0},
         "preprocess": {"mask": str(out / "visual-roi.nii")},
         "glm": {"events": str(truth / "series-{series:03d}_events.tsv")},
-        "network": {"events_port": 0},
+        "network": {"events_port": 0, "control_port": 0},
     })
     print(f"1. simulated subject '{visit.spec.name}': {len(run.roi_index)} visual voxels on a "
           f"{'x'.join(map(str, shape))} grid; {n_trials} images of 3 s every 4 s; known head motion", flush=True)

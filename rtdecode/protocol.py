@@ -45,6 +45,8 @@ MESSAGE_FIELDS: dict[str, tuple[str, ...]] = {
     "beta": ("run", "trial", "image"),
     "ack": ("ref",),
     "result": ("run", "trial"),
+    "command": ("action",),  # console -> scanner side: start_run | stop_run
+    "reply": ("action", "ok", "detail"),
 }
 
 ENVELOPE_FIELDS = ("v", "type", "seq", "time", "frames")

@@ -107,6 +107,11 @@ class ScannerSide:
         self._stop = threading.Event()
         self.processed = 0
         self._resume_runs()
+        self.control = None  # bound last: a set-up error above leaves no socket behind
+        if config.network.control_port >= 0:
+            from rtdecode.control import ControlServer
+
+            self.control = ControlServer(f"tcp://{config.network.host}:{config.network.control_port}")
 
     # -- set-up ---------------------------------------------------------------------------------
     def _load_mask(self) -> Mask | None:
@@ -192,6 +197,9 @@ class ScannerSide:
                     break
         finally:
             self.stop()
+            if self.control is not None:
+                self.control.close()
+                self.control = None
             if self.beta_sender is not None:
                 # Let the decoder acknowledge what is in flight; anything left is resent on the next start.
                 deadline = time.monotonic() + self.config.network.drain_s
@@ -222,7 +230,24 @@ class ScannerSide:
             self.beta_sender.pump(0)
         if self.publisher is not None:
             self.publisher.serve()  # replay recent events to a console that just joined
+        if self.control is not None:
+            did |= self.control.serve(self._command)
         return did
+
+    def _command(self, action: str) -> tuple[bool, str]:
+        """An operator command from the console; returns (ok, what happened)."""
+        if action == "stop_run":
+            run = self.current
+            if run is None or run.ended:
+                return False, "no run in progress"
+            self._end_run(run)
+            return True, f"run {run.number} ended by the operator after {run.n_ok} volumes"
+        if action == "start_run":
+            if self.current is not None and not self.current.ended:
+                return False, f"run {self.current.number} is still in progress; stop it first"
+            self._status("armed")
+            return True, "armed: the next series starts a new run"
+        return False, f"unknown command {action!r}; expected start_run or stop_run"
 
     def _take(self, pend: _Pending, now: float) -> bool:
         path = pend.path

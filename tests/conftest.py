@@ -33,7 +33,7 @@ def make_config(tmp_path: Path, **sections) -> SessionConfig:
         "session": {"root": str(tmp_path / "sessions"), "subject": "01", "session": "01"},
         "scanner": {"watch_dir": str(tmp_path / "watch"), "volumes_per_run": 12, "poll_interval_s": 0.05,
                     "partial_timeout_s": 1.0, "missing_timeout_s": 2.0, "quarantine_dir": str(tmp_path / "rejected")},
-        "network": {"events_port": 0},
+        "network": {"events_port": 0, "control_port": 0},
     }
     for name, values in sections.items():
         raw.setdefault(name, {}).update(values)

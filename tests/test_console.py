@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -74,3 +76,36 @@ def test_bench_console_runs(qtbot):
 
     result = bench_console(volumes=50, updates=3, trials=4)
     assert result["updates"] == 3 and 0 < result["median_ms"] <= result["max_ms"]
+
+
+def test_start_and_stop_a_run_from_the_console(qtbot, tmp_path, small_run):
+    from PyQt6 import QtCore
+
+    from gui.console import ConsoleWindow
+    from rtdecode.control import send_command
+    from rtdecode.simulator.scanner import SimulatedRun, write_run
+
+    from conftest import SideThread, make_config
+
+    cfg = make_config(tmp_path)
+    with SideThread(cfg, n=99, timeout=30) as st:
+        first = SimulatedRun(small_run.volumes[:5], small_run.affine, small_run.motion[:5])
+        write_run(first, cfg.scanner.watch_dir, series=4, speedup=100)
+        deadline = time.monotonic() + 20
+        while st.side.processed < 5 and time.monotonic() < deadline:
+            qtbot.wait(50)
+        address = st.side.control.address
+
+        def control(action: str) -> str:
+            reply = send_command(address, action, timeout_ms=5000)
+            return "no answer" if reply is None else f"{reply.fields['ok']}: {reply.fields['detail']}"
+
+        window = ConsoleWindow(ConsoleState(), control=control)
+        qtbot.addWidget(window)
+        assert window.command("start_run").startswith("False: run 1 is still in progress")
+        qtbot.mouseClick(window.stop_button, QtCore.Qt.MouseButton.LeftButton)
+        assert window.reply.text() == "True: run 1 ended by the operator after 5 volumes"
+        assert st.side.runs[4].ended
+        assert window.command("start_run") == "True: armed: the next series starts a new run"
+        assert window.command("stop_run") == "False: no run in progress"
+        st.side.stop()

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint clean
+.PHONY: demo test bench lint clean screenshots
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -27,6 +27,9 @@ bench: $(STAMP)
 	$(BIN)/rtdecode bench decoder --json | tee benchmarks/results/decoder.json
 	$(BIN)/rtdecode bench wire --json | tee benchmarks/results/wire.json
 	$(BIN)/rtdecode bench console --json | tee benchmarks/results/console.json
+
+screenshots: $(STAMP)
+	QT_QPA_PLATFORM=offscreen $(BIN)/rtdecode screenshots --out docs/screenshots
 
 lint: $(STAMP)
 	$(BIN)/ruff check rtdecode calibration gui models tests benchmarks

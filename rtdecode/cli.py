@@ -91,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folder", type=Path, default=Path("keys"))
 
     for name, text in (("console", "the operator console (Qt): run status, QA plots, decoded trials"),
-                       ("display", "the live display (Qt): full-screen reconstructions for a second screen")):
+                       ("display", "the live display (Qt): full-screen reconstructions for a second screen"),
+                       ("screenshots", "regenerate docs/screenshots: a simulated run through the real path")):
         p = sub.add_parser(name, help=text, add_help=False)
         p.add_argument("rest", nargs=argparse.REMAINDER)
 
@@ -117,7 +118,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+GUI_COMMANDS = ("console", "display", "screenshots")  # parsed by gui.app / gui.screenshots themselves
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in GUI_COMMANDS:
+        if argv[0] == "screenshots":
+            from gui.screenshots import main as screenshots_main
+
+            return screenshots_main(argv[1:])
+        from gui.app import main as gui_main
+
+        return gui_main(argv[1:], display=argv[0] == "display")
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
@@ -173,10 +186,6 @@ def _dispatch(args: argparse.Namespace) -> int:
         public, secret = create_keys(args.folder, args.name)
         print(f"public key (copy to the other host's allowed/ folder): {public}\nsecret key (stays here): {secret}")
         return 0
-    if args.command in ("console", "display"):
-        from gui.app import main as gui_main
-
-        return gui_main(args.rest, display=args.command == "display")
     if args.command == "models":
         return _models(args)
     if args.command == "bench":

@@ -109,3 +109,12 @@ def test_start_and_stop_a_run_from_the_console(qtbot, tmp_path, small_run):
         assert window.command("start_run") == "True: armed: the next series starts a new run"
         assert window.command("stop_run") == "False: no run in progress"
         st.side.stop()
+
+
+@pytest.mark.slow
+def test_screenshots_command_runs_the_real_path(tmp_path):
+    from gui.screenshots import make_screenshots
+
+    paths = make_screenshots(tmp_path / "shots", tmp_path / "work", volumes=30)
+    assert [p.name for p in paths] == ["console.png", "display.png"] and all(p.stat().st_size > 5000 for p in paths)
+    assert (tmp_path / "work" / "decoded" / "results.tsv").is_file()

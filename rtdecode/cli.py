@@ -83,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--betas", default="tcp://127.0.0.1:5556", help="address to bind for betas")
     p.add_argument("--results", default="tcp://127.0.0.1:5557", help="address to bind for results")
     p.add_argument("--policy", default="every", help="reconstructions: every | newest | every-N")
+    p.add_argument("--unclip", type=Path, default=None, help="converted unCLIP folder (models.unclip.pipeline.convert_unclip)")
+    p.add_argument("--sd-vae", type=Path, default=None, help="the SD VAE file, for blurry images without unCLIP")
     p.add_argument("--curve-secret", type=Path, default=None, help="this host's secret key (rtdecode keys)")
     p.add_argument("--curve-allowed", type=Path, default=None, help="folder of client public keys to accept")
 
@@ -178,7 +180,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         from rtdecode.decoder.service import run_decoder
 
         run_decoder(args.model, args.out, args.gallery, args.betas, args.results, args.policy,
-                    curve_secret=args.curve_secret, curve_allowed=args.curve_allowed)
+                    curve_secret=args.curve_secret, curve_allowed=args.curve_allowed, unclip=args.unclip,
+                    sd_vae=args.sd_vae)
         return 0
     if args.command == "keys":
         from rtdecode.security import create_keys

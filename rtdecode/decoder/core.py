@@ -58,19 +58,41 @@ class Decoder:
 
     @classmethod
     def from_folder(cls, folder: str | Path, gallery: str | Path, cache: str | Path | None = None,
-                    device: str = "cpu") -> Decoder:
+                    device: str | None = None, unclip: str | Path | None = None,
+                    sd_vae: str | Path | None = None) -> Decoder:
+        """Load a model folder and a gallery. Reconstruction, in order of preference: unCLIP (a folder
+        written by ``models.unclip.pipeline.convert_unclip``), the blurry image (the SD VAE file, for a
+        model with the blurry branch), the stand-in's inversion (stand-in token space)."""
         from models.clip import EmbeddingCache
 
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = torch.bfloat16 if device.startswith("cuda") else None
         folder, gallery = Path(folder), Path(gallery)
-        model = load_pretrained(folder, device=device)
+        model = load_pretrained(folder, device=device, dtype=dtype)
         subject = json.loads((folder / "subject.json").read_text())["subject"]
         embedder = load_embedder(folder)
         ids, images = read_gallery(gallery)
         tokens = EmbeddingCache(embedder, cache or folder / "embedding-cache", dtype=np.float32).embed(images)
-        reconstruct = None
-        if hasattr(embedder, "invert"):
+        reconstruct, blurry = None, None
+        if unclip is not None:
+            from models.unclip.pipeline import load_converted
+
+            rec = load_converted(unclip, dtype=dtype or torch.float32, device=device)
+
+            def reconstruct(t: np.ndarray) -> np.ndarray:
+                image = rec(torch.as_tensor(t, device=device)[None].float())[0]
+                return image.permute(1, 2, 0).float().cpu().numpy()
+        elif sd_vae is not None and model.config.blurry:
+            from models.blurry import blurry_image, load_sd_vae
+
+            vae = load_sd_vae(sd_vae).to(device)
+
+            def blurry(latent: np.ndarray) -> np.ndarray:
+                image = blurry_image(vae, torch.as_tensor(latent, device=device)[None])[0]
+                return image.permute(1, 2, 0).cpu().numpy()
+        elif hasattr(embedder, "invert"):
             reconstruct = lambda t: embedder.invert(t, size=128)  # noqa: E731 - the stand-in's "reconstruction"
-        return cls(model, subject, embedder, ids, tokens, reconstruct=reconstruct)
+        return cls(model, subject, embedder, ids, tokens, reconstruct=reconstruct, blurry=blurry)
 
     @torch.no_grad()
     def retrieve(self, beta: np.ndarray) -> Retrieval:
@@ -88,12 +110,19 @@ class Decoder:
                          {"backbone_ms": (t1 - t0) * 1e3, "retrieval_ms": (t2 - t1) * 1e3, "prior_ms": (t3 - t2) * 1e3},
                          blur[0].float().cpu().numpy() if blur.ndim == 4 else None)
 
-    def reconstruct(self, tokens: np.ndarray) -> tuple[np.ndarray | None, float]:
-        """Prior tokens -> uint8 image (H, W, 3), or None without a reconstructor; and the time taken."""
-        if self.reconstruct_fn is None:
-            return None, 0.0
+    @property
+    def can_reconstruct(self) -> bool:
+        return self.reconstruct_fn is not None or self.blurry_fn is not None
+
+    def reconstruct(self, tokens: np.ndarray, blurry_latent: np.ndarray | None = None) -> tuple[np.ndarray | None, float]:
+        """Prior tokens (or, without unCLIP, the blurry latent) -> uint8 image (H, W, 3); and the time taken."""
         t0 = time.perf_counter()
-        image = np.asarray(self.reconstruct_fn(tokens))
+        if self.reconstruct_fn is not None:
+            image = np.asarray(self.reconstruct_fn(tokens))
+        elif self.blurry_fn is not None and blurry_latent is not None:
+            image = np.asarray(self.blurry_fn(blurry_latent))
+        else:
+            return None, 0.0
         if image.dtype != np.uint8:
             image = (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
         return image, (time.perf_counter() - t0) * 1e3

@@ -49,8 +49,10 @@ class ResultStore:
         return f"run-{int(run):02d}_trial-{int(trial):03d}_{version}"
 
     def save_retrieval(self, key: str, fields: dict, tokens: np.ndarray, ids: list[str], scores: list[float],
-                       timings: dict, t_received: float) -> None:
+                       timings: dict, t_received: float, blurry_latent: np.ndarray | None = None) -> None:
         np.save(self.folder / "tokens" / f"{self.stem(key)}.npy", tokens.astype(np.float32))
+        if blurry_latent is not None:
+            np.save(self.folder / "tokens" / f"{self.stem(key)}_blurry.npy", blurry_latent.astype(np.float32))
         path = self.folder / "results.tsv"
         new = not path.exists()
         with open(path, "a", newline="") as fh:
@@ -74,8 +76,11 @@ class ResultStore:
     def pending_reconstructions(self) -> list[str]:
         return [k for k in sorted(self.decoded.keys) if k not in self.reconstructed]
 
-    def tokens(self, key: str) -> np.ndarray:
-        return np.load(self.folder / "tokens" / f"{self.stem(key)}.npy", allow_pickle=False)
+    def tokens(self, key: str) -> tuple[np.ndarray, np.ndarray | None]:
+        """The prior tokens of a decoded beta, and its blurry latent when the model has one."""
+        blurry = self.folder / "tokens" / f"{self.stem(key)}_blurry.npy"
+        return (np.load(self.folder / "tokens" / f"{self.stem(key)}.npy", allow_pickle=False),
+                np.load(blurry, allow_pickle=False) if blurry.exists() else None)
 
 
 class DecoderService:
@@ -143,7 +148,8 @@ class DecoderService:
             log.error("beta %s cannot be decoded: %s", key, exc)
             self.receiver.ack(peer, key)
             return
-        self.store.save_retrieval(key, msg.fields, ret.tokens, ret.ids, ret.scores, ret.timings_ms, t_received)
+        self.store.save_retrieval(key, msg.fields, ret.tokens, ret.ids, ret.scores, ret.timings_ms, t_received,
+                                  ret.blurry_latent)
         self.decoded_here += 1
         self.publisher.send(Message("result", {
             "run": msg.fields["run"], "trial": msg.fields["trial"], "version": msg.fields.get("version", "realtime"),
@@ -159,7 +165,7 @@ class DecoderService:
             self.store.reconstructed.add(key)  # skipped by policy: nothing left to do for it
 
     def _wants_reconstruction(self, fields: dict) -> bool:
-        if self.decoder.reconstruct_fn is None:
+        if not self.decoder.can_reconstruct:
             return False
         if self.policy.startswith("every-"):
             return int(fields["trial"]) % int(self.policy[6:]) == 0
@@ -167,7 +173,7 @@ class DecoderService:
 
     def _reconstruct_next(self) -> None:
         key, fields = self.queue.popleft()
-        image, ms = self.decoder.reconstruct(self.store.tokens(key))
+        image, ms = self.decoder.reconstruct(*self.store.tokens(key))
         if image is None:
             return
         self.store.save_image(key, image)
@@ -184,9 +190,10 @@ class DecoderService:
 
 def run_decoder(model: Path, out: Path, gallery: Path, betas: str, results: str, policy: str = "every",
                 until: Callable | None = None, curve_secret: Path | None = None,
-                curve_allowed: Path | None = None) -> DecoderService:
-    """``rtdecode decode``: load, bind, serve until stopped."""
-    decoder = Decoder.from_folder(model, gallery)
+                curve_allowed: Path | None = None, unclip: Path | None = None,
+                sd_vae: Path | None = None) -> DecoderService:
+    """``rtdecode decode``: load (GPU when present), bind, serve until stopped."""
+    decoder = Decoder.from_folder(model, gallery, unclip=unclip, sd_vae=sd_vae)
     curve, auth = None, None
     if curve_secret is not None:
         from rtdecode.security import server_options, start_authenticator

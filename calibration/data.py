@@ -1,0 +1,54 @@
+"""Training sets: betas, the images shown, their tokens, and a validation split by image."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class SubjectData:
+    """One subject's trials: z-scored betas, image ids, target tokens (trials x tokens x dim)."""
+
+    subject: str
+    betas: np.ndarray
+    images: list[str]
+    tokens: np.ndarray
+    mean: np.ndarray | None = None  # z-score statistics of the training betas (saved with the model)
+    std: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if not len(self.betas) == len(self.images) == len(self.tokens):
+            raise ValueError(f"{self.subject}: {len(self.betas)} betas, {len(self.images)} images and "
+                             f"{len(self.tokens)} token sets must match")
+
+    @property
+    def n_voxels(self) -> int:
+        return int(self.betas.shape[1])
+
+    def zscored(self, mean: np.ndarray | None = None, std: np.ndarray | None = None) -> SubjectData:
+        """Betas z-scored per voxel with the given (else these trials') statistics."""
+        mean = self.betas.mean(0) if mean is None else mean
+        std = self.betas.std(0) + 1e-6 if std is None else std
+        return SubjectData(self.subject, ((self.betas - mean) / std).astype(np.float32), self.images, self.tokens,
+                           mean.astype(np.float32), std.astype(np.float32))
+
+    def subset(self, rows: np.ndarray) -> SubjectData:
+        return SubjectData(self.subject, self.betas[rows], [self.images[i] for i in rows], self.tokens[rows],
+                           self.mean, self.std)
+
+
+def split_by_image(data: SubjectData, held_out: set[str]) -> tuple[SubjectData, SubjectData]:
+    """Training and validation trials; every repeat of a held-out image goes to validation."""
+    test = np.array([im in held_out for im in data.images])
+    return data.subset(np.flatnonzero(~test)), data.subset(np.flatnonzero(test))
+
+
+def average_repeats(data: SubjectData) -> SubjectData:
+    """One row per image: the mean of its trials (for evaluation, as MindEye2 averages repeats)."""
+    order = sorted(set(data.images))
+    rows = [np.flatnonzero(np.array(data.images) == im) for im in order]
+    betas = np.stack([data.betas[r].mean(0) for r in rows])
+    tokens = np.stack([data.tokens[r[0]] for r in rows])
+    return SubjectData(data.subject, betas.astype(np.float32), order, tokens, data.mean, data.std)

@@ -1,0 +1,52 @@
+"""The published MindEye2 training losses, as pure functions of tensors (facts: mindeye2.md section 2)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def mixco(voxels: torch.Tensor, beta: float = 0.15, s_thresh: float = 0.5,
+          generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """MixCo on raw voxels: each sample mixed (p = s_thresh) with a shuffled partner, lambda ~ Beta(.15, .15).
+
+    Returns (mixed voxels, permutation, per-sample weight of the sample itself; 1 where unmixed).
+    Callers mixing a multi-subject batch pass one subject at a time, so each permutation stays inside
+    its subject (the published code concatenated per-subject permutations without offsets: fixed here).
+    """
+    n = voxels.shape[0]
+    perm = torch.randperm(n, generator=generator, device="cpu").to(voxels.device)
+    lam = torch.distributions.Beta(beta, beta).sample((n,)).to(voxels.device, voxels.dtype)
+    select = (torch.rand(n, generator=generator) <= s_thresh).to(voxels.device)
+    lam = torch.where(select, lam, torch.ones_like(lam))
+    shape = [-1] + [1] * (voxels.ndim - 1)
+    mixed = voxels * lam.reshape(shape) + voxels[perm] * (1 - lam.reshape(shape))
+    return mixed, perm, lam
+
+
+def mixco_nce(preds: torch.Tensor, targets: torch.Tensor, perm: torch.Tensor, lam: torch.Tensor,
+              temp: float = 0.006) -> torch.Tensor:
+    """BiMixCo: contrastive loss with soft labels from the mixing weights, both directions."""
+    sim = preds @ targets.T / temp
+    probs = torch.diag(lam)
+    probs[torch.arange(len(preds), device=preds.device), perm] += 1 - lam
+    forward = -(sim.log_softmax(-1) * probs).sum(-1).mean()
+    backward = -(sim.T.log_softmax(-1) * probs.T).sum(-1).mean()
+    return (forward + backward) / 2
+
+
+def soft_clip_loss(preds: torch.Tensor, targets: torch.Tensor, temp: float) -> torch.Tensor:
+    """SoftCLIP: cross-entropy against the target-target similarity distribution, both directions."""
+    target_sim = (targets @ targets.T / temp).softmax(-1)
+    sim = preds @ targets.T / temp
+    return (-(sim.log_softmax(-1) * target_sim).sum(-1).mean() - (sim.T.log_softmax(-1) * target_sim).sum(-1).mean()) / 2
+
+
+def soft_temperatures(steps: int, start: float = 0.004, end: float = 0.0075) -> torch.Tensor:
+    """SoftCLIP's temperature per step: cosine-annealed from ``start`` to ``end``, as published."""
+    steps = max(steps, 2)
+    return end + (start - end) / 2 * (1 + torch.cos(torch.pi * torch.arange(steps) / (steps - 1)))
+
+
+def flat_unit(x: torch.Tensor) -> torch.Tensor:
+    return F.normalize(x.flatten(1), dim=-1)

@@ -1,0 +1,74 @@
+"""Calibration core: the published losses, and a trainer that resumes after a crash without losing steps."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from calibration.data import SubjectData, average_repeats, split_by_image
+from calibration.losses import mixco, mixco_nce, soft_clip_loss, soft_temperatures
+from calibration.trainer import TrainConfig, train
+from models.mindeye2.config import MindEye2Config
+from models.mindeye2.model import MindEye2
+
+
+def test_losses_follow_the_published_definitions():
+    torch.manual_seed(0)
+    preds, targets = F.normalize(torch.randn(6, 10), dim=-1), F.normalize(torch.randn(6, 10), dim=-1)
+    ones = torch.ones(6)
+    # Unmixed (lambda = 1), BiMixCo is plain two-way InfoNCE.
+    sim = preds @ targets.T / 0.006
+    expected = (F.cross_entropy(sim, torch.arange(6)) + F.cross_entropy(sim.T, torch.arange(6))) / 2
+    assert torch.allclose(mixco_nce(preds, targets, torch.arange(6), ones), expected)
+    assert soft_clip_loss(targets, targets, 0.004) < soft_clip_loss(preds, targets, 0.004)
+    temps = soft_temperatures(11)
+    assert temps[0] == pytest.approx(0.004) and temps[-1] == pytest.approx(0.0075)
+    voxels = torch.randn(200, 7)
+    mixed, perm, lam = mixco(voxels.clone(), generator=torch.Generator().manual_seed(1))
+    unmixed = lam == 1
+    assert 0.3 < unmixed.float().mean() < 0.7  # about half are mixed (s_thresh 0.5)
+    assert torch.allclose(mixed[unmixed], voxels[unmixed])
+    assert torch.allclose(mixed[~unmixed], voxels[~unmixed] * lam[~unmixed, None] + voxels[perm][~unmixed] * (1 - lam[~unmixed, None]))
+
+
+def _toy(n: int = 96, v: int = 30, seed: int = 0) -> SubjectData:
+    rng = np.random.default_rng(seed)
+    tokens = rng.normal(size=(n, 4, 8)).astype(np.float32)
+    betas = tokens.reshape(n, -1) @ rng.normal(size=(32, v)) + rng.normal(0, 0.5, (n, v))
+    return SubjectData("s1", betas.astype(np.float32), [f"im{i % 40}" for i in range(n)], tokens).zscored()
+
+
+def _model(v: int = 30) -> MindEye2:
+    torch.manual_seed(0)
+    return MindEye2(MindEye2Config(subjects=["s1"], voxels=[v], hidden=16, n_blocks=1, clip_tokens=4, clip_dim=8,
+                                   blurry=False, prior_depth=1, prior_dim_head=4))
+
+
+def test_split_by_image_keeps_repeats_together():
+    data = _toy()
+    train_set, val = split_by_image(data, {"im0", "im1"})
+    assert set(val.images) == {"im0", "im1"} and not set(train_set.images) & {"im0", "im1"}
+    assert len(average_repeats(val).betas) == 2
+
+
+def test_training_resumes_after_a_crash_with_the_same_number_of_steps(tmp_path):
+    data = _toy()
+    config = TrainConfig(epochs=4, batch_size=16, checkpoint_s=0.0)
+    full = train(_model(), [data], config, out=tmp_path / "full")
+
+    class Crash(Exception):
+        pass
+
+    def crash_at_9(step, total, loss):
+        if step == 9:
+            raise Crash
+
+    model = _model()
+    with pytest.raises(Crash):
+        train(model, [data], config, out=tmp_path / "cut", progress=crash_at_9)
+    resumed = train(_model(), [data], config, out=tmp_path / "cut", resume=True)
+    assert full["steps"] == resumed["steps"] == full["total_steps"] == 24
+    assert len(resumed["loss"]) == 24  # the history before the crash came back with the checkpoint
+    assert resumed["loss"][-1] < resumed["loss"][0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -75,6 +76,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="whole-run estimates, or the real-time estimates replayed")
     p.add_argument("--tr", type=float, default=1.5)
     p.add_argument("--delay", type=float, default=7.5, help="seconds after onset (realtime version)")
+
+    p = sub.add_parser("calibrate", help="fine-tune a pretrained model on one subject's session -> a model folder")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--session", type=Path, help="a session folder recorded by rtdecode (betas by the offline GLM)")
+    src.add_argument("--dataset", type=Path, help="a trial-level dataset (rtdecode simulate betas)")
+    p.add_argument("--subject", required=True, help="subject id (names the new ridge)")
+    p.add_argument("--pretrained", type=Path, default=None, help="pretrained model folder (default: from scratch)")
+    p.add_argument("--out", required=True, type=Path, help="model folder to write")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--batch-size", type=int, default=24)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+
+    p = sub.add_parser("pretrain", help="train a shared model over several subjects of a trial-level dataset")
+    p.add_argument("--dataset", required=True, type=Path)
+    p.add_argument("--subjects", required=True, nargs="+")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--batch-size", type=int, default=48)
+    p.add_argument("--lr", type=float, default=1e-3)
 
     p = sub.add_parser("decode", help="the decoder process: betas in, retrievals and reconstructions out")
     p.add_argument("--model", required=True, type=Path, help="calibrated model folder")
@@ -176,6 +197,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         write_offline_betas(args.session, args.out, args.noise_model, args.version, args.tr, args.delay)
         return 0
+    if args.command in ("calibrate", "pretrain"):
+        return _calibration(args)
     if args.command == "decode":
         from rtdecode.decoder.service import run_decoder
 
@@ -205,6 +228,31 @@ def _dispatch(args: argparse.Namespace) -> int:
         run_demo(args.out, volumes=args.volumes, speedup=args.speedup, shape=args.shape)
         return 0
     raise AssertionError(args.command)  # pragma: no cover
+
+
+def _calibration(args: argparse.Namespace) -> int:
+    from calibration.build import calibrate, load_session, load_trial_dataset, pretrain
+    from calibration.trainer import TrainConfig
+
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, max_lr=args.lr)
+    cache = args.out / "embedding-cache"
+    try:
+        if args.command == "pretrain":
+            subjects = [load_trial_dataset(args.dataset, s, cache).zscored() for s in args.subjects]
+            out = pretrain(subjects, args.out, config)
+        else:
+            data = (load_session(args.session, args.subject, cache) if args.session
+                    else load_trial_dataset(args.dataset, args.subject, cache))
+            out = calibrate(data, args.out, config, pretrained=args.pretrained, resume=args.resume)
+    except (FileNotFoundError, ValueError, KeyError) as exc:
+        raise ConfigError(f"rtdecode {args.command}: {exc}") from None
+    print(f"model folder: {out}")
+    summary = json.loads((out / "training.json").read_text())
+    if summary["evaluation"]:
+        e = summary["evaluation"]
+        print(f"held-out {e['n_way']}-way top-1: brain->image {e['top1_brain_to_image']:.0%}, "
+              f"image->brain {e['top1_image_to_brain']:.0%} (chance {e['chance']:.0%})")
+    return 0
 
 
 def _models(args: argparse.Namespace) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -72,3 +74,29 @@ def test_training_resumes_after_a_crash_with_the_same_number_of_steps(tmp_path):
     assert full["steps"] == resumed["steps"] == full["total_steps"] == 24
     assert len(resumed["loss"]) == 24  # the history before the crash came back with the checkpoint
     assert resumed["loss"][-1] < resumed["loss"][0]
+
+
+def test_pretrain_then_calibrate_then_decode(tmp_path, latent_space):
+    """Simulated dataset -> rtdecode pretrain -> rtdecode calibrate -> a model folder the decoder loads."""
+    from rtdecode.cli import main
+    from rtdecode.decoder.core import Decoder
+    from rtdecode.simulator.stimuli import StimulusSet
+    from rtdecode.simulator.subjects import SubjectSpec
+    from rtdecode.simulator.trials import write_dataset
+
+    specs = [SubjectSpec(name=f"p{i}", n_voxels=120 + 10 * i, seed=30 + i, latent_dim=32) for i in range(3)]
+    write_dataset(tmp_path / "ds", specs, sessions=1, n_runs=2, trials_per_run=30, latent=latent_space)
+    assert main(["pretrain", "--dataset", str(tmp_path / "ds"), "--subjects", "p0", "p1", "--out",
+                 str(tmp_path / "shared"), "--epochs", "2", "--batch-size", "16"]) == 0
+    assert main(["calibrate", "--dataset", str(tmp_path / "ds"), "--subject", "p2", "--pretrained",
+                 str(tmp_path / "shared"), "--out", str(tmp_path / "p2-model"), "--epochs", "2", "--batch-size", "8"]) == 0
+    folder = tmp_path / "p2-model"
+    assert {"model.safetensors", "config.json", "embedder.json", "subject.json", "zscore_mean.npy",
+            "training.json"} <= {p.name for p in folder.iterdir()}
+    summary = json.loads((folder / "training.json").read_text())
+    assert summary["evaluation"]["held_out_images"] > 0 and summary["steps"] > 0
+    StimulusSet().save(tmp_path / "gallery", range(10))
+    decoder = Decoder.from_folder(folder, tmp_path / "gallery", device="cpu")
+    assert decoder.model.config.subjects == ["p0", "p1", "p2"]
+    ret = decoder.retrieve(np.zeros(140, np.float32))
+    assert ret.tokens.shape == (16, 64) and len(ret.ids) == 5

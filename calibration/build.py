@@ -94,15 +94,16 @@ def _write_folder(model: MindEye2, out: Path, subject: str, data: SubjectData | 
     return out
 
 
-def pretrain(subjects: list[SubjectData], out: str | Path, config: TrainConfig, hidden: int = 128) -> Path:
+def pretrain(subjects: list[SubjectData], out: str | Path, config: TrainConfig, hidden: int = 128,
+             progress=None) -> Path:
     """A shared model over several subjects (each z-scored already)."""
     model = MindEye2(small_config([s.subject for s in subjects], [s.n_voxels for s in subjects], hidden))
-    history = train(model, subjects, config, out=Path(out) / "checkpoints")
+    history = train(model, subjects, config, out=Path(out) / "checkpoints", progress=progress)
     return _write_folder(model, Path(out), subjects[0].subject, None, config, history, {})
 
 
 def calibrate(data: SubjectData, out: str | Path, config: TrainConfig, pretrained: str | Path | None = None,
-              resume: bool = False, hidden: int = 128) -> Path:
+              resume: bool = False, hidden: int = 128, progress=None) -> Path:
     """Fine-tune a pretrained model on one subject's session (or train from scratch without one)."""
     held = held_out_images(data)
     train_set, test_set = split_by_image(data, held)
@@ -114,7 +115,7 @@ def calibrate(data: SubjectData, out: str | Path, config: TrainConfig, pretraine
             model.add_subject(data.subject, data.n_voxels)  # a fresh ridge; everything else starts shared
     else:
         model = MindEye2(small_config([data.subject], [data.n_voxels], hidden))
-    history = train(model, [train_set], config, out=Path(out) / "checkpoints", resume=resume)
+    history = train(model, [train_set], config, out=Path(out) / "checkpoints", resume=resume, progress=progress)
     evaluation = {}
     if len(test_set.betas):
         test = average_repeats(test_set.zscored(train_set.mean, train_set.std))

@@ -232,6 +232,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 def _calibration(args: argparse.Namespace) -> int:
     from calibration.build import calibrate, load_session, load_trial_dataset, pretrain
+    from calibration.progress import Progress
     from calibration.trainer import TrainConfig
 
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, max_lr=args.lr)
@@ -239,11 +240,12 @@ def _calibration(args: argparse.Namespace) -> int:
     try:
         if args.command == "pretrain":
             subjects = [load_trial_dataset(args.dataset, s, cache).zscored() for s in args.subjects]
-            out = pretrain(subjects, args.out, config)
+            out = pretrain(subjects, args.out, config, progress=Progress("pretraining"))
         else:
             data = (load_session(args.session, args.subject, cache) if args.session
                     else load_trial_dataset(args.dataset, args.subject, cache))
-            out = calibrate(data, args.out, config, pretrained=args.pretrained, resume=args.resume)
+            out = calibrate(data, args.out, config, pretrained=args.pretrained, resume=args.resume,
+                            progress=Progress("calibrating"))
     except (FileNotFoundError, ValueError, KeyError) as exc:
         raise ConfigError(f"rtdecode {args.command}: {exc}") from None
     print(f"model folder: {out}")

@@ -100,3 +100,16 @@ def test_pretrain_then_calibrate_then_decode(tmp_path, latent_space):
     assert decoder.model.config.subjects == ["p0", "p1", "p2"]
     ret = decoder.retrieve(np.zeros(140, np.float32))
     assert ret.tokens.shape == (16, 64) and len(ret.ids) == 5
+
+
+def test_progress_line_shows_step_loss_and_eta():
+    import io
+
+    from calibration.progress import Progress
+
+    out = io.StringIO()
+    bar = Progress("calibrating", stream=out, every_s=0.0)
+    bar(5, 20, 1.2345)
+    bar(20, 20, 0.5)
+    text = out.getvalue()
+    assert "step 5/20 (25%) loss 1.234 ETA" in text and text.endswith("(100%) loss 0.500 ETA 0:00\n")

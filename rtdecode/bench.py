@@ -142,7 +142,7 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-PLUGINS = ("rtdecode.simulator.bench", "rtdecode.glm.bench", "rtdecode.decoder_bench", "rtdecode.wire_bench", "gui.bench")
+PLUGINS = ("rtdecode.simulator.bench", "rtdecode.glm.bench", "rtdecode.decoder_bench", "rtdecode.wire_bench", "gui.bench", "calibration.bench")
 
 
 def run_stage(name: str, as_json: bool = False, **kwargs) -> dict:

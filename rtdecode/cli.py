@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folder", type=Path, default=Path("weights"), help="where weights live (default: ./weights)")
 
     p = sub.add_parser("bench", help="benchmark a stage; prints a table, or JSON with --json")
-    p.add_argument("stage", help="preprocess | endurance | simulate | glm | decoder | wire | console")
+    p.add_argument("stage", help="preprocess | endurance | simulate | glm | decoder | wire | console | calibrate")
     p.add_argument("--json", action="store_true")
     p.add_argument("--volumes", type=int, default=None)
     p.add_argument("--shape", type=_shape, default=None)
@@ -218,7 +218,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         from rtdecode.bench import run_stage
 
         extra = {"hidden": args.hidden, "unclip": args.unclip} if args.stage == "decoder" else {}
-        if args.stage not in ("decoder", "wire", "console"):
+        if args.stage == "calibrate":
+            extra = {"hidden": args.hidden}
+        if args.stage not in ("decoder", "wire", "console", "calibrate"):
             extra.update({"volumes": args.volumes, "shape": args.shape})
         run_stage(args.stage, as_json=args.json, n_voxels=args.n_voxels, **extra)
         return 0

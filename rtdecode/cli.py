@@ -88,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=24)
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    p.add_argument("--checkpoint-s", type=float, default=300.0, help="seconds between checkpoints")
 
     p = sub.add_parser("pretrain", help="train a shared model over several subjects of a trial-level dataset")
     p.add_argument("--dataset", required=True, type=Path)
@@ -237,7 +238,8 @@ def _calibration(args: argparse.Namespace) -> int:
     from calibration.progress import Progress
     from calibration.trainer import TrainConfig
 
-    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, max_lr=args.lr)
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, max_lr=args.lr,
+                         checkpoint_s=getattr(args, "checkpoint_s", 300.0))
     cache = args.out / "embedding-cache"
     try:
         if args.command == "pretrain":

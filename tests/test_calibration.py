@@ -113,3 +113,37 @@ def test_progress_line_shows_step_loss_and_eta():
     bar(20, 20, 0.5)
     text = out.getvalue()
     assert "step 5/20 (25%) loss 1.234 ETA" in text and text.endswith("(100%) loss 0.500 ETA 0:00\n")
+
+
+@pytest.mark.slow
+def test_calibration_killed_with_sigkill_resumes_to_the_same_step_count(tmp_path, latent_space):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from rtdecode.simulator.subjects import SubjectSpec
+    from rtdecode.simulator.trials import write_dataset
+
+    write_dataset(tmp_path / "ds", [SubjectSpec(name="k1", n_voxels=90, seed=3, latent_dim=32)], sessions=1, n_runs=2,
+                  trials_per_run=40, latent=latent_space)
+    env = {**os.environ, "RTDECODE_CACHE": str(tmp_path / "cache")}
+
+    def cmd(out, *extra):
+        return [sys.executable, "-m", "rtdecode.cli", "calibrate", "--dataset", str(tmp_path / "ds"), "--subject", "k1",
+                "--out", str(out), "--epochs", "15", "--batch-size", "8", "--checkpoint-s", "0", *extra]
+
+    subprocess.run(cmd(tmp_path / "whole"), env=env, check=True, capture_output=True, timeout=300)
+    whole = json.loads((tmp_path / "whole" / "training.json").read_text())["steps"]
+    proc = subprocess.Popen(cmd(tmp_path / "cut"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = tmp_path / "cut" / "checkpoints" / "checkpoint.pt"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not ckpt.exists():
+        time.sleep(0.05)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    assert ckpt.exists() and not (tmp_path / "cut" / "training.json").exists()  # killed mid-run
+    subprocess.run(cmd(tmp_path / "cut", "--resume"), env=env, check=True, capture_output=True, timeout=300)
+    assert json.loads((tmp_path / "cut" / "training.json").read_text())["steps"] == whole

@@ -16,11 +16,12 @@ import numpy as np
 
 from calibration.data import SubjectData, average_repeats, split_by_image
 from calibration.trainer import TrainConfig, predict_tokens, train
-from models.mindeye2.checkpoint import load_pretrained, save_pretrained
-from models.mindeye2.config import MindEye2Config
+from models.folder import write_model_folder
+from models.mindeye2.checkpoint import load_pretrained
+from models.mindeye2.config import standin_config
 from models.mindeye2.model import MindEye2
 from models.retrieval import n_way_top1
-from models.standin import StandInConfig, StandInEmbedder
+from models.standin import StandInEmbedder
 
 
 def standin_tokens(images: list[str], cache: Path | None = None) -> np.ndarray:
@@ -73,18 +74,9 @@ def held_out_images(data: SubjectData, repeats: int = 2) -> set[str]:
     return {im for im, c in counts.items() if c >= repeats}
 
 
-def small_config(subjects: list[str], voxels: list[int], hidden: int = 128) -> MindEye2Config:
-    """The CPU-sized MindEye2 used on the stand-in token space (16 tokens x 64)."""
-    c = StandInConfig()
-    return MindEye2Config(subjects=subjects, voxels=voxels, hidden=hidden, n_blocks=2, clip_tokens=c.tokens,
-                          clip_dim=c.dim, blurry=False, prior_depth=1, prior_dim_head=16)
-
-
 def _write_folder(model: MindEye2, out: Path, subject: str, data: SubjectData | None, config: TrainConfig,
                   history: dict, evaluation: dict) -> Path:
-    save_pretrained(model, out)
-    (out / "embedder.json").write_text(json.dumps({"kind": "standin", "config": StandInEmbedder().config.to_dict()}))
-    (out / "subject.json").write_text(json.dumps({"subject": subject}))
+    write_model_folder(model, out, subject)
     if data is not None and data.mean is not None:
         np.save(out / "zscore_mean.npy", data.mean)
         np.save(out / "zscore_std.npy", data.std)
@@ -97,7 +89,7 @@ def _write_folder(model: MindEye2, out: Path, subject: str, data: SubjectData | 
 def pretrain(subjects: list[SubjectData], out: str | Path, config: TrainConfig, hidden: int = 128,
              progress=None) -> Path:
     """A shared model over several subjects (each z-scored already)."""
-    model = MindEye2(small_config([s.subject for s in subjects], [s.n_voxels for s in subjects], hidden))
+    model = MindEye2(standin_config([s.subject for s in subjects], [s.n_voxels for s in subjects], hidden))
     history = train(model, subjects, config, out=Path(out) / "checkpoints", progress=progress)
     return _write_folder(model, Path(out), subjects[0].subject, None, config, history, {})
 
@@ -114,7 +106,7 @@ def calibrate(data: SubjectData, out: str | Path, config: TrainConfig, pretraine
         if data.subject not in model.config.subjects:
             model.add_subject(data.subject, data.n_voxels)  # a fresh ridge; everything else starts shared
     else:
-        model = MindEye2(small_config([data.subject], [data.n_voxels], hidden))
+        model = MindEye2(standin_config([data.subject], [data.n_voxels], hidden))
     history = train(model, [train_set], config, out=Path(out) / "checkpoints", resume=resume, progress=progress)
     evaluation = {}
     if len(test_set.betas):

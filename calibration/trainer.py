@@ -83,7 +83,7 @@ def train(model: MindEye2, subjects: list[SubjectData], config: TrainConfig, out
     for epoch in range(epoch0, config.epochs):
         epoch_seed = int(rng.integers(2**31))
         plan = _batches(sizes, config.batch_size, np.random.default_rng(epoch_seed))
-        for batch in plan[step - epoch * steps_per_epoch:] if step > epoch * steps_per_epoch else plan:
+        for batch in plan[max(step - epoch * steps_per_epoch, 0):]:  # a resumed epoch skips its done steps
             preds, targets, backbones, perms, lams, offset = [], [], [], [], [], 0
             for s, rows in batch:
                 x, y = tensors[s][0][rows], tensors[s][1][rows]

@@ -18,12 +18,12 @@ def bench_console(volumes: int = 2000, updates: int = 100, trials: int = 200, se
     from gui.console import ConsoleWindow
     from gui.state import ConsoleState, TrialView
     from rtdecode.protocol import Message
-    from rtdecode.simulator.stimuli import StimulusSet
 
     app = QtWidgets.QApplication.instance() or QtWidgets.QApplication([])
     rng = np.random.default_rng(seed)
-    stimuli = StimulusSet()
-    gallery = {stimuli.ids[i]: stimuli.image(i) for i in range(20)}
+    ids = [f"img-{i:02d}" for i in range(20)]
+    # Smooth random pictures: the redraw cost does not depend on what they show.
+    gallery = {i: np.repeat(np.repeat(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8), 8, 0), 8, 1) for i in ids}
     state = ConsoleState(volumes_expected=volumes + updates)
     seq = 0
 
@@ -38,8 +38,8 @@ def bench_console(volumes: int = 2000, updates: int = 100, trials: int = 200, se
     for t in range(volumes):
         state.apply(volume(t))
     for k in range(trials):
-        image = stimuli.ids[k % 20]
-        state.trials[(1, k, "realtime")] = TrialView(1, k, image, top_ids=stimuli.ids[:5], top_scores=[0.5] * 5,
+        image = ids[k % 20]
+        state.trials[(1, k, "realtime")] = TrialView(1, k, image, top_ids=ids[:5], top_scores=[0.5] * 5,
                                                      reconstruction=gallery[image])
     state.current = (1, trials - 1, "realtime")
     window = ConsoleWindow(state, gallery)

@@ -132,6 +132,7 @@ class ConsoleWindow(QtWidgets.QMainWindow):
         grid.setRowStretch(3, 2)
         self.resize(1400, 950)
         self._table_keys: list[tuple[int, int, str]] = []
+        self._table_rows: list[tuple[str, ...]] = []
 
     # -- drawing ---------------------------------------------------------------------------------
     def refresh(self) -> None:
@@ -182,17 +183,19 @@ class ConsoleWindow(QtWidgets.QMainWindow):
 
     def _draw_table(self) -> None:
         keys = [k for k in sorted(self.state.trials) if k[2] == "realtime"]
-        if keys == self._table_keys and not self.table.property("dirty"):
-            return
-        self._table_keys = keys
-        self.table.setRowCount(len(keys))
-        for row, key in enumerate(keys):
+        rows = []
+        for key in keys:
             view = self.state.trials[key]
             top = f"{view.top_ids[0]} ({view.top_scores[0]:.2f})" if view.top_ids else "…"
-            for col, text in enumerate((str(view.run), str(view.trial), view.image, top, "bad" if view.bad else "")):
-                self.table.setItem(row, col, QtWidgets.QTableWidgetItem(text))
+            rows.append((str(view.run), str(view.trial), view.image, top, "bad" if view.bad else ""))
+        if rows == self._table_rows:
+            return  # nothing changed: no redraw of the table
+        self._table_keys, self._table_rows = keys, rows
+        self.table.setRowCount(len(rows))
+        for r, row in enumerate(rows):
+            for col, text in enumerate(row):
+                self.table.setItem(r, col, QtWidgets.QTableWidgetItem(text))
         self.table.resizeColumnsToContents()
-        self.table.setProperty("dirty", False)
 
     def command(self, action: str) -> str:
         detail = self.control(action) if self.control is not None else "no scanner side to command"
@@ -203,7 +206,6 @@ class ConsoleWindow(QtWidgets.QMainWindow):
         rows = {i.row() for i in self.table.selectedIndexes()}
         for row in rows:
             self.state.mark_bad(self._table_keys[row])
-        self.table.setProperty("dirty", True)
         self._draw_table()
 
     def screenshot(self, path: str | Path) -> Path:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from rtdecode.protocol import Message
+from rtdecode.protocol import Message, encode_png
 
 MOTION = ("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z")
 
@@ -45,8 +45,6 @@ def session_messages(session: str | Path) -> list[Message]:
 
 def decoder_messages(decoded: str | Path) -> list[Message]:
     """Decoder results of an output folder written by ``rtdecode decode``."""
-    from rtdecode.protocol import encode_png
-
     decoded = Path(decoded)
     out: list[Message] = []
     for r in _rows(decoded / "results.tsv"):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,12 +30,12 @@ def cached_arrays(name: str, key: str, build: Callable[[], tuple[np.ndarray, ...
     except (OSError, ValueError):
         pass  # a damaged entry is rebuilt below
     arrays = build()
+    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
     try:
-        tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
         tmp.mkdir(parents=True, exist_ok=True)
         for i, a in enumerate(arrays):
             np.save(tmp / f"{i:02d}.npy", a)
-        tmp.replace(folder) if not folder.exists() else None
+        tmp.replace(folder)  # atomic; fails if another process got there first, which is fine
     except OSError:
-        pass  # a read-only home still works, just without the cache
+        shutil.rmtree(tmp, ignore_errors=True)  # a read-only home still works, just without the cache
     return arrays

@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in GUI_COMMANDS:
         if argv[0] == "screenshots":
-            from gui.screenshots import main as screenshots_main
+            from rtdecode.screenshots import main as screenshots_main
 
             return screenshots_main(argv[1:])
         from gui.app import main as gui_main
@@ -203,9 +203,12 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "decode":
         from rtdecode.decoder.service import run_decoder
 
-        run_decoder(args.model, args.out, args.gallery, args.betas, args.results, args.policy,
-                    curve_secret=args.curve_secret, curve_allowed=args.curve_allowed, unclip=args.unclip,
-                    sd_vae=args.sd_vae)
+        try:
+            run_decoder(args.model, args.out, args.gallery, args.betas, args.results, args.policy,
+                        curve_secret=args.curve_secret, curve_allowed=args.curve_allowed, unclip=args.unclip,
+                        sd_vae=args.sd_vae)
+        except (FileNotFoundError, ValueError, KeyError) as exc:  # a missing or foreign model, gallery, key
+            raise ConfigError(f"rtdecode decode: {exc}") from None
         return 0
     if args.command == "keys":
         from rtdecode.security import create_keys

@@ -9,6 +9,7 @@ import zmq
 
 from rtdecode.errors import ProtocolError
 from rtdecode.protocol import Message, decode, encode
+from rtdecode.transport import bind
 
 log = logging.getLogger(__name__)
 
@@ -17,12 +18,7 @@ class ControlServer:
     def __init__(self, address: str, context: zmq.Context | None = None) -> None:
         self._sock = (context or zmq.Context.instance()).socket(zmq.ROUTER)
         self._sock.setsockopt(zmq.LINGER, 0)
-        if address.endswith(":0"):
-            host = address.rsplit(":", 1)[0]
-            address = f"{host}:{self._sock.bind_to_random_port(host)}"
-        else:
-            self._sock.bind(address)
-        self.address = address
+        self.address = bind(self._sock, address)
 
     def serve(self, handle: Callable[[str], tuple[bool, str]]) -> bool:
         """Answer every waiting command with ``handle(action)``; True if any came."""

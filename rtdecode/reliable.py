@@ -19,6 +19,7 @@ import zmq
 
 from rtdecode.errors import ProtocolError
 from rtdecode.protocol import Message, decode, encode
+from rtdecode.transport import bind
 
 log = logging.getLogger(__name__)
 
@@ -115,12 +116,7 @@ class BetaReceiver:
         self._sock.setsockopt(zmq.LINGER, 0)
         for option, value in (curve or {}).items():
             self._sock.setsockopt(option, value)
-        if address.endswith(":0"):
-            host = address.rsplit(":", 1)[0]
-            address = f"{host}:{self._sock.bind_to_random_port(host)}"
-        else:
-            self._sock.bind(address)
-        self.address = address
+        self.address = bind(self._sock, address)
         self.rejected = 0
 
     def recv(self, timeout_ms: int) -> tuple[bytes, Message] | None:

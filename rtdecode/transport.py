@@ -18,6 +18,15 @@ from rtdecode.protocol import Message, decode, encode
 log = logging.getLogger(__name__)
 
 
+def bind(sock: zmq.Socket, address: str) -> str:
+    """Bind ``address``; a port of 0 means any free port. Returns the address actually bound."""
+    if address.endswith(":0"):
+        host = address.rsplit(":", 1)[0]
+        return f"{host}:{sock.bind_to_random_port(host)}"
+    sock.bind(address)
+    return address
+
+
 class Publisher:
     """PUB socket for events, QA and results, to any number of subscribers.
 
@@ -37,12 +46,7 @@ class Publisher:
         for option, value in (curve or {}).items():  # rtdecode.security.server_options
             self._sock.setsockopt(option, value)
         self._sock.setsockopt(zmq.SNDHWM, 10_000)
-        if address.endswith(":0"):
-            port = self._sock.bind_to_random_port(address.rsplit(":", 1)[0])
-            address = f"{address.rsplit(':', 1)[0]}:{port}"
-        else:
-            self._sock.bind(address)
-        self.address = address
+        self.address = bind(self._sock, address)
         self._seq = 0
         self._lock = threading.Lock()
         self._recent: deque[list] = deque(maxlen=replay) if replay else deque(maxlen=0)

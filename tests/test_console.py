@@ -59,6 +59,17 @@ def test_console_shows_run_plots_and_the_current_trial(qtbot, tmp_path):
     assert "trial 2" in window.stimulus.caption.text() and not window.reconstruction.picture.pixmap().isNull()
     assert window.retrieved[0].caption.text().endswith("✓")  # trial 2's top hit is its stimulus
     assert window.table.rowCount() == 3 and window.table.item(1, 2).text() == "sim-00001"
+    # A trial whose beta came first and its retrieval later: the table row fills in.
+    late = [Message("beta", {"run": 1, "trial": 3, "image": "sim-00003", "version": "realtime"}),
+            Message("result", {"run": 1, "trial": 3, "version": "realtime", "image": "sim-00003", "stage": "retrieval",
+                               "top_ids": ["sim-00004"] * 5, "top_scores": [0.7] * 5})]
+    late[0].seq, late[1].seq = 1000, 1001
+    state.apply(late[0], "scanner")
+    window.refresh()
+    assert window.table.rowCount() == 4 and window.table.item(3, 3).text() == "…"
+    state.apply(late[1], "decoder")
+    window.refresh()
+    assert window.table.item(3, 3).text() == "sim-00004 (0.70)"
     window.table.selectRow(1)
     window.mark_selected_bad()
     assert state.trials[(1, 1, "realtime")].bad and window.table.item(1, 4).text() == "bad"
@@ -113,7 +124,7 @@ def test_start_and_stop_a_run_from_the_console(qtbot, tmp_path, small_run):
 
 @pytest.mark.slow
 def test_screenshots_command_runs_the_real_path(tmp_path):
-    from gui.screenshots import make_screenshots
+    from rtdecode.screenshots import make_screenshots
 
     paths = make_screenshots(tmp_path / "shots", tmp_path / "work", volumes=30)
     assert [p.name for p in paths] == ["console.png", "display.png"] and all(p.stat().st_size > 5000 for p in paths)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -15,10 +14,9 @@ import pytest
 import torch
 import zmq
 
-from models.mindeye2.checkpoint import save_pretrained
-from models.mindeye2.config import MindEye2Config
+from models.folder import write_model_folder
+from models.mindeye2.config import MindEye2Config, standin_config
 from models.mindeye2.model import MindEye2
-from models.standin import StandInEmbedder
 from rtdecode.decoder.core import Decoder
 from rtdecode.decoder.service import DecoderService
 from rtdecode.protocol import Message, decode_png, encode
@@ -32,13 +30,9 @@ N_VOXELS = 53
 @pytest.fixture(scope="module")
 def model_folder(tmp_path_factory):
     """A tiny calibrated-model folder in the stand-in token space (16 tokens x 64)."""
-    folder = tmp_path_factory.mktemp("model")
     torch.manual_seed(0)
-    config = MindEye2Config(subjects=["sim01"], voxels=[N_VOXELS], hidden=32, n_blocks=2, clip_tokens=16, clip_dim=64,
-                            blurry=False, prior_depth=1, prior_dim_head=16)
-    save_pretrained(MindEye2(config), folder)
-    (folder / "embedder.json").write_text(json.dumps({"kind": "standin", "config": StandInEmbedder().config.to_dict()}))
-    (folder / "subject.json").write_text(json.dumps({"subject": "sim01"}))
+    folder = write_model_folder(MindEye2(standin_config(["sim01"], [N_VOXELS], hidden=32)),
+                                tmp_path_factory.mktemp("model"), "sim01")
     gallery = tmp_path_factory.mktemp("gallery")
     StimulusSet().save(gallery, range(12))
     return folder, gallery
@@ -174,13 +168,9 @@ def test_scanner_side_to_decoder_to_two_subscribers(tmp_path, small_visit):
     roi = np.zeros(run.shape, np.uint8)
     roi.ravel()[run.roi_index] = 1
     nib.save(nib.Nifti1Image(roi, run.affine), tmp_path / "roi.nii")
-    folder = tmp_path / "model"
     torch.manual_seed(0)
-    config = MindEye2Config(subjects=["sim01"], voxels=[len(run.roi_index)], hidden=32, n_blocks=2, clip_tokens=16,
-                            clip_dim=64, blurry=False, prior_depth=1, prior_dim_head=16)
-    save_pretrained(MindEye2(config), folder)
-    (folder / "embedder.json").write_text(json.dumps({"kind": "standin", "config": StandInEmbedder().config.to_dict()}))
-    (folder / "subject.json").write_text(json.dumps({"subject": "sim01"}))
+    folder = write_model_folder(MindEye2(standin_config(["sim01"], [len(run.roi_index)], hidden=32)),
+                                tmp_path / "model", "sim01")
     small_visit.save_stimuli(tmp_path / "gallery")
     service = DecoderService(Decoder.from_folder(folder, tmp_path / "gallery"), tmp_path / "decoded",
                              "tcp://127.0.0.1:0", "tcp://127.0.0.1:0")
@@ -251,3 +241,13 @@ def test_decoder_reconstructs_with_unclip_or_else_the_blurry_image(tmp_path, rng
     image, _ = blurry_only.reconstruct(ret.tokens, ret.blurry_latent)
     assert image.shape == (224, 224, 3)
     assert blurry_only.can_reconstruct and blurry_only.reconstruct(ret.tokens, None)[0] is None
+
+
+def test_decode_command_with_a_missing_model_folder_gives_one_line(tmp_path, capsys):
+    from rtdecode.cli import main
+
+    (tmp_path / "gallery").mkdir()
+    assert main(["decode", "--model", str(tmp_path / "absent"), "--gallery", str(tmp_path / "gallery"),
+                 "--out", str(tmp_path / "out"), "--betas", "tcp://127.0.0.1:0", "--results", "tcp://127.0.0.1:0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("rtdecode: error: rtdecode decode:") and "absent" in err[0]

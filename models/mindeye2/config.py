@@ -54,3 +54,12 @@ class MindEye2Config:
         if unknown:
             raise ValueError(f"{path}: unknown MindEye2Config field(s) {sorted(unknown)}")
         return cls(**raw)
+
+
+def standin_config(subjects: list[str], voxels: list[int], hidden: int = 128) -> MindEye2Config:
+    """A CPU-sized MindEye2 in the stand-in token space (16 tokens x 64), without the blurry branch."""
+    from models.standin import StandInConfig
+
+    c = StandInConfig()
+    return MindEye2Config(subjects=list(subjects), voxels=list(voxels), hidden=hidden, n_blocks=2,
+                          clip_tokens=c.tokens, clip_dim=c.dim, blurry=False, prior_depth=1, prior_dim_head=16)

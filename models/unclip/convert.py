@@ -132,13 +132,8 @@ VAE_FIXED = {
 VAE_ATTENTION = {"norm": "group_norm", "q": "to_q", "k": "to_k", "v": "to_v", "proj_out": "to_out.0"}
 
 
-def convert_vae(state: dict[str, torch.Tensor], levels: int = 4, blocks: int = 2) -> dict[str, torch.Tensor]:
-    """LDM/sgm AutoencoderKL weights (``first_stage_model.*`` or bare) -> diffusers AutoencoderKL names.
-
-    The decoder's ``up`` blocks are numbered from the lowest resolution in diffusers and from the
-    highest in LDM; attention projections are 1x1 convolutions in LDM and linear layers in diffusers.
-    """
-    weights = {k[len(VAE_PREFIX):]: v for k, v in state.items() if k.startswith(VAE_PREFIX)} or dict(state)
+def _vae_table(levels: int, blocks: int) -> dict[str, str]:
+    """LDM block prefixes -> diffusers block prefixes for an AutoencoderKL of ``levels`` resolutions."""
     table = dict(VAE_FIXED)
     for side in ("encoder", "decoder"):
         table[f"{side}.mid.block_1"] = f"{side}.mid_block.resnets.0"
@@ -149,21 +144,25 @@ def convert_vae(state: dict[str, torch.Tensor], levels: int = 4, blocks: int = 2
         for j in range(blocks):
             table[f"encoder.down.{i}.block.{j}"] = f"encoder.down_blocks.{i}.resnets.{j}"
         table[f"encoder.down.{i}.downsample.conv"] = f"encoder.down_blocks.{i}.downsamplers.0.conv"
-        for j in range(blocks + 1):
+        for j in range(blocks + 1):  # diffusers counts the decoder's levels from the lowest resolution
             table[f"decoder.up.{i}.block.{j}"] = f"decoder.up_blocks.{levels - 1 - i}.resnets.{j}"
         table[f"decoder.up.{i}.upsample.conv"] = f"decoder.up_blocks.{levels - 1 - i}.upsamplers.0.conv"
-    parts = {"nin_shortcut": "conv_shortcut"}
-    prefixes = sorted(table.items(), key=lambda kv: -len(kv[0]))
+    return table
+
+
+def convert_vae(state: dict[str, torch.Tensor], levels: int = 4, blocks: int = 2) -> dict[str, torch.Tensor]:
+    """LDM/sgm AutoencoderKL weights (``first_stage_model.*`` or bare) -> diffusers AutoencoderKL names.
+
+    Attention projections are 1x1 convolutions in LDM and linear layers in diffusers.
+    """
+    weights = {k[len(VAE_PREFIX):]: v for k, v in state.items() if k.startswith(VAE_PREFIX)} or dict(state)
+    prefixes = sorted(_vae_table(levels, blocks).items(), key=lambda kv: -len(kv[0]))
     out = {}
     for key, value in weights.items():
-        for old, new in prefixes:
-            if key.startswith(old + "."):
-                rest = key[len(old) + 1:]
-                rest = parts.get(rest.split(".")[0], rest.split(".")[0]) + rest[len(rest.split(".")[0]):]
-                target = f"{new}.{rest}"
-                break
-        else:
-            raise KeyError(f"VAE key {key!r} has no counterpart in the diffusers AutoencoderKL layout")
+        try:
+            target = _rename(key, prefixes).replace(".nin_shortcut.", ".conv_shortcut.")
+        except KeyError:
+            raise KeyError(f"VAE key {key!r} has no counterpart in the diffusers AutoencoderKL layout") from None
         if ".attentions.0.to_" in target and value.ndim == 4:
             value = value[:, :, 0, 0]  # 1x1 conv -> linear
         out[target] = value
@@ -186,9 +185,7 @@ def to_sgm_unet(state: dict[str, torch.Tensor], layout: UNetLayout | None = None
     for key, value in state.items():
         target = _rename(key, inverse)
         if ".resnets." in key:
-            head, _, tail = key.partition(".resnets.")
-            block, _, rest = tail.partition(".")
-            part = rest.split(".")[0]
+            part = key.partition(".resnets.")[2].split(".")[1]  # the part after the resnet's index
             if part in parts:
                 target = target.replace(f".{part}.", f".{parts[part]}.", 1)
         out[UNET_PREFIX + target] = value
@@ -197,32 +194,10 @@ def to_sgm_unet(state: dict[str, torch.Tensor], layout: UNetLayout | None = None
 
 def to_sgm_vae(state: dict[str, torch.Tensor], levels: int = 4, blocks: int = 2) -> dict[str, torch.Tensor]:
     """diffusers AutoencoderKL weights -> LDM names under ``first_stage_model.`` (for tiny test files)."""
-    probe = {k: torch.empty(0) for k in state}
-    forward = {}
-    for key in probe:  # derive the inverse from the forward table by converting each name once
-        ldm = _ldm_vae_name(key, levels, blocks)
-        forward[key] = ldm
+    inverse = sorted(((new, old) for old, new in _vae_table(levels, blocks).items()), key=lambda kv: -len(kv[0]))
     out = {}
     for key, value in state.items():
         if ".attentions.0.to_" in key and value.ndim == 2:
-            value = value[:, :, None, None]
-        out[VAE_PREFIX + forward[key]] = value
+            value = value[:, :, None, None]  # linear -> 1x1 conv
+        out[VAE_PREFIX + _rename(key, inverse).replace(".conv_shortcut.", ".nin_shortcut.")] = value
     return out
-
-
-def _ldm_vae_name(key: str, levels: int, blocks: int) -> str:
-    table = dict(VAE_FIXED)
-    for side in ("encoder", "decoder"):
-        table[f"{side}.mid.block_1"] = f"{side}.mid_block.resnets.0"
-        table[f"{side}.mid.block_2"] = f"{side}.mid_block.resnets.1"
-        for old, new in VAE_ATTENTION.items():
-            table[f"{side}.mid.attn_1.{old}"] = f"{side}.mid_block.attentions.0.{new}"
-    for i in range(levels):
-        for j in range(blocks):
-            table[f"encoder.down.{i}.block.{j}"] = f"encoder.down_blocks.{i}.resnets.{j}"
-        table[f"encoder.down.{i}.downsample.conv"] = f"encoder.down_blocks.{i}.downsamplers.0.conv"
-        for j in range(blocks + 1):
-            table[f"decoder.up.{i}.block.{j}"] = f"decoder.up_blocks.{levels - 1 - i}.resnets.{j}"
-        table[f"decoder.up.{i}.upsample.conv"] = f"decoder.up_blocks.{levels - 1 - i}.upsamplers.0.conv"
-    inverse = sorted(((new, old) for old, new in table.items()), key=lambda kv: -len(kv[0]))
-    return _rename(key, inverse).replace(".conv_shortcut.", ".nin_shortcut.")

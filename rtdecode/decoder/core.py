@@ -8,7 +8,6 @@ SD VAE is loaded.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.mindeye2.checkpoint import load_pretrained
+from models.folder import read_model_folder
 from models.retrieval import similarity, top_k
 
 
@@ -27,20 +26,6 @@ class Retrieval:
     scores: list[float]
     timings_ms: dict[str, float] = field(default_factory=dict)
     blurry_latent: np.ndarray | None = None
-
-
-def load_embedder(folder: Path):
-    """The token space the model was trained in, from ``embedder.json`` in the model folder."""
-    spec = json.loads((folder / "embedder.json").read_text())
-    if spec["kind"] == "standin":
-        from models.standin import StandInConfig, StandInEmbedder
-
-        return StandInEmbedder(StandInConfig(**spec["config"]))
-    if spec["kind"] == "openclip":
-        from models.clip import ClipTokenEmbedder
-
-        return ClipTokenEmbedder(spec["model"], spec["pretrained"], config_path=spec.get("config_path"))
-    raise ValueError(f"{folder / 'embedder.json'}: kind must be 'standin' or 'openclip', got {spec['kind']!r}")
 
 
 class Decoder:
@@ -68,9 +53,7 @@ class Decoder:
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = torch.bfloat16 if device.startswith("cuda") else None
         folder, gallery = Path(folder), Path(gallery)
-        model = load_pretrained(folder, device=device, dtype=dtype)
-        subject = json.loads((folder / "subject.json").read_text())["subject"]
-        embedder = load_embedder(folder)
+        model, subject, embedder = read_model_folder(folder, device=device, dtype=dtype)
         ids, images = read_gallery(gallery)
         tokens = EmbeddingCache(embedder, cache or folder / "embedding-cache", dtype=np.float32).embed(images)
         reconstruct, blurry = None, None

@@ -161,7 +161,7 @@ class IncrementalGLM:
         full = bool(rows.all())
         X = X if full else X[rows]
         Y = self._data[:n] if full else self._data[:n][rows]  # a view when nothing is missing: no copy
-        fast = self._fast_ok and self._products is not None and n == self.n_frames and self._products.frames
+        fast = self._fast_ok and self._products is not None and n == self.n_frames and self._products.prev is not None
         if fast and s.noise_model == "ar1":
             beta, rho = self._from_products(trial, known, X, Y, times, rows)
         elif s.noise_model == "ols":

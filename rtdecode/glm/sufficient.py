@@ -33,7 +33,6 @@ class RunningProducts:
         self.y_ly = np.zeros(n_voxels)
         self.prev: int | None = None  # last frame used
         self.prev_y: np.ndarray | None = None
-        self.frames: list[int] = []
 
     def add(self, t: int, y: np.ndarray) -> None:
         """Frame ``t`` (after every earlier frame that will ever be used) with data ``y`` (float32)."""
@@ -49,14 +48,6 @@ class RunningProducts:
             self.lf_y[nzs] += f_s[nzs, None] * y64
             self.y_ly += y64 * self.prev_y
         self.prev, self.prev_y = t, y64
-        self.frames.append(t)
-
-
-def combine(columns: list[np.ndarray], products: np.ndarray, extra: np.ndarray | None) -> np.ndarray:
-    """Rows of X'y for design columns given as index lists into the fixed products (summed), then ``extra``."""
-    rows = [products[c].sum(axis=0) if len(c) != 1 else products[c[0]] for c in columns]
-    out = np.stack(rows)
-    return out if extra is None else np.vstack([out, extra])
 
 
 def probe_betas(X: np.ndarray, xy: np.ndarray, x_ly: np.ndarray, lx_y: np.ndarray, yy: np.ndarray,

@@ -2,23 +2,25 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 
-def mixco(voxels: torch.Tensor, beta: float = 0.15, s_thresh: float = 0.5,
-          generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def mixco(voxels: torch.Tensor, rng: np.random.Generator, beta: float = 0.15,
+          s_thresh: float = 0.5) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """MixCo on raw voxels: each sample mixed (p = s_thresh) with a shuffled partner, lambda ~ Beta(.15, .15).
 
     Returns (mixed voxels, permutation, per-sample weight of the sample itself; 1 where unmixed).
     Callers mixing a multi-subject batch pass one subject at a time, so each permutation stays inside
     its subject (the published code concatenated per-subject permutations without offsets: fixed here).
+    The draws come from ``rng`` so that every process of a distributed run mixes the same global batch.
     """
     n = voxels.shape[0]
-    perm = torch.randperm(n, generator=generator, device="cpu").to(voxels.device)
-    lam = torch.distributions.Beta(beta, beta).sample((n,)).to(voxels.device, voxels.dtype)
-    select = (torch.rand(n, generator=generator) <= s_thresh).to(voxels.device)
-    lam = torch.where(select, lam, torch.ones_like(lam))
+    perm = torch.from_numpy(rng.permutation(n)).to(voxels.device)
+    lam = rng.beta(beta, beta, size=n)
+    lam = np.where(rng.random(n) <= s_thresh, lam, 1.0)
+    lam = torch.as_tensor(lam, dtype=voxels.dtype, device=voxels.device)
     shape = [-1] + [1] * (voxels.ndim - 1)
     mixed = voxels * lam.reshape(shape) + voxels[perm] * (1 - lam.reshape(shape))
     return mixed, perm, lam

@@ -3,8 +3,16 @@
 loss = prior_scale * prior MSE + contrastive(clip_voxels, targets) [+ blur_scale * blurry loss, off here]
 contrastive = BiMixCo (temperature .006, voxels mixed within each subject) for the first ``mixup_pct``
 of the steps, then SoftCLIP with a temperature annealed .004 -> .0075. AdamW (weight decay 1e-2),
-OneCycleLR per step. A checkpoint (model, optimiser, schedule, step, RNG) is written every
+OneCycleLR per step. A checkpoint (model, optimiser, schedule, step, history; the
+batches and random draws follow from (seed, epoch, step), so a resumed run repeats them) is written every
 ``checkpoint_s`` seconds and at the end; ``resume=True`` continues from it.
+
+The same code runs on one CPU or GPU, or on several processes started by ``accelerate launch`` or
+``torchrun`` (Accelerate underneath). Every process draws the same global batch and the same random
+mixing and prior noise from (seed, step); each runs the network on its share of the rows, the
+retrieval outputs are gathered (with their gradients) so the contrastive loss sees the whole batch,
+and DDP averages the gradients. So several processes compute the single-process gradient, up to
+floating-point summation order and dropout masks (see tests/test_calibration_distributed.py).
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from calibration.data import SubjectData
 from calibration.losses import flat_unit, mixco, mixco_nce, soft_clip_loss, soft_temperatures
@@ -35,6 +44,8 @@ class TrainConfig:
     clip_scale: float = 1.0
     seed: int = 0
     checkpoint_s: float = 300.0
+    precision: str = "no"  # Accelerate's mixed_precision: "no", "bf16" or "fp16" (autocast)
+    cpu: bool = False  # train on the CPU even where a GPU is present
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -48,11 +59,58 @@ def _batches(sizes: list[int], batch: int, rng: np.random.Generator) -> list[lis
     return [[(s, orders[s][i * per:(i + 1) * per]) for s in range(len(sizes))] for i in range(steps)]
 
 
+class _TrainStep(nn.Module):
+    """One step's forward and losses in a module, so DistributedDataParallel sees every trained weight."""
+
+    def __init__(self, model: MindEye2, prior_scale: float, clip_scale: float) -> None:
+        super().__init__()
+        self.model, self.prior_scale, self.clip_scale = model, prior_scale, clip_scale
+
+    def forward(self, inputs, target_local, target_all, order, mixing, temp, draws):
+        clips, backbones = [], []
+        for index, x in inputs:
+            backbone, clip, _ = self.model(x, index)
+            clips.append(clip)
+            backbones.append(backbone)
+        backbone = torch.cat(backbones)
+        loss_prior, _ = self.model.diffusion_prior.loss(target_local, backbone, draws=draws)
+        clip = _gather_rows(torch.cat(clips).float(), order)
+        p, t = flat_unit(clip), flat_unit(target_all)
+        loss_clip = mixco_nce(p, t, *mixing) if mixing is not None else soft_clip_loss(p, t, temp)
+        return self.prior_scale * loss_prior + self.clip_scale * loss_clip, loss_clip.detach(), loss_prior.detach()
+
+
+def _gather_rows(local: torch.Tensor, order: torch.Tensor | None) -> torch.Tensor:
+    """Every process's rows, in global batch order; gradients flow back to the process that made them."""
+    if order is None:
+        return local
+    from torch.distributed.nn.functional import all_gather
+
+    gathered = torch.cat(all_gather(local))
+    return gathered[torch.argsort(order.to(local.device))]
+
+
+def _share(batch: list[tuple[int, np.ndarray]], rank: int, world: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Which rows of each subject block this process runs, their places in the global batch, and the
+    places of every process's rows in the order they are gathered."""
+    per = len(batch[0][1])
+    if per % world:
+        raise ValueError(f"batch size per subject ({per}) must divide by the number of processes ({world})")
+    starts = np.cumsum([0] + [len(rows) for _, rows in batch])[:-1]
+    places = [np.concatenate([start + np.arange(r, per, world) for start in starts]) for r in range(world)]
+    return np.arange(rank, per, world), places[rank], np.concatenate(places)
+
+
 def train(model: MindEye2, subjects: list[SubjectData], config: TrainConfig, out: str | Path | None = None,
           resume: bool = False, progress=None) -> dict:
     """Train ``model`` on ``subjects`` (each must have a ridge of its name). Returns the loss history."""
-    torch.manual_seed(config.seed)
-    rng = np.random.default_rng(config.seed)
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    accelerator = Accelerator(cpu=config.cpu or not torch.cuda.is_available(), mixed_precision=config.precision,
+                              kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    rank, world = accelerator.process_index, accelerator.num_processes
+    torch.manual_seed(config.seed + rank)  # dropout only; everything else is drawn from (seed, step)
     index = [model.config.subject_index(s.subject) for s in subjects]
     sizes = [len(s.betas) for s in subjects]
     steps_per_epoch = len(_batches(sizes, config.batch_size, np.random.default_rng(0)))
@@ -74,62 +132,67 @@ def train(model: MindEye2, subjects: list[SubjectData], config: TrainConfig, out
         sched.load_state_dict(state["scheduler"])
         step, epoch0 = int(state["step"]), int(state["epoch"])
         history = {k: list(v) for k, v in state["history"].items()}
-        torch.set_rng_state(state["torch_rng"])
-        rng = np.random.default_rng(int(state["numpy_seed"]))
+        torch.set_rng_state(state["torch_rng"])  # dropout continues as if never interrupted
         log.info("resumed at step %d of %d (epoch %d)", step, total, epoch0)
+    runner, opt = accelerator.prepare(_TrainStep(model, config.prior_scale, config.clip_scale), opt)
+    device = accelerator.device
     tensors = [(torch.from_numpy(s.betas), torch.from_numpy(s.tokens.astype(np.float32))) for s in subjects]
     last_save = time.monotonic()
     model.train()
     for epoch in range(epoch0, config.epochs):
-        epoch_seed = int(rng.integers(2**31))
-        plan = _batches(sizes, config.batch_size, np.random.default_rng(epoch_seed))
+        plan = _batches(sizes, config.batch_size, np.random.default_rng([config.seed, epoch]))
         for batch in plan[max(step - epoch * steps_per_epoch, 0):]:  # a resumed epoch skips its done steps
-            preds, targets, backbones, perms, lams, offset = [], [], [], [], [], 0
+            draw = np.random.default_rng([config.seed, epoch, step])
+            mine, local, order = _share(batch, rank, world)
+            inputs, mixing, perms, lams, offset = [], None, [], [], 0
             for s, rows in batch:
-                x, y = tensors[s][0][rows], tensors[s][1][rows]
-                if step < mix_steps:
-                    x, perm, lam = mixco(x)
+                x = tensors[s][0][rows]
+                if step < mix_steps:  # mix the whole subject block, then keep this process's rows
+                    x, perm, lam = mixco(x, draw)
                     perms.append(perm + offset)  # offsets keep each subject's permutation inside its block
                     lams.append(lam)
-                backbone, clip, _ = model(x, index[s])
-                preds.append(clip)
-                backbones.append(backbone)
-                targets.append(y)
+                inputs.append((index[s], x[mine].to(device)))
                 offset += len(rows)
-            clip, target, backbone = torch.cat(preds), torch.cat(targets), torch.cat(backbones)
-            p, t = flat_unit(clip), flat_unit(target)
+            target_all = torch.cat([tensors[s][1][rows] for s, rows in batch]).to(device)
             if step < mix_steps:
-                loss_clip = mixco_nce(p, t, torch.cat(perms), torch.cat(lams))
-            else:
-                loss_clip = soft_clip_loss(p, t, float(temps[step - mix_steps]))
-            loss_prior, _ = model.diffusion_prior.loss(target, backbone)
-            loss = config.prior_scale * loss_prior + config.clip_scale * loss_clip
+                mixing = (torch.cat(perms).to(device), torch.cat(lams).to(device))
+            generator = torch.Generator().manual_seed(int(draw.integers(2**62)))
+            draws = model.diffusion_prior.draw(len(order), tuple(target_all.shape[1:]), generator)[local]
+            temp = float(temps[step - mix_steps]) if step >= mix_steps else 0.0
+            with accelerator.autocast():
+                loss, loss_clip, loss_prior = runner(inputs, target_all[local], target_all,
+                                                     torch.from_numpy(order) if world > 1 else None,
+                                                     mixing, temp, draws)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            accelerator.backward(loss)
             opt.step()
             sched.step()
             step += 1
-            history["loss"].append(loss.item())
+            if world > 1:
+                loss_prior = accelerator.reduce(loss_prior, "mean")
             history["clip"].append(loss_clip.item())
             history["prior"].append(loss_prior.item())
-            if progress is not None:
+            history["loss"].append(config.prior_scale * history["prior"][-1] + config.clip_scale * history["clip"][-1])
+            if progress is not None and accelerator.is_main_process:
                 progress(step, total, history["loss"][-1])
             if ckpt is not None and time.monotonic() - last_save >= config.checkpoint_s:
-                _save(ckpt, model, opt, sched, step, epoch, history, rng)
+                if accelerator.is_main_process:
+                    _save(ckpt, model, opt, sched, step, epoch, history)
                 last_save = time.monotonic()
         epoch0 = epoch + 1
-    if ckpt is not None:
-        _save(ckpt, model, opt, sched, step, config.epochs, history, rng)
+    if ckpt is not None and accelerator.is_main_process:
+        _save(ckpt, model, opt, sched, step, config.epochs, history)
+    accelerator.wait_for_everyone()
     model.eval()
-    return {"steps": step, "total_steps": total, **history}
+    return {"steps": step, "total_steps": total, "processes": world, **history}
 
 
-def _save(path: Path, model, opt, sched, step: int, epoch: int, history: dict, rng: np.random.Generator) -> None:
+def _save(path: Path, model, opt, sched, step: int, epoch: int, history: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                "step": step, "epoch": epoch, "history": history, "torch_rng": torch.get_rng_state(),
-                "numpy_seed": int(rng.integers(2**31))}, tmp)
+                "step": step, "epoch": epoch, "history": history,
+                "torch_rng": torch.get_rng_state()}, tmp)
     tmp.replace(path)  # a crash mid-write leaves the previous checkpoint intact
 
 
@@ -137,6 +200,6 @@ def _save(path: Path, model, opt, sched, step: int, epoch: int, history: dict, r
 def predict_tokens(model: MindEye2, data: SubjectData) -> np.ndarray:
     """Retrieval-head tokens for every trial (eval mode)."""
     model.eval()
-    x = torch.from_numpy(data.betas)
+    x = torch.from_numpy(data.betas).to(next(model.parameters()).device)
     _, clip, _ = model(x, data.subject)
-    return clip.numpy()
+    return clip.float().cpu().numpy()

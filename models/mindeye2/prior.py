@@ -8,6 +8,8 @@ its use of ``alphas_cumprod_prev`` as the DDIM alphas and its time grid
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -57,6 +59,23 @@ class NoiseSchedule(nn.Module):
         return (self._at(self.sqrt_recip_alphas_cumprod, t, xt) * xt - x0) / self._at(self.sqrt_recipm1_alphas_cumprod, t, xt)
 
 
+@dataclass
+class PriorDraws:
+    """Timesteps, noise and condition-dropout masks for one batch (rows can be sliced per process)."""
+
+    t: torch.Tensor
+    noise: torch.Tensor
+    keep_brain: torch.Tensor
+    keep_image: torch.Tensor
+
+    def __getitem__(self, rows) -> PriorDraws:
+        return PriorDraws(self.t[rows], self.noise[rows], self.keep_brain[rows], self.keep_image[rows])
+
+    def to(self, device, dtype) -> PriorDraws:
+        return PriorDraws(self.t.to(device), self.noise.to(device, dtype), self.keep_brain.to(device),
+                          self.keep_image.to(device))
+
+
 class BrainDiffusionPrior(nn.Module):
     """``net`` (the transformer) and ``noise_scheduler`` (the buffers), as in the published layout."""
 
@@ -67,16 +86,21 @@ class BrainDiffusionPrior(nn.Module):
         self.noise_scheduler = NoiseSchedule(timesteps)
         self.cond_drop_prob = cond_drop_prob
 
-    def loss(self, image_embed: torch.Tensor, brain_embed: torch.Tensor,
-             generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def draw(self, batch: int, shape: tuple[int, ...], generator: torch.Generator | None = None) -> PriorDraws:
+        """The random draws of one training batch (on the CPU, so any process can repeat them from a seed)."""
+        return PriorDraws(torch.randint(0, self.noise_scheduler.num_timesteps, (batch,), generator=generator),
+                          torch.randn((batch, *shape), generator=generator),
+                          torch.rand(batch, generator=generator) >= self.cond_drop_prob,
+                          torch.rand(batch, generator=generator) >= self.cond_drop_prob)
+
+    def loss(self, image_embed: torch.Tensor, brain_embed: torch.Tensor, generator: torch.Generator | None = None,
+             draws: PriorDraws | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Training: MSE between the predicted and the true clean tokens; returns (loss, prediction)."""
-        b, device = len(image_embed), image_embed.device
-        t = torch.randint(0, self.noise_scheduler.num_timesteps, (b,), device=device, generator=generator)
-        noise = torch.randn(image_embed.shape, device=device, dtype=image_embed.dtype, generator=generator)
-        noisy = self.noise_scheduler.q_sample(image_embed, t, noise)
-        keep_brain = torch.rand(b, device=device, generator=generator) >= self.cond_drop_prob
-        keep_image = torch.rand(b, device=device, generator=generator) >= self.cond_drop_prob
-        pred = self.net(noisy, t, brain_embed, keep_brain, keep_image)
+        if draws is None:
+            draws = self.draw(len(image_embed), tuple(image_embed.shape[1:]), generator)
+        d = draws.to(image_embed.device, image_embed.dtype)
+        noisy = self.noise_scheduler.q_sample(image_embed, d.t, d.noise)
+        pred = self.net(noisy, d.t, brain_embed, d.keep_brain, d.keep_image)
         return F.mse_loss(pred, image_embed), pred
 
     @torch.no_grad()

@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import csv
 import json
+import time
 from pathlib import Path
 
 import numpy as np
 
 from calibration.data import SubjectData, average_repeats, split_by_image
 from calibration.trainer import TrainConfig, predict_tokens, train
-from models.folder import write_model_folder
+from models.folder import standin_spec, write_model_folder
 from models.mindeye2.checkpoint import load_pretrained
-from models.mindeye2.config import standin_config
+from models.mindeye2.config import MindEye2Config, standin_config
 from models.mindeye2.model import MindEye2
-from models.retrieval import n_way_top1
+from models.retrieval import n_way_top1, similarity, top_k
 from models.standin import StandInEmbedder
 
 
@@ -74,29 +75,86 @@ def held_out_images(data: SubjectData, repeats: int = 2) -> set[str]:
     return {im for im, c in counts.items() if c >= repeats}
 
 
+def token_space(kind: str):
+    """(embedder, embedder.json spec) for ``standin`` or ``openclip`` (ViT-bigG-14, the published targets)."""
+    if kind == "standin":
+        return StandInEmbedder(), standin_spec()
+    if kind == "openclip":
+        from models.clip import ClipTokenEmbedder
+
+        spec = {"kind": "openclip", "model": "ViT-bigG-14", "pretrained": "laion2b_s39b_b160k"}
+        return ClipTokenEmbedder(spec["model"], spec["pretrained"]), spec
+    raise ValueError(f"token space must be 'standin' or 'openclip', got {kind!r}")
+
+
+def new_model(subjects: list[SubjectData], hidden: int) -> MindEye2:
+    """A fresh model sized to the data's token shape: CPU-sized in the stand-in space, else published."""
+    tokens, dim = subjects[0].tokens.shape[1:]
+    names, voxels = [s.subject for s in subjects], [s.n_voxels for s in subjects]
+    if (tokens, dim) == StandInEmbedder().token_shape:
+        return MindEye2(standin_config(names, voxels, hidden))
+    return MindEye2(MindEye2Config(subjects=names, voxels=voxels, hidden=hidden, clip_tokens=tokens, clip_dim=dim,
+                                   blurry=False))
+
+
+def _is_main() -> bool:
+    from accelerate import PartialState
+
+    return PartialState().is_main_process
+
+
 def _write_folder(model: MindEye2, out: Path, subject: str, data: SubjectData | None, config: TrainConfig,
-                  history: dict, evaluation: dict) -> Path:
-    write_model_folder(model, out, subject)
+                  history: dict, evaluation: dict, embedder: dict | None = None, extra: dict | None = None) -> Path:
+    if not _is_main():  # in a multi-process run one process writes
+        return out
+    write_model_folder(model, out, subject, embedder)
     if data is not None and data.mean is not None:
         np.save(out / "zscore_mean.npy", data.mean)
         np.save(out / "zscore_std.npy", data.std)
-    summary = {"train": config.to_dict(), "steps": history["steps"], "final_loss": history["loss"][-1:],
-               "evaluation": evaluation}
+    summary = {"train": config.to_dict(), "steps": history["steps"], "processes": history["processes"],
+               "final_loss": history["loss"][-1:], "evaluation": evaluation, **(extra or {})}
+    np.savez(out / "history.npz", **{k: np.asarray(history[k], np.float32) for k in ("loss", "clip", "prior")})
     (out / "training.json").write_text(json.dumps(summary, indent=2))
     return out
 
 
+def evaluate(model: MindEye2, test: SubjectData) -> dict:
+    """Held-out retrieval: repeats averaged, top-1 both ways at 300-way (MindEye2) and 50-way (Real-time
+    MindEye), or as many ways as there are images; plus each image's top-5 among all held-out images."""
+    test = average_repeats(test)
+    pred = predict_tokens(model, test)
+    out = {"held_out_images": len(test.betas), "retrieval": []}
+    for n_way in sorted({min(300, len(test.betas)), min(50, len(test.betas))}, reverse=True):
+        fwd, bwd = n_way_top1(pred, test.tokens, n_way=n_way)
+        out["retrieval"].append({"n_way": n_way, "top1_brain_to_image": fwd, "top1_image_to_brain": bwd,
+                                 "chance": 1 / n_way})
+    out.update(out["retrieval"][-1])  # the smaller set's figures at the top level, as before
+    idx, scores = top_k(similarity(pred, test.tokens), 5)
+    out["top5"] = [{"image": im, "top5": [test.images[j] for j in row], "scores": [round(float(v), 4) for v in sc]}
+                   for im, row, sc in zip(test.images, idx, scores, strict=True)]
+    return out
+
+
 def pretrain(subjects: list[SubjectData], out: str | Path, config: TrainConfig, hidden: int = 128,
-             progress=None) -> Path:
+             progress=None, embedder: dict | None = None, resume: bool = False) -> Path:
     """A shared model over several subjects (each z-scored already)."""
-    model = MindEye2(standin_config([s.subject for s in subjects], [s.n_voxels for s in subjects], hidden))
-    history = train(model, subjects, config, out=Path(out) / "checkpoints", progress=progress)
-    return _write_folder(model, Path(out), subjects[0].subject, None, config, history, {})
+    model = new_model(subjects, hidden)
+    start = time.monotonic()
+    history = train(model, subjects, config, out=Path(out) / "checkpoints", resume=resume, progress=progress)
+    return _write_folder(model, Path(out), subjects[0].subject, None, config, history, {}, embedder,
+                         {"seconds": round(time.monotonic() - start, 1), "subjects": [s.subject for s in subjects]})
 
 
 def calibrate(data: SubjectData, out: str | Path, config: TrainConfig, pretrained: str | Path | None = None,
-              resume: bool = False, hidden: int = 128, progress=None) -> Path:
-    """Fine-tune a pretrained model on one subject's session (or train from scratch without one)."""
+              resume: bool = False, hidden: int = 128, progress=None, embedder: dict | None = None,
+              source: str | None = None, compare_scratch: bool = False) -> Path:
+    """Fine-tune a pretrained model on one subject's session (or train from scratch without one).
+
+    ``compare_scratch`` also trains a fresh model on the same trials (into ``<out>/scratch``) and
+    records its held-out retrieval beside this one's: what the pretraining bought.
+    """
+    start = time.monotonic()
+    out = Path(out)
     held = held_out_images(data)
     train_set, test_set = split_by_image(data, held)
     train_set = train_set.zscored()
@@ -105,15 +163,18 @@ def calibrate(data: SubjectData, out: str | Path, config: TrainConfig, pretraine
         model.train()
         if data.subject not in model.config.subjects:
             model.add_subject(data.subject, data.n_voxels)  # a fresh ridge; everything else starts shared
+        if embedder is None and (Path(pretrained) / "embedder.json").exists():
+            embedder = json.loads((Path(pretrained) / "embedder.json").read_text())  # same token space
     else:
-        model = MindEye2(standin_config([data.subject], [data.n_voxels], hidden))
-    history = train(model, [train_set], config, out=Path(out) / "checkpoints", resume=resume, progress=progress)
-    evaluation = {}
-    if len(test_set.betas):
-        test = average_repeats(test_set.zscored(train_set.mean, train_set.std))
-        pred = predict_tokens(model, test)
-        n_way = min(50, len(test.betas))
-        fwd, bwd = n_way_top1(pred, test.tokens, n_way=n_way)
-        evaluation = {"held_out_images": len(test.betas), "n_way": n_way, "top1_brain_to_image": fwd,
-                      "top1_image_to_brain": bwd, "chance": 1 / n_way}
-    return _write_folder(model, Path(out), data.subject, train_set, config, history, evaluation)
+        model = new_model([data], hidden)
+    history = train(model, [train_set], config, out=out / "checkpoints", resume=resume, progress=progress)
+    evaluation = evaluate(model, test_set.zscored(train_set.mean, train_set.std)) if len(test_set.betas) else {}
+    if evaluation and _is_main():
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "held_out.json").write_text(json.dumps(evaluation.pop("top5")))
+    extra = {"seconds": round(time.monotonic() - start, 1), "source": source,
+             "pretrained": str(pretrained) if pretrained is not None else None}
+    if compare_scratch and pretrained is not None:
+        scratch = calibrate(data, out / "scratch", config, None, resume, hidden, progress, embedder, source)
+        extra["scratch"] = json.loads((scratch / "training.json").read_text())["evaluation"]
+    return _write_folder(model, out, data.subject, train_set, config, history, evaluation, embedder, extra)

@@ -9,6 +9,7 @@ any projection, class token dropped. Only the vision tower is kept in memory.
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import numpy as np
@@ -102,7 +103,7 @@ class EmbeddingCache:
             fresh = self.embedder.embed(np.stack([images[i] for i in todo]))
             self.computed += len(todo)
             for i, tokens in zip(todo, fresh, strict=True):
-                tmp = self.folder / f".{keys[i]}.tmp.npy"
+                tmp = self.folder / f".{keys[i]}.{os.getpid()}.tmp.npy"  # processes may share a cache
                 np.save(tmp, tokens.astype(self.dtype))
                 tmp.replace(self.folder / f"{keys[i]}.npy")
         return np.stack([np.load(self.folder / f"{k}.npy", allow_pickle=False) for k in keys]).astype(np.float32)

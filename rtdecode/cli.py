@@ -81,22 +81,32 @@ def build_parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--session", type=Path, help="a session folder recorded by rtdecode (betas by the offline GLM)")
     src.add_argument("--dataset", type=Path, help="a trial-level dataset (rtdecode simulate betas)")
-    p.add_argument("--subject", required=True, help="subject id (names the new ridge)")
+    src.add_argument("--nsd", type=Path, help="NSD as MindEye2 distributes it (pscotti/mindeyev2 folder)")
+    p.add_argument("--subject", required=True, help="subject id (names the new ridge; NSD: 1-8)")
     p.add_argument("--pretrained", type=Path, default=None, help="pretrained model folder (default: from scratch)")
     p.add_argument("--out", required=True, type=Path, help="model folder to write")
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=24)
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
-    p.add_argument("--checkpoint-s", type=float, default=300.0, help="seconds between checkpoints")
+    p.add_argument("--compare-scratch", action="store_true",
+                   help="also train from scratch on the same trials and put both in the report")
+    p.add_argument("--no-report", action="store_true", help="skip report/report.md and its plots")
+    _training_options(p)
 
-    p = sub.add_parser("pretrain", help="train a shared model over several subjects of a trial-level dataset")
-    p.add_argument("--dataset", required=True, type=Path)
-    p.add_argument("--subjects", required=True, nargs="+")
+    p = sub.add_parser("pretrain", help="train a shared model over several subjects (simulated, NSD or recorded)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--dataset", type=Path, help="a trial-level dataset (rtdecode simulate betas)")
+    src.add_argument("--nsd", type=Path, help="NSD as MindEye2 distributes it (pscotti/mindeyev2 folder)")
+    src.add_argument("--sessions", nargs="+", metavar="SUBJECT=FOLDER",
+                     help="session folders recorded by rtdecode, one per subject")
+    p.add_argument("--subjects", nargs="+", default=[], help="subjects of --dataset or --nsd (NSD: 1-8)")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=48)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    _training_options(p)
 
     p = sub.add_parser("decode", help="the decoder process: betas in, retrievals and reconstructions out")
     p.add_argument("--model", required=True, type=Path, help="calibrated model folder")
@@ -236,31 +246,80 @@ def _dispatch(args: argparse.Namespace) -> int:
     raise AssertionError(args.command)  # pragma: no cover
 
 
+def _training_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint-s", type=float, default=300.0, help="seconds between checkpoints")
+    p.add_argument("--hidden", type=int, default=128, help="width of a model trained from scratch")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--precision", choices=["no", "bf16", "fp16"], default="no", help="autocast (Accelerate)")
+    p.add_argument("--cpu", action="store_true", help="train on the CPU even where a GPU is present")
+    p.add_argument("--nsd-sessions", type=int, default=None, help="NSD: first N training sessions (default all)")
+    p.add_argument("--embedder", choices=["standin", "openclip"], default=None,
+                   help="target token space (default: openclip for NSD, the stand-in otherwise)")
+
+
 def _calibration(args: argparse.Namespace) -> int:
-    from calibration.build import calibrate, load_session, load_trial_dataset, pretrain
+    from calibration.build import calibrate, load_session, load_trial_dataset, pretrain, token_space
+    from calibration.nsd import load_nsd_subject
     from calibration.progress import Progress
     from calibration.trainer import TrainConfig
 
-    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, max_lr=args.lr,
-                         checkpoint_s=getattr(args, "checkpoint_s", 300.0))
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, max_lr=args.lr, seed=args.seed,
+                         checkpoint_s=args.checkpoint_s, precision=args.precision, cpu=args.cpu)
     cache = args.out / "embedding-cache"
+    kind = args.embedder or ("openclip" if args.nsd else "standin")
+    if kind != "standin" and not args.nsd:
+        raise ConfigError(f"rtdecode {args.command}: --embedder {kind} needs --nsd (recorded sessions and simulated "
+                          "datasets use the built-in stimuli's stand-in tokens)")
     try:
+        embedder, spec = token_space(kind)
+
+        def nsd(subject: str):
+            if not subject.isdigit():
+                raise ValueError(f"NSD subjects are numbers 1-8, got {subject!r}")
+            return load_nsd_subject(args.nsd, int(subject), embedder, sessions=args.nsd_sessions, cache=cache)
+
         if args.command == "pretrain":
-            subjects = [load_trial_dataset(args.dataset, s, cache).zscored() for s in args.subjects]
-            out = pretrain(subjects, args.out, config, progress=Progress("pretraining"))
+            if args.sessions:
+                pairs = [item.split("=", 1) for item in args.sessions]
+                if any(len(p) != 2 for p in pairs):
+                    raise ValueError(f"--sessions takes SUBJECT=FOLDER items, got {args.sessions}")
+                subjects = [load_session(folder, name, cache) for name, folder in pairs]
+            elif not args.subjects:
+                raise ValueError("--subjects is required with --dataset or --nsd")
+            elif args.nsd:
+                subjects = [nsd(s) for s in args.subjects]
+            else:
+                subjects = [load_trial_dataset(args.dataset, s, cache) for s in args.subjects]
+            out = pretrain([s.zscored() for s in subjects], args.out, config, hidden=args.hidden,
+                           progress=Progress("pretraining"), embedder=spec, resume=args.resume)
         else:
-            data = (load_session(args.session, args.subject, cache) if args.session
-                    else load_trial_dataset(args.dataset, args.subject, cache))
+            if args.session:
+                data = load_session(args.session, args.subject, cache)
+            elif args.nsd:
+                data = nsd(args.subject)
+            else:
+                data = load_trial_dataset(args.dataset, args.subject, cache)
             out = calibrate(data, args.out, config, pretrained=args.pretrained, resume=args.resume,
-                            progress=Progress("calibrating"))
+                            hidden=args.hidden, progress=Progress("calibrating"),
+                            embedder=None if args.pretrained else spec,
+                            source=str(args.session or args.nsd or args.dataset),
+                            compare_scratch=args.compare_scratch)
     except (FileNotFoundError, ValueError, KeyError) as exc:
         raise ConfigError(f"rtdecode {args.command}: {exc}") from None
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:
+        return 0
     print(f"model folder: {out}")
     summary = json.loads((out / "training.json").read_text())
-    if summary["evaluation"]:
-        e = summary["evaluation"]
-        print(f"held-out {e['n_way']}-way top-1: brain->image {e['top1_brain_to_image']:.0%}, "
-              f"image->brain {e['top1_image_to_brain']:.0%} (chance {e['chance']:.0%})")
+    for name, e in (("", summary["evaluation"]), ("from scratch: ", summary.get("scratch") or {})):
+        for r in e.get("retrieval", []):
+            print(f"{name}held-out {r['n_way']}-way top-1: brain->image {r['top1_brain_to_image']:.0%}, "
+                  f"image->brain {r['top1_image_to_brain']:.0%} (chance {r['chance']:.0%})")
+    if args.command == "calibrate" and not args.no_report:
+        from calibration.report import write_report
+
+        print(f"report: {write_report(out, session=args.session)}")
     return 0
 
 

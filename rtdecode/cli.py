@@ -144,11 +144,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hidden", type=int, default=None, help="decoder: MindEye2 hidden size (4096 or 1024)")
     p.add_argument("--unclip", action="store_true", default=None, help="decoder: also time unCLIP on the CPU")
 
-    p = sub.add_parser("demo", help="a simulated task run through the scanner side and the GLM, with a live summary")
-    p.add_argument("--out", type=Path, default=Path("demo-output"))
-    p.add_argument("--volumes", type=int, default=192)
-    p.add_argument("--speedup", type=float, default=6.0)
-    p.add_argument("--shape", type=_shape, default=(64, 64, 36))
+    p = sub.add_parser("demo", help="a simulated single visit: pretrained model, calibration hour, calibration, "
+                                    "a real-time run decoded in another process; summary and report")
+    p.add_argument("--out", type=Path, default=Path("demo-output"), help="where the visit goes (replaced)")
+    p.add_argument("--short", action="store_true", help="a visit of a few minutes (3 short calibration runs)")
+    p.add_argument("--calibration-runs", type=int, default=None, help="default 11 (one hour)")
+    p.add_argument("--calibrate-epochs", type=int, default=None)
+    p.add_argument("--console", dest="console", action="store_true", default=None,
+                   help="open the console during the real-time run (default: when a display is present)")
+    p.add_argument("--headless", dest="console", action="store_false", help="screenshots instead of the console")
     return parser
 
 
@@ -239,9 +243,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         run_stage(args.stage, as_json=args.json, n_voxels=args.n_voxels, **extra)
         return 0
     if args.command == "demo":
-        from rtdecode.demo import run_demo
+        from rtdecode.demo import DemoSettings, run_demo
 
-        run_demo(args.out, volumes=args.volumes, speedup=args.speedup, shape=args.shape)
+        settings = DemoSettings.short() if args.short else DemoSettings()
+        changes = {"calibration_runs": args.calibration_runs, "calibrate_epochs": args.calibrate_epochs}
+        settings = settings.with_(**{k: v for k, v in changes.items() if v is not None})
+        run_demo(args.out, settings, console=args.console)
         return 0
     raise AssertionError(args.command)  # pragma: no cover
 

@@ -56,7 +56,7 @@ class BetaSender:
     """DEALER side (scanner side). Call :meth:`send` for each beta and :meth:`pump` from the loop."""
 
     def __init__(self, address: str, ledger: str | Path, resend_s: float = 2.0,
-                 context: zmq.Context | None = None, curve: dict | None = None) -> None:
+                 context: zmq.Context | None = None, curve: dict | None = None, queued: str | Path | None = None) -> None:
         self._sock = (context or zmq.Context.instance()).socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.setsockopt(zmq.SNDHWM, 100_000)
@@ -64,14 +64,20 @@ class BetaSender:
             self._sock.setsockopt(option, value)
         self._sock.connect(address)
         self.acked = Ledger(ledger)
+        # Betas handed over for a decoder: after a restart only these are sent again, so a session's
+        # earlier runs recorded with no decoder attached (a calibration hour) are not decoded late.
+        self.queued = Ledger(queued or Path(ledger).with_name(Path(ledger).stem + "-queued.keys"))
         self.outbox: OrderedDict[str, tuple[Message, float]] = OrderedDict()
         self.resend_s = resend_s
         self.sent = 0
 
-    def send(self, message: Message) -> None:
+    def send(self, message: Message, resumed: bool = False) -> None:
+        """Queue a beta until the decoder acknowledges it; ``resumed``: one read back after a restart."""
         key = beta_key(message.fields)
-        if key in self.acked or key in self.outbox:
+        if key in self.acked or key in self.outbox or (resumed and key not in self.queued):
             return
+        if not resumed:
+            self.queued.add(key)
         self.outbox[key] = (message, time.monotonic())
         self._transmit(message)
 

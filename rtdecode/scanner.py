@@ -94,7 +94,8 @@ class ScannerSide:
 
                 curve = client_options(config.network.curve_secret, config.network.curve_decoder_key)
             self.beta_sender = BetaSender(config.network.decoder, self.folder.derivatives / "betas_acked.keys",
-                                          resend_s=config.network.resend_s, curve=curve)
+                                          resend_s=config.network.resend_s, curve=curve,
+                                          queued=self.folder.derivatives / "betas_queued.keys")
         self.betas = TrialBetas(config, self.folder, self._send, on_beta,
                                 deliver=self.beta_sender.send if self.beta_sender else None)
         self.quarantine = sc.quarantine_dir or (sc.watch_dir / "rtdecode-rejected")

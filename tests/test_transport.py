@@ -82,3 +82,38 @@ def test_bench_wire_runs_and_reports_every_figure():
     result = bench_wire(n_voxels=300, n=20)
     assert result["betas"] == 20 and result["png_bytes"] > 0
     assert 0 < result["beta_one_way_median_ms"] <= result["beta_one_way_p99_ms"]
+
+
+def test_after_a_restart_only_betas_handed_to_a_decoder_are_sent_again(tmp_path):
+    """A beta queued for a decoder and never acknowledged is resent; one recorded with no decoder is not."""
+    import numpy as np
+
+    from rtdecode.protocol import Message
+    from rtdecode.reliable import BetaReceiver, BetaSender
+
+    receiver = BetaReceiver("tcp://127.0.0.1:0")
+
+    def beta(trial: int) -> Message:
+        return Message("beta", {"run": 1, "trial": trial, "image": "a"}, arrays={"beta": np.zeros(3, np.float32)})
+
+    first = BetaSender("tcp://127.0.0.1:1", tmp_path / "acked.keys")  # no decoder listens there
+    first.send(beta(0))
+    first.close()
+    second = BetaSender(receiver.address, tmp_path / "acked.keys", resend_s=0.2)
+    try:
+        second.send(beta(0), resumed=True)  # handed over before the restart: resent
+        second.send(beta(1), resumed=True)  # recorded while no decoder was attached: not sent
+        second.send(beta(2))  # new
+        got = []
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and len(got) < 2:
+            second.pump(0)
+            msg = receiver.recv(timeout_ms=50)
+            if msg is not None:
+                got.append(msg[1].fields["trial"])
+                receiver.ack(msg[0], f"1:{msg[1].fields['trial']}:realtime")
+        assert sorted(got) == [0, 2]
+        assert receiver.recv(timeout_ms=300) is None
+    finally:
+        second.close()
+        receiver.close()

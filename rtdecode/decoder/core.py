@@ -26,6 +26,7 @@ class Retrieval:
     scores: list[float]
     timings_ms: dict[str, float] = field(default_factory=dict)
     blurry_latent: np.ndarray | None = None
+    clip: np.ndarray | None = None  # retrieval-head tokens (T, D): what retrieval compares with images
 
 
 class Decoder:
@@ -91,7 +92,7 @@ class Decoder:
         return Retrieval(prior[0].float().cpu().numpy(), [self.gallery_ids[i] for i in idx[0]],
                          [float(s) for s in scores[0]],
                          {"backbone_ms": (t1 - t0) * 1e3, "retrieval_ms": (t2 - t1) * 1e3, "prior_ms": (t3 - t2) * 1e3},
-                         blur[0].float().cpu().numpy() if blur.ndim == 4 else None)
+                         blur[0].float().cpu().numpy() if blur.ndim == 4 else None, clip[0].float().cpu().numpy())
 
     @property
     def can_reconstruct(self) -> bool:

@@ -49,8 +49,11 @@ class ResultStore:
         return f"run-{int(run):02d}_trial-{int(trial):03d}_{version}"
 
     def save_retrieval(self, key: str, fields: dict, tokens: np.ndarray, ids: list[str], scores: list[float],
-                       timings: dict, t_received: float, blurry_latent: np.ndarray | None = None) -> None:
+                       timings: dict, t_received: float, blurry_latent: np.ndarray | None = None,
+                       clip: np.ndarray | None = None) -> None:
         np.save(self.folder / "tokens" / f"{self.stem(key)}.npy", tokens.astype(np.float32))
+        if clip is not None:  # for scoring retrieval against any set of images later
+            np.save(self.folder / "tokens" / f"{self.stem(key)}_clip.npy", clip.astype(np.float32))
         if blurry_latent is not None:
             np.save(self.folder / "tokens" / f"{self.stem(key)}_blurry.npy", blurry_latent.astype(np.float32))
         path = self.folder / "results.tsv"
@@ -75,6 +78,10 @@ class ResultStore:
 
     def pending_reconstructions(self) -> list[str]:
         return [k for k in sorted(self.decoded.keys) if k not in self.reconstructed]
+
+    def clip_tokens(self, key: str) -> np.ndarray:
+        """The retrieval-head tokens of a decoded beta."""
+        return np.load(self.folder / "tokens" / f"{self.stem(key)}_clip.npy", allow_pickle=False)
 
     def tokens(self, key: str) -> tuple[np.ndarray, np.ndarray | None]:
         """The prior tokens of a decoded beta, and its blurry latent when the model has one."""
@@ -149,7 +156,7 @@ class DecoderService:
             self.receiver.ack(peer, key)
             return
         self.store.save_retrieval(key, msg.fields, ret.tokens, ret.ids, ret.scores, ret.timings_ms, t_received,
-                                  ret.blurry_latent)
+                                  ret.blurry_latent, ret.clip)
         self.decoded_here += 1
         self.publisher.send(Message("result", {
             "run": msg.fields["run"], "trial": msg.fields["trial"], "version": msg.fields.get("version", "realtime"),

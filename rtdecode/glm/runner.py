@@ -65,7 +65,7 @@ class TrialBetas:
 
     def __init__(self, config: SessionConfig, folder: SessionFolder, send: Callable[[Message], None],
                  on_beta: Callable[[TrialEstimate, np.ndarray], None] | None = None,
-                 deliver: Callable[[Message], None] | None = None) -> None:
+                 deliver: Callable[..., None] | None = None) -> None:
         self.config = config
         self.deliver = deliver  # the acknowledged channel to the decoder, when there is one
         self.folder = folder
@@ -134,7 +134,7 @@ class TrialBetas:
                 if self.deliver is not None:  # the sender skips what the decoder already acknowledged
                     self.deliver(self._message(run, int(row["trial"]), row["image"], version, float(row["onset"]),
                                                int(row["n_frames"]), int(row["n_repeats"]),
-                                               float(row["estimate_ms"]), vector))
+                                               float(row["estimate_ms"]), vector), resumed=True)
 
     # -- volumes ----------------------------------------------------------------------------------
     def volume(self, run: int, index: int, vector: np.ndarray, motion: np.ndarray) -> list[TrialEstimate]:

@@ -28,6 +28,7 @@ class Visit:
     max_deg: float = 1.0
     seed: int = 0
     latent: LatentSpace | None = None
+    exclude: tuple[int, ...] = ()  # stimulus indices never shown (e.g. those of an earlier part of the visit)
 
     def __post_init__(self) -> None:
         self.latent = self.latent or LatentSpace(dim=self.spec.latent_dim)
@@ -35,7 +36,7 @@ class Visit:
         if self.n_repeated is None:
             self.n_repeated = round(50 * self.n_runs * self.paradigm.trials / 693)
         self.plan = session_plan(self.latent.stimuli.n, self.n_runs, self.paradigm.trials, self.n_repeated,
-                                 seed=self.seed)
+                                 seed=self.seed, exclude=self.exclude)
 
     def run(self, index: int) -> BoldRun:
         """Run ``index`` (0-based) with its own motion path and noise, seeded by (seed, index)."""
@@ -48,6 +49,11 @@ class Visit:
         return BoldRun(self.subject, self.paradigm.events(images), latents, n_volumes=self.paradigm.volumes,
                        shape=self.shape, voxel_mm=self.voxel_mm, tr_s=self.paradigm.tr_s, motion=motion,
                        seed=self.seed * 1000 + index)
+
+    @property
+    def shown(self) -> tuple[int, ...]:
+        """Stimulus indices this visit shows."""
+        return tuple(sorted({index_of(i) for run in self.plan for i in run}))
 
     def save_stimuli(self, folder: str | Path) -> list[Path]:
         """The images this visit shows, as PNG named by id (a gallery for the decoder and console)."""

@@ -1,0 +1,40 @@
+"""What the demo visit looks like: sizes, speeds and training budgets (the full default and a short one)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+
+@dataclass
+class DemoSettings:
+    """One simulated visit. Defaults: an hour of calibration (11 runs of 63 images, NSD-like), one
+    real-time run of 63 new images; volumes of 64x64x36 at 3 mm; files written faster than the TR."""
+
+    calibration_runs: int = 11
+    realtime_runs: int = 1
+    volumes: int = 192
+    trials: int = 63
+    shape: tuple[int, int, int] = (64, 64, 36)
+    voxel_mm: float = 3.0
+    calibration_speedup: float = 16.0  # as fast as this CPU preprocesses
+    realtime_speedup: float = 5.0  # slower, so the decoder (another process on the same 2 cores) keeps up
+    pretrain_subjects: int = 3
+    pretrain_sessions: int = 2
+    pretrain_epochs: int = 15
+    calibrate_epochs: int = 15
+    hidden: int = 128
+    compare_scratch: bool = True
+    seed: int = 0
+
+    @classmethod
+    def short(cls) -> DemoSettings:
+        """A few minutes of everything, for tests: 2 calibration runs, a 60-volume real-time run."""
+        return cls(calibration_runs=3, volumes=60, trials=19, shape=(40, 46, 30), voxel_mm=4.0,
+                   calibration_speedup=30.0, realtime_speedup=15.0, pretrain_sessions=1, pretrain_epochs=2,
+                   calibrate_epochs=3, hidden=64, compare_scratch=False)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def with_(self, **changes) -> DemoSettings:
+        return replace(self, **changes)

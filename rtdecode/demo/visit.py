@@ -1,0 +1,240 @@
+"""``rtdecode demo``: one simulated single visit, end to end, through the real code paths.
+
+1. a shared model: a small MindEye2 pretrained on simulated subjects (built once, then cached);
+2. the calibration hour: a new simulated subject's task runs written as DICOM files into a watch
+   folder; the real watcher, preprocessing and GLM record them into the session folder;
+3. calibration of the new subject from that session folder (offline GLM, then fine-tuning);
+4. a real-time run: the decoder in its own process (``rtdecode decode``), acknowledged betas over
+   ZeroMQ as each trial's response is in, results published and received over ZeroMQ;
+5. the console on screen when there is a display; headless, console screenshots and a report.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from rtdecode.demo.settings import DemoSettings
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+def _has_display() -> bool:
+    if os.environ.get("QT_QPA_PLATFORM", "") == "offscreen":
+        return False
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")) or sys.platform in ("darwin", "win32")
+
+
+def run_demo(out: Path, settings: DemoSettings | None = None, cache: Path | None = None,
+             console: bool | None = None) -> dict:
+    """Run the visit into ``out``; returns the summary (also written to ``out/summary.json``)."""
+    from calibration.build import calibrate, load_session
+    from calibration.progress import Progress
+    from calibration.report import write_report
+    from calibration.trainer import TrainConfig
+    from rtdecode.cache import cache_dir
+    from rtdecode.config import config_from_dict, config_to_toml
+    from rtdecode.demo.decoder_process import ResultListener, start_decoder, stop_decoder
+    from rtdecode.demo.pretrained import shared_model
+    from rtdecode.demo.stream import stream_runs
+    from rtdecode.demo.summary import latencies, pct, realtime_retrieval, report_grid
+    from rtdecode.scanner import ScannerSide
+    from rtdecode.simulator.paradigm import Paradigm
+    from rtdecode.simulator.subjects import LatentSpace, SubjectSpec
+    from rtdecode.simulator.visit import Visit
+    from rtdecode.transport import Publisher
+
+    s = settings or DemoSettings()
+    out = Path(out).resolve()
+    if out.exists():
+        shutil.rmtree(out)  # a demo always starts a fresh visit
+    cache = Path(cache) if cache is not None else cache_dir()
+    watch, truth = out / "scanner-export", out / "ground-truth"
+    watch.mkdir(parents=True)
+    timings: dict[str, float] = {}
+    t0 = time.monotonic()
+
+    spec = SubjectSpec(name="demo01", n_voxels=2000, seed=1)
+    latent = LatentSpace(dim=spec.latent_dim)
+    paradigm = Paradigm(volumes=s.volumes, trials=s.trials)
+    calib = Visit(spec, n_runs=s.calibration_runs, paradigm=paradigm, shape=s.shape, voxel_mm=s.voxel_mm,
+                  seed=s.seed, latent=latent)
+    live = Visit(spec, n_runs=s.realtime_runs, n_repeated=0, paradigm=paradigm, shape=s.shape, voxel_mm=s.voxel_mm,
+                 seed=s.seed + 1000, latent=latent, exclude=calib.shown)  # images never seen in calibration
+
+    _say("1. shared model: a small MindEye2 pretrained on simulated subjects")
+    t = time.monotonic()
+    shared, built = shared_model(s, cache, latent, log=_say)
+    timings["pretraining_s"] = time.monotonic() - t
+    _say(f"   {'built and cached' if built else 'from the cache'}: {shared} ({timings['pretraining_s']:.0f} s)")
+
+    first = calib.run(0)
+    roi = np.zeros(first.shape, np.uint8)
+    roi.ravel()[first.roi_index] = 1
+    nib.save(nib.Nifti1Image(roi, first.affine), out / "visual-roi.nii")
+    base = {
+        "session": {"root": str(out / "sessions"), "subject": spec.name, "session": "01"},
+        "scanner": {"watch_dir": str(watch), "tr_s": paradigm.tr_s, "volumes_per_run": s.volumes,
+                    "missing_timeout_s": 5.0},
+        "preprocess": {"mask": str(out / "visual-roi.nii")},
+        "glm": {"events": str(truth / "series-{series:03d}_events.tsv")},
+        "network": {"events_port": 0, "control_port": -1},
+    }
+    n_cal = s.calibration_runs * s.volumes
+    _say(f"2. calibration hour: subject '{spec.name}', {s.calibration_runs} runs x {s.trials} images "
+         f"({n_cal} volumes of {'x'.join(map(str, s.shape))} at {s.voxel_mm:g} mm, {len(first.roi_index)} visual "
+         f"voxels), written as DICOM {s.calibration_speedup:g}x faster than the {paradigm.tr_s:g} s TR")
+    t = time.monotonic()
+    cfg = config_from_dict(base)
+    side = ScannerSide(cfg)
+    session = side.folder.path
+    (session / "config.toml").write_text(config_to_toml(cfg))
+    stream_runs(side, calib, list(range(s.calibration_runs)), 1, watch, truth, s.calibration_speedup)
+    timings["calibration_scan_s"] = time.monotonic() - t
+    _say(f"   {side.processed} volumes watched, motion-corrected, masked and stored in {session} "
+         f"({timings['calibration_scan_s']:.0f} s)")
+
+    _say("3. calibration (offline GLM over the session, then fine-tuning the shared model)")
+    t = time.monotonic()
+    data = load_session(session, spec.name, cache / "embeddings")
+    model_dir = out / "model"
+    config = TrainConfig(epochs=s.calibrate_epochs, batch_size=24, seed=s.seed, checkpoint_s=60.0, cpu=True)
+    calibrate(data, model_dir, config, pretrained=shared, progress=Progress("   calibrating"), source=str(session),
+              compare_scratch=s.compare_scratch)
+    timings["calibration_s"] = time.monotonic() - t
+    cal_report = write_report(model_dir, session=session)
+    summary_cal = json.loads((model_dir / "training.json").read_text())
+    ev = summary_cal["evaluation"]
+    _say(f"   {len(data.betas)} trials; held-out {ev['n_way']}-way top-1 {pct(ev['top1_brain_to_image'])} "
+         f"(chance {pct(ev['chance'])}); {timings['calibration_s']:.0f} s; report {cal_report}")
+
+    _say(f"4. real-time run: {s.trials} new images, files {s.realtime_speedup:g}x faster than the TR; "
+         "decoder in its own process")
+    gallery, decoded = out / "gallery", out / "decoded"
+    live.save_stimuli(gallery)
+    proc, addresses = start_decoder(model_dir, gallery, decoded)
+    listener = ResultListener(addresses["results"])
+    rt_cfg = config_from_dict({**base, "glm": {**base["glm"], "zscore": "calibration", "zscore_stats": str(model_dir)},
+                               "network": {**base["network"], "decoder": addresses["betas"], "drain_s": 60.0}})
+    publisher = Publisher("tcp://127.0.0.1:0", replay=500)  # a console that starts late catches up
+    viewer = None
+    if console if console is not None else _has_display():
+        viewer = subprocess.Popen([sys.executable, "-m", "rtdecode.cli", "console", "--events", publisher.address,
+                                   "--results", addresses["results"], "--gallery", str(gallery)])
+        time.sleep(3.0)  # let the window come up before the first volume
+    t = time.monotonic()
+    try:
+        rt_side = ScannerSide(rt_cfg, publisher=publisher)
+        runs_before = len(rt_side.runs)
+        stream_runs(rt_side, live, list(range(s.realtime_runs)), s.calibration_runs + 1, watch, truth,
+                    s.realtime_speedup)
+        expected = 2 * s.trials * s.realtime_runs  # real-time and end-of-run betas
+        if not listener.wait_for(expected, timeout_s=120):
+            _say(f"   warning: {len(listener.reconstructions)} of {expected} reconstructions arrived in time")
+    finally:
+        stop_decoder(proc)
+        listener.close()
+        publisher.close()
+    timings["realtime_s"] = time.monotonic() - t
+    run_number = runs_before + 1
+    scores = realtime_retrieval(decoded, run_number, seed=s.seed)
+    stages = latencies(session, run_number, decoded, listener)
+
+    _say("5. results")
+    shots: list[Path] = []
+    if viewer is None:
+        shots = _screenshots(out / "screenshots", session, decoded, gallery)
+    grid = report_grid(decoded, scores, out / "realtime_grid.png")
+    timings["total_s"] = time.monotonic() - t0
+    summary = {"settings": s.to_dict(), "retrieval": {k: v for k, v in scores.items()
+                                                      if k not in ("top5", "images", "keys")},
+               "held_out_calibration": ev, "scratch": summary_cal.get("scratch"),
+               "latency_ms": [{"stage": n, "median": m, "p99": p, "n": c} for n, m, p, c in stages],
+               "timings_s": timings, "tr_s": paradigm.tr_s,
+               "paths": {"session": str(session), "model": str(model_dir), "decoded": str(decoded),
+                         "calibration_report": str(cal_report), "grid": str(grid),
+                         "screenshots": [str(p) for p in shots], "shared_model": str(shared)}}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    report = _write_report(out / "report.md", summary)
+    _print_summary(summary, report)
+    if viewer is not None:
+        _say("   the console stays open; close it to finish")
+        viewer.wait()
+    return summary
+
+
+def _screenshots(folder: Path, session: Path, decoded: Path, gallery: Path) -> list[Path]:
+    """The console and the display drawn offscreen from the session and the decoder's output (their own
+    processes: Qt stays in gui/)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    shots = []
+    for window in ("console", "display"):
+        path = folder / f"{window}.png"
+        subprocess.run([sys.executable, "-m", "rtdecode.cli", window, "--replay", str(session), "--decoded",
+                        str(decoded), "--gallery", str(gallery), "--screenshot", str(path)],
+                       env={**os.environ, "QT_QPA_PLATFORM": "offscreen"}, check=True, timeout=300,
+                       stdout=subprocess.DEVNULL)
+        shots.append(path)
+    return shots
+
+
+def _lines(summary: dict) -> list[str]:
+    from rtdecode.demo.summary import pct
+
+    r, ev, tr = summary["retrieval"], summary["held_out_calibration"], summary["tr_s"]
+    lines = ["| retrieval, real-time run (new images) | top-1 | chance |", "| --- | --- | --- |"]
+    if "fifty_way" in r:
+        lines.append(f"| 50-way, brain -> image (30 draws) | {pct(r['fifty_way'])} | 2% |")
+    lines += [f"| 2-way (every pair) | {pct(r['two_way'])} | 50% |",
+              f"| {r['gallery_size']}-way (the run's whole gallery) | {pct(r['gallery_top1'])} | "
+              f"{pct(1 / r['gallery_size'])} |",
+              f"| calibration held-out, {ev['n_way']}-way (repeats averaged) | {pct(ev['top1_brain_to_image'])} | "
+              f"{pct(ev['chance'])} |"]
+    if summary.get("scratch"):
+        sc = summary["scratch"]
+        lines.append(f"| same, model trained from scratch on the hour | {pct(sc['top1_brain_to_image'])} | "
+                     f"{pct(sc['chance'])} |")
+    lines += ["", f"| stage (real-time run) | median ms | p99 ms | n | TR = {tr * 1e3:.0f} ms |",
+              "| --- | --- | --- | --- | --- |"]
+    for row in summary["latency_ms"]:
+        ok = "within" if row["p99"] <= tr * 1e3 else "over"
+        lines.append(f"| {row['stage']} | {row['median']:.0f} | {row['p99']:.0f} | {row['n']} | {ok} |")
+    t = summary["timings_s"]
+    lines += ["", f"Pretraining {t['pretraining_s']:.0f} s (0 when cached), calibration scan {t['calibration_scan_s']:.0f} s, "
+              f"calibration {t['calibration_s']:.0f} s, real-time run {t['realtime_s']:.0f} s; "
+              f"total {t['total_s'] / 60:.1f} min."]
+    return lines
+
+
+def _write_report(path: Path, summary: dict) -> Path:
+    p = summary["paths"]
+    rel = {k: os.path.relpath(v, path.parent) for k, v in p.items() if isinstance(v, str)}
+    lines = ["# rtdecode demo: one simulated visit", "",
+             "Simulated data and a CPU-sized model in a stand-in token space (not CLIP); reconstructions are the "
+             "stand-in's coarse inversion of the predicted tokens, not SDXL unCLIP images.", "", *_lines(summary), "",
+             "## Real-time run: shown, reconstructed, top-5 retrieved", "", f"![grid]({rel['grid']})", ""]
+    for shot in p["screenshots"]:
+        lines += [f"![{Path(shot).stem}]({os.path.relpath(shot, path.parent)})", ""]
+    lines += ["## Where everything went", "",
+              *[f"- {k.replace('_', ' ')}: `{v}`" for k, v in p.items() if isinstance(v, str)]]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _print_summary(summary: dict, report: Path) -> None:
+    for line in _lines(summary):
+        _say("   " + line)
+    _say(f"   report: {report}")
+    for k, v in summary["paths"].items():
+        if isinstance(v, str):
+            _say(f"   {k.replace('_', ' ')}: {v}")

@@ -176,6 +176,9 @@ class ScannerSide:
 
     # -- the loop ---------------------------------------------------------------------------------
     def start(self) -> ScannerSide:
+        if getattr(self, "_started", False):  # run() after an explicit start() carries on
+            return self
+        self._started = True
         self._watcher.start()
         self._status("watching")
         return self

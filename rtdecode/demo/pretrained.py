@@ -17,6 +17,7 @@ from rtdecode.demo.settings import DemoSettings
 
 def pretrained_key(settings: DemoSettings, latent_dim: int) -> str:
     recipe = {"subjects": settings.pretrain_subjects, "sessions": settings.pretrain_sessions,
+              "runs": settings.pretrain_runs,
               "epochs": settings.pretrain_epochs, "hidden": settings.hidden, "latent_dim": latent_dim,
               "seed": settings.seed, "version": 1}
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
@@ -38,7 +39,8 @@ def shared_model(settings: DemoSettings, cache: Path, latent, log=print) -> tupl
     specs = [SubjectSpec(name=f"shared{i + 1:02d}", n_voxels=500 + 150 * i, seed=200 + i, latent_dim=latent.dim)
              for i in range(settings.pretrain_subjects)]
     log(f"   simulating {len(specs)} pretraining subjects x {settings.pretrain_sessions} session(s)")
-    write_dataset(work / "dataset", specs, sessions=settings.pretrain_sessions, latent=latent, seed=settings.seed)
+    write_dataset(work / "dataset", specs, sessions=settings.pretrain_sessions, n_runs=settings.pretrain_runs,
+                  latent=latent, seed=settings.seed)
     subjects = [load_trial_dataset(work / "dataset", s.name, cache / "embeddings").zscored() for s in specs]
     config = TrainConfig(epochs=settings.pretrain_epochs, batch_size=48, max_lr=1e-3, seed=settings.seed,
                          checkpoint_s=1e9, cpu=True)

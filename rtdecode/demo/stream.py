@@ -30,6 +30,11 @@ def stream_runs(side: ScannerSide, visit, runs: list[int], first_series: int, wa
         except BaseException as exc:  # reported by the caller's thread
             failure.append(exc)
 
+    # As an operator does: the scanner side is up, and has looked through what the folder already
+    # holds (earlier runs' files), before the scanner starts the next series.
+    side.start()
+    while side.step(timeout=0.2):
+        pass
     writer = threading.Thread(target=write, daemon=True, name="rtdecode-demo-scanner")
     writer.start()
     side.run(until=lambda s: s.processed >= target or (failure and not writer.is_alive()), idle_timeout=idle_timeout)

@@ -64,7 +64,7 @@ def run_demo(out: Path, settings: DemoSettings | None = None, cache: Path | None
     timings: dict[str, float] = {}
     t0 = time.monotonic()
 
-    spec = SubjectSpec(name="demo01", n_voxels=2000, seed=1)
+    spec = SubjectSpec(name="demo01", n_voxels=s.subject_voxels, seed=1, reliability=s.reliability)
     latent = LatentSpace(dim=spec.latent_dim)
     paradigm = Paradigm(volumes=s.volumes, trials=s.trials)
     calib = Visit(spec, n_runs=s.calibration_runs, paradigm=paradigm, shape=s.shape, voxel_mm=s.voxel_mm,

@@ -1,0 +1,50 @@
+"""The demo, shortened: a whole simulated visit through the real code paths, in a few minutes."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+
+@pytest.mark.slow
+def test_short_demo_runs_the_whole_visit(tmp_path):
+    from rtdecode.demo import DemoSettings, run_demo
+
+    settings = DemoSettings.short()
+    summary = run_demo(tmp_path / "demo", settings, cache=tmp_path / "cache", console=False)
+    out = tmp_path / "demo"
+    assert json.loads((out / "summary.json").read_text()) == json.loads(json.dumps(summary))
+    paths = summary["paths"]
+    # Calibration: every calibration volume went through the watcher and the GLM into the session folder.
+    session = tmp_path / "demo" / "sessions" / "sub-demo01" / "ses-01"
+    assert paths["session"] == str(session)
+    runs = list(csv.DictReader(open(session / "runs.tsv"), delimiter="\t"))
+    assert len(runs) == settings.calibration_runs + settings.realtime_runs
+    deriv = session / "derivatives" / "rtdecode" / "func"
+    motion = list(csv.DictReader(open(next(deriv.glob("*_run-01_desc-confounds_timeseries.tsv"))), delimiter="\t"))
+    truth = np.loadtxt(out / "ground-truth" / "series-001_motion_truth.tsv", skiprows=1)
+    est = np.array([[float(r[c]) for c in ("trans_x", "trans_y", "trans_z")] for r in motion if r["status"] == "ok"])
+    assert len(est) == settings.volumes and np.median(np.abs(est - truth[: len(est), :3])) < 0.3
+    # The model folder and its report.
+    assert (out / "model" / "model.safetensors").exists() and (out / "model" / "report" / "report.md").exists()
+    # Real-time run: every trial decoded by the decoder process and received over ZeroMQ.
+    assert summary["retrieval"]["trials"] == settings.trials
+    stages = {row["stage"]: row for row in summary["latency_ms"]}
+    assert all(row["n"] > 0 for row in stages.values()), stages
+    assert stages["single-trial GLM estimate (AR(1))"]["n"] == settings.trials
+    decoded = list(csv.DictReader(open(out / "decoded" / "results.tsv"), delimiter="\t"))
+    assert {r["run"] for r in decoded} == {str(settings.calibration_runs + 1)}  # calibration betas never sent
+    assert len(decoded) == 2 * settings.trials  # real-time and end-of-run, each once
+    assert len(list((out / "decoded" / "images").glob("*.png"))) == 2 * settings.trials
+    # Results: screenshots (headless), the grid and the report that links them.
+    assert [p.rsplit("/", 1)[1] for p in paths["screenshots"]] == ["console.png", "display.png"]
+    report = (out / "report.md").read_text()
+    assert "realtime_grid.png" in report and "2-way" in report and "screenshots/console.png" in report
+    from PIL import Image
+
+    assert Image.open(out / "realtime_grid.png").size[1] > 100
+    # A second run reuses the cached shared model.
+    assert summary["timings_s"]["pretraining_s"] > 0

@@ -106,6 +106,7 @@ class ScannerSide:
         self._pending: dict[str, _Pending] = {}
         self._watcher = FolderWatcher(sc.watch_dir, self.regex, sc.mode, sc.poll_interval_s)
         self._stop = threading.Event()
+        self._started = False
         self.processed = 0
         self._resume_runs()
         self.control = None  # bound last: a set-up error above leaves no socket behind
@@ -176,7 +177,7 @@ class ScannerSide:
 
     # -- the loop ---------------------------------------------------------------------------------
     def start(self) -> ScannerSide:
-        if getattr(self, "_started", False):  # run() after an explicit start() carries on
+        if self._started:  # run() after an explicit start() carries on
             return self
         self._started = True
         self._watcher.start()

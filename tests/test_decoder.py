@@ -49,6 +49,16 @@ def _pump_until(sender: BetaSender, done, seconds: float) -> None:
         sender.pump(timeout_ms=50)
 
 
+def _collect(subs: list[Subscriber], got: list[list], enough, seconds: float, poll_ms: int) -> None:
+    """Receive on every subscriber into its list until ``enough(got)`` or ``seconds`` pass."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not enough(got):
+        for g, sub in zip(got, subs, strict=True):
+            msg = sub.recv(timeout_ms=poll_ms)
+            if msg is not None:
+                g.append(msg)
+
+
 def test_betas_to_decoder_to_two_subscribers(tmp_path, model_folder, rng):
     folder, gallery = model_folder
     service = DecoderService(Decoder.from_folder(folder, gallery, cache=tmp_path / "cache"), tmp_path / "out",
@@ -63,12 +73,7 @@ def test_betas_to_decoder_to_two_subscribers(tmp_path, model_folder, rng):
             sender.send(_beta(1, trial, rng))
         _pump_until(sender, lambda: not sender.outbox, 30)
         got = [[], []]
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and min(sum(m.type == "result" for m in g) for g in got) < 10:
-            for g, sub in zip(got, subs, strict=True):
-                msg = sub.recv(timeout_ms=50)
-                if msg is not None:
-                    g.append(msg)
+        _collect(subs, got, lambda got: min(sum(m.type == "result" for m in g) for g in got) >= 10, 20, 50)
     finally:
         service.stop()
         thread.join(timeout=10)
@@ -185,12 +190,7 @@ def test_scanner_side_to_decoder_to_two_subscribers(tmp_path, small_visit):
         with SideThread(cfg, n=192, timeout=200) as st:
             write_run(run, cfg.scanner.watch_dir, series=5, speedup=150)
             st.wait()
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and min(len(g) for g in got) < 4 * 63:
-            for g, sub in zip(got, subs, strict=True):
-                msg = sub.recv(timeout_ms=20)
-                if msg is not None:
-                    g.append(msg)
+        _collect(subs, got, lambda got: min(len(g) for g in got) >= 4 * 63, 60, 20)
     finally:
         service.stop()
         decoder.join(timeout=10)

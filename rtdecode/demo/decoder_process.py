@@ -72,7 +72,7 @@ class ResultListener:
             self._sub.close()
 
     def wait_for(self, count: int, timeout_s: float) -> bool:
-        """Until ``count`` reconstructions (or, for a model without them, retrievals) have arrived."""
+        """Until ``count`` reconstructions have arrived (every model the demo trains reconstructs)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if len(self.reconstructions) >= count:

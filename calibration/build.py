@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from calibration.data import SubjectData, average_repeats, split_by_image
-from calibration.trainer import TrainConfig, predict_tokens, train
+from calibration.trainer import TrainConfig, predict_blur, predict_tokens, train
 from models.folder import standin_spec, write_model_folder
 from models.mindeye2.checkpoint import load_pretrained
 from models.mindeye2.config import MindEye2Config, standin_config
@@ -25,23 +25,32 @@ from models.retrieval import n_way_top1, similarity, top_k
 from models.standin import StandInEmbedder
 
 
-def standin_tokens(images: list[str], cache: Path | None = None) -> np.ndarray:
-    """Stand-in tokens of built-in stimulus ids (embedded once per image, cached on disk)."""
+def _per_image(images: list[str], embedder, cache: Path | None) -> np.ndarray:
+    """``embedder`` over the built-in stimuli named by ``images`` (once per image, cached on disk), per trial."""
     from models.clip import EmbeddingCache
     from rtdecode.simulator.stimuli import StimulusSet, index_of
 
-    stimuli, embedder = StimulusSet(), StandInEmbedder()
     unique = sorted(set(images))
-    pictures = stimuli.images([index_of(i) for i in unique])
+    pictures = StimulusSet().images([index_of(i) for i in unique])
     if cache is not None:
-        tokens = EmbeddingCache(embedder, cache, dtype=np.float32).embed(pictures)
+        out = EmbeddingCache(embedder, cache, dtype=np.float32).embed(pictures)
     else:
-        tokens = embedder.embed(pictures)
-    lookup = dict(zip(unique, tokens, strict=True))
+        out = embedder.embed(pictures)
+    lookup = dict(zip(unique, out, strict=True))
     return np.stack([lookup[i] for i in images]).astype(np.float32)
 
 
-def load_trial_dataset(folder: str | Path, subject: str, cache: Path | None = None) -> SubjectData:
+def standin_tokens(images: list[str], cache: Path | None = None) -> np.ndarray:
+    """Stand-in tokens of built-in stimulus ids (embedded once per image, cached on disk)."""
+    return _per_image(images, StandInEmbedder(), cache)
+
+
+def blur_targets(images: list[str], vae, cache: Path | None = None) -> np.ndarray | None:
+    """Blurry-branch targets (trials x 4 x 28 x 28) of built-in stimulus ids; None without a VAE."""
+    return None if vae is None else _per_image(images, vae, cache)
+
+
+def load_trial_dataset(folder: str | Path, subject: str, cache: Path | None = None, vae=None) -> SubjectData:
     """One subject of a dataset written by ``rtdecode simulate betas`` (all its sessions, z-scored per session)."""
     folder = Path(folder)
     sub = folder / f"sub-{subject}"
@@ -55,16 +64,20 @@ def load_trial_dataset(folder: str | Path, subject: str, cache: Path | None = No
         betas.append((b - b.mean(0)) / (b.std(0) + 1e-6))  # per session, as sessions drift
         images += [r["image"] for r in rows]
     all_betas = np.concatenate(betas).astype(np.float32)
-    return SubjectData(subject, all_betas, images, standin_tokens(images, cache))
+    return SubjectData(subject, all_betas, images, standin_tokens(images, cache), blur=blur_targets(images, vae, cache))
 
 
-def load_session(session: str | Path, subject: str, cache: Path | None = None, noise_model: str = "ar1") -> SubjectData:
-    """A session recorded by rtdecode: every run's betas by the GLM's offline mode (whole-run estimates)."""
+def load_session(session: str | Path, subject: str, cache: Path | None = None, noise_model: str = "ar1",
+                 vae=None) -> SubjectData:
+    """A session recorded by rtdecode: every run's betas by the GLM's offline mode (whole-run estimates).
+
+    ``vae`` (a :class:`models.blurry.VaeTargets`) adds blurry-branch targets of the shown images."""
     from rtdecode.glm.incremental import GLMSettings
     from rtdecode.glm.offline import offline_betas, session_folder
 
     result = offline_betas(session_folder(session), GLMSettings(noise_model=noise_model))
-    return SubjectData(subject, result.betas.astype(np.float32), result.images, standin_tokens(result.images, cache))
+    return SubjectData(subject, result.betas.astype(np.float32), result.images, standin_tokens(result.images, cache),
+                       blur=blur_targets(result.images, vae, cache))
 
 
 def held_out_images(data: SubjectData, repeats: int = 2) -> set[str]:
@@ -91,10 +104,11 @@ def new_model(subjects: list[SubjectData], hidden: int) -> MindEye2:
     """A fresh model sized to the data's token shape: CPU-sized in the stand-in space, else published."""
     tokens, dim = subjects[0].tokens.shape[1:]
     names, voxels = [s.subject for s in subjects], [s.n_voxels for s in subjects]
+    blurry = all(s.blur is not None for s in subjects)  # the low-level branch where there are VAE targets
     if (tokens, dim) == StandInEmbedder().token_shape:
-        return MindEye2(standin_config(names, voxels, hidden))
+        return MindEye2(standin_config(names, voxels, hidden, blurry=blurry))
     return MindEye2(MindEye2Config(subjects=names, voxels=voxels, hidden=hidden, clip_tokens=tokens, clip_dim=dim,
-                                   blurry=False))
+                                   blurry=blurry))
 
 
 def _is_main() -> bool:
@@ -113,9 +127,22 @@ def _write_folder(model: MindEye2, out: Path, subject: str, data: SubjectData | 
         np.save(out / "zscore_std.npy", data.std)
     summary = {"train": config.to_dict(), "steps": history["steps"], "processes": history["processes"],
                "final_loss": history["loss"][-1:], "evaluation": evaluation, **(extra or {})}
-    np.savez(out / "history.npz", **{k: np.asarray(history[k], np.float32) for k in ("loss", "clip", "prior")})
+    np.savez(out / "history.npz", **{k: np.asarray(history[k], np.float32) for k in ("loss", "clip", "prior", "blurry")})
     (out / "training.json").write_text(json.dumps(summary, indent=2))
     return out
+
+
+def blurry_scores(pred: np.ndarray, target: np.ndarray) -> dict:
+    """Low-level fit of predicted VAE latents: mean L1, mean per-image Pearson r, and 2-way identification
+    (is each prediction closer, by correlation, to its own image's latent than to each other image's?)."""
+    p = pred.reshape(len(pred), -1)
+    t = target.reshape(len(target), -1)
+    pz = (p - p.mean(1, keepdims=True)) / (p.std(1, keepdims=True) + 1e-8)
+    tz = (t - t.mean(1, keepdims=True)) / (t.std(1, keepdims=True) + 1e-8)
+    r = pz @ tz.T / p.shape[1]
+    own = np.diag(r)
+    two_way = float((own[:, None] > r).sum()) / (len(r) * (len(r) - 1)) if len(r) > 1 else float("nan")
+    return {"l1": float(np.abs(p - t).mean()), "pearson": float(own.mean()), "two_way": two_way}
 
 
 def evaluate(model: MindEye2, test: SubjectData) -> dict:
@@ -129,6 +156,8 @@ def evaluate(model: MindEye2, test: SubjectData) -> dict:
         out["retrieval"].append({"n_way": n_way, "top1_brain_to_image": fwd, "top1_image_to_brain": bwd,
                                  "chance": 1 / n_way})
     out.update(out["retrieval"][-1])  # the smaller set's figures at the top level, as before
+    if model.config.blurry and test.blur is not None:
+        out["blurry"] = blurry_scores(predict_blur(model, test), test.blur)
     idx, scores = top_k(similarity(pred, test.tokens), 5)
     out["top5"] = [{"image": im, "top5": [test.images[j] for j in row], "scores": [round(float(v), 4) for v in sc]}
                    for im, row, sc in zip(test.images, idx, scores, strict=True)]

@@ -9,7 +9,8 @@ import numpy as np
 
 @dataclass
 class SubjectData:
-    """One subject's trials: z-scored betas, image ids, target tokens (trials x tokens x dim)."""
+    """One subject's trials: z-scored betas, image ids, target tokens (trials x tokens x dim) and, when
+    the SD VAE is present, blurry-branch targets (trials x 4 x 28 x 28)."""
 
     subject: str
     betas: np.ndarray
@@ -17,11 +18,14 @@ class SubjectData:
     tokens: np.ndarray
     mean: np.ndarray | None = None  # z-score statistics of the training betas (saved with the model)
     std: np.ndarray | None = None
+    blur: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if not len(self.betas) == len(self.images) == len(self.tokens):
             raise ValueError(f"{self.subject}: {len(self.betas)} betas, {len(self.images)} images and "
                              f"{len(self.tokens)} token sets must match")
+        if self.blur is not None and len(self.blur) != len(self.betas):
+            raise ValueError(f"{self.subject}: {len(self.blur)} blurry targets for {len(self.betas)} trials")
 
     @property
     def n_voxels(self) -> int:
@@ -32,11 +36,11 @@ class SubjectData:
         mean = self.betas.mean(0) if mean is None else mean
         std = self.betas.std(0) + 1e-6 if std is None else std
         return SubjectData(self.subject, ((self.betas - mean) / std).astype(np.float32), self.images, self.tokens,
-                           mean.astype(np.float32), std.astype(np.float32))
+                           mean.astype(np.float32), std.astype(np.float32), self.blur)
 
     def subset(self, rows: np.ndarray) -> SubjectData:
         return SubjectData(self.subject, self.betas[rows], [self.images[i] for i in rows], self.tokens[rows],
-                           self.mean, self.std)
+                           self.mean, self.std, None if self.blur is None else self.blur[rows])
 
 
 def split_by_image(data: SubjectData, held_out: set[str]) -> tuple[SubjectData, SubjectData]:
@@ -51,4 +55,5 @@ def average_repeats(data: SubjectData) -> SubjectData:
     rows = [np.flatnonzero(np.array(data.images) == im) for im in order]
     betas = np.stack([data.betas[r].mean(0) for r in rows])
     tokens = np.stack([data.tokens[r[0]] for r in rows])
-    return SubjectData(data.subject, betas.astype(np.float32), order, tokens, data.mean, data.std)
+    blur = None if data.blur is None else np.stack([data.blur[r[0]] for r in rows])
+    return SubjectData(data.subject, betas.astype(np.float32), order, tokens, data.mean, data.std, blur)

@@ -21,9 +21,13 @@ def mixco(voxels: torch.Tensor, rng: np.random.Generator, beta: float = 0.15,
     lam = rng.beta(beta, beta, size=n)
     lam = np.where(rng.random(n) <= s_thresh, lam, 1.0)
     lam = torch.as_tensor(lam, dtype=voxels.dtype, device=voxels.device)
-    shape = [-1] + [1] * (voxels.ndim - 1)
-    mixed = voxels * lam.reshape(shape) + voxels[perm] * (1 - lam.reshape(shape))
-    return mixed, perm, lam
+    return mix_rows(voxels, perm, lam), perm, lam
+
+
+def mix_rows(x: torch.Tensor, perm: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+    """Row i becomes lam_i * x_i + (1 - lam_i) * x_perm(i), for rows of any shape (voxels, VAE latents)."""
+    w = lam.to(x.dtype).reshape([-1] + [1] * (x.ndim - 1))
+    return x * w + x[perm] * (1 - w)
 
 
 def mixco_nce(preds: torch.Tensor, targets: torch.Tensor, perm: torch.Tensor, lam: torch.Tensor,

@@ -72,8 +72,9 @@ def read_nsd_images(root: str | Path, indices: np.ndarray) -> np.ndarray:
 
 
 def load_nsd_subject(root: str | Path, subject: int, embedder, split: str = "train", sessions: int | None = None,
-                     cache: Path | None = None) -> SubjectData:
-    """One NSD subject's trials with their target tokens (from ``embedder``, cached when ``cache`` is set)."""
+                     cache: Path | None = None, vae=None) -> SubjectData:
+    """One NSD subject's trials with their target tokens (from ``embedder``, cached when ``cache`` is set)
+    and, with ``vae`` (a :class:`models.blurry.VaeTargets`), their blurry-branch targets."""
     import h5py
 
     from models.clip import EmbeddingCache
@@ -94,6 +95,11 @@ def load_nsd_subject(root: str | Path, subject: int, embedder, split: str = "tra
     images = [f"nsd-{i:05d}" for i in trials[:, 0]]
     unique_images, where = np.unique(trials[:, 0], return_inverse=True)
     pictures = read_nsd_images(root, unique_images)
-    tokens = (EmbeddingCache(embedder, cache, dtype=np.float32).embed(pictures) if cache is not None
-              else embedder.embed(pictures))
-    return SubjectData(f"subj0{subject}", betas, images, np.asarray(tokens, np.float32)[where])
+
+    def per_image(encoder) -> np.ndarray:
+        out = (EmbeddingCache(encoder, cache, dtype=np.float32).embed(pictures) if cache is not None
+               else encoder.embed(pictures))
+        return np.asarray(out, np.float32)[where]
+
+    return SubjectData(f"subj0{subject}", betas, images, per_image(embedder),
+                       blur=per_image(vae) if vae is not None else None)

@@ -49,8 +49,11 @@ def _loss_plot(folder: Path, out: Path) -> None:
     import matplotlib.pyplot as plt
 
     history = np.load(folder / "history.npz")
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
-    for ax, key, title in ((axes[0], "clip", "contrastive (BiMixCo, then SoftCLIP)"), (axes[1], "prior", "prior MSE")):
+    panels = [("clip", "contrastive (BiMixCo, then SoftCLIP)"), ("prior", "prior MSE")]
+    if "blurry" in history and np.any(history["blurry"]):
+        panels.append(("blurry", "blurry branch L1 (VAE latents)"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.2))
+    for ax, (key, title) in zip(axes, panels, strict=True):
         y = history[key]
         ax.plot(np.arange(1, len(y) + 1), y, lw=0.8, color="#888")
         if len(y) >= 10:  # a running mean, so the trend reads through batch noise
@@ -137,6 +140,14 @@ def write_report(folder: str | Path, session: str | Path | None = None,
                 lines.append(f"| {name} | {r['n_way']} | {_pct(r['top1_brain_to_image'])} | "
                              f"{_pct(r['top1_image_to_brain'])} | {_pct(r['chance'])} |")
         lines.append("")
+        blurry = [(name, e["blurry"]) for name, e in models if e.get("blurry")]
+        if blurry:
+            lines += ["## Blurry branch (held out)", "",
+                      "Predicted SD-VAE latents against the shown images' latents: mean L1, mean Pearson r per "
+                      "image, and 2-way identification by correlation (chance 50%).", "",
+                      "| model | L1 | Pearson r | 2-way |", "| --- | --- | --- | --- |"]
+            lines += [f"| {name} | {b['l1']:.3f} | {b['pearson']:.2f} | {_pct(b['two_way'])} |" for name, b in blurry]
+            lines.append("")
     if session is not None:
         runs = run_quality(session)
         if runs:

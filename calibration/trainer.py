@@ -1,8 +1,12 @@
 """The MindEye2 recipe as one trainer: multi-subject pretraining and single-subject fine-tuning alike.
 
-loss = prior_scale * prior MSE + contrastive(clip_voxels, targets) [+ blur_scale * blurry loss, off here]
+loss = prior_scale * prior MSE + contrastive(clip_voxels, targets) + blur_scale * L1(blurry latent, VAE latent)
 contrastive = BiMixCo (temperature .006, voxels mixed within each subject) for the first ``mixup_pct``
-of the steps, then SoftCLIP with a temperature annealed .004 -> .0075. AdamW (weight decay 1e-2),
+of the steps, then SoftCLIP with a temperature annealed .004 -> .0075. The blurry term is on when the
+model has the low-level branch and every subject has VAE targets; while voxels are mixed, the targets
+are mixed with the same weights (the published code builds the mixed targets after taking the L1, so
+never uses them). The published optional 0.1 x contrastive term on VICRegL ConvNeXt features is not
+built. AdamW (weight decay 1e-2),
 OneCycleLR per step. A checkpoint (model, optimiser, schedule, step, history; the
 batches and random draws follow from (seed, epoch, step), so a resumed run repeats them) is written every
 ``checkpoint_s`` seconds and at the end; ``resume=True`` continues from it.
@@ -24,13 +28,22 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from calibration.data import SubjectData
-from calibration.losses import flat_unit, mixco, mixco_nce, soft_clip_loss, soft_temperatures
+from calibration.losses import (
+    flat_unit,
+    mix_rows,
+    mixco,
+    mixco_nce,
+    soft_clip_loss,
+    soft_temperatures,
+)
 from models.mindeye2.model import MindEye2
 
 log = logging.getLogger(__name__)
+BLUR_SHAPE = (4, 28, 28)  # the backbone's low-level latent
 
 
 @dataclass
@@ -42,6 +55,7 @@ class TrainConfig:
     mixup_pct: float = 0.33
     prior_scale: float = 30.0
     clip_scale: float = 1.0
+    blur_scale: float = 0.5
     seed: int = 0
     checkpoint_s: float = 300.0
     precision: str = "no"  # Accelerate's mixed_precision: "no", "bf16" or "fp16" (autocast)
@@ -62,22 +76,29 @@ def _batches(sizes: list[int], batch: int, rng: np.random.Generator) -> list[lis
 class _TrainStep(nn.Module):
     """One step's forward and losses in a module, so DistributedDataParallel sees every trained weight."""
 
-    def __init__(self, model: MindEye2, prior_scale: float, clip_scale: float) -> None:
+    def __init__(self, model: MindEye2, config: TrainConfig) -> None:
         super().__init__()
-        self.model, self.prior_scale, self.clip_scale = model, prior_scale, clip_scale
+        self.model = model
+        self.prior_scale, self.clip_scale, self.blur_scale = config.prior_scale, config.clip_scale, config.blur_scale
 
-    def forward(self, inputs, target_local, target_all, order, mixing, temp, draws):
-        clips, backbones = [], []
+    def forward(self, inputs, target_local, target_all, order, mixing, temp, draws, blur_target=None):
+        clips, backbones, blurs = [], [], []
         for index, x in inputs:
-            backbone, clip, _ = self.model(x, index)
+            backbone, clip, (blur, _) = self.model(x, index)
             clips.append(clip)
             backbones.append(backbone)
+            blurs.append(blur)
         backbone = torch.cat(backbones)
         loss_prior, _ = self.model.diffusion_prior.loss(target_local, backbone, draws=draws)
         clip = _gather_rows(torch.cat(clips).float(), order)
         p, t = flat_unit(clip), flat_unit(target_all)
         loss_clip = mixco_nce(p, t, *mixing) if mixing is not None else soft_clip_loss(p, t, temp)
-        return self.prior_scale * loss_prior + self.clip_scale * loss_clip, loss_clip.detach(), loss_prior.detach()
+        loss = self.prior_scale * loss_prior + self.clip_scale * loss_clip
+        loss_blur = torch.zeros((), device=loss.device)
+        if blur_target is not None:
+            loss_blur = F.l1_loss(torch.cat(blurs).float(), blur_target)
+            loss = loss + self.blur_scale * loss_blur
+        return loss, loss_clip.detach(), loss_prior.detach(), loss_blur.detach()
 
 
 def _gather_rows(local: torch.Tensor, order: torch.Tensor | None) -> torch.Tensor:
@@ -112,6 +133,7 @@ def train(model: MindEye2, subjects: list[SubjectData], config: TrainConfig, out
     rank, world = accelerator.process_index, accelerator.num_processes
     torch.manual_seed(config.seed + rank)  # dropout only; everything else is drawn from (seed, step)
     index = [model.config.subject_index(s.subject) for s in subjects]
+    use_blur = _blurry_on(model, subjects)
     sizes = [len(s.betas) for s in subjects]
     steps_per_epoch = len(_batches(sizes, config.batch_size, np.random.default_rng(0)))
     if steps_per_epoch == 0:
@@ -122,7 +144,7 @@ def train(model: MindEye2, subjects: list[SubjectData], config: TrainConfig, out
     opt = torch.optim.AdamW(model.parameters(), lr=config.max_lr, weight_decay=config.weight_decay, foreach=True)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.max_lr, total_steps=total,
                                                 pct_start=min(2 / config.epochs, 0.5), final_div_factor=1000)
-    history: dict[str, list[float]] = {"loss": [], "clip": [], "prior": []}
+    history: dict[str, list[float]] = {"loss": [], "clip": [], "prior": [], "blurry": []}
     step, epoch0 = 0, 0
     ckpt = Path(out) / "checkpoint.pt" if out is not None else None
     if resume and ckpt is not None and ckpt.exists():
@@ -131,12 +153,13 @@ def train(model: MindEye2, subjects: list[SubjectData], config: TrainConfig, out
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         step, epoch0 = int(state["step"]), int(state["epoch"])
-        history = {k: list(v) for k, v in state["history"].items()}
+        history.update({k: list(v) for k, v in state["history"].items()})
         torch.set_rng_state(state["torch_rng"])  # dropout continues as if never interrupted
         log.info("resumed at step %d of %d (epoch %d)", step, total, epoch0)
-    runner, opt = accelerator.prepare(_TrainStep(model, config.prior_scale, config.clip_scale), opt)
+    runner, opt = accelerator.prepare(_TrainStep(model, config), opt)
     device = accelerator.device
-    tensors = [(torch.from_numpy(s.betas), torch.from_numpy(s.tokens.astype(np.float32))) for s in subjects]
+    tensors = [(torch.from_numpy(s.betas), torch.from_numpy(s.tokens.astype(np.float32)),
+                torch.from_numpy(s.blur.astype(np.float32)) if use_blur else None) for s in subjects]
     last_save = time.monotonic()
     model.train()
     for epoch in range(epoch0, config.epochs):
@@ -144,14 +167,19 @@ def train(model: MindEye2, subjects: list[SubjectData], config: TrainConfig, out
         for batch in plan[max(step - epoch * steps_per_epoch, 0):]:  # a resumed epoch skips its done steps
             draw = np.random.default_rng([config.seed, epoch, step])
             mine, local, order = _share(batch, rank, world)
-            inputs, mixing, perms, lams, offset = [], None, [], [], 0
+            inputs, mixing, perms, lams, blurs, offset = [], None, [], [], [], 0
             for s, rows in batch:
                 x = tensors[s][0][rows]
+                blur = tensors[s][2][rows] if use_blur else None
                 if step < mix_steps:  # mix the whole subject block, then keep this process's rows
                     x, perm, lam = mixco(x, draw)
                     perms.append(perm + offset)  # offsets keep each subject's permutation inside its block
                     lams.append(lam)
+                    if blur is not None:  # the target of a mixed input is the same mix of targets
+                        blur = mix_rows(blur, perm, lam)
                 inputs.append((index[s], x[mine].to(device)))
+                if blur is not None:
+                    blurs.append(blur[mine])
                 offset += len(rows)
             target_all = torch.cat([tensors[s][1][rows] for s, rows in batch]).to(device)
             if step < mix_steps:
@@ -160,9 +188,9 @@ def train(model: MindEye2, subjects: list[SubjectData], config: TrainConfig, out
             draws = model.diffusion_prior.draw(len(order), tuple(target_all.shape[1:]), generator)[local]
             temp = float(temps[step - mix_steps]) if step >= mix_steps else 0.0
             with accelerator.autocast():
-                loss, loss_clip, loss_prior = runner(inputs, target_all[local], target_all,
-                                                     torch.from_numpy(order) if world > 1 else None,
-                                                     mixing, temp, draws)
+                loss, loss_clip, loss_prior, loss_blur = runner(
+                    inputs, target_all[local], target_all, torch.from_numpy(order) if world > 1 else None,
+                    mixing, temp, draws, torch.cat(blurs).to(device) if use_blur else None)
             opt.zero_grad(set_to_none=True)
             accelerator.backward(loss)
             opt.step()
@@ -170,9 +198,12 @@ def train(model: MindEye2, subjects: list[SubjectData], config: TrainConfig, out
             step += 1
             if world > 1:
                 loss_prior = accelerator.reduce(loss_prior, "mean")
+                loss_blur = accelerator.reduce(loss_blur, "mean")
             history["clip"].append(loss_clip.item())
             history["prior"].append(loss_prior.item())
-            history["loss"].append(config.prior_scale * history["prior"][-1] + config.clip_scale * history["clip"][-1])
+            history["blurry"].append(loss_blur.item())
+            history["loss"].append(config.prior_scale * history["prior"][-1] + config.clip_scale * history["clip"][-1]
+                                   + config.blur_scale * history["blurry"][-1])
             if progress is not None and accelerator.is_main_process:
                 progress(step, total, history["loss"][-1])
             if ckpt is not None and time.monotonic() - last_save >= config.checkpoint_s:
@@ -185,6 +216,22 @@ def train(model: MindEye2, subjects: list[SubjectData], config: TrainConfig, out
     accelerator.wait_for_everyone()
     model.eval()
     return {"steps": step, "total_steps": total, "processes": world, **history}
+
+
+def _blurry_on(model: MindEye2, subjects: list[SubjectData]) -> bool:
+    """Train the low-level branch only where the model has one and every subject has VAE targets."""
+    have = [s.blur is not None for s in subjects]
+    if model.config.blurry and all(have):
+        for s in subjects:
+            if s.blur.shape[1:] != BLUR_SHAPE:
+                raise ValueError(f"{s.subject}: blurry targets are {s.blur.shape[1:]}, the model's branch makes "
+                                 f"{BLUR_SHAPE} (VAE latents of 224 px images)")
+        return True
+    if model.config.blurry:
+        log.warning("the model's blurry branch is not trained: no SD VAE targets (pass --sd-vae)")
+    elif any(have):
+        log.warning("SD VAE targets given, but the model has no blurry branch: they are not used")
+    return False
 
 
 def _save(path: Path, model, opt, sched, step: int, epoch: int, history: dict) -> None:
@@ -203,3 +250,12 @@ def predict_tokens(model: MindEye2, data: SubjectData) -> np.ndarray:
     x = torch.from_numpy(data.betas).to(next(model.parameters()).device)
     _, clip, _ = model(x, data.subject)
     return clip.float().cpu().numpy()
+
+
+@torch.no_grad()
+def predict_blur(model: MindEye2, data: SubjectData) -> np.ndarray:
+    """Blurry-branch latents (trials x 4 x 28 x 28) for every trial (eval mode)."""
+    model.eval()
+    x = torch.from_numpy(data.betas).to(next(model.parameters()).device)
+    _, _, (blur, _) = model(x, data.subject)
+    return blur.float().cpu().numpy()

@@ -262,6 +262,8 @@ def _training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nsd-sessions", type=int, default=None, help="NSD: first N training sessions (default all)")
     p.add_argument("--embedder", choices=["standin", "openclip"], default=None,
                    help="target token space (default: openclip for NSD, the stand-in otherwise)")
+    p.add_argument("--sd-vae", type=Path, default=None,
+                   help="the SD VAE file (sd_image_var_autoenc.pth): trains the blurry branch on its latents")
 
 
 def _calibration(args: argparse.Namespace) -> int:
@@ -279,33 +281,39 @@ def _calibration(args: argparse.Namespace) -> int:
                           "datasets use the built-in stimuli's stand-in tokens)")
     try:
         embedder, spec = token_space(kind)
+        vae = None
+        if args.sd_vae is not None:
+            from models.blurry import VaeTargets
+
+            vae = VaeTargets(args.sd_vae)
 
         def nsd(subject: str):
             if not subject.isdigit():
                 raise ValueError(f"NSD subjects are numbers 1-8, got {subject!r}")
-            return load_nsd_subject(args.nsd, int(subject), embedder, sessions=args.nsd_sessions, cache=cache)
+            return load_nsd_subject(args.nsd, int(subject), embedder, sessions=args.nsd_sessions, cache=cache,
+                                    vae=vae)
 
         if args.command == "pretrain":
             if args.sessions:
                 pairs = [item.split("=", 1) for item in args.sessions]
                 if any(len(p) != 2 for p in pairs):
                     raise ValueError(f"--sessions takes SUBJECT=FOLDER items, got {args.sessions}")
-                subjects = [load_session(folder, name, cache) for name, folder in pairs]
+                subjects = [load_session(folder, name, cache, vae=vae) for name, folder in pairs]
             elif not args.subjects:
                 raise ValueError("--subjects is required with --dataset or --nsd")
             elif args.nsd:
                 subjects = [nsd(s) for s in args.subjects]
             else:
-                subjects = [load_trial_dataset(args.dataset, s, cache) for s in args.subjects]
+                subjects = [load_trial_dataset(args.dataset, s, cache, vae=vae) for s in args.subjects]
             out = pretrain([s.zscored() for s in subjects], args.out, config, hidden=args.hidden,
                            progress=Progress("pretraining"), embedder=spec, resume=args.resume)
         else:
             if args.session:
-                data = load_session(args.session, args.subject, cache)
+                data = load_session(args.session, args.subject, cache, vae=vae)
             elif args.nsd:
                 data = nsd(args.subject)
             else:
-                data = load_trial_dataset(args.dataset, args.subject, cache)
+                data = load_trial_dataset(args.dataset, args.subject, cache, vae=vae)
             out = calibrate(data, args.out, config, pretrained=args.pretrained, resume=args.resume,
                             hidden=args.hidden, progress=Progress("calibrating"),
                             embedder=None if args.pretrained else spec,
@@ -323,6 +331,10 @@ def _calibration(args: argparse.Namespace) -> int:
         for r in e.get("retrieval", []):
             print(f"{name}held-out {r['n_way']}-way top-1: brain->image {r['top1_brain_to_image']:.0%}, "
                   f"image->brain {r['top1_image_to_brain']:.0%} (chance {r['chance']:.0%})")
+        if e.get("blurry"):
+            b = e["blurry"]
+            print(f"{name}held-out blurry branch: L1 {b['l1']:.3f}, Pearson r {b['pearson']:.2f}, "
+                  f"2-way {b['two_way']:.0%} (chance 50%)")
     if args.command == "calibrate" and not args.no_report:
         from calibration.report import write_report
 

@@ -104,6 +104,7 @@ class GLMSection:
     high_pass: float = 0.01
     delay_s: float = 7.5  # a trial is estimated once the volume at onset + delay_s has arrived
     motion_confounds: bool = True
+    motion_min_frames: int = 60  # motion confounds only once the fit has this many volumes (0: always)
     zscore: Literal["running", "calibration", "none"] = "running"
     zscore_stats: Path | None = None  # folder with zscore_mean.npy and zscore_std.npy (zscore = "calibration")
     average_repeats: bool = False  # send the mean over all presentations of an image so far

@@ -64,7 +64,8 @@ def test_realtime_betas_match_nilearn_first_level_model(task_run, noise_model, f
     run, vols, data, motion = task_run
     mask = np.zeros(run.shape, bool)
     mask.ravel()[run.roi_index] = True
-    glm = IncrementalGLM(run.events, data.shape[1], GLMSettings(noise_model=noise_model))
+    # Real-time MindEye's model: motion confounds from the first volume.
+    glm = IncrementalGLM(run.events, data.shape[1], GLMSettings(noise_model=noise_model, motion_min_frames=0))
     r = []
     for t in range(len(data)):
         glm.add(t, data[t], motion[t])
@@ -87,6 +88,23 @@ def test_running_products_equal_the_direct_fit(task_run):
     X = fast.design
     direct, _ = ar1_beta(X, data[:150])
     np.testing.assert_allclose(fast.beta, direct, rtol=1e-3, atol=1e-3 * np.abs(direct).max())
+
+
+def test_motion_confounds_join_the_fit_once_it_has_enough_volumes(task_run):
+    run, _, data, motion = task_run
+    glm = IncrementalGLM(run.events, data.shape[1], GLMSettings(noise_model="ar1", motion_min_frames=40))
+    widths = {}
+    for t in range(60):
+        glm.add(t, data[t], motion[t])
+        if t in (38, 39):  # 39 volumes, then 40
+            est = glm.estimate(2)
+            direct, _ = ar1_beta(est.design, data[:t + 1])
+            np.testing.assert_allclose(est.beta, direct, rtol=1e-3, atol=1e-3 * np.abs(direct).max())
+            widths[t + 1] = est.design.shape[1]
+            # the motion parameters are (or are not) columns of the design
+            has_motion = any(np.allclose(est.design[:, c], motion[:t + 1, 0]) for c in range(est.design.shape[1]))
+            assert has_motion == (t + 1 >= 40)
+    assert widths[40] == widths[39] + 6
 
 
 def test_a_missing_volume_drops_its_row_and_keeps_the_time_axis(task_run):

@@ -56,10 +56,11 @@ class MindEye2Config:
         return cls(**raw)
 
 
-def standin_config(subjects: list[str], voxels: list[int], hidden: int = 128) -> MindEye2Config:
-    """A CPU-sized MindEye2 in the stand-in token space (16 tokens x 64), without the blurry branch."""
+def standin_config(subjects: list[str], voxels: list[int], hidden: int = 128, blurry: bool = False) -> MindEye2Config:
+    """A CPU-sized MindEye2 in the stand-in token space (16 tokens x 64), with the published-size blurry
+    branch only when asked (it needs SD VAE targets)."""
     from models.standin import StandInConfig
 
     c = StandInConfig()
     return MindEye2Config(subjects=list(subjects), voxels=list(voxels), hidden=hidden, n_blocks=2,
-                          clip_tokens=c.tokens, clip_dim=c.dim, blurry=False, prior_depth=1, prior_dim_head=16)
+                          clip_tokens=c.tokens, clip_dim=c.dim, blurry=blurry, prior_depth=1, prior_dim_head=16)

@@ -34,6 +34,9 @@ class GLMSettings:
     noise_model: str = "ar1"  # 'ar1' or 'ols'
     delay_s: float = 7.5  # estimate a trial once the volume at onset + delay_s has arrived
     motion_confounds: bool = True
+    # Motion columns only once this many volumes are in the fit: six confounds regressed out of a
+    # dozen frames take more of the response than the motion (early trials' betas; docs/glm.md).
+    motion_min_frames: int = 60
     bins: int = 100  # AR coefficient levels, as nilearn's run_glm
 
 
@@ -155,15 +158,16 @@ class IncrementalGLM:
             raise ValueError(f"trial {trial} (onset {self.events.onset[trial]:g} s) has not started by frame {n - 1}")
         regs = self._regressors[:n, known]
         probe = int(np.flatnonzero(known == trial)[0])
-        confounds = self._motion[:n] if s.motion_confounds else None
-        X = lss_design(regs, probe, confounds, cosine_drift(s.high_pass, times))
         rows = self._present[:n]
+        use_motion = s.motion_confounds and int(rows.sum()) >= s.motion_min_frames
+        confounds = self._motion[:n] if use_motion else None
+        X = lss_design(regs, probe, confounds, cosine_drift(s.high_pass, times))
         full = bool(rows.all())
         X = X if full else X[rows]
         Y = self._data[:n] if full else self._data[:n][rows]  # a view when nothing is missing: no copy
         fast = self._fast_ok and self._products is not None and n == self.n_frames and self._products.prev is not None
         if fast and s.noise_model == "ar1":
-            beta, rho = self._from_products(trial, known, X, Y, times, rows)
+            beta, rho = self._from_products(trial, X, Y, times, rows, use_motion)
         elif s.noise_model == "ols":
             beta, rho = ols_beta(X, Y), np.zeros(1)
         else:
@@ -174,12 +178,12 @@ class IncrementalGLM:
                              np.asarray(beta, np.float32), n, int(rows.sum()), version, s.noise_model,
                              float(np.median(rho)), (time.perf_counter() - t0) * 1e3, X.astype(np.float32))
 
-    def _from_products(self, trial: int, known: np.ndarray, X: np.ndarray, Y: np.ndarray, times: np.ndarray,
-                       rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _from_products(self, trial: int, X: np.ndarray, Y: np.ndarray, times: np.ndarray, rows: np.ndarray,
+                       use_motion: bool) -> tuple[np.ndarray, np.ndarray]:
         """The same estimate from the running products: no pass over the data but the drift's."""
         pr = self._products
         k = self._regressors.shape[1]
-        motion = [k + 1 + i for i in range(6)] if self.settings.motion_confounds else []
+        motion = [k + 1 + i for i in range(6)] if use_motion else []
         drift = cosine_drift(self.settings.high_pass, times)[rows]
         nd = drift.shape[1]
         # D'y, D'Ly and (LD)'y in one pass over the data: D'Ly = (D moved up a row)'y, (LD)'y = (D moved down)'y.

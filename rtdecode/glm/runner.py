@@ -32,7 +32,7 @@ def settings_from_config(config: SessionConfig) -> GLMSettings:
     g = config.glm
     return GLMSettings(t_r=config.scanner.tr_s, hrf_model=g.hrf_model, drift_model=g.drift_model,
                        high_pass=g.high_pass, noise_model=g.noise_model, delay_s=g.delay_s,
-                       motion_confounds=g.motion_confounds)
+                       motion_confounds=g.motion_confounds, motion_min_frames=g.motion_min_frames)
 
 
 def events_path(config: SessionConfig, run: int, series: int) -> Path | None:

@@ -190,12 +190,16 @@ class ConsoleWindow(QtWidgets.QMainWindow):
             rows.append((str(view.run), str(view.trial), view.image, top, "bad" if view.bad else ""))
         if rows == self._table_rows:
             return  # nothing changed: no redraw of the table
+        bar = self.table.verticalScrollBar()
+        following = bar.value() >= bar.maximum()  # at the newest row: keep following new trials
         self._table_keys, self._table_rows = keys, rows
         self.table.setRowCount(len(rows))
         for r, row in enumerate(rows):
             for col, text in enumerate(row):
                 self.table.setItem(r, col, QtWidgets.QTableWidgetItem(text))
         self.table.resizeColumnsToContents()
+        if following:
+            self.table.scrollToBottom()
 
     def command(self, action: str) -> str:
         detail = self.control(action) if self.control is not None else "no scanner side to command"

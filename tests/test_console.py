@@ -129,3 +129,31 @@ def test_screenshots_command_runs_the_real_path(tmp_path):
     paths = make_screenshots(tmp_path / "shots", tmp_path / "work", volumes=30)
     assert [p.name for p in paths] == ["console.png", "display.png"] and all(p.stat().st_size > 5000 for p in paths)
     assert (tmp_path / "work" / "decoded" / "results.tsv").is_file()
+
+
+def test_trial_table_follows_the_newest_trial_unless_scrolled_back(qtbot):
+    from gui.console import ConsoleWindow
+
+    state = ConsoleState(fd_threshold_mm=0.5, volumes_expected=192)
+    window = ConsoleWindow(state, {})
+    qtbot.addWidget(window)
+    window.resize(1000, 700)
+    window.show()
+    qtbot.waitExposed(window, timeout=5000)
+    seq = iter(range(1, 10_000))
+
+    def add_trials(first: int, n: int) -> None:
+        for trial in range(first, first + n):
+            m = Message("beta", {"run": 2, "trial": trial, "image": f"sim-{trial:05d}", "version": "realtime"})
+            m.seq = next(seq)
+            state.apply(m, "scanner")
+        window.refresh()
+
+    add_trials(0, 60)
+    bar = window.table.verticalScrollBar()
+    assert bar.maximum() > 0 and bar.value() == bar.maximum()  # the newest trial is in view
+    add_trials(60, 5)
+    assert bar.value() == bar.maximum()
+    bar.setValue(0)  # the operator scrolls back to look at an early trial
+    add_trials(65, 5)
+    assert bar.value() == 0 and window.table.rowCount() == 70

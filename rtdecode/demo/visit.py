@@ -108,7 +108,8 @@ def run_demo(out: Path, settings: DemoSettings | None = None, cache: Path | None
     t = time.monotonic()
     data = load_session(session, spec.name, cache / "embeddings")
     model_dir = out / "model"
-    config = TrainConfig(epochs=s.calibrate_epochs, batch_size=24, seed=s.seed, checkpoint_s=60.0, cpu=True)
+    config = TrainConfig(epochs=s.calibrate_epochs, batch_size=24, max_lr=s.calibrate_lr, seed=s.seed,
+                         checkpoint_s=60.0, cpu=True)
     calibrate(data, model_dir, config, pretrained=shared, progress=Progress("   calibrating"), source=str(session),
               compare_scratch=s.compare_scratch)
     timings["calibration_s"] = time.monotonic() - t

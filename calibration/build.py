@@ -27,17 +27,13 @@ from models.standin import StandInEmbedder
 
 def _per_image(images: list[str], embedder, cache: Path | None) -> np.ndarray:
     """``embedder`` over the built-in stimuli named by ``images`` (once per image, cached on disk), per trial."""
-    from models.clip import EmbeddingCache
+    from models.clip import embed_images
     from rtdecode.simulator.stimuli import StimulusSet, index_of
 
     unique = sorted(set(images))
-    pictures = StimulusSet().images([index_of(i) for i in unique])
-    if cache is not None:
-        out = EmbeddingCache(embedder, cache, dtype=np.float32).embed(pictures)
-    else:
-        out = embedder.embed(pictures)
+    out = embed_images(embedder, StimulusSet().images([index_of(i) for i in unique]), cache)
     lookup = dict(zip(unique, out, strict=True))
-    return np.stack([lookup[i] for i in images]).astype(np.float32)
+    return np.stack([lookup[i] for i in images])
 
 
 def standin_tokens(images: list[str], cache: Path | None = None) -> np.ndarray:

@@ -77,7 +77,7 @@ def load_nsd_subject(root: str | Path, subject: int, embedder, split: str = "tra
     and, with ``vae`` (a :class:`models.blurry.VaeTargets`), their blurry-branch targets."""
     import h5py
 
-    from models.clip import EmbeddingCache
+    from models.clip import embed_images
 
     trials = np.concatenate([read_behav(s) for s in nsd_shards(root, subject, split, sessions)])
     path = Path(root) / f"betas_all_subj0{subject}_fp32_renorm.hdf5"
@@ -95,11 +95,6 @@ def load_nsd_subject(root: str | Path, subject: int, embedder, split: str = "tra
     images = [f"nsd-{i:05d}" for i in trials[:, 0]]
     unique_images, where = np.unique(trials[:, 0], return_inverse=True)
     pictures = read_nsd_images(root, unique_images)
-
-    def per_image(encoder) -> np.ndarray:
-        out = (EmbeddingCache(encoder, cache, dtype=np.float32).embed(pictures) if cache is not None
-               else encoder.embed(pictures))
-        return np.asarray(out, np.float32)[where]
-
-    return SubjectData(f"subj0{subject}", betas, images, per_image(embedder),
-                       blur=per_image(vae) if vae is not None else None)
+    tokens = embed_images(embedder, pictures, cache)[where]
+    blur = embed_images(vae, pictures, cache)[where] if vae is not None else None
+    return SubjectData(f"subj0{subject}", betas, images, tokens, blur=blur)

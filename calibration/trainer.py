@@ -244,18 +244,16 @@ def _save(path: Path, model, opt, sched, step: int, epoch: int, history: dict) -
 
 
 @torch.no_grad()
+def _outputs(model: MindEye2, data: SubjectData):
+    model.eval()
+    return model(torch.from_numpy(data.betas).to(next(model.parameters()).device), data.subject)
+
+
 def predict_tokens(model: MindEye2, data: SubjectData) -> np.ndarray:
     """Retrieval-head tokens for every trial (eval mode)."""
-    model.eval()
-    x = torch.from_numpy(data.betas).to(next(model.parameters()).device)
-    _, clip, _ = model(x, data.subject)
-    return clip.float().cpu().numpy()
+    return _outputs(model, data)[1].float().cpu().numpy()
 
 
-@torch.no_grad()
 def predict_blur(model: MindEye2, data: SubjectData) -> np.ndarray:
     """Blurry-branch latents (trials x 4 x 28 x 28) for every trial (eval mode)."""
-    model.eval()
-    x = torch.from_numpy(data.betas).to(next(model.parameters()).device)
-    _, _, (blur, _) = model(x, data.subject)
-    return blur.float().cpu().numpy()
+    return _outputs(model, data)[2][0].float().cpu().numpy()

@@ -107,3 +107,9 @@ class EmbeddingCache:
                 np.save(tmp, tokens.astype(self.dtype))
                 tmp.replace(self.folder / f"{keys[i]}.npy")
         return np.stack([np.load(self.folder / f"{k}.npy", allow_pickle=False) for k in keys]).astype(np.float32)
+
+
+def embed_images(encoder, images: np.ndarray, cache: str | Path | None = None) -> np.ndarray:
+    """``encoder.embed(images)`` as float32, through an :class:`EmbeddingCache` in ``cache`` when given."""
+    out = EmbeddingCache(encoder, cache, dtype=np.float32).embed(images) if cache is not None else encoder.embed(images)
+    return np.asarray(out, np.float32)

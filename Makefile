@@ -34,7 +34,7 @@ screenshots: $(STAMP)
 	cp demo-output/screenshots/console.png demo-output/screenshots/display.png demo-output/realtime_grid.png docs/screenshots/
 
 lint: $(STAMP)
-	$(BIN)/ruff check rtdecode calibration gui models tests benchmarks
+	$(BIN)/ruff check rtdecode calibration gui models tests
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache

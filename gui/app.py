@@ -22,6 +22,36 @@ def load_gallery(folder: Path | None) -> dict[str, np.ndarray]:
     return out
 
 
+def curve_options(args: argparse.Namespace) -> tuple[dict | None, dict | None]:
+    """CURVE client options for the scanner side's sockets and the decoder's (None where not asked for)."""
+    from rtdecode.wire.security import client_options
+
+    if args.curve_secret is None:
+        if args.curve_scanner_key or args.curve_decoder_key:
+            raise ValueError("--curve-scanner-key / --curve-decoder-key need --curve-secret (this host's secret key)")
+        return None, None
+    if not (args.curve_scanner_key or args.curve_decoder_key):
+        raise ValueError("--curve-secret needs --curve-scanner-key and/or --curve-decoder-key (the servers' public keys)")
+    events = client_options(args.curve_secret, args.curve_scanner_key) if args.curve_scanner_key else None
+    results = client_options(args.curve_secret, args.curve_decoder_key) if args.curve_decoder_key else None
+    return events, results
+
+
+def install_excepthook() -> None:
+    """An exception inside a Qt callback is logged, not fatal: PyQt6 would otherwise abort the process."""
+    import logging
+
+    log = logging.getLogger("gui")
+
+    def hook(kind, value, tb) -> None:
+        if issubclass(kind, KeyboardInterrupt):
+            sys.__excepthook__(kind, value, tb)
+            return
+        log.error("console: unexpected error (the window stays up)", exc_info=(kind, value, tb))
+
+    sys.excepthook = hook
+
+
 def main(argv: list[str] | None = None, display: bool = False) -> int:
     parser = argparse.ArgumentParser(prog="rtdecode display" if display else "rtdecode console")
     parser.add_argument("--events", default=None, help="scanner side events address, e.g. tcp://127.0.0.1:5555")
@@ -32,7 +62,19 @@ def main(argv: list[str] | None = None, display: bool = False) -> int:
     parser.add_argument("--decoded", type=Path, default=None, help="the decoder's output folder (with --replay)")
     parser.add_argument("--screenshot", type=Path, default=None, help="save a PNG of the window and exit")
     parser.add_argument("--fd-threshold", type=float, default=0.5)
+    parser.add_argument("--curve-secret", type=Path, default=None,
+                        help="this host's secret key (rtdecode keys console), for CURVE links to other hosts")
+    parser.add_argument("--curve-scanner-key", type=Path, default=None,
+                        help="the scanner side's public key (events and control with CURVE)")
+    parser.add_argument("--curve-decoder-key", type=Path, default=None,
+                        help="the decoder's public key (results with CURVE)")
     args = parser.parse_args(argv)
+    try:
+        events_curve, results_curve = curve_options(args)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"rtdecode {'display' if display else 'console'}: error: {exc}", file=sys.stderr)
+        return 2
+    install_excepthook()
 
     from PyQt6 import QtWidgets
 
@@ -45,10 +87,10 @@ def main(argv: list[str] | None = None, display: bool = False) -> int:
     state = ConsoleState(fd_threshold_mm=args.fd_threshold)
     control = None
     if args.control:
-        from rtdecode.control import send_command
+        from rtdecode.wire.control import send_command
 
         def control(action: str) -> str:
-            reply = send_command(args.control, action)
+            reply = send_command(args.control, action, curve=events_curve)
             return "no answer from the scanner side" if reply is None else str(reply.fields["detail"])
 
     window = DisplayWindow(state) if display else ConsoleWindow(state, load_gallery(args.gallery), control)
@@ -64,7 +106,8 @@ def main(argv: list[str] | None = None, display: bool = False) -> int:
         window.grab().save(str(args.screenshot))
         print(f"screenshot: {args.screenshot}")
         return 0
-    feed = LiveFeed(state, [window], args.events, args.results)
+    feed = LiveFeed(state, [window], args.events, args.results, events_curve=events_curve,
+                    results_curve=results_curve)
     try:
         return app.exec()
     finally:

@@ -17,7 +17,7 @@ def bench_console(volumes: int = 2000, updates: int = 100, trials: int = 200, se
 
     from gui.console import ConsoleWindow
     from gui.state import ConsoleState, TrialView
-    from rtdecode.protocol import Message
+    from rtdecode.wire.protocol import Message
 
     app = QtWidgets.QApplication.instance() or QtWidgets.QApplication([])
     rng = np.random.default_rng(seed)

@@ -140,12 +140,17 @@ class ConsoleWindow(QtWidgets.QMainWindow):
         alarms = s.fd_alarms
         extra = f"; {len(s.missing)} missing" if s.missing else ""
         extra += f"; {alarms} FD alarm(s)" if alarms else ""
-        self.status.setText(s.status + extra)
-        self.status.setStyleSheet("color: #ff5050;" if alarms or s.missing else "")
+        extra += f"; {s.refused} message(s) refused" if s.refused else ""
+        who = " ".join(f"{k} {s.identity[k]}" for k in ("subject", "session") if k in s.identity)
+        self.status.setText((f"[{who}] " if who else "") + s.status + extra)
+        self.status.setToolTip(s.last_refused)
+        self.status.setStyleSheet("color: #ff5050;" if alarms or s.missing or s.refused else "")
         for name, light in self.lights.items():
             age = s.heartbeat_age(name)
             colour = "#808080" if age is None else ("#40c040" if age < STALE_S else "#e0a020")
-            light.setText(f"● {name}" + ("" if age is None else f" {age:.0f}s"))
+            restarted = f" (restarted {s.restarts[name]}x)" if s.restarts.get(name) else ""
+            queue = f" queue {s.decoder_queue}" if name == "decoder" and s.decoder_queue is not None else ""
+            light.setText(f"● {name}" + ("" if age is None else f" {age:.0f}s") + queue + restarted)
             light.setStyleSheet(f"color: {colour};")
         x = np.asarray(s.volume_index, float)
         if len(x):

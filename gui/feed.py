@@ -1,23 +1,35 @@
-"""Live feed: subscribers polled from a Qt timer, every message applied to the state, then one redraw."""
+"""Live feed: subscribers polled from a Qt timer, every message applied to the state, then one redraw.
+
+Nothing that arrives can end the process: messages are validated by the subscribers (rejections are
+counted into ``state.refused``), the state's handlers are guarded, and a redraw that fails is logged
+and retried at the next tick.
+"""
 
 from __future__ import annotations
+
+import logging
 
 from PyQt6 import QtCore
 
 from gui.state import ConsoleState
-from rtdecode.transport import Subscriber
+from rtdecode.wire.sockets import Subscriber
+
+log = logging.getLogger(__name__)
 
 
 class LiveFeed(QtCore.QObject):
     def __init__(self, state: ConsoleState, views: list, events: str | None, results: str | None,
-                 interval_ms: int = 50, curve: dict | None = None) -> None:
+                 interval_ms: int = 50, curve: dict | None = None, events_curve: dict | None = None,
+                 results_curve: dict | None = None) -> None:
+        """``events_curve`` / ``results_curve``: CURVE client options for each socket (``curve``: both)."""
         super().__init__()
         self.state, self.views = state, views
         self.subs = []
         if events:
-            self.subs.append(("scanner", Subscriber(events, curve=curve)))
+            self.subs.append(("scanner", Subscriber(events, curve=events_curve or curve)))
         if results:
-            self.subs.append(("decoder", Subscriber(results, curve=curve)))
+            self.subs.append(("decoder", Subscriber(results, curve=results_curve or curve)))
+        self._rejected = {source: 0 for source, _ in self.subs}
         self.timer = QtCore.QTimer(self)
         self.timer.timeout.connect(self.poll)
         self.timer.start(interval_ms)
@@ -30,8 +42,15 @@ class LiveFeed(QtCore.QObject):
                 if msg is None:
                     break
                 changed += self.state.apply(msg, source)
+            if sub.rejected != self._rejected[source]:
+                self.state.refused += sub.rejected - self._rejected[source]
+                self.state.last_refused = f"from {source}: {sub.last_error}"
+                self._rejected[source] = sub.rejected
         for view in self.views:
-            view.refresh()  # also ages the connection lights when nothing arrived
+            try:
+                view.refresh()  # also ages the connection lights when nothing arrived
+            except Exception:
+                log.exception("console: redraw failed; trying again at the next tick")
         return changed
 
     def close(self) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from rtdecode.protocol import Message, encode_png
+from rtdecode.wire.protocol import Message, encode_png
 
 MOTION = ("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z")
 
@@ -44,16 +44,18 @@ def session_messages(session: str | Path) -> list[Message]:
 
 
 def decoder_messages(decoded: str | Path) -> list[Message]:
-    """Decoder results of an output folder written by ``rtdecode decode``."""
-    decoded = Path(decoded)
+    """Decoder results of one session: its folder under ``rtdecode decode --out``, or an --out holding one."""
+    from rtdecode.decoder.results import open_results
+
+    store = open_results(decoded)
     out: list[Message] = []
-    for r in _rows(decoded / "results.tsv"):
-        fields = {"run": int(r["run"]), "trial": int(r["trial"]), "version": r["version"], "image": r["image"]}
+    for r in store.rows():
+        fields = {"run": int(r["run"]), "trial": int(r["trial"]), "version": r["version"], "image": r["image"],
+                  **store.identity}
         scores = [float(s) for s in r["top_scores"].split(",") if s]
         out.append(Message("result", {**fields, "stage": "retrieval", "top_ids": r["top_ids"].split(","),
                                       "top_scores": scores, "timings_ms": {"prior_ms": float(r["prior_ms"])}}))
-        stem = f"run-{fields['run']:02d}_trial-{fields['trial']:03d}_{fields['version']}"
-        png = decoded / "images" / f"{stem}.png"
+        png = store.image_path(r["key"])
         if png.exists():
             import numpy as np
             from PIL import Image

@@ -88,50 +88,6 @@ def bench_preprocess(volumes: int = 40, shape: tuple[int, int, int] = (100, 100,
     }
 
 
-@stage("endurance")
-def bench_endurance(volumes: int = 4800, shape: tuple[int, int, int] = (100, 100, 52), n_voxels: int = 8627,
-                    window: int = 200, seed: int = 0) -> dict:
-    """A two-hour session at TR 1.5 s (4,800 volumes) replayed as fast as it goes: memory and latency drift."""
-    import psutil
-
-    from rtdecode.ingest.reader import Volume
-    from rtdecode.preprocess.pipeline import Mask, RunPreprocessor
-    from rtdecode.session import SessionFolder
-    from rtdecode.simulator.scanner import simulate_run
-
-    pool = simulate_run(16, shape=shape, max_mm=2.0, max_deg=2.0, seed=seed)
-    rng = np.random.default_rng(seed)
-    proc = psutil.Process()
-    lat, rss = [], []
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = SessionFolder(Path(tmp) / "sessions", "01", "01").create()
-        pre = store = None
-        for t in range(volumes):
-            run_no, idx = divmod(t, 192)  # 192-volume runs, as Real-time MindEye's
-            if idx == 0:
-                store = folder.run_store(run_no + 1)
-                pre = None
-            data = pool.volumes[t % len(pool.volumes)] + rng.normal(0, 5, shape).astype(np.float32)
-            vol = Volume(data, pool.affine)
-            t0 = time.perf_counter()
-            if pre is None:
-                pre = RunPreprocessor(vol, mask=Mask(roi_mask(data, n_voxels), pool.affine))
-            out = pre.process(vol)
-            store.save_volume(idx, data, pool.affine)
-            store.append(out.vector, {"volume": idx})
-            lat.append((time.perf_counter() - t0) * 1e3)
-            rss.append(proc.memory_info().rss / 2**20)
-    w = min(window, volumes // 2)
-    start, end = summarize(lat[1:w]), summarize(lat[-w:])
-    return {
-        "stage": "endurance", "volumes": volumes, "hours_at_tr_1.5": volumes * 1.5 / 3600,
-        "start_median_ms": start["median_ms"], "start_p99_ms": start["p99_ms"],
-        "end_median_ms": end["median_ms"], "end_p99_ms": end["p99_ms"],
-        "start_rss_mb": float(np.median(rss[1:w])), "end_rss_mb": float(np.median(rss[-w:])),
-        "median_ms": float(np.median(lat)), "p99_ms": float(np.percentile(lat, 99)),
-    }
-
-
 def format_table(result: dict) -> str:
     """A two-column table for people."""
     width = max(len(k) for k in result)
@@ -142,7 +98,8 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-PLUGINS = ("rtdecode.simulator.bench", "rtdecode.glm.bench", "rtdecode.decoder_bench", "rtdecode.wire_bench", "gui.bench", "calibration.bench")
+PLUGINS = ("rtdecode.scanner.bench", "rtdecode.simulator.bench", "rtdecode.glm.bench", "rtdecode.decoder.bench",
+           "rtdecode.wire.bench", "gui.bench", "calibration.bench")
 
 
 def run_stage(name: str, as_json: bool = False, **kwargs) -> dict:

@@ -119,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sd-vae", type=Path, default=None, help="the SD VAE file, for blurry images without unCLIP")
     p.add_argument("--curve-secret", type=Path, default=None, help="this host's secret key (rtdecode keys)")
     p.add_argument("--curve-allowed", type=Path, default=None, help="folder of client public keys to accept")
+    p.add_argument("--allow-plaintext", action="store_true",
+                   help="bind a non-loopback address without CURVE (refused otherwise)")
 
     p = sub.add_parser("keys", help="create a CURVE key pair for encrypted links between hosts")
     p.add_argument("name", help="whose keys: e.g. scanner, decoder, console")
@@ -220,12 +222,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         try:
             run_decoder(args.model, args.out, args.gallery, args.betas, args.results, args.policy,
                         curve_secret=args.curve_secret, curve_allowed=args.curve_allowed, unclip=args.unclip,
-                        sd_vae=args.sd_vae)
+                        sd_vae=args.sd_vae, allow_plaintext=args.allow_plaintext)
         except (FileNotFoundError, ValueError, KeyError) as exc:  # a missing or foreign model, gallery, key
             raise ConfigError(f"rtdecode decode: {exc}") from None
         return 0
     if args.command == "keys":
-        from rtdecode.security import create_keys
+        from rtdecode.wire.security import create_keys
 
         public, secret = create_keys(args.folder, args.name)
         print(f"public key (copy to the other host's allowed/ folder): {public}\nsecret key (stays here): {secret}")

@@ -66,10 +66,16 @@ class PreprocessSection:
 
 @dataclass
 class NetworkSection:
-    """ZeroMQ addresses. Bind to 127.0.0.1 unless scanner side and decoder are different hosts."""
+    """ZeroMQ addresses and their protection.
+
+    ``host`` is where the events and control sockets bind: 127.0.0.1 unless a console or display on
+    another host connects. Any address reachable from other hosts needs CURVE (``curve_secret`` with
+    ``curve_allowed`` for the sockets served here, ``curve_decoder_key`` for the betas sent to a decoder
+    elsewhere); plain TCP off the host is refused unless ``allow_plaintext = true`` says so on purpose.
+    """
 
     host: str = "127.0.0.1"
-    events_port: int = 5555
+    events_port: int = 5555  # QA and run events to consoles and displays; 0: any free port; -1: off
     betas_port: int = 5556
     results_port: int = 5557
     control_port: int = 5558  # operator commands from the console (start_run, stop_run); -1: off
@@ -77,10 +83,13 @@ class NetworkSection:
     decoder: str = ""
     resend_s: float = 2.0  # unacknowledged betas are sent again after this long
     drain_s: float = 10.0  # on stop, wait up to this long for the decoder to acknowledge the last betas
-    # CURVE, for a decoder on another host: this host's secret key and the decoder's public key
-    # (both made by `rtdecode keys`). Empty: plain TCP, which is fine on 127.0.0.1.
+    # CURVE (keys made by `rtdecode keys`): this host's secret key; the folder of public keys allowed to
+    # connect to the events and control sockets (console, display); the decoder's public key.
     curve_secret: Path | None = None
+    curve_allowed: Path | None = None
     curve_decoder_key: Path | None = None
+    allow_plaintext: bool = False  # true: bind or connect off the host without CURVE (a lab that chose so)
+    max_message_mb: float = 16.0  # larger frames are refused by every socket before they are buffered
 
 
 @dataclass
@@ -131,10 +140,11 @@ _POSITIVE = {
     "scanner.poll_interval_s", "scanner.tr_s", "scanner.volumes_per_run", "scanner.partial_timeout_s",
     "scanner.missing_timeout_s", "preprocess.fd_threshold_mm", "preprocess.max_iterations",
     "preprocess.sample_stride", "glm.high_pass", "glm.delay_s", "network.resend_s", "network.drain_s",
+    "network.max_message_mb",
 }
-_PORTS = {"network.events_port", "network.betas_port", "network.results_port"}
+_PORTS = {"network.betas_port", "network.results_port"}
 _MUST_EXIST = {"preprocess.session_reference", "preprocess.mask", "models.folder", "glm.zscore_stats",
-               "network.curve_secret", "network.curve_decoder_key"}
+               "network.curve_secret", "network.curve_decoder_key", "network.curve_allowed"}
 
 
 def load_config(path: str | Path) -> SessionConfig:
@@ -217,9 +227,11 @@ def _validate(cfg: SessionConfig, source: str) -> None:
         value = _get(cfg, dotted)
         if value <= 0:
             raise ConfigError(f"{source}: {dotted} must be positive, got {value!r}")
-    if not -1 <= cfg.network.control_port <= 65535:
-        raise ConfigError(f"{source}: network.control_port must be a TCP port, 0 for any free one, or -1 for off, "
-                          f"got {cfg.network.control_port!r}")
+    for name in ("control_port", "events_port"):
+        value = getattr(cfg.network, name)
+        if not -1 <= value <= 65535:
+            raise ConfigError(f"{source}: network.{name} must be a TCP port (0-65535; 0 = any free port) or -1 for "
+                              f"off, got {value!r}")
     for dotted in _PORTS:
         value = _get(cfg, dotted)
         if not 0 <= value <= 65535:
@@ -238,8 +250,7 @@ def _validate(cfg: SessionConfig, source: str) -> None:
         )
     if cfg.network.decoder and not re.match(r"^(tcp|ipc)://\S+$", cfg.network.decoder):
         raise ConfigError(f"{source}: network.decoder must be an address like tcp://127.0.0.1:5556, got {cfg.network.decoder!r}")
-    if (cfg.network.curve_secret is None) != (cfg.network.curve_decoder_key is None):
-        raise ConfigError(f"{source}: network.curve_secret and network.curve_decoder_key go together; set both or neither")
+    _validate_network(cfg.network, source)
     if cfg.glm.zscore == "calibration" and cfg.glm.zscore_stats is None:
         raise ConfigError(f"{source}: glm.zscore = \"calibration\" needs glm.zscore_stats (the calibrated model's folder)")
     if cfg.glm.events is not None:
@@ -254,6 +265,31 @@ def _validate(cfg: SessionConfig, source: str) -> None:
         compile_pattern(cfg.scanner.pattern)
     except ValueError as exc:
         raise ConfigError(f"{source}: scanner.pattern: {exc}") from None
+
+
+def _validate_network(net: NetworkSection, source: str) -> None:
+    keyed = [k for k in ("curve_allowed", "curve_decoder_key") if getattr(net, k) is not None]
+    if net.curve_secret is None and keyed:
+        raise ConfigError(f"{source}: network.{keyed[0]} needs network.curve_secret (this host's secret key)")
+    if net.curve_secret is not None and not keyed:
+        raise ConfigError(f"{source}: network.curve_secret is set but neither network.curve_allowed (who may connect "
+                          "here) nor network.curve_decoder_key (the decoder's public key) is")
+    if net.decoder and net.curve_secret is not None and net.curve_decoder_key is None:
+        raise ConfigError(f"{source}: network.decoder with CURVE needs network.curve_decoder_key (the decoder's public key)")
+    if net.allow_plaintext:
+        return
+    if not _local_host(net.host) and net.curve_allowed is None:
+        raise ConfigError(f"{source}: network.host = {net.host!r} lets other hosts reach the events and control "
+                          "sockets; set network.curve_secret and network.curve_allowed (rtdecode keys), or "
+                          "network.allow_plaintext = true on purpose")
+    if net.decoder and not _local_host(net.decoder.split("://", 1)[-1].rsplit(":", 1)[0]) \
+            and not net.decoder.startswith("ipc://") and net.curve_decoder_key is None:
+        raise ConfigError(f"{source}: network.decoder = {net.decoder!r} is another host; set network.curve_secret and "
+                          "network.curve_decoder_key (rtdecode keys), or network.allow_plaintext = true on purpose")
+
+
+def _local_host(host: str) -> bool:
+    return host.startswith("127.") or host in ("localhost", "::1", "[::1]")
 
 
 def _get(cfg: SessionConfig, dotted: str) -> Any:

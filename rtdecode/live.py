@@ -6,7 +6,6 @@ import numpy as np
 
 from rtdecode.config import SessionConfig
 from rtdecode.scanner import ScannerSide, VolumeEvent
-from rtdecode.transport import Publisher
 
 
 class LiveSummary:
@@ -45,16 +44,17 @@ class LiveSummary:
 def run_scanner_side(config: SessionConfig, idle_timeout: float | None = None, quiet: bool = False,
                      until=None) -> ScannerSide:
     """Watch, preprocess and publish until interrupted (or idle); print the summary at the end."""
-    address = f"tcp://{config.network.host}:{config.network.events_port}"
-    publisher = Publisher(address, replay=200)  # a console that starts late catches up
     summary = LiveSummary(config, quiet=quiet)
-    side = ScannerSide(config, publisher=publisher, on_volume=summary)
-    print(f"watching {config.scanner.watch_dir} ({config.scanner.mode}); events on {publisher.address}", flush=True)
+    side = ScannerSide(config, on_volume=summary)  # its events socket replays recent events to late consoles
+    net = side.net
+    where = net.publisher.address if net.publisher is not None else "off"
+    control = net.control.address if net.control is not None else "off"
+    print(f"session sub-{config.session.subject} ses-{config.session.session} (uid {side.identity['session_uid']}); "
+          f"watching {config.scanner.watch_dir} ({config.scanner.mode}); events on {where}, control on {control}"
+          f"{' (CURVE)' if net.secure else ''}", flush=True)
     try:
         side.run(until=until, idle_timeout=idle_timeout)
     except KeyboardInterrupt:
         side.stop()
-    finally:
-        publisher.close()
     print(summary.report(side), flush=True)
     return side

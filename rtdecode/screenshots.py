@@ -67,7 +67,7 @@ def make_screenshots(out: Path, work: Path, model: Path | None = None, volumes: 
     writer.start()
     side.run(until=lambda s: s.processed >= volumes, idle_timeout=30)
     writer.join()
-    while service.queue or len(service.store.decoded.keys) < 2 * n_trials:
+    while service.queue or service.decoded_count() < 2 * n_trials:
         threading.Event().wait(0.2)
         if not thread.is_alive():
             break

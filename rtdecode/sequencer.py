@@ -59,6 +59,11 @@ class RunSequencer:
                 continue
             return out
 
+    def take_buffered(self) -> dict[int, tuple[Any, float]]:
+        """Remove and return what waits for an earlier volume (index -> (item, arrival time))."""
+        out, self._buffer = self._buffer, {}
+        return out
+
     @property
     def pending(self) -> int:
         return len(self._buffer)

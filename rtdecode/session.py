@@ -1,7 +1,9 @@
 """The session folder: a BIDS-like tree written as data arrives and read back by every later stage.
 
     <root>/sub-XX/ses-YY/
+        session.json                        subject, session, task and the session's uid (made once)
         config.toml                         the configuration the session ran with
+        operator.tsv                        operator commands taken (stop_run, start_run), with the run
         runs.tsv                            run number <-> scanner series, start time
         rejected.tsv                        every file set aside, with the reason
         func/sub-XX_ses-YY_task-T_run-NN_bold/vol-000000.nii
@@ -25,6 +27,7 @@ import csv
 import json
 import os
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,13 +40,16 @@ CONFOUND_COLUMNS = (
 )
 
 
-def _append_tsv(path: Path, columns: tuple[str, ...], row: dict) -> None:
+def append_tsv(path: Path, columns: tuple[str, ...], row: dict, fsync: bool = False) -> None:
+    """Append one row (and the header to a new file); ``fsync``: on disk before returning."""
     new = not path.exists() or path.stat().st_size == 0
     with open(path, "a", newline="") as fh:
         if new:
             fh.write("\t".join(columns) + "\n")
         fh.write("\t".join(_fmt(row.get(c, "n/a")) for c in columns) + "\n")
         fh.flush()
+        if fsync:
+            os.fsync(fh.fileno())
 
 
 def _fmt(value: object) -> str:
@@ -66,7 +72,7 @@ def read_tsv(path: Path) -> list[dict[str, str]]:
     return list(csv.DictReader(lines, delimiter="\t"))
 
 
-def _repair_tail(path: Path) -> None:
+def repair_tail(path: Path) -> None:
     """Cut a last line that a crash left without its newline, so the next append starts clean."""
     if not path.exists():
         return
@@ -99,19 +105,39 @@ class SessionFolder:
     def create(self) -> SessionFolder:
         (self.path / "func").mkdir(parents=True, exist_ok=True)
         self.derivatives.mkdir(parents=True, exist_ok=True)
+        if not (self.path / "session.json").exists():
+            info = {"subject": self.subject, "session": self.session, "task": self.task, "uid": uuid.uuid4().hex,
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            tmp = self.path / ".session.json.tmp"
+            tmp.write_text(json.dumps(info, indent=1))
+            tmp.replace(self.path / "session.json")  # one uid per session folder, however often it is opened
         return self
+
+    @property
+    def identity(self) -> dict[str, str]:
+        """``subject``, ``session`` and ``session_uid`` as every beta and result carries them."""
+        info = json.loads((self.path / "session.json").read_text())
+        return {"subject": self.subject, "session": self.session, "session_uid": info["uid"]}
+
+    def log_operator(self, action: str, run: int | None, detail: str) -> None:
+        append_tsv(self.path / "operator.tsv", ("time", "action", "run", "detail"),
+                   {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "action": action, "run": run or "n/a",
+                    "detail": detail}, fsync=True)
+
+    def operator_log(self) -> list[dict[str, str]]:
+        return read_tsv(self.path / "operator.tsv")
 
     def runs(self) -> list[dict[str, str]]:
         return read_tsv(self.path / "runs.tsv")
 
     def add_run(self, run: int, series_key: int, series_uid: str) -> None:
-        _append_tsv(
+        append_tsv(
             self.path / "runs.tsv", ("run", "series", "series_uid", "started"),
             {"run": run, "series": series_key, "series_uid": series_uid, "started": time.strftime("%Y-%m-%dT%H:%M:%S")},
         )
 
     def reject(self, file: str, reason: str) -> None:
-        _append_tsv(self.path / "rejected.tsv", ("time", "file", "reason"),
+        append_tsv(self.path / "rejected.tsv", ("time", "file", "reason"),
                     {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "file": file, "reason": reason})
 
     def rejected(self) -> list[dict[str, str]]:
@@ -150,14 +176,14 @@ class RunStore:
         with open(self.vectors, "ab") as fh:
             fh.write(np.ascontiguousarray(vector, dtype="<f4").tobytes())
             fh.flush()
-        _append_tsv(self.confounds, CONFOUND_COLUMNS, {**row, "status": "ok"})
+        append_tsv(self.confounds, CONFOUND_COLUMNS, {**row, "status": "ok"})
 
     def append_missing(self, index: int) -> None:
-        _append_tsv(self.confounds, CONFOUND_COLUMNS, {"volume": index, "status": "missing"})
+        append_tsv(self.confounds, CONFOUND_COLUMNS, {"volume": index, "status": "missing"})
 
     def load(self) -> tuple[list[dict[str, str]], np.ndarray]:
         """Rows of the confounds table and the matching (n_ok, n_voxels) vectors; repairs a torn tail."""
-        _repair_tail(self.confounds)
+        repair_tail(self.confounds)
         rows = read_tsv(self.confounds)
         if not self.vectors_json.exists():
             return rows, np.zeros((0, 0), np.float32)

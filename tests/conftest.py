@@ -49,10 +49,15 @@ class SideThread:
         self.side = ScannerSide(config, publisher=publisher, on_volume=self.events.append)
         self.n = n
         self.deadline = time.monotonic() + timeout
+        self.error: BaseException | None = None  # anything that escaped the scanner side's loop
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        self.side.run(until=lambda s: s.processed >= self.n or time.monotonic() > self.deadline)
+        try:
+            self.side.run(until=lambda s: s.processed >= self.n or time.monotonic() > self.deadline)
+        except BaseException as exc:
+            self.error = exc
+            raise
 
     def __enter__(self) -> SideThread:
         self.thread.start()

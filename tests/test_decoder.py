@@ -19,12 +19,14 @@ from models.mindeye2.config import MindEye2Config, standin_config
 from models.mindeye2.model import MindEye2
 from rtdecode.decoder.core import Decoder
 from rtdecode.decoder.service import DecoderService
-from rtdecode.protocol import Message, decode_png, encode
-from rtdecode.reliable import BetaSender
 from rtdecode.simulator.stimuli import StimulusSet
-from rtdecode.transport import Subscriber
+from rtdecode.wire.protocol import Message, decode_png, encode
+from rtdecode.wire.reliable import BetaSender, beta_message
+from rtdecode.wire.sockets import Subscriber
 
 N_VOXELS = 53
+SESSION_A = {"subject": "01", "session": "01", "session_uid": "a" * 32}
+SESSION_B = {"subject": "02", "session": "01", "session_uid": "b" * 32}
 
 
 @pytest.fixture(scope="module")
@@ -38,9 +40,8 @@ def model_folder(tmp_path_factory):
     return folder, gallery
 
 
-def _beta(run: int, trial: int, rng) -> Message:
-    return Message("beta", {"run": run, "trial": trial, "image": f"sim-{trial:05d}", "version": "realtime"},
-                   arrays={"beta": rng.normal(size=N_VOXELS).astype(np.float32)})
+def _beta(run: int, trial: int, rng, session: dict = SESSION_A) -> Message:
+    return beta_message(run, trial, rng.normal(size=N_VOXELS), session, image=f"sim-{trial:05d}")
 
 
 def _pump_until(sender: BetaSender, done, seconds: float) -> None:
@@ -90,7 +91,7 @@ def test_betas_to_decoder_to_two_subscribers(tmp_path, model_folder, rng):
         recon = next(m for m in results if m.fields["stage"] == "reconstruction")
         assert decode_png(recon.images["reconstruction"]).shape == (128, 128, 3)
         assert any(m.type == "heartbeat" for m in g)
-    assert len((tmp_path / "out" / "results.tsv").read_text().splitlines()) == 6
+    assert len((tmp_path / "out" / "sub-01" / "ses-01" / "results.tsv").read_text().splitlines()) == 6
 
 
 def test_decoder_killed_mid_run_decodes_every_beta_exactly_once(tmp_path, model_folder, rng):
@@ -99,11 +100,11 @@ def test_decoder_killed_mid_run_decodes_every_beta_exactly_once(tmp_path, model_
     probe = ctx.socket(zmq.ROUTER)
     port = probe.bind_to_random_port("tcp://127.0.0.1")
     probe.close(linger=0)
-    out = tmp_path / "out"
     cmd = [sys.executable, "-m", "rtdecode.cli", "decode", "--model", str(folder), "--gallery", str(gallery),
-           "--out", str(out), "--betas", f"tcp://127.0.0.1:{port}", "--results", "tcp://127.0.0.1:0"]
+           "--out", str(tmp_path / "out"), "--betas", f"tcp://127.0.0.1:{port}", "--results", "tcp://127.0.0.1:0"]
     env = {**os.environ, "RTDECODE_CACHE": str(tmp_path / "cache")}
     sender = BetaSender(f"tcp://127.0.0.1:{port}", tmp_path / "acked.keys", resend_s=0.5)
+    out = tmp_path / "out" / "sub-01" / "ses-01"
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         for trial in range(6):
@@ -127,36 +128,123 @@ def test_decoder_killed_mid_run_decodes_every_beta_exactly_once(tmp_path, model_
         sender.close()
     rows = (out / "results.tsv").read_text().splitlines()[1:]
     keys = [r.split("\t")[0] for r in rows]
-    assert sorted(keys) == sorted(f"2:{t}:realtime" for t in range(16))  # every beta, each once
+    assert sorted(keys) == sorted(f"{'a' * 32}:2:{t}:realtime" for t in range(16))  # every beta, each once
     assert len(list((out / "images").glob("*.png"))) == 16  # reconstructions pending at the kill were done
 
 
+def _tampered(frames: list[bytes], **changes) -> list[bytes]:
+    import json
+
+    header = json.loads(frames[1])
+    header.update(changes)
+    return [frames[0], json.dumps(header).encode(), *frames[2:]]
+
+
 def test_bad_messages_are_rejected_and_the_decoder_goes_on(tmp_path, model_folder, rng, caplog):
+    """Malformed betas (wrong types, path characters, NaN, wrong version, oversized) never stop the decoder.
+
+    On the round-1 main, run="abc" or version="x/../../y" raised out of step() and ended the process."""
     folder, gallery = model_folder
     service = DecoderService(Decoder.from_folder(folder, gallery, cache=tmp_path / "cache"), tmp_path / "out",
-                             "tcp://127.0.0.1:0", "tcp://127.0.0.1:0")
+                             "tcp://127.0.0.1:0", "tcp://127.0.0.1:0", max_bytes=256 * 1024)
     raw = zmq.Context.instance().socket(zmq.DEALER)
     raw.setsockopt(zmq.LINGER, 0)
     raw.connect(service.receiver.address)
     good = encode(_beta(3, 0, rng))
-    wrong_version = [good[0], good[1].replace(b'"v": 1', b'"v": 99').replace(b'"v":1', b'"v":99'), *good[2:]]
-    oversized = [good[0], b"{" + b" " * (70 * 1024) + b"}"]
+    bad = [
+        [b"junk"],
+        _tampered(good, v=1),
+        [good[0], b"{" + b" " * (70 * 1024) + b"}"],
+        [b"beta", b"not json", b"x"],
+        _tampered(good, run="abc"),
+        _tampered(good, version="a:b"),
+        _tampered(good, version="x/../../y"),
+        _tampered(good, subject="../../etc"),
+        _tampered(good, trial=10**30),
+        [*good[:2], np.full(N_VOXELS, np.nan, np.float32).tobytes()],
+        _tampered(good, type="ack"),
+    ]
     try:
-        for frames in ([b"junk"], wrong_version, oversized, [b"beta", b"not json", b"x"]):
+        for frames in bad:
             raw.send_multipart(frames)
-        for _ in range(8):
+        raw.send_multipart([good[0], good[1], b"\0" * (300 * 1024)])  # over MAXMSGSIZE: the peer is dropped
+        for _ in range(len(bad) + 4):
             service.step(timeout_ms=100)
+        raw.close(linger=0)
+        raw = zmq.Context.instance().socket(zmq.DEALER)  # a well-behaved peer, after the one that was cut off
+        raw.setsockopt(zmq.LINGER, 0)
+        raw.connect(service.receiver.address)
         raw.send_multipart(good)
-        for _ in range(20):
+        for _ in range(40):
             service.step(timeout_ms=100)
             if service.decoded_here:
                 break
     finally:
         raw.close(linger=0)
         service.close()
-    assert service.receiver.rejected == 4
+    assert service.receiver.rejected == len(bad)
     assert service.decoded_here == 1
-    assert "rejected message" in caplog.text
+    assert not list((tmp_path / "out").rglob("*..*"))  # nothing named from a received string
+    assert "rejected message" in caplog.text and "version" in caplog.text
+
+
+def test_one_out_folder_keeps_two_participants_apart(tmp_path, model_folder, rng):
+    """Participant B's betas share run and trial numbers with A's; both are decoded, each into its own folder.
+
+    On the round-1 main the ledger key was run:trial:version, so B's betas were acknowledged and never decoded."""
+    folder, gallery = model_folder
+    service = DecoderService(Decoder.from_folder(folder, gallery, cache=tmp_path / "cache"), tmp_path / "out",
+                             "tcp://127.0.0.1:0", "tcp://127.0.0.1:0")
+    thread = threading.Thread(target=service.run, daemon=True)
+    thread.start()
+    senders = [BetaSender(service.receiver.address, tmp_path / f"acked-{name}.keys", resend_s=0.5) for name in "ab"]
+    try:
+        for sender, session in zip(senders, (SESSION_A, SESSION_B), strict=True):
+            for trial in range(3):
+                sender.send(_beta(1, trial, rng, session))
+        for sender in senders:
+            _pump_until(sender, lambda s=sender: not s.outbox, 30)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and len(list((tmp_path / "out").rglob("images/*.png"))) < 6:
+            time.sleep(0.1)
+    finally:
+        service.stop()
+        thread.join(timeout=10)
+        for sender in senders:
+            sender.close()
+    for session in (SESSION_A, SESSION_B):
+        out = tmp_path / "out" / f"sub-{session['subject']}" / f"ses-{session['session']}"
+        rows = (out / "results.tsv").read_text().splitlines()[1:]
+        assert sorted(r.split("\t")[0] for r in rows) == [f"{session['session_uid']}:1:{t}:realtime" for t in range(3)]
+        assert len(list((out / "images").glob("*.png"))) == 3
+
+
+def test_a_folder_of_another_session_is_refused_in_one_line_and_nothing_is_lost(tmp_path, model_folder, rng, caplog):
+    """Same subject and session labels, another session uid: not decoded, not acknowledged, said once."""
+    folder, gallery = model_folder
+    service = DecoderService(Decoder.from_folder(folder, gallery, cache=tmp_path / "cache"), tmp_path / "out",
+                             "tcp://127.0.0.1:0", "tcp://127.0.0.1:0")
+    thread = threading.Thread(target=service.run, daemon=True)
+    thread.start()
+    first = BetaSender(service.receiver.address, tmp_path / "first.keys", resend_s=0.3)
+    other = {**SESSION_A, "session_uid": "c" * 32}
+    second = BetaSender(service.receiver.address, tmp_path / "second.keys", resend_s=0.3)
+    try:
+        first.send(_beta(1, 0, rng))
+        _pump_until(first, lambda: not first.outbox, 30)
+        second.send(_beta(1, 0, rng, other))
+        _pump_until(second, lambda: False, 2.0)  # resent a few times; never acknowledged
+    finally:
+        service.stop()
+        thread.join(timeout=10)
+        first.close()
+        second.close()
+    assert second.outbox and not second.acked.keys  # kept by the sender, for a decoder with another --out
+    lines = [r.getMessage() for r in caplog.records if "holds session uid" in r.getMessage()]
+    assert len(lines) == 1 and "c" * 32 in lines[0] and "a" * 32 in lines[0]
+    out = tmp_path / "out" / "sub-01" / "ses-01"
+    assert len((out / "results.tsv").read_text().splitlines()) == 2  # A's one row, untouched
+    assert service.refused >= 1
 
 
 @pytest.mark.slow
@@ -251,3 +339,86 @@ def test_decode_command_with_a_missing_model_folder_gives_one_line(tmp_path, cap
                  "--out", str(tmp_path / "out"), "--betas", "tcp://127.0.0.1:0", "--results", "tcp://127.0.0.1:0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("rtdecode: error: rtdecode decode:") and "absent" in err[0]
+
+
+# (write-path point, which passage of it in one decoder process); each is a real SIGKILL. Retrieval-side
+# points first: a process reconstructs only once no beta waits, so a later retrieval-side kill would
+# find nothing left to kill.
+CRASH_PLAN = [
+    ("retrieved", 1), ("tokens", 1), ("committed", 1), ("acked", 1), ("tokens", 2), ("retrieved", 2),
+    ("committed", 2), ("acked", 2), ("tokens", 3), ("retrieved", 1), ("committed", 1), ("tokens", 4),
+    ("acked", 1), ("tokens", 1),
+    ("reconstructed", 1), ("image_saved", 1), ("reconstructed", 2), ("image_saved", 2), ("reconstructed", 1),
+    ("image_saved", 1), ("reconstructed", 3), ("image_saved", 2),
+]
+
+
+@pytest.mark.slow
+def test_exactly_once_with_a_sigkill_anywhere_on_the_write_path(tmp_path, model_folder):
+    """22 SIGKILLs spread over the decoder's write path; the results folder then equals a never-killed run's.
+
+    On the round-1 main, a kill at 'committed' (the row written, its key not yet in decoded.keys, which
+    was not fsynced) decoded the beta again on restart and wrote a second row."""
+    from decoder_process import context, serve
+
+    folder, gallery = model_folder
+    ctx = context()
+    n = 20
+    betas = [_beta(4, t, np.random.default_rng(100 + t)) for t in range(n)]
+
+    def port() -> int:
+        probe = zmq.Context.instance().socket(zmq.ROUTER)
+        p = probe.bind_to_random_port("tcp://127.0.0.1")
+        probe.close(linger=0)
+        return p
+
+    def decode_all(out, crashes) -> int:
+        address = f"tcp://127.0.0.1:{port()}"
+        sender = BetaSender(address, out.parent / f"{out.name}-acked.keys", resend_s=0.3)
+        kills = 0
+        try:
+            for beta in betas:
+                sender.send(beta)
+            for crash in [*crashes, ""]:  # "" : a last process with no crash point finishes the work
+                proc = ctx.Process(target=serve, args=(str(folder), str(gallery), str(out), address, crash, n,
+                                                       str(tmp_path / "cache")))
+                proc.start()
+                deadline = time.monotonic() + 60
+                while proc.is_alive() and time.monotonic() < deadline:
+                    sender.pump(timeout_ms=20)
+                proc.join(timeout=5)
+                assert proc.exitcode is not None, f"decoder with crash point {crash!r} did not end"
+                kills += proc.exitcode == -signal.SIGKILL
+            _pump_until(sender, lambda: not sender.outbox, 10)
+            assert not sender.outbox
+        finally:
+            sender.close()
+        return kills
+
+    reference, killed = tmp_path / "never-killed", tmp_path / "killed"
+    assert decode_all(reference, []) == 0
+    kills = decode_all(killed, [f"{p}:{k}" for p, k in CRASH_PLAN])
+    assert kills >= 20, f"only {kills} of {len(CRASH_PLAN)} crash points were reached"
+
+    def folder_of(out):
+        return out / "sub-01" / "ses-01"
+
+    def rows(out):
+        lines = (folder_of(out) / "results.tsv").read_text().splitlines()
+        header = lines[0].split("\t")
+        return [dict(zip(header, line.split("\t"), strict=True)) for line in lines[1:]]
+
+    ref_rows, got_rows = rows(reference), rows(killed)
+    keys = [r["key"] for r in got_rows]
+    assert len(keys) == len(set(keys)) == n  # every beta once: none lost, none twice
+    assert {r["key"]: r["top_ids"] for r in got_rows} == {r["key"]: r["top_ids"] for r in ref_rows}
+    for name in ("tokens", "images"):
+        ref_files = sorted(p.name for p in (folder_of(reference) / name).iterdir() if not p.name.startswith("."))
+        got_files = sorted(p.name for p in (folder_of(killed) / name).iterdir() if not p.name.startswith("."))
+        assert got_files == ref_files and len(ref_files) == (2 * n if name == "tokens" else n)
+    for key in keys:  # retrieval tokens are a pure function of the beta: equal to the last bit
+        stem_ = key.split(":", 1)[1].replace(":", "_")
+        run, trial, version = stem_.split("_")
+        name = f"run-{int(run):02d}_trial-{int(trial):03d}_{version}_clip.npy"
+        np.testing.assert_array_equal(np.load(folder_of(killed) / "tokens" / name),
+                                      np.load(folder_of(reference) / "tokens" / name))

@@ -35,10 +35,11 @@ def test_short_demo_runs_the_whole_visit(tmp_path):
     stages = {row["stage"]: row for row in summary["latency_ms"]}
     assert all(row["n"] > 0 for row in stages.values()), stages
     assert stages["single-trial GLM estimate (AR(1))"]["n"] == settings.trials
-    decoded = list(csv.DictReader(open(out / "decoded" / "results.tsv"), delimiter="\t"))
+    (session_out,) = (out / "decoded").glob("sub-*/ses-*")  # one session, in its own folder
+    decoded = list(csv.DictReader(open(session_out / "results.tsv"), delimiter="\t"))
     assert {r["run"] for r in decoded} == {str(settings.calibration_runs + 1)}  # calibration betas never sent
     assert len(decoded) == 2 * settings.trials  # real-time and end-of-run, each once
-    assert len(list((out / "decoded" / "images").glob("*.png"))) == 2 * settings.trials
+    assert len(list((session_out / "images").glob("*.png"))) == 2 * settings.trials
     # Results: screenshots (headless), the grid and the report that links them.
     assert [p.rsplit("/", 1)[1] for p in paths["screenshots"]] == ["console.png", "display.png"]
     report = (out / "report.md").read_text()

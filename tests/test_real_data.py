@@ -8,7 +8,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from rtdecode.transport import Publisher, Subscriber
+from rtdecode.wire.sockets import Publisher, Subscriber
 
 from conftest import SKYRA_RUN, SideThread, drain, make_config
 

@@ -8,9 +8,9 @@ import time
 import zmq
 
 from rtdecode.cli import main
-from rtdecode.protocol import Message
-from rtdecode.security import client_options, server_options, start_authenticator
-from rtdecode.transport import Publisher, Subscriber
+from rtdecode.wire.protocol import Message
+from rtdecode.wire.security import client_options, server_options, start_authenticator
+from rtdecode.wire.sockets import Publisher, Subscriber
 
 
 def test_only_allow_listed_peers_receive(tmp_path, caplog):
@@ -30,7 +30,7 @@ def test_only_allow_listed_peers_receive(tmp_path, caplog):
     plain = Subscriber(pub.address, context=ctx)
     got = {"console": 0, "intruder": 0, "plain": 0}
     try:
-        with caplog.at_level(logging.WARNING, logger="rtdecode.security"):
+        with caplog.at_level(logging.WARNING, logger="rtdecode.wire.security"):
             deadline = time.monotonic() + 5
             while time.monotonic() < deadline:
                 pub.send(Message("heartbeat", {"service": "decoder"}))
@@ -52,7 +52,7 @@ def test_only_allow_listed_peers_receive(tmp_path, caplog):
 def test_betas_channel_refuses_a_sender_without_the_right_key(tmp_path):
     import numpy as np
 
-    from rtdecode.reliable import BetaReceiver, BetaSender
+    from rtdecode.wire.reliable import BetaReceiver, BetaSender, beta_key, beta_message
 
     for name in ("decoder", "scanner", "other"):
         main(["keys", name, "--folder", str(tmp_path / name)])
@@ -70,14 +70,15 @@ def test_betas_channel_refuses_a_sender_without_the_right_key(tmp_path):
     beta = np.zeros(4, np.float32)
     seen = []
     try:
-        good.send(Message("beta", {"run": 1, "trial": 0, "image": "a"}, arrays={"beta": beta}))
-        bad.send(Message("beta", {"run": 1, "trial": 1, "image": "b"}, arrays={"beta": beta}))
+        session = {"subject": "01", "session": "01", "session_uid": "d" * 32}
+        good.send(beta_message(1, 0, beta, session, image="a"))
+        bad.send(beta_message(1, 1, beta, session, image="b"))
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline and not good.acked.keys:
             got = receiver.recv(timeout_ms=50)
             if got is not None:
                 seen.append(got[1].fields["trial"])
-                receiver.ack(got[0], f"1:{got[1].fields['trial']}:realtime")
+                receiver.ack(got[0], beta_key(got[1].fields))
             good.pump(0)
             bad.pump(0)
     finally:

@@ -3,8 +3,11 @@ import time
 import numpy as np
 import zmq
 
-from rtdecode.protocol import Message
-from rtdecode.transport import Publisher, Subscriber
+from rtdecode.wire.protocol import Message
+from rtdecode.wire.reliable import beta_message
+from rtdecode.wire.sockets import Publisher, Subscriber
+
+SESSION = {"subject": "01", "session": "01", "session_uid": "ab" * 16}
 
 
 def _recv_first(sub, pub, message, timeout=5.0):
@@ -23,10 +26,10 @@ def test_pub_sub_over_loopback_with_random_port():
     sub = Subscriber(pub.address)
     try:
         assert pub.address.startswith("tcp://127.0.0.1:") and not pub.address.endswith(":0")
-        got = _recv_first(sub, pub, Message("status", {"state": "watching"}, arrays={"a": np.ones((2, 3), np.float32)}))
-        assert got is not None and got.fields["state"] == "watching"
-        assert got.arrays["a"].shape == (2, 3)
-        assert got.seq >= 1
+        got = _recv_first(sub, pub, beta_message(1, 2, np.ones(3), SESSION))
+        assert got is not None and got.fields["session_uid"] == SESSION["session_uid"]
+        assert got.arrays["beta"].shape == (3,)
+        assert got.seq >= 1 and got.boot == pub.boot
     finally:
         sub.close()
         pub.close()
@@ -54,8 +57,7 @@ def test_subscriber_logs_and_survives_malformed_messages(caplog):
 def test_a_late_subscriber_catches_up_from_the_latest_state():
     import time
 
-    from rtdecode.protocol import Message
-    from rtdecode.transport import Publisher, Subscriber
+    from rtdecode.wire.sockets import Publisher, Subscriber
 
     pub = Publisher("tcp://127.0.0.1:0", replay=3)
     try:
@@ -77,7 +79,7 @@ def test_a_late_subscriber_catches_up_from_the_latest_state():
 
 
 def test_bench_wire_runs_and_reports_every_figure():
-    from rtdecode.wire_bench import bench_wire
+    from rtdecode.wire.bench import bench_wire
 
     result = bench_wire(n_voxels=300, n=20)
     assert result["betas"] == 20 and result["png_bytes"] > 0
@@ -88,13 +90,12 @@ def test_after_a_restart_only_betas_handed_to_a_decoder_are_sent_again(tmp_path)
     """A beta queued for a decoder and never acknowledged is resent; one recorded with no decoder is not."""
     import numpy as np
 
-    from rtdecode.protocol import Message
-    from rtdecode.reliable import BetaReceiver, BetaSender
+    from rtdecode.wire.reliable import BetaReceiver, BetaSender
 
     receiver = BetaReceiver("tcp://127.0.0.1:0")
 
     def beta(trial: int) -> Message:
-        return Message("beta", {"run": 1, "trial": trial, "image": "a"}, arrays={"beta": np.zeros(3, np.float32)})
+        return beta_message(1, trial, np.zeros(3), SESSION, image="a")
 
     first = BetaSender("tcp://127.0.0.1:1", tmp_path / "acked.keys")  # no decoder listens there
     first.send(beta(0))
@@ -111,7 +112,7 @@ def test_after_a_restart_only_betas_handed_to_a_decoder_are_sent_again(tmp_path)
             msg = receiver.recv(timeout_ms=50)
             if msg is not None:
                 got.append(msg[1].fields["trial"])
-                receiver.ack(msg[0], f"1:{msg[1].fields['trial']}:realtime")
+                receiver.ack(msg[0], f"{'ab' * 16}:1:{msg[1].fields['trial']}:realtime")
         assert sorted(got) == [0, 2]
         assert receiver.recv(timeout_ms=300) is None
     finally:

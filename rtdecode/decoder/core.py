@@ -33,8 +33,10 @@ class Decoder:
     """A calibrated model, its subject's ridge, a gallery in the model's token space, a reconstructor."""
 
     def __init__(self, model, subject: str, embedder, gallery_ids: list[str], gallery_tokens: np.ndarray,
-                 reconstruct=None, blurry=None, top: int = 5, seed: int = 0) -> None:
+                 reconstruct=None, blurry=None, top: int = 5, seed: int = 0, tier: str | None = None) -> None:
         self.model, self.subject, self.embedder = model.eval(), subject, embedder
+        # What reconstructions are made with, for captions: unclip, blurry (SD VAE), standin, or none.
+        self.tier = tier or ("blurry" if blurry is not None else "standin" if reconstruct is not None else "none")
         self.gallery_ids, self.gallery_tokens = gallery_ids, gallery_tokens
         self.reconstruct_fn, self.blurry_fn = reconstruct, blurry
         self.top = top
@@ -57,8 +59,9 @@ class Decoder:
         model, subject, embedder = read_model_folder(folder, device=device, dtype=dtype)
         ids, images = read_gallery(gallery)
         tokens = EmbeddingCache(embedder, cache or folder / "embedding-cache", dtype=np.float32).embed(images)
-        reconstruct, blurry = None, None
+        reconstruct, blurry, tier = None, None, None
         if unclip is not None:
+            tier = "unclip"
             from models.unclip.pipeline import load_converted
 
             rec = load_converted(unclip, dtype=dtype or torch.float32, device=device)
@@ -76,7 +79,7 @@ class Decoder:
                 return image.permute(1, 2, 0).cpu().numpy()
         elif hasattr(embedder, "invert"):
             reconstruct = lambda t: embedder.invert(t, size=128)  # noqa: E731 - the stand-in's "reconstruction"
-        return cls(model, subject, embedder, ids, tokens, reconstruct=reconstruct, blurry=blurry)
+        return cls(model, subject, embedder, ids, tokens, reconstruct=reconstruct, blurry=blurry, tier=tier)
 
     @torch.no_grad()
     def retrieve(self, beta: np.ndarray) -> Retrieval:

@@ -2,114 +2,96 @@
 
 Per beta: retrieval goes out at once (a ``result`` with ``stage = "retrieval"``), the reconstruction
 follows (``stage = "reconstruction"``) from a queue that a policy keeps from falling behind the trial
-stream. Every result is written to the output folder before it is published and before the beta is
-acknowledged, so a decoder killed at any point and restarted decodes each beta exactly once and
-finishes any reconstruction it had not done.
+stream. Every result is written to its session's folder (rtdecode.decoder.results) before it is
+published and before the beta is acknowledged, so a decoder killed at any point and restarted decodes
+each beta exactly once and finishes any reconstruction it had not done. One ``--out`` serves a whole
+day: each session (subject, session label, uid) has its own folder under it.
+
+Nothing received can stop the loop: a message that fails validation is counted and logged by the
+receiver; a beta of a session whose folder holds another uid is left unacknowledged (the scanner side
+keeps it) with one line; a beta the model cannot take is acknowledged with its reason in refused.tsv.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
+import os
+import signal
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-
 from rtdecode.decoder.core import Decoder
-from rtdecode.protocol import Message, encode_png
-from rtdecode.reliable import BetaReceiver, Ledger, beta_key
-from rtdecode.transport import Publisher
+from rtdecode.decoder.results import (
+    ResultStore,
+    SessionMismatch,
+    session_folder,
+    session_stores,
+    stem,
+)
+from rtdecode.wire.protocol import MAX_FRAME_BYTES, Message, encode_png
+from rtdecode.wire.reliable import BetaReceiver, beta_key
+from rtdecode.wire.sockets import Publisher
 
 log = logging.getLogger(__name__)
 
 POLICIES = ("every", "newest")  # or "every-N": reconstruct every N-th trial
+IDENTITY = ("subject", "session", "session_uid")
 
 
-class ResultStore:
-    """``results.tsv`` (one row per decoded beta), tokens and images per trial, and two ledgers."""
+def crash_point(name: str) -> None:
+    """Fault injection for the exactly-once tests: ``RTDECODE_CRASH_AT=name:n`` SIGKILLs this process
+    the n-th time the write path passes ``name``. Unset (always, outside those tests), it does nothing."""
+    spec = os.environ.get("RTDECODE_CRASH_AT")
+    if not spec or not spec.startswith(name + ":"):
+        return
+    _CRASH_COUNTS[name] = _CRASH_COUNTS.get(name, 0) + 1
+    if _CRASH_COUNTS[name] == int(spec.split(":", 1)[1]):
+        os.kill(os.getpid(), signal.SIGKILL)
 
-    COLUMNS = ("key", "run", "trial", "version", "image", "top_ids", "top_scores", "backbone_ms", "retrieval_ms",
-               "prior_ms", "t_received", "t_done")
 
-    def __init__(self, folder: str | Path) -> None:
-        self.folder = Path(folder)
-        (self.folder / "tokens").mkdir(parents=True, exist_ok=True)
-        (self.folder / "images").mkdir(parents=True, exist_ok=True)
-        self.decoded = Ledger(self.folder / "decoded.keys")
-        self.reconstructed = Ledger(self.folder / "reconstructed.keys")
-
-    @staticmethod
-    def stem(key: str) -> str:
-        run, trial, version = key.split(":")
-        return f"run-{int(run):02d}_trial-{int(trial):03d}_{version}"
-
-    def save_retrieval(self, key: str, fields: dict, tokens: np.ndarray, ids: list[str], scores: list[float],
-                       timings: dict, t_received: float, blurry_latent: np.ndarray | None = None,
-                       clip: np.ndarray | None = None) -> None:
-        np.save(self.folder / "tokens" / f"{self.stem(key)}.npy", tokens.astype(np.float32))
-        if clip is not None:  # for scoring retrieval against any set of images later
-            np.save(self.folder / "tokens" / f"{self.stem(key)}_clip.npy", clip.astype(np.float32))
-        if blurry_latent is not None:
-            np.save(self.folder / "tokens" / f"{self.stem(key)}_blurry.npy", blurry_latent.astype(np.float32))
-        path = self.folder / "results.tsv"
-        new = not path.exists()
-        with open(path, "a", newline="") as fh:
-            w = csv.writer(fh, delimiter="\t", lineterminator="\n")
-            if new:
-                w.writerow(self.COLUMNS)
-            w.writerow([key, fields["run"], fields["trial"], fields.get("version", "realtime"), fields.get("image", ""),
-                        ",".join(ids), ",".join(f"{s:.4f}" for s in scores), f"{timings['backbone_ms']:.2f}",
-                        f"{timings['retrieval_ms']:.2f}", f"{timings['prior_ms']:.2f}", f"{t_received:.3f}",
-                        f"{time.time():.3f}"])
-        self.decoded.add(key)  # the commit point: after this the beta is never decoded again
-
-    def save_image(self, key: str, image: np.ndarray) -> None:
-        from PIL import Image
-
-        tmp = self.folder / "images" / f".{self.stem(key)}.png"
-        Image.fromarray(image).save(tmp, format="PNG")
-        tmp.replace(self.folder / "images" / f"{self.stem(key)}.png")
-        self.reconstructed.add(key)
-
-    def pending_reconstructions(self) -> list[str]:
-        return [k for k in sorted(self.decoded.keys) if k not in self.reconstructed]
-
-    def clip_tokens(self, key: str) -> np.ndarray:
-        """The retrieval-head tokens of a decoded beta."""
-        return np.load(self.folder / "tokens" / f"{self.stem(key)}_clip.npy", allow_pickle=False)
-
-    def tokens(self, key: str) -> tuple[np.ndarray, np.ndarray | None]:
-        """The prior tokens of a decoded beta, and its blurry latent when the model has one."""
-        blurry = self.folder / "tokens" / f"{self.stem(key)}_blurry.npy"
-        return (np.load(self.folder / "tokens" / f"{self.stem(key)}.npy", allow_pickle=False),
-                np.load(blurry, allow_pickle=False) if blurry.exists() else None)
+_CRASH_COUNTS: dict[str, int] = {}
 
 
 class DecoderService:
-    """Owns the sockets, the result store and the reconstruction queue; :meth:`run` is the loop."""
+    """Owns the sockets, the session stores and the reconstruction queue; :meth:`run` is the loop."""
 
     def __init__(self, decoder: Decoder, out: str | Path, betas_address: str, results_address: str,
                  policy: str = "every", heartbeat_s: float = 1.0, curve: dict | None = None,
-                 replay: int = 20) -> None:
+                 replay: int = 20, context=None, max_bytes: int = MAX_FRAME_BYTES) -> None:
         if policy not in POLICIES and not (policy.startswith("every-") and policy[6:].isdigit()):
             raise ValueError(f"reconstruction policy must be every, newest or every-N, got {policy!r}")
         self.decoder = decoder
-        self.store = ResultStore(out)
-        self.receiver = BetaReceiver(betas_address, curve=curve)
-        self.publisher = Publisher(results_address, curve=curve, replay=replay)
+        self.out = Path(out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.stores: dict[tuple[str, str], ResultStore] = {}
+        self.queue: deque[tuple[ResultStore, str, dict]] = deque()
+        for store in session_stores(self.out):
+            self.stores[(store.identity["subject"], store.identity["session"])] = store
+            images = {r["key"]: r["image"] for r in store.rows()}
+            self.queue.extend((store, k, {"image": images.get(k, "")}) for k in store.pending_reconstructions())
+        self.receiver = BetaReceiver(betas_address, context=context, curve=curve, max_bytes=max_bytes)
+        self.publisher = Publisher(results_address, context=context, curve=curve, replay=replay, max_bytes=max_bytes)
         self.policy = policy
         self.heartbeat_s = heartbeat_s
-        self.queue: deque[tuple[str, dict]] = deque((k, {}) for k in self.store.pending_reconstructions())
         self.decoded_here = 0
+        self.refused = 0  # betas not decoded: another session's folder, or the model could not take them
+        self._mismatch_logged: set[tuple[str, str, str]] = set()
         self._stop = threading.Event()
         self._last_beat = 0.0
         if self.queue:
             log.info("resuming: %d reconstruction(s) still to do", len(self.queue))
+
+    @property
+    def store(self) -> ResultStore | None:
+        """The only session's store, when there is exactly one (tests, the demo)."""
+        return next(iter(self.stores.values())) if len(self.stores) == 1 else None
+
+    def decoded_count(self) -> int:
+        return sum(len(s.decoded) for s in self.stores.values())
 
     def stop(self) -> None:
         self._stop.set()
@@ -128,6 +110,7 @@ class DecoderService:
             if msg.type == "beta":
                 self._on_beta(peer, msg)
             else:
+                self.refused += 1
                 log.warning("betas channel: ignored a %r message", msg.type)
         elif self.queue:
             self._reconstruct_next()
@@ -136,40 +119,69 @@ class DecoderService:
         if now - self._last_beat >= self.heartbeat_s:
             self._last_beat = now
             self.publisher.send(Message("heartbeat", {"service": "decoder", "queue": len(self.queue),
-                                                      "decoded": len(self.store.decoded.keys)}))
+                                                      "decoded": self.decoded_count(),
+                                                      "refused": self.refused + self.receiver.rejected}))
+
+    def _store_for(self, fields: dict) -> ResultStore | None:
+        identity = {k: fields[k] for k in IDENTITY}
+        label = (fields["subject"], fields["session"])
+        store = self.stores.get(label)
+        if store is None:
+            try:
+                store = ResultStore(session_folder(self.out, *label), identity)
+            except SessionMismatch as exc:
+                self._refuse_session(label, fields["session_uid"], str(exc))
+                return None
+            self.stores[label] = store
+            log.info("session sub-%s ses-%s (uid %s): results in %s", *label, fields["session_uid"], store.folder)
+        elif store.identity["session_uid"] != fields["session_uid"]:
+            self._refuse_session(label, fields["session_uid"],
+                                 f"{store.folder} holds session uid {store.identity['session_uid']}; a beta of "
+                                 f"uid {fields['session_uid']} came. Not decoded: give the decoder another --out, "
+                                 "or move that folder away")
+            return None
+        return store
+
+    def _refuse_session(self, label: tuple[str, str], uid: str, reason: str) -> None:
+        self.refused += 1
+        if (*label, uid) not in self._mismatch_logged:  # the scanner side resends: one line, not one per resend
+            self._mismatch_logged.add((*label, uid))
+            log.error("decoder: %s", reason)
 
     def _on_beta(self, peer: bytes, msg: Message) -> None:
+        store = self._store_for(msg.fields)
+        if store is None:
+            return  # not acknowledged: the scanner side keeps the beta until a decoder can take it
         key = beta_key(msg.fields)
-        if key in self.store.decoded:
+        if key in store.decoded:
             self.receiver.ack(peer, key)  # a resend after a restart: acknowledged, not decoded again
-            return
-        beta = msg.arrays.get("beta")
-        if beta is None or beta.ndim != 1:
-            log.error("beta %s: expected a 1-D array 'beta', got %s", key, None if beta is None else beta.shape)
-            self.receiver.ack(peer, key)
             return
         t_received = time.time()
         try:
-            ret = self.decoder.retrieve(beta)
-        except ValueError as exc:  # e.g. a voxel count the model's ridge does not take
-            log.error("beta %s cannot be decoded: %s", key, exc)
+            ret = self.decoder.retrieve(msg.arrays["beta"])
+        except Exception as exc:  # e.g. a voxel count the model's ridge does not take
+            self.refused += 1
+            log.error("beta %s cannot be decoded: %s: %s", key, type(exc).__name__, exc)
+            store.refuse(key, f"{type(exc).__name__}: {exc}")
             self.receiver.ack(peer, key)
             return
-        self.store.save_retrieval(key, msg.fields, ret.tokens, ret.ids, ret.scores, ret.timings_ms, t_received,
-                                  ret.blurry_latent, ret.clip)
+        crash_point("retrieved")
+        store.save_retrieval(key, msg.fields, ret.tokens, ret.ids, ret.scores, ret.timings_ms, t_received,
+                             ret.blurry_latent, ret.clip, crash_point=crash_point)
+        crash_point("committed")
         self.decoded_here += 1
+        f = msg.fields
         self.publisher.send(Message("result", {
-            "run": msg.fields["run"], "trial": msg.fields["trial"], "version": msg.fields.get("version", "realtime"),
-            "image": msg.fields.get("image", ""), "stage": "retrieval", "top_ids": ret.ids, "top_scores": ret.scores,
-            "timings_ms": ret.timings_ms}))
+            "run": f["run"], "trial": f["trial"], "version": f["version"], "image": f["image"], "stage": "retrieval",
+            "top_ids": ret.ids, "top_scores": ret.scores, "timings_ms": ret.timings_ms, "tier": self.decoder.tier,
+            **store.identity}))
         self.receiver.ack(peer, key)
-        if self._wants_reconstruction(msg.fields):
-            if self.policy == "newest":
-                self.queue.appendleft((key, msg.fields))
-            else:
-                self.queue.append((key, msg.fields))
+        crash_point("acked")
+        if self._wants_reconstruction(f):
+            item = (store, key, {"image": f["image"]})
+            self.queue.appendleft(item) if self.policy == "newest" else self.queue.append(item)
         else:
-            self.store.reconstructed.add(key)  # skipped by policy: nothing left to do for it
+            store.skip_reconstruction(key)  # skipped by policy: nothing left to do for it
 
     def _wants_reconstruction(self, fields: dict) -> bool:
         if not self.decoder.can_reconstruct:
@@ -179,15 +191,19 @@ class DecoderService:
         return True
 
     def _reconstruct_next(self) -> None:
-        key, fields = self.queue.popleft()
-        image, ms = self.decoder.reconstruct(*self.store.tokens(key))
+        store, key, fields = self.queue.popleft()
+        image, ms = self.decoder.reconstruct(*store.tokens(key))
         if image is None:
+            store.skip_reconstruction(key)
             return
-        self.store.save_image(key, image)
-        run, trial, version = key.split(":")
+        crash_point("reconstructed")
+        store.save_image(key, image)
+        crash_point("image_saved")
+        _uid, run, trial, version = key.split(":")
         self.publisher.send(Message("result", {"run": int(run), "trial": int(trial), "version": version,
                                                "image": fields.get("image", ""), "stage": "reconstruction",
-                                               "timings_ms": {"reconstruction_ms": ms}},
+                                               "timings_ms": {"reconstruction_ms": ms}, "tier": self.decoder.tier,
+                                               **store.identity},
                                     images={"reconstruction": encode_png(image)}))
 
     def close(self) -> None:
@@ -198,26 +214,27 @@ class DecoderService:
 def run_decoder(model: Path, out: Path, gallery: Path, betas: str, results: str, policy: str = "every",
                 until: Callable | None = None, curve_secret: Path | None = None,
                 curve_allowed: Path | None = None, unclip: Path | None = None,
-                sd_vae: Path | None = None) -> DecoderService:
+                sd_vae: Path | None = None, allow_plaintext: bool = False) -> DecoderService:
     """``rtdecode decode``: load (GPU when present), bind, serve until stopped."""
-    decoder = Decoder.from_folder(model, gallery, unclip=unclip, sd_vae=sd_vae)
-    curve, auth = None, None
-    if curve_secret is not None:
-        from rtdecode.security import server_options, start_authenticator
+    from rtdecode.wire.security import CurveServer, require_curve_off_host
 
-        if curve_allowed is None:
-            raise ValueError("--curve-secret needs --curve-allowed (the folder of client public keys to accept)")
-        auth = start_authenticator(curve_allowed)
-        curve = server_options(curve_secret)
-    service = DecoderService(decoder, out, betas, results, policy=policy, curve=curve)
-    (Path(out) / "decoder.json").write_text(json.dumps({"betas": service.receiver.address,
-                                                         "results": service.publisher.address,
-                                                         "model": str(model), "gallery": str(gallery)}))
-    log.info("decoder: betas on %s, results on %s, gallery of %d images", service.receiver.address,
-             service.publisher.address, len(decoder.gallery_ids))
+    if curve_secret is not None and curve_allowed is None:
+        raise ValueError("--curve-secret needs --curve-allowed (the folder of client public keys to accept)")
+    require_curve_off_host({"--betas": betas, "--results": results}, curve_secret is not None, allow_plaintext)
+    server = CurveServer(curve_secret, curve_allowed)
+    decoder = Decoder.from_folder(model, gallery, unclip=unclip, sd_vae=sd_vae)
     try:
+        service = DecoderService(decoder, out, betas, results, policy=policy, curve=server.options,
+                                 context=server.context)
+        (Path(out) / "decoder.json").write_text(json.dumps({
+            "betas": service.receiver.address, "results": service.publisher.address, "model": str(model),
+            "gallery": str(gallery), "curve": server.secure, "pid": os.getpid()}))
+        log.info("decoder: betas on %s, results on %s%s, gallery of %d images", service.receiver.address,
+                 service.publisher.address, " (CURVE)" if server.secure else "", len(decoder.gallery_ids))
         service.run(until)
     finally:
-        if auth is not None:
-            auth.stop()
+        server.close()
     return service
+
+
+__all__ = ["DecoderService", "POLICIES", "ResultStore", "crash_point", "run_decoder", "stem"]

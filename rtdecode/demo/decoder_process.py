@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rtdecode.transport import Subscriber
+from rtdecode.wire.sockets import Subscriber
 
 
 def start_decoder(model: Path, gallery: Path, out: Path, timeout_s: float = 120.0) -> tuple[subprocess.Popen, dict]:

@@ -22,11 +22,11 @@ def realtime_retrieval(decoded: Path, run: int, seed: int = 0) -> dict:
     Real-time MindEye), 2-way (every pair) and the run's full gallery; with chance for each."""
     from models.retrieval import n_way_top1, similarity
     from models.standin import StandInEmbedder
-    from rtdecode.decoder.service import ResultStore
+    from rtdecode.decoder.results import open_results
     from rtdecode.simulator.stimuli import StimulusSet, index_of
 
-    store = ResultStore(decoded)
-    rows = [r for r in _table(str(decoded / "results.tsv")) if r["version"] == "realtime" and int(r["run"]) == run]
+    store = open_results(decoded)
+    rows = [r for r in store.rows() if r["version"] == "realtime" and int(r["run"]) == run]
     rows.sort(key=lambda r: int(r["trial"]))
     pred = np.stack([store.clip_tokens(r["key"]) for r in rows])
     images = [r["image"] for r in rows]
@@ -78,10 +78,10 @@ def report_grid(decoded: Path, scores: dict, out: Path, rows: int = 10) -> Path:
     """Rows of: the image shown, the reconstruction, the top-5 retrievals (a green frame marks a hit)."""
     from PIL import Image, ImageDraw
 
-    from rtdecode.decoder.service import ResultStore
+    from rtdecode.decoder.results import open_results
     from rtdecode.simulator.stimuli import StimulusSet, index_of
 
-    stimuli, store = StimulusSet(), ResultStore(decoded)
+    stimuli, store = StimulusSet(), open_results(decoded)
     cell, pad, head = 96, 6, 16
     picks = list(range(min(rows, scores["trials"])))
     canvas = Image.new("RGB", (7 * (cell + pad) + pad, len(picks) * (cell + pad) + pad + head), "white")
@@ -92,7 +92,7 @@ def report_grid(decoded: Path, scores: dict, out: Path, rows: int = 10) -> Path:
         y = head + pad + r * (cell + pad)
         shown = scores["images"][i]
         tiles = [Image.fromarray(stimuli.image(index_of(shown)))]
-        path = store.folder / "images" / f"{store.stem(scores['keys'][i])}.png"
+        path = store.image_path(scores["keys"][i])
         tiles.append(Image.open(path).convert("RGB") if path.exists() else Image.new("RGB", (cell, cell), "#ddd"))
         tiles += [Image.fromarray(stimuli.image(index_of(t))) for t in scores["top5"][i]]
         for c, tile in enumerate(tiles):

@@ -52,7 +52,7 @@ def run_demo(out: Path, settings: DemoSettings | None = None, cache: Path | None
     from rtdecode.simulator.paradigm import Paradigm
     from rtdecode.simulator.subjects import LatentSpace, SubjectSpec
     from rtdecode.simulator.visit import Visit
-    from rtdecode.transport import Publisher
+    from rtdecode.wire.sockets import Publisher
 
     s = settings or DemoSettings()
     out = Path(out).resolve()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import numpy as np
 
 from rtdecode.errors import RtdecodeError
 
+IMAGE_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 REQUIRED = ("onset", "duration", "image")
 
 
@@ -55,6 +57,9 @@ def events_from_records(records: list[dict], source: str = "events", run_duratio
         image = str(rec["image"]).strip()
         if not image or image.lower() in ("nan", "n/a", "none"):
             raise EventsError(f"{source}: row {row}, column image: expected an image id, got {rec['image']!r}")
+        if not IMAGE_ID.match(image):  # ids travel on the wire and name files: letters, digits, . _ - only
+            raise EventsError(f"{source}: row {row}, column image: expected at most 128 letters, digits, '.', '_' "
+                              f"or '-', got {image!r}")
         images.append(image)
         if run_duration_s is not None and onsets[-1] >= run_duration_s:
             raise EventsError(f"{source}: row {row}, column onset: {onsets[-1]:g} s is past the end of the run "

@@ -22,8 +22,8 @@ from rtdecode.glm.events import Events, EventsError, read_events, write_events
 from rtdecode.glm.incremental import GLMSettings, IncrementalGLM, TrialEstimate
 from rtdecode.glm.normalize import FixedZScore, NoZScore, RepeatAverager, RunningZScore
 from rtdecode.glm.store import BetaStore
-from rtdecode.protocol import Message
 from rtdecode.session import SessionFolder
+from rtdecode.wire.protocol import Message
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +65,9 @@ class TrialBetas:
 
     def __init__(self, config: SessionConfig, folder: SessionFolder, send: Callable[[Message], None],
                  on_beta: Callable[[TrialEstimate, np.ndarray], None] | None = None,
-                 deliver: Callable[..., None] | None = None) -> None:
+                 deliver: Callable[..., None] | None = None, identity: dict[str, str] | None = None) -> None:
         self.config = config
+        self.identity = identity or folder.identity  # which session every beta belongs to
         self.deliver = deliver  # the acknowledged channel to the decoder, when there is one
         self.folder = folder
         self.send = send
@@ -136,6 +137,16 @@ class TrialBetas:
                                                int(row["n_frames"]), int(row["n_repeats"]),
                                                float(row["estimate_ms"]), vector), resumed=True)
 
+    def release(self, run: int) -> None:
+        """Forget an ended run's GLM (its betas are on disk): memory stays flat over a long session."""
+        self.glms.pop(run, None)
+        self.stores.pop(run, None)
+
+    def abandon(self, run: int) -> None:
+        """No more betas for this run (after an error); its volumes are still stored by the caller."""
+        self.release(run)
+        self._skipped.add(run)
+
     # -- volumes ----------------------------------------------------------------------------------
     def volume(self, run: int, index: int, vector: np.ndarray, motion: np.ndarray) -> list[TrialEstimate]:
         glm = self.glms.get(run)
@@ -163,11 +174,11 @@ class TrialBetas:
             out += [self._emit(run, est) for est in glm.end_of_run()]
         return out
 
-    @staticmethod
-    def _message(run: int, trial: int, image: str, version: str, onset: float, n_frames: int, n_repeats: int,
+    def _message(self, run: int, trial: int, image: str, version: str, onset: float, n_frames: int, n_repeats: int,
                  estimate_ms: float, sent: np.ndarray) -> Message:
-        return Message("beta", {"run": run, "trial": trial, "image": image, "version": version, "onset": onset,
-                                "n_frames": n_frames, "n_repeats": n_repeats, "estimate_ms": round(estimate_ms, 3)},
+        return Message("beta", {"run": run, "trial": trial, "image": image, "version": version, "onset": float(onset),
+                                "n_frames": int(n_frames), "n_repeats": int(n_repeats),
+                                "estimate_ms": round(float(estimate_ms), 3), **self.identity},
                        arrays={"beta": np.asarray(sent, np.float32)})
 
     def _emit(self, run: int, est: TrialEstimate) -> TrialEstimate:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from rtdecode.glm.incremental import GLMSettings, TrialEstimate
-from rtdecode.session import SessionFolder, _append_tsv, _repair_tail, read_tsv
+from rtdecode.session import SessionFolder, append_tsv, read_tsv, repair_tail
 
 BETA_COLUMNS = ("trial", "image", "onset", "version", "n_frames", "n_used", "noise_model", "rho_median",
                 "estimate_ms", "n_repeats", "t_ready", "t_done")
@@ -43,14 +43,14 @@ class BetaStore:
         for path, vec in ((self.raw, est.beta), (self.sent, sent)):
             with open(path, "ab") as fh:
                 fh.write(np.ascontiguousarray(vec, dtype="<f4").tobytes())
-        _append_tsv(self.table, BETA_COLUMNS, {
+        append_tsv(self.table, BETA_COLUMNS, {
             "trial": est.trial, "image": est.image, "onset": est.onset, "version": est.version,
             "n_frames": est.n_frames, "n_used": est.n_used, "noise_model": est.noise_model,
             "rho_median": est.rho_median, "estimate_ms": est.estimate_ms, **row})
 
     def load(self) -> tuple[list[dict[str, str]], np.ndarray, np.ndarray]:
         """(rows, raw betas, sent betas); vectors written without their row are dropped."""
-        _repair_tail(self.table)
+        repair_tail(self.table)
         rows = read_tsv(self.table)
         if not self.info.exists():
             return rows, np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32)

@@ -10,13 +10,15 @@ import numpy as np
 
 from rtdecode.bench import stage, summarize
 
+BENCH_SESSION = {"subject": "bench", "session": "01", "session_uid": "0" * 32}
+
 
 @stage("wire")
 def bench_wire(n_voxels: int = 15724, n: int = 500, image_side: int = 768, seed: int = 0) -> dict:
     """Beta send -> receive (validated) -> ack -> ack received, and a 768 px PNG result end to end."""
-    from rtdecode.protocol import Message, decode_png, encode_png
-    from rtdecode.reliable import BetaReceiver, BetaSender
-    from rtdecode.transport import Publisher, Subscriber
+    from rtdecode.wire.protocol import Message, decode_png, encode_png
+    from rtdecode.wire.reliable import BetaReceiver, BetaSender, beta_key, beta_message
+    from rtdecode.wire.sockets import Publisher, Subscriber
 
     rng = np.random.default_rng(seed)
     beta = rng.normal(size=n_voxels).astype(np.float32)
@@ -27,10 +29,10 @@ def bench_wire(n_voxels: int = 15724, n: int = 500, image_side: int = 768, seed:
         one_way, round_trip = [], []
         for trial in range(n):
             t0 = time.perf_counter()
-            sender.send(Message("beta", {"run": 1, "trial": trial, "image": "x"}, arrays={"beta": beta}))
+            sender.send(beta_message(1, trial, beta, BENCH_SESSION, image="x"))
             peer, msg = receiver.recv(timeout_ms=5000)
             t1 = time.perf_counter()
-            receiver.ack(peer, f"1:{trial}:realtime")
+            receiver.ack(peer, beta_key(msg.fields))
             sender.pump(timeout_ms=5000)
             t2 = time.perf_counter()
             assert msg.arrays["beta"].shape == (n_voxels,)

@@ -1,7 +1,8 @@
 """The betas channel: acknowledged delivery from the scanner side to the decoder.
 
 The decoder binds a ROUTER; the scanner side connects a DEALER (ZeroMQ reconnects by itself when a
-decoder restarts). Every beta carries a key (run:trial:version). The sender keeps each beta until
+decoder restarts). Every beta carries a key (session uid:run:trial:version, from validated fields only).
+The sender keeps each beta until
 the decoder acknowledges that key, resends what is unacknowledged every ``resend_s``, and records
 acknowledged keys in a ledger file so a restarted scanner side does not resend them. The decoder
 records each key it has decoded before acknowledging it, and acknowledges a repeat without decoding
@@ -11,6 +12,7 @@ it again: delivery is at least once, decoding exactly once.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import OrderedDict
 from pathlib import Path
@@ -18,37 +20,52 @@ from pathlib import Path
 import zmq
 
 from rtdecode.errors import ProtocolError
-from rtdecode.protocol import Message, decode, encode
-from rtdecode.transport import bind
+from rtdecode.wire.protocol import MAX_FRAME_BYTES, Message, decode, encode, new_boot_id
+from rtdecode.wire.sockets import bind, make_socket
 
 log = logging.getLogger(__name__)
 
 
 def beta_key(fields: dict) -> str:
-    return f"{fields['run']}:{fields['trial']}:{fields.get('version', 'realtime')}"
+    """``uid:run:trial:version`` of a validated beta (see rtdecode.wire.schema.KEY)."""
+    return f"{fields['session_uid']}:{int(fields['run'])}:{int(fields['trial'])}:{fields.get('version', 'realtime')}"
+
+
+def beta_message(run: int, trial: int, beta, identity: dict[str, str], image: str = "", version: str = "realtime",
+                 **extra) -> Message:
+    """A ``beta`` message: the fields every beta needs, ``identity`` (subject, session, session_uid) and extras."""
+    import numpy as np
+
+    return Message("beta", {"run": run, "trial": trial, "image": image, "version": version, **identity, **extra},
+                   arrays={"beta": np.asarray(beta, np.float32)})
 
 
 class Ledger:
-    """An append-only file of keys (one per line); a torn last line is ignored."""
+    """An append-only file of keys (one per line, fsynced). A line torn by a crash was never committed:
+    it is cut off when the ledger is opened, so the next key starts on a line of its own."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.keys: set[str] = set()
         if self.path.exists():
-            text = self.path.read_text()
-            lines = text.split("\n")
-            complete = lines if text.endswith("\n") else lines[:-1]
-            self.keys = {line for line in complete if line}
+            data = self.path.read_bytes()
+            if data and not data.endswith(b"\n"):
+                data = data[: data.rfind(b"\n") + 1]
+                with open(self.path, "r+b") as fh:
+                    fh.truncate(len(data))
+                    os.fsync(fh.fileno())
+            self.keys = {line for line in data.decode(errors="replace").split("\n") if line}
 
     def __contains__(self, key: str) -> bool:
         return key in self.keys
 
     def add(self, key: str) -> None:
         if key not in self.keys:
-            with open(self.path, "a") as fh:
-                fh.write(key + "\n")
+            with open(self.path, "ab") as fh:
+                fh.write(key.encode() + b"\n")
                 fh.flush()
+                os.fsync(fh.fileno())
             self.keys.add(key)
 
 
@@ -56,13 +73,12 @@ class BetaSender:
     """DEALER side (scanner side). Call :meth:`send` for each beta and :meth:`pump` from the loop."""
 
     def __init__(self, address: str, ledger: str | Path, resend_s: float = 2.0,
-                 context: zmq.Context | None = None, curve: dict | None = None, queued: str | Path | None = None) -> None:
-        self._sock = (context or zmq.Context.instance()).socket(zmq.DEALER)
-        self._sock.setsockopt(zmq.LINGER, 0)
+                 context: zmq.Context | None = None, curve: dict | None = None, queued: str | Path | None = None,
+                 max_bytes: int = MAX_FRAME_BYTES) -> None:
+        self._sock = make_socket(zmq.DEALER, context, curve, max_bytes)
         self._sock.setsockopt(zmq.SNDHWM, 100_000)
-        for option, value in (curve or {}).items():
-            self._sock.setsockopt(option, value)
         self._sock.connect(address)
+        self.boot = new_boot_id()
         self.acked = Ledger(ledger)
         # Betas handed over for a decoder: after a restart only these are sent again, so a session's
         # earlier runs recorded with no decoder attached (a calibration hour) are not decoded late.
@@ -78,6 +94,7 @@ class BetaSender:
             return
         if not resumed:
             self.queued.add(key)
+        message.boot = self.boot
         self.outbox[key] = (message, time.monotonic())
         self._transmit(message)
 
@@ -99,7 +116,7 @@ class BetaSender:
                 log.warning("betas channel: rejected reply: %s", exc)
                 continue
             if msg.type == "ack":
-                key = str(msg.fields["ref"])
+                key = msg.fields["ref"]
                 self.acked.add(key)
                 self.outbox.pop(key, None)
                 taken += 1
@@ -117,12 +134,11 @@ class BetaSender:
 class BetaReceiver:
     """ROUTER side (decoder). :meth:`recv` gives (peer, message) or None; :meth:`ack` answers a peer."""
 
-    def __init__(self, address: str, context: zmq.Context | None = None, curve: dict | None = None) -> None:
-        self._sock = (context or zmq.Context.instance()).socket(zmq.ROUTER)
-        self._sock.setsockopt(zmq.LINGER, 0)
-        for option, value in (curve or {}).items():
-            self._sock.setsockopt(option, value)
+    def __init__(self, address: str, context: zmq.Context | None = None, curve: dict | None = None,
+                 max_bytes: int = MAX_FRAME_BYTES) -> None:
+        self._sock = make_socket(zmq.ROUTER, context, curve, max_bytes)
         self.address = bind(self._sock, address)
+        self.boot = new_boot_id()
         self.rejected = 0
 
     def recv(self, timeout_ms: int) -> tuple[bytes, Message] | None:
@@ -130,6 +146,8 @@ class BetaReceiver:
             return None
         peer, *frames = self._sock.recv_multipart()
         try:
+            if not frames:
+                raise ProtocolError("empty message")
             return peer, decode(frames)
         except ProtocolError as exc:
             self.rejected += 1
@@ -137,7 +155,7 @@ class BetaReceiver:
             return None
 
     def ack(self, peer: bytes, key: str) -> None:
-        self._sock.send_multipart([peer, *encode(Message("ack", {"ref": key}))])
+        self._sock.send_multipart([peer, *encode(Message("ack", {"ref": key}, boot=self.boot))])
 
     def close(self) -> None:
         self._sock.close(linger=0)

@@ -1,7 +1,9 @@
-"""ZeroMQ sockets that speak :mod:`rtdecode.protocol`.
+"""ZeroMQ sockets that speak :mod:`rtdecode.wire.protocol`.
 
-Thin shells: they own sockets and sequence numbers; encoding and validation live in the protocol
-module. Every receive takes a timeout so no caller can hang forever.
+Thin shells: they own sockets, sequence numbers and boot ids; encoding and validation live in the
+protocol module. Every receive takes a timeout so no caller can hang forever, and every socket is
+made by :func:`make_socket`, which sets the size limit (``ZMQ_MAXMSGSIZE``: a peer sending a larger
+frame is disconnected before it is buffered) and the CURVE options in one place.
 """
 
 from __future__ import annotations
@@ -13,9 +15,30 @@ from collections import deque
 import zmq
 
 from rtdecode.errors import ProtocolError
-from rtdecode.protocol import Message, decode, encode
+from rtdecode.wire.protocol import MAX_FRAME_BYTES, Message, decode, encode, new_boot_id
 
 log = logging.getLogger(__name__)
+
+LOOPBACK_HOSTS = ("localhost", "::1", "[::1]")
+
+
+def is_local(address: str) -> bool:
+    """True for an address no other host can reach: ipc://, inproc://, or tcp on the loopback range."""
+    if address.startswith(("ipc://", "inproc://")):
+        return True
+    host = address.split("://", 1)[-1].rsplit(":", 1)[0]
+    return host.startswith("127.") or host in LOOPBACK_HOSTS
+
+
+def make_socket(kind: int, context: zmq.Context | None = None, curve: dict | None = None,
+                max_bytes: int = MAX_FRAME_BYTES) -> zmq.Socket:
+    """A socket with LINGER 0, ``ZMQ_MAXMSGSIZE = max_bytes`` and the given CURVE options."""
+    sock = (context or zmq.Context.instance()).socket(kind)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.MAXMSGSIZE, int(max_bytes))
+    for option, value in (curve or {}).items():  # rtdecode.wire.security server_options / client_options
+        sock.setsockopt(option, value)
+    return sock
 
 
 def bind(sock: zmq.Socket, address: str) -> str:
@@ -33,20 +56,19 @@ class Publisher:
     With ``replay`` > 0 it is an XPUB that keeps its last ``replay`` messages and sends them again
     when a subscriber joins, so a display that starts late shows the current state at once. Replayed
     messages keep their sequence numbers; subscribers already connected see them twice and can drop
-    repeats by ``seq``. Call :meth:`serve` from the sending loop to notice new subscribers.
+    repeats by ``seq``. Each publisher has its own boot id, so a receiver tells a restarted sender
+    (new boot id, ``seq`` from 1 again) from a repeat. Call :meth:`serve` from the sending loop to
+    notice new subscribers.
     """
 
     def __init__(self, address: str, context: zmq.Context | None = None, curve: dict | None = None,
-                 replay: int = 0) -> None:
-        self._ctx = context or zmq.Context.instance()
-        self._sock = self._ctx.socket(zmq.XPUB if replay else zmq.PUB)
-        self._sock.setsockopt(zmq.LINGER, 0)
+                 replay: int = 0, max_bytes: int = MAX_FRAME_BYTES) -> None:
+        self._sock = make_socket(zmq.XPUB if replay else zmq.PUB, context, curve, max_bytes)
         if replay:
             self._sock.setsockopt(zmq.XPUB_VERBOSE, 1)  # every subscription, even to a topic already wanted
-        for option, value in (curve or {}).items():  # rtdecode.security.server_options
-            self._sock.setsockopt(option, value)
         self._sock.setsockopt(zmq.SNDHWM, 10_000)
         self.address = bind(self._sock, address)
+        self.boot = new_boot_id()
         self._seq = 0
         self._lock = threading.Lock()
         self._recent: deque[list] = deque(maxlen=replay) if replay else deque(maxlen=0)
@@ -57,6 +79,7 @@ class Publisher:
         with self._lock:
             self._seq += 1
             message.seq = self._seq
+            message.boot = self.boot
             frames = encode(message)
             self._sock.send_multipart(frames, copy=False)
             if self._recent.maxlen:
@@ -70,7 +93,7 @@ class Publisher:
         joins = 0
         with self._lock:
             while self._sock.poll(0, zmq.POLLIN):
-                event = self._sock.recv()
+                event = self._sock.recv()  # subscriptions only: XPUB takes no messages
                 if event[:1] == b"\x01":  # a subscription (0 is an unsubscription)
                     joins += 1
                     for frames in self._recent:
@@ -86,16 +109,13 @@ class Subscriber:
     """SUB socket; :meth:`recv` returns a validated message, or None on timeout or bad input."""
 
     def __init__(self, address: str, topics: tuple[str, ...] = ("",), context: zmq.Context | None = None,
-                 curve: dict | None = None) -> None:
-        self._ctx = context or zmq.Context.instance()
-        self._sock = self._ctx.socket(zmq.SUB)
-        self._sock.setsockopt(zmq.LINGER, 0)
-        for option, value in (curve or {}).items():  # rtdecode.security.client_options
-            self._sock.setsockopt(option, value)
+                 curve: dict | None = None, max_bytes: int = MAX_FRAME_BYTES) -> None:
+        self._sock = make_socket(zmq.SUB, context, curve, max_bytes)
         for topic in topics:
             self._sock.setsockopt(zmq.SUBSCRIBE, topic.encode())
         self._sock.connect(address)
         self.rejected = 0
+        self.last_error = ""
 
     def recv(self, timeout_ms: int) -> Message | None:
         if not self._sock.poll(timeout_ms, zmq.POLLIN):
@@ -105,6 +125,7 @@ class Subscriber:
             return decode(frames)
         except ProtocolError as exc:
             self.rejected += 1
+            self.last_error = str(exc)
             log.warning("rejected message: %s", exc)
             return None
 

@@ -1,0 +1,151 @@
+"""The decoder's output folder: one sub-folder per session, each decoded beta written exactly once.
+
+    OUT/sub-XX/ses-YY/
+        session.json            subject, session and the session's uid (the first beta's)
+        results.tsv             one row per decoded beta: the commit point (fsynced)
+        tokens/<stem>.npy       prior tokens; <stem>_clip.npy retrieval tokens; <stem>_blurry.npy
+        images/<stem>.png       reconstructions (written to a temporary name, fsynced, renamed)
+        reconstructed.keys      betas whose reconstruction is done or skipped by policy
+        refused.tsv             betas acknowledged but not decodable (wrong voxel count, ...), with the reason
+
+``<stem>`` is ``run-RR_trial-TTT_<version>``, built from validated integers and an allow-listed version
+(rtdecode.wire.schema), never from received text. Write order: tokens (fsynced, renamed into place),
+then the results row (fsynced): a process killed anywhere before the row decodes that beta again and
+overwrites the same token files; killed after it, the row's key says "decoded" and a resend is only
+acknowledged. No ledger can disagree with the rows, because the rows are the ledger.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from rtdecode.session import append_tsv, read_tsv, repair_tail
+from rtdecode.wire.reliable import Ledger
+
+COLUMNS = ("key", "run", "trial", "version", "image", "top_ids", "top_scores", "backbone_ms", "retrieval_ms",
+           "prior_ms", "t_received", "t_done")
+
+
+class SessionMismatch(Exception):
+    """The folder holds another session's results (same subject and session labels, another uid)."""
+
+
+def session_folder(out: Path, subject: str, session: str) -> Path:
+    return Path(out) / f"sub-{subject}" / f"ses-{session}"
+
+
+def stem(key: str) -> str:
+    _uid, run, trial, version = key.split(":")
+    return f"run-{int(run):02d}_trial-{int(trial):03d}_{version}"
+
+
+def _write_atomic(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as fh:
+        write(fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    tmp.replace(path)
+
+
+class ResultStore:
+    """One session's decoded results. ``identity``: subject, session and session_uid of its betas."""
+
+    def __init__(self, folder: str | Path, identity: dict[str, str] | None = None) -> None:
+        self.folder = Path(folder)
+        info = self.folder / "session.json"
+        if info.exists():
+            self.identity = json.loads(info.read_text())
+            if identity is not None and identity.get("session_uid") != self.identity.get("session_uid"):
+                raise SessionMismatch(
+                    f"{self.folder} holds session uid {self.identity.get('session_uid')}; a beta of "
+                    f"sub-{identity['subject']} ses-{identity['session']} with uid {identity['session_uid']} came. "
+                    "Not decoded: give the decoder another --out, or move that folder away")
+        elif identity is None:
+            raise FileNotFoundError(f"{info}: not a decoded session folder")
+        else:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            _write_atomic(info, lambda fh: fh.write(json.dumps(identity, indent=1).encode()))
+            self.identity = dict(identity)
+        (self.folder / "tokens").mkdir(parents=True, exist_ok=True)
+        (self.folder / "images").mkdir(parents=True, exist_ok=True)
+        self.table = self.folder / "results.tsv"
+        repair_tail(self.table)
+        self.decoded: set[str] = {r["key"] for r in read_tsv(self.table)}
+        self.reconstructed = Ledger(self.folder / "reconstructed.keys")
+
+    # -- writing ----------------------------------------------------------------------------------
+    def save_retrieval(self, key: str, fields: dict, tokens: np.ndarray, ids: list[str], scores: list[float],
+                       timings: dict, t_received: float, blurry_latent: np.ndarray | None = None,
+                       clip: np.ndarray | None = None, crash_point=lambda name: None) -> None:
+        s = stem(key)
+        for suffix, arr in (("", tokens), ("_clip", clip), ("_blurry", blurry_latent)):
+            if arr is not None:
+                _write_atomic(self.folder / "tokens" / f"{s}{suffix}.npy",
+                              lambda fh, a=arr: np.save(fh, a.astype(np.float32), allow_pickle=False))
+                crash_point("tokens")
+        append_tsv(self.table, COLUMNS, {
+            "key": key, "run": fields["run"], "trial": fields["trial"], "version": fields.get("version", "realtime"),
+            "image": fields.get("image", ""), "top_ids": ",".join(ids), "top_scores": ",".join(f"{x:.4f}" for x in scores),
+            "backbone_ms": f"{timings['backbone_ms']:.2f}", "retrieval_ms": f"{timings['retrieval_ms']:.2f}",
+            "prior_ms": f"{timings['prior_ms']:.2f}", "t_received": f"{t_received:.3f}", "t_done": f"{time.time():.3f}"},
+            fsync=True)
+        self.decoded.add(key)  # the commit point: after the row is on disk the beta is never decoded again
+
+    def save_image(self, key: str, image: np.ndarray) -> None:
+        from PIL import Image
+
+        _write_atomic(self.folder / "images" / f"{stem(key)}.png", lambda fh: Image.fromarray(image).save(fh, format="PNG"))
+        self.reconstructed.add(key)
+
+    def skip_reconstruction(self, key: str) -> None:
+        self.reconstructed.add(key)
+
+    def refuse(self, key: str, reason: str) -> None:
+        append_tsv(self.folder / "refused.tsv", ("time", "key", "reason"),
+                   {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "key": key, "reason": reason}, fsync=True)
+        self.decoded.add(key)  # acknowledged with its reason on disk; a resend is not tried again
+
+    # -- reading ----------------------------------------------------------------------------------
+    def pending_reconstructions(self) -> list[str]:
+        done = self.reconstructed.keys | {k for k in self.decoded if (self.folder / "images" / f"{stem(k)}.png").exists()}
+        rows = [k for k in sorted(self.decoded) if k not in done and (self.folder / "tokens" / f"{stem(k)}.npy").exists()]
+        return rows
+
+    def rows(self) -> list[dict[str, str]]:
+        return read_tsv(self.table)
+
+    def image_path(self, key: str) -> Path:
+        return self.folder / "images" / f"{stem(key)}.png"
+
+    def clip_tokens(self, key: str) -> np.ndarray:
+        """The retrieval-head tokens of a decoded beta."""
+        return np.load(self.folder / "tokens" / f"{stem(key)}_clip.npy", allow_pickle=False)
+
+    def tokens(self, key: str) -> tuple[np.ndarray, np.ndarray | None]:
+        """The prior tokens of a decoded beta, and its blurry latent when the model has one."""
+        blurry = self.folder / "tokens" / f"{stem(key)}_blurry.npy"
+        return (np.load(self.folder / "tokens" / f"{stem(key)}.npy", allow_pickle=False),
+                np.load(blurry, allow_pickle=False) if blurry.exists() else None)
+
+
+def session_stores(out: str | Path) -> list[ResultStore]:
+    """Every session folder under a decoder's output folder."""
+    return [ResultStore(p.parent) for p in sorted(Path(out).glob("sub-*/ses-*/session.json"))]
+
+
+def open_results(decoded: str | Path) -> ResultStore:
+    """A session's results: ``decoded`` is the session folder itself, or a decoder --out holding exactly one."""
+    decoded = Path(decoded)
+    if (decoded / "session.json").exists():
+        return ResultStore(decoded)
+    stores = session_stores(decoded)
+    if len(stores) != 1:
+        found = ", ".join(str(s.folder.relative_to(decoded)) for s in stores) or "none"
+        raise FileNotFoundError(f"{decoded}: expected one decoded session (sub-XX/ses-YY), found {found}")
+    return stores[0]

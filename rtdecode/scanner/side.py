@@ -1,0 +1,309 @@
+"""The scanner side: watch a folder, read each volume, preprocess it, store it, publish it.
+
+One loop in one thread owns all state, so volumes are handled strictly in order; the watcher's
+threads only hand over paths. Nothing received is lost: every volume, its motion and QA are in the
+session folder before the next is taken, and a restart resumes each run where it stopped. Nothing a
+file holds stops the loop: any failure to read or use a file sets that file aside with its reason
+(``rejected.tsv`` and the quarantine folder); only configuration errors stop the process.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from rtdecode.config import SessionConfig
+from rtdecode.errors import ConfigError, IngestError, PartialFileError
+from rtdecode.glm.runner import TrialBetas
+from rtdecode.ingest.naming import compile_pattern, parse_name
+from rtdecode.ingest.reader import Volume, read_volume
+from rtdecode.preprocess.pipeline import Mask
+from rtdecode.scanner.network import ScannerNetwork
+from rtdecode.scanner.runs import RunBook, RunState
+from rtdecode.scanner.volumes import VolumeEvent, VolumeStage
+from rtdecode.session import SessionFolder
+from rtdecode.watcher import FolderWatcher
+from rtdecode.wire.protocol import Message
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Pending:
+    path: Path
+    first_seen: float
+    retry_at: float
+
+
+class ScannerSide:
+    """Turn the files in ``config.scanner.watch_dir`` into stored, published, masked vectors.
+
+    Args:
+        config: validated session configuration.
+        publisher: optional :class:`rtdecode.wire.sockets.Publisher` for events; by default one is bound
+            at ``network.host:network.events_port`` (with CURVE when the config has keys).
+        on_volume: optional callback for each processed volume (live summary).
+        on_beta: optional callback for each single-trial beta (estimate, vector as sent).
+    """
+
+    def __init__(self, config: SessionConfig, publisher=None, on_volume: Callable[[VolumeEvent], None] | None = None,
+                 on_beta: Callable | None = None) -> None:
+        self.config = config
+        sc = config.scanner
+        self.regex = compile_pattern(sc.pattern)
+        self.folder = SessionFolder(config.session.root, config.session.subject, config.session.session,
+                                    config.session.task).create()
+        self.identity = self.folder.identity
+        self.quarantine = sc.quarantine_dir or (sc.watch_dir / "rtdecode-rejected")
+        mask, reference = self._load_mask(), self._load_session_reference()
+        self.net = ScannerNetwork(config, self.folder, publisher)
+        self.betas = TrialBetas(config, self.folder, self._send, on_beta, deliver=self.net.deliver, identity=self.identity)
+        self.stage = VolumeStage(config, self.betas, mask, reference, self._send, self._reject, on_volume, self.identity)
+        self.book = RunBook(self.folder, sc.missing_timeout_s)
+        self._pending: dict[str, _Pending] = {}
+        self._watcher = FolderWatcher(sc.watch_dir, self.regex, sc.mode, sc.poll_interval_s)
+        self._stop = threading.Event()
+        self._started = False
+        self._waiting_logged: set[int] = set()
+        try:
+            self._resume_runs()
+        except Exception:
+            self.net.close()
+            raise
+        self.net.bind_control()  # bound last: a set-up error above leaves no socket behind
+
+    # -- views kept for callers ---------------------------------------------------------------------
+    @property
+    def publisher(self):
+        return self.net.publisher
+
+    @property
+    def processed(self) -> int:
+        return self.stage.processed
+
+    @property
+    def runs(self) -> dict[int, RunState]:
+        return self.book.runs
+
+    @property
+    def current(self) -> RunState | None:
+        return self.book.current
+
+    @property
+    def control(self):
+        return self.net.control
+
+    # -- set-up ---------------------------------------------------------------------------------
+    def _load_mask(self) -> Mask | None:
+        path = self.config.preprocess.mask
+        if path is None:
+            return None
+        try:
+            img = nib.load(str(path))
+            data = np.asarray(img.dataobj) > 0
+        except Exception as exc:
+            raise ConfigError(f"preprocess.mask: cannot read {path} as NIfTI ({exc})") from None
+        if data.ndim != 3 or not data.any():
+            raise ConfigError(f"preprocess.mask: expected a 3-D mask with at least one voxel, got shape {data.shape} with {int(data.sum())} voxels")
+        return Mask(data, np.asarray(img.affine, float))
+
+    def _load_session_reference(self) -> Volume | None:
+        path = self.config.preprocess.session_reference
+        if path is None:
+            return None
+        try:
+            return read_volume(path)
+        except (IngestError, OSError) as exc:
+            raise ConfigError(f"preprocess.session_reference: cannot read {path} ({exc})") from None
+
+    def _resume_runs(self) -> None:
+        for row in self.folder.runs():
+            run = self.book.new_state(int(row["run"]), int(row["series"]), row.get("series_uid", ""))
+            self.stage.resume(run)
+            self.book.add_resumed(run)
+            log.info("resuming run %d (series %d): %d volumes already stored%s", run.number, run.series_key,
+                     run.n_ok, f"; {run.end_reason}" if run.ended else "")
+
+    # -- the loop ---------------------------------------------------------------------------------
+    def start(self) -> ScannerSide:
+        if self._started:  # run() after an explicit start() carries on
+            return self
+        self._started = True
+        self._watcher.start()
+        self._status("watching" if self.book.armed else "disarmed")
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._watcher.stop()
+
+    def run(self, until: Callable[[ScannerSide], bool] | None = None, idle_timeout: float | None = None) -> None:
+        """Process files until ``until(self)`` is true, :meth:`stop` is called, or nothing happens for ``idle_timeout`` s."""
+        self.start()
+        last_activity = time.monotonic()
+        try:
+            while not self._stop.is_set():
+                if until is not None and until(self):
+                    break
+                if self.step(timeout=0.02):
+                    last_activity = time.monotonic()
+                elif idle_timeout is not None and time.monotonic() - last_activity > idle_timeout:
+                    break
+        finally:
+            self.stop()
+            self.net.close()
+
+    def step(self, timeout: float) -> bool:
+        """Take what arrived within ``timeout`` s; return True if anything was done."""
+        did = False
+        path = self._watcher.get(timeout)
+        while path is not None:
+            self._pending.setdefault(path.name, _Pending(path, time.monotonic(), 0.0))
+            self._pending[path.name].path = path
+            path = self._watcher.get(0)
+        now = time.monotonic()
+        for name in sorted(self._pending):
+            pend = self._pending.get(name)
+            if pend is not None and pend.retry_at <= now:
+                did |= self._take(pend, now)
+        for run in self.book:
+            did |= self._drain(run)
+        did |= self.net.serve(self._command)
+        return did
+
+    def _command(self, action: str) -> tuple[bool, str]:
+        """An operator command from the console; returns (ok, what happened)."""
+        if action == "stop_run":
+            ok, detail, run = self.book.stop()
+            if run is not None:
+                self._end_run(run, "stopped by operator")
+            self._status("disarmed")
+            return ok, detail
+        if action == "start_run":
+            ok, detail = self.book.arm()
+            if ok:
+                self._waiting_logged.clear()
+                self._status("armed")
+            return ok, detail
+        return False, f"unknown command {action!r}; expected start_run or stop_run"
+
+    def _take(self, pend: _Pending, now: float) -> bool:
+        path = pend.path
+        key = parse_name(self.regex, path.name)
+        if key is None:
+            self._pending.pop(path.name, None)
+            return False
+        run = self.book.get(key.run)
+        if run is None and not self.book.armed:
+            # A new series while disarmed: the file stays where it is, unread, until start_run.
+            if key.run not in self._waiting_logged:
+                self._waiting_logged.add(key.run)
+                log.warning("series %d: waiting for start run (stopped by the operator)", key.run)
+                self._status("waiting_for_start")
+            pend.retry_at = now + 0.5
+            return False
+        try:
+            before = path.stat()
+            volume = read_volume(path, self.config.scanner.format)
+            after = path.stat()
+            if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns):
+                raise PartialFileError(path, "file changed while it was read")
+            if volume.data.ndim != 3 or min(volume.data.shape) < 2:
+                raise IngestError(path, f"not a volume: image of shape {tuple(volume.data.shape)} "
+                                        "(a single slice or a 2-D image; one-file-per-slice series are not assembled)")
+        except FileNotFoundError:
+            self._pending.pop(path.name, None)
+            return False
+        except PartialFileError as exc:
+            if now - pend.first_seen < self.config.scanner.partial_timeout_s:
+                pend.retry_at = now + min(0.05, self.config.scanner.poll_interval_s)
+                return False
+            self._reject(path, f"{exc.reason}; still incomplete after {self.config.scanner.partial_timeout_s:g} s")
+            return True
+        except IngestError as exc:
+            self._reject(path, exc.reason)
+            return True
+        except Exception as exc:  # a reader bug or an odd file: set aside, never the end of the session
+            self._reject(path, f"cannot read: {type(exc).__name__}: {exc}")
+            return True
+        self._pending.pop(path.name, None)
+        volume.meta["t_file"] = before.st_mtime
+        run = self._run_for(key.run, key.volume, volume, path)
+        if run is None:
+            return True
+        status = run.sequencer.add(key.volume, volume, now)
+        if status == "duplicate":
+            # Usually a late modification event for a file already taken; a resent file looks the same.
+            log.debug("%s: volume %d of run %d already received; duplicate ignored", path.name, key.volume, run.number)
+        elif status == "late":
+            self._reject(path, f"volume {key.volume} arrived after it was declared missing")
+        return True
+
+    def _run_for(self, series_key: int, index: int, volume: Volume, path: Path) -> RunState | None:
+        run = self.book.get(series_key)
+        if run is None:
+            if self.book.open_run is not None:
+                self._end_run(self.book.open_run, "new series")
+            return self.book.open(series_key, volume.series)
+        if run.series_uid and volume.series and volume.series != run.series_uid:
+            self._reject(path, f"series changed mid-run: header says {volume.series}, run {run.number} is {run.series_uid}")
+            return None
+        if run.ended:
+            if index in run.sequencer.done:
+                return run  # a duplicate of a finished run: reported as such by the sequencer
+            why = "run stopped by operator" if run.end_reason == "stopped by operator" else \
+                f"belongs to run {run.number} (series {series_key}), which has ended ({run.end_reason})"
+            self._reject(path, why)
+            return None
+        return run
+
+    def _drain(self, run: RunState) -> bool:
+        if run.ended:
+            return False
+        did = False
+        for delivery in run.sequencer.pop_ready(time.monotonic()):
+            did = True
+            if delivery.missing:
+                log.warning("run %d: volume %d missing after %.1f s; its row is dropped", run.number, delivery.index,
+                            self.config.scanner.missing_timeout_s)
+                self.stage.missing(run, delivery.index)
+            else:
+                self.stage.deliver(run, delivery.index, delivery.item)
+        if not run.ended and run.sequencer.next_index >= self.config.scanner.volumes_per_run:
+            self._end_run(run, "complete")
+        return did
+
+    def _end_run(self, run: RunState, reason: str) -> None:
+        for index, (volume, _t) in sorted(run.sequencer.take_buffered().items()):
+            # Read but not yet in order when the run ended: kept in quarantine with the reason.
+            self._reject(Path(volume.source), f"volume {index} arrived but run {run.number} ended ({reason})")
+        self.stage.end(run, reason)
+
+    def _reject(self, path: Path, reason: str) -> None:
+        self._pending.pop(path.name, None)
+        log.error("%s set aside: %s", path.name, reason)
+        moved = ""
+        try:
+            if path.exists():
+                self.quarantine.mkdir(parents=True, exist_ok=True)
+                target = self.quarantine / f"{time.strftime('%Y%m%dT%H%M%S')}_{path.name}"
+                shutil.move(str(path), target)
+                moved = f" (moved to {target})"
+        except OSError:
+            moved = " (left in place: watch folder not writable)"
+        self.folder.reject(path.name, reason + moved)
+        self._send(Message("volume_rejected", {"path": path.name[:255], "reason": reason[:2000]}))
+
+    def _send(self, message: Message) -> None:
+        self.net.publish(message)
+
+    def _status(self, state: str) -> None:
+        self._send(Message("status", {"state": state, "service": "scanner", **self.identity}))

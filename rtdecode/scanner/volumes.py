@@ -1,0 +1,171 @@
+"""Per-volume work of the scanner side: reference, preprocessing, storage, QA event, GLM hand-off.
+
+:class:`VolumeStage` takes volumes of a run in order (the sequencer's deliveries) and never raises for
+one bad volume: a volume that cannot serve as the run's reference or cannot be processed is set aside
+with its reason and counted missing, and a GLM failure ends that run's betas with a ``glm_error``
+status while its volumes go on being stored.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from rtdecode.config import SessionConfig
+from rtdecode.errors import IngestError
+from rtdecode.glm.runner import TrialBetas
+from rtdecode.ingest.reader import Volume
+from rtdecode.preprocess.pipeline import Mask, RunPreprocessor
+from rtdecode.scanner.runs import RunState
+from rtdecode.wire.protocol import Message
+
+log = logging.getLogger(__name__)
+
+MOTION_COLUMNS = ("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z")
+
+
+@dataclass
+class VolumeEvent:
+    """What the scanner side reports for each processed volume (also sent on the wire)."""
+
+    run: int
+    index: int
+    motion: np.ndarray  # mm and degrees
+    fd: float
+    dvars: float
+    tsnr: float
+    latency_ms: float
+    vector: np.ndarray
+
+
+def _reason(exc: Exception) -> str:
+    return exc.reason if isinstance(exc, IngestError) else f"{type(exc).__name__}: {exc}"
+
+
+class VolumeStage:
+    """Reference, preprocessing, storage and GLM for the volumes of each run, in order."""
+
+    def __init__(self, config: SessionConfig, betas: TrialBetas, mask: Mask | None, session_reference: Volume | None,
+                 send: Callable[[Message], None], reject: Callable[[Path, str], None],
+                 on_volume: Callable[[VolumeEvent], None] | None = None, identity: dict | None = None) -> None:
+        self.config = config
+        self.betas = betas
+        self.mask = mask
+        self.session_reference = session_reference
+        self.send = send
+        self.reject = reject
+        self.on_volume = on_volume
+        self.identity = identity or {}
+        self.processed = 0
+
+    def make_preprocessor(self, reference: Volume, mask: Mask | None) -> RunPreprocessor:
+        pp = self.config.preprocess
+        return RunPreprocessor(reference, mask=mask, session_reference=self.session_reference,
+                               mask_threshold=pp.mask_threshold, sample_stride=pp.sample_stride,
+                               max_iterations=pp.max_iterations)
+
+    def resume(self, run: RunState) -> None:
+        """Rebuild an open run's preprocessor and GLM, or an ended run's betas state, from the session folder."""
+        rows, vectors = run.store.load()
+        for r in rows:
+            idx = int(r["volume"])
+            if r["status"] == "ok":
+                run.sequencer.done.add(idx)
+            run.sequencer.next_index = max(run.sequencer.next_index, idx + 1)
+        run.n_ok = len(vectors)
+        if len(rows) >= self.config.scanner.volumes_per_run and not run.ended:
+            run.ended, run.end_reason = True, "complete"
+        ref = run.store.load_reference()
+        if ref is None or not run.n_ok:
+            return
+        if not run.ended:
+            boldref, mask_img = ref
+            reference = Volume(np.asarray(boldref.dataobj, np.float32), np.asarray(boldref.affine), series=run.series_uid)
+            run.preprocessor = self.make_preprocessor(reference, Mask(np.asarray(mask_img.dataobj) > 0,
+                                                                      np.asarray(mask_img.affine)))
+            params = np.array([[float(r[c]) for c in MOTION_COLUMNS] for r in rows if r["status"] == "ok"])
+            params[:, 3:] = np.deg2rad(params[:, 3:])
+            run.preprocessor.resume(params, vectors)
+        self._glm(run, "resume", lambda: self.betas.resume_run(run.number, run.series_key, rows, vectors))
+        if run.ended:  # in case the process stopped between the last volume and the end-of-run betas
+            self._glm(run, "end of run", lambda: self.betas.end_run(run.number))
+            self.betas.release(run.number)
+
+    def deliver(self, run: RunState, index: int, volume: Volume) -> None:
+        if run.preprocessor is None:
+            if index < self.config.preprocess.reference_volume:
+                run.held.append((index, volume))
+                return
+            try:
+                run.preprocessor = self.make_preprocessor(volume, self.mask)
+            except Exception as exc:  # any volume, however odd, must not stop the run
+                self.reject(Path(volume.source), f"cannot serve as the run's reference: {_reason(exc)}")
+                self.missing(run, index)
+                return
+            pre = run.preprocessor
+            run.store.save_reference(volume.data, volume.affine, pre.mask.data, pre.mask.affine)
+            self.send(Message("run_started", {"run": run.number, "series": run.series_key,
+                                              "shape": [int(n) for n in volume.data.shape],
+                                              "n_voxels": int(pre.mask.n_voxels),
+                                              "n_volumes": self.config.scanner.volumes_per_run, **self.identity}))
+            self._glm(run, "start", lambda: self.betas.start_run(run.number, run.series_key, pre.mask.n_voxels))
+            held, run.held = run.held, []
+            for i, v in held:
+                self.process(run, i, v)
+        self.process(run, index, volume)
+
+    def process(self, run: RunState, index: int, volume: Volume) -> None:
+        assert run.preprocessor is not None
+        try:
+            out = run.preprocessor.process(volume, save_resampled=self.config.preprocess.save_resampled)
+        except Exception as exc:
+            self.reject(Path(volume.source), _reason(exc))
+            self.missing(run, index)
+            return
+        t_done = time.time()
+        t_file = float(volume.meta.get("t_file", t_done))
+        motion = np.r_[out.params[:3], np.rad2deg(out.params[3:])]
+        latency_ms = max(0.0, (t_done - t_file) * 1e3)
+        run.store.save_volume(index, volume.data, volume.affine)
+        row = {"volume": index, "framewise_displacement": out.fd, "dvars": out.dvars, "tsnr": out.tsnr,
+               "t_file": f"{t_file:.3f}", "t_done": f"{t_done:.3f}", "latency_ms": latency_ms}
+        row.update(dict(zip(MOTION_COLUMNS, motion.tolist(), strict=True)))
+        run.store.append(out.vector, row)
+        run.n_ok += 1
+        self.processed += 1
+        event = VolumeEvent(run.number, index, motion, out.fd, out.dvars, out.tsnr, latency_ms, out.vector)
+        self.send(Message("volume", {"run": run.number, "index": index, "motion": [round(float(m), 5) for m in motion],
+                                     "fd": float(out.fd), "dvars": float(out.dvars), "tsnr": float(out.tsnr),
+                                     "latency_ms": latency_ms, "n_volumes": self.config.scanner.volumes_per_run,
+                                     "fd_alarm": bool(out.fd > self.config.preprocess.fd_threshold_mm)}))
+        if self.on_volume is not None:
+            self.on_volume(event)
+        self._glm(run, "volume", lambda: self.betas.volume(run.number, index, out.vector, motion))
+
+    def missing(self, run: RunState, index: int) -> None:
+        run.store.append_missing(index)
+        self.send(Message("volume_missing", {"run": run.number, "index": index}))
+        self._glm(run, "missing volume", lambda: self.betas.missing(run.number, index))
+
+    def end(self, run: RunState, reason: str) -> None:
+        run.ended, run.end_reason = True, reason
+        self._glm(run, "end of run", lambda: self.betas.end_run(run.number))
+        self.betas.release(run.number)
+        run.release()
+        self.send(Message("run_ended", {"run": run.number, "n_volumes": run.n_ok, "reason": reason}))
+        log.info("run %d ended (%s): %d volumes stored", run.number, reason, run.n_ok)
+
+    def _glm(self, run: RunState, what: str, call: Callable[[], object]) -> None:
+        """Run a GLM step; a failure ends this run's betas with one line and a status, never the scanner side."""
+        try:
+            call()
+        except Exception as exc:
+            log.exception("run %d: GLM failed at %s; volumes go on, no more betas this run", run.number, what)
+            self.betas.abandon(run.number)
+            self.send(Message("status", {"state": "glm_error", "service": "scanner", "run": run.number,
+                                         "reason": f"{what}: {type(exc).__name__}: {exc}"[:2000]}))

@@ -1,0 +1,184 @@
+"""Each wire message type's fields, with their types and ranges: the one place they are declared.
+
+Every receiver validates through :func:`check_fields` (called by :func:`rtdecode.wire.protocol.decode`)
+before it touches a field, so a handler downstream can trust ``int(f["run"])`` and friends. Strings
+that could ever name a file (image ids, versions, session labels) are matched against allow-listed
+patterns here; a file name is then built from validated integers and those strings only.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from rtdecode.errors import ProtocolError
+
+LABEL = re.compile(r"^[A-Za-z0-9]{1,32}$")  # BIDS subject / session labels
+UID = re.compile(r"^[0-9a-f]{32}$")  # a session's uid (uuid4 hex)
+BOOT = re.compile(r"^[0-9a-f]{16}$")  # a process start's id
+IMAGE_ID = re.compile(r"^[A-Za-z0-9._-]{0,128}$")
+# Beta versions: whole-run, the classic real-time estimate, and refinements at a delay (rt4.5, rt12.0).
+VERSION = re.compile(r"^(realtime|endofrun|rt[0-9]{1,2}\.[0-9])$")
+WORD = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+KEY = re.compile(r"^[0-9a-f]{32}:[0-9]{1,4}:[0-9]{1,5}:[a-z0-9.]{1,16}$")  # uid:run:trial:version
+MAX_TEXT = 2000
+MAX_RUN = 9999
+MAX_INDEX = 100_000
+MAX_TRIAL = 99_999
+MAX_INT = 2**53  # the largest integer every JSON reader agrees on
+
+
+@dataclass(frozen=True)
+class F:
+    """One field: ``kind`` is int, float, bool, text, name (pattern-checked), ints, floats, names or timings."""
+
+    kind: str
+    required: bool = True
+    lo: float = -math.inf
+    hi: float = math.inf
+    pattern: re.Pattern | None = None
+    choices: tuple[str, ...] = ()
+    max_items: int = 64
+    items: int | None = None  # exact list length
+
+
+def _run() -> F:
+    return F("int", lo=1, hi=MAX_RUN)
+
+
+def _index() -> F:
+    return F("int", lo=0, hi=MAX_INDEX)
+
+
+def _trial() -> F:
+    return F("int", lo=0, hi=MAX_TRIAL)
+
+
+def _ms(required: bool = True) -> F:
+    return F("float", required, lo=0, hi=1e7)
+
+
+# Who a message is about: optional on every type, required where decoding state is kept per session.
+IDENTITY = {"subject": F("name", False, pattern=LABEL), "session": F("name", False, pattern=LABEL),
+            "session_uid": F("name", False, pattern=UID)}
+
+SCHEMAS: dict[str, dict[str, F]] = {
+    "volume": {"run": _run(), "index": _index(), "motion": F("floats", lo=-1e4, hi=1e4, items=6),
+               "fd": F("float", lo=0, hi=1e4), "dvars": F("float", lo=0, hi=1e12), "tsnr": F("float", lo=0, hi=1e6),
+               "latency_ms": _ms(), "fd_alarm": F("bool", False), "n_volumes": F("int", False, lo=1, hi=MAX_INDEX)},
+    "volume_rejected": {"path": F("text", hi=255), "reason": F("text", hi=MAX_TEXT),
+                        "run": F("int", False, lo=1, hi=MAX_RUN)},
+    "volume_missing": {"run": _run(), "index": _index()},
+    "run_started": {"run": _run(), "series": F("int", lo=0, hi=2**31), "shape": F("ints", lo=0, hi=100_000, max_items=4),
+                    "n_voxels": F("int", lo=0, hi=10**8), "n_volumes": F("int", False, lo=1, hi=MAX_INDEX)},
+    "run_ended": {"run": _run(), "n_volumes": F("int", lo=0, hi=MAX_INDEX), "reason": F("text", False, hi=MAX_TEXT)},
+    "status": {"state": F("name", pattern=WORD), "service": F("name", False, choices=("scanner", "decoder")),
+               "run": F("int", False, lo=1, hi=MAX_RUN), "reason": F("text", False, hi=MAX_TEXT)},
+    "heartbeat": {"service": F("name", choices=("scanner", "decoder")), "queue": F("int", False, lo=0, hi=MAX_INT),
+                  "decoded": F("int", False, lo=0, hi=MAX_INT), "refused": F("int", False, lo=0, hi=MAX_INT)},
+    "beta": {"run": _run(), "trial": _trial(), "image": F("name", pattern=IMAGE_ID),
+             "version": F("name", pattern=VERSION), "onset": F("float", False, lo=0, hi=1e6),
+             "n_frames": F("int", False, lo=0, hi=MAX_INDEX), "n_repeats": F("int", False, lo=0, hi=MAX_INDEX),
+             "estimate_ms": _ms(False),
+             "subject": F("name", pattern=LABEL), "session": F("name", pattern=LABEL),
+             "session_uid": F("name", pattern=UID)},
+    "ack": {"ref": F("name", pattern=KEY)},
+    "result": {"run": _run(), "trial": _trial(), "version": F("name", False, pattern=VERSION),
+               "image": F("name", False, pattern=IMAGE_ID),
+               "stage": F("name", False, choices=("retrieval", "reconstruction")),
+               "top_ids": F("names", False, pattern=IMAGE_ID, max_items=100),
+               "top_scores": F("floats", False, lo=-1e6, hi=1e6, max_items=100),
+               "timings_ms": F("timings", False), "tier": F("name", False, pattern=WORD)},
+    "command": {"action": F("name", pattern=WORD)},
+    "reply": {"action": F("name", pattern=WORD), "ok": F("bool"), "detail": F("text", hi=MAX_TEXT)},
+}
+
+# Arrays a type may carry: name -> (ndim, dtypes, max elements); every element must be finite.
+ARRAYS: dict[str, dict[str, tuple[int, frozenset[str], int]]] = {
+    "beta": {"beta": (1, frozenset({"<f4", "<f8"}), 10**7)},
+}
+REQUIRED_ARRAYS: dict[str, tuple[str, ...]] = {"beta": ("beta",)}
+# PNG images a type may carry, by name.
+IMAGES: dict[str, frozenset[str]] = {"result": frozenset({"reconstruction"}), "run_started": frozenset({"alignment"})}
+
+
+def check_fields(mtype: str, fields: Mapping[str, Any]) -> None:
+    """Raise ProtocolError naming the first field of ``fields`` that is unknown, missing or out of range."""
+    schema = SCHEMAS[mtype]
+    for name in fields:
+        if name not in schema and name not in IDENTITY:
+            raise ProtocolError(f"{mtype}: unknown field {name!r}; expected some of {sorted({*schema, *IDENTITY})}")
+    for name, spec in {**IDENTITY, **schema}.items():
+        if name not in fields:
+            if spec.required:
+                raise ProtocolError(f"{mtype}: missing field {name!r}")
+            continue
+        _check(f"{mtype}.{name}", spec, fields[name])
+
+
+def _check(where: str, spec: F, value: Any) -> None:
+    kind = spec.kind
+    if kind in ("ints", "floats", "names"):
+        if not isinstance(value, list):
+            raise ProtocolError(f"{where}: expected a list, got {type(value).__name__}")
+        if spec.items is not None and len(value) != spec.items:
+            raise ProtocolError(f"{where}: expected {spec.items} items, got {len(value)}")
+        if len(value) > spec.max_items:
+            raise ProtocolError(f"{where}: at most {spec.max_items} items, got {len(value)}")
+        one = F(kind[:-1], lo=spec.lo, hi=spec.hi, pattern=spec.pattern)
+        for i, item in enumerate(value):
+            _check(f"{where}[{i}]", one, item)
+        return
+    if kind == "timings":
+        if not isinstance(value, dict) or len(value) > 16:
+            raise ProtocolError(f"{where}: expected an object of at most 16 timings, got {_show(value)}")
+        for k, v in value.items():
+            _check(f"{where} key", F("name", pattern=WORD), k)
+            _check(f"{where}.{k}", F("float", lo=0, hi=1e7), v)
+        return
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise ProtocolError(f"{where}: expected true or false, got {_show(value)}")
+        return
+    if kind in ("int", "float"):
+        ok = isinstance(value, int) if kind == "int" else isinstance(value, (int, float))
+        if isinstance(value, bool) or not ok:
+            raise ProtocolError(f"{where}: expected {'an integer' if kind == 'int' else 'a number'}, got {_show(value)}")
+        if not math.isfinite(value) or not spec.lo <= value <= spec.hi:
+            raise ProtocolError(f"{where}: expected a finite value in [{spec.lo:g}, {spec.hi:g}], got {_show(value)}")
+        return
+    if not isinstance(value, str):
+        raise ProtocolError(f"{where}: expected a string, got {_show(value)}")
+    if kind == "text":
+        if len(value) > spec.hi:
+            raise ProtocolError(f"{where}: at most {spec.hi:g} characters, got {len(value)}")
+        return
+    if spec.choices and value not in spec.choices:
+        raise ProtocolError(f"{where}: expected one of {list(spec.choices)}, got {_show(value)}")
+    if spec.pattern is not None and not spec.pattern.match(value):
+        raise ProtocolError(f"{where}: expected a value matching {spec.pattern.pattern}, got {_show(value)}")
+
+
+def check_array(mtype: str, name: str, dtype: str, shape: list[int]) -> tuple[int, frozenset[str], int]:
+    """The spec of an array frame a type may carry; ProtocolError if it may not carry this one."""
+    spec = ARRAYS.get(mtype, {}).get(name)
+    if spec is None:
+        raise ProtocolError(f"{mtype}: unexpected array frame {name!r}; allowed: {sorted(ARRAYS.get(mtype, {}))}")
+    ndim, dtypes, max_size = spec
+    if len(shape) != ndim or dtype not in dtypes or math.prod(shape) > max_size:
+        raise ProtocolError(f"{mtype}.{name}: expected {ndim}-D {sorted(dtypes)} of at most {max_size} elements, "
+                            f"got {dtype} {shape}")
+    return spec
+
+
+def check_image(mtype: str, name: str) -> None:
+    if name not in IMAGES.get(mtype, frozenset()):
+        raise ProtocolError(f"{mtype}: unexpected image frame {name!r}; allowed: {sorted(IMAGES.get(mtype, ()))}")
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -86,4 +86,4 @@ def test_betas_channel_refuses_a_sender_without_the_right_key(tmp_path):
             s.close()
         auth.stop()
         ctx.term()
-    assert seen == [0] and good.acked.keys == {"1:0:realtime"} and not bad.acked.keys
+    assert seen == [0] and good.acked.keys == {f"{'d' * 32}:1:0:realtime"} and not bad.acked.keys

@@ -37,7 +37,8 @@ class ScannerNetwork:
         try:
             if self._own_publisher:
                 self.publisher = Publisher(f"tcp://{net.host}:{net.events_port}", context=self.server.context,
-                                           curve=self.server.options, replay=REPLAY, max_bytes=self.max_bytes)
+                                           curve=self.server.options, replay=REPLAY, max_bytes=self.max_bytes,
+                                           replay_skip=("beta",))
             if net.decoder:
                 from rtdecode.wire.reliable import BetaSender
 

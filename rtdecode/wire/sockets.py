@@ -62,13 +62,14 @@ class Publisher:
     """
 
     def __init__(self, address: str, context: zmq.Context | None = None, curve: dict | None = None,
-                 replay: int = 0, max_bytes: int = MAX_FRAME_BYTES) -> None:
+                 replay: int = 0, max_bytes: int = MAX_FRAME_BYTES, replay_skip: tuple[str, ...] = ()) -> None:
         self._sock = make_socket(zmq.XPUB if replay else zmq.PUB, context, curve, max_bytes)
         if replay:
             self._sock.setsockopt(zmq.XPUB_VERBOSE, 1)  # every subscription, even to a topic already wanted
         self._sock.setsockopt(zmq.SNDHWM, 10_000)
         self.address = bind(self._sock, address)
         self.boot = new_boot_id()
+        self.replay_skip = frozenset(replay_skip)  # types not worth replaying (bulky, and in the session folder)
         self._seq = 0
         self._lock = threading.Lock()
         self._recent: deque[list] = deque(maxlen=replay) if replay else deque(maxlen=0)
@@ -82,7 +83,7 @@ class Publisher:
             message.boot = self.boot
             frames = encode(message)
             self._sock.send_multipart(frames, copy=False)
-            if self._recent.maxlen:
+            if self._recent.maxlen and message.type not in self.replay_skip:
                 self._recent.append(frames)
         self.serve()
 

@@ -18,6 +18,13 @@ from rtdecode.wire.sockets import Subscriber
 from conftest import SideThread, drain, make_config
 
 
+def _feed(tmp_path, watch, run, series: int, indices, pause: float = 0.0) -> None:
+    """Write volumes ``indices`` of ``run`` as series ``series`` into the watch folder, as a scanner would."""
+    for t in indices:
+        _put(watch, format_name(PATTERN, series, t), _dicom_bytes(tmp_path, run, t, series=series))
+        time.sleep(pause)
+
+
 def _wait(cond, seconds: float) -> bool:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -37,9 +44,7 @@ def test_a_single_slice_first_in_a_new_series_is_set_aside_and_the_run_goes_on(t
     with SideThread(cfg, n=11, timeout=60) as st:
         _put(watch, format_name(PATTERN, 7, 0), one_slice.read_bytes())
         time.sleep(0.3)
-        for t in range(1, 12):
-            _put(watch, format_name(PATTERN, 7, t), _dicom_bytes(tmp_path, small_run, t))
-            time.sleep(0.03)
+        _feed(tmp_path, watch, small_run, 7, range(1, 12), pause=0.03)
         st.wait()
     assert st.thread.is_alive() is False and st.indices == [(1, t) for t in range(1, 12)]
     reasons = {r["file"]: r["reason"] for r in SessionFolder(cfg.session.root, "01", "01").rejected()}
@@ -51,15 +56,12 @@ def test_stop_run_ends_the_run_sets_its_later_files_aside_and_a_new_series_waits
     cfg = make_config(tmp_path)
     watch = cfg.scanner.watch_dir
     with SideThread(cfg, n=99, timeout=60) as st:
-        for t in range(4):
-            _put(watch, format_name(PATTERN, 7, t), _dicom_bytes(tmp_path, small_run, t))
+        _feed(tmp_path, watch, small_run, 7, range(4))
         assert _wait(lambda: st.side.processed == 4, 20)
         reply = send_command(st.side.control.address, "stop_run", timeout_ms=5000)
         assert reply.fields["ok"] and "run 1 ended by the operator after 4 volumes" in reply.fields["detail"]
-        for t in range(4, 7):  # the scanner goes on writing the stopped series
-            _put(watch, format_name(PATTERN, 7, t), _dicom_bytes(tmp_path, small_run, t))
-        for t in range(3):  # and starts another series before anyone pressed start
-            _put(watch, format_name(PATTERN, 8, t), _dicom_bytes(tmp_path, small_run, t, series=8))
+        _feed(tmp_path, watch, small_run, 7, range(4, 7))  # the scanner goes on writing the stopped series
+        _feed(tmp_path, watch, small_run, 8, range(3))  # and starts another series before anyone pressed start
         folder = st.side.folder
         assert _wait(lambda: len(folder.rejected()) == 3, 10)
         time.sleep(0.5)
@@ -83,8 +85,7 @@ def test_a_stopped_run_stays_stopped_after_a_restart(tmp_path, small_run):
     cfg = make_config(tmp_path)
     watch = cfg.scanner.watch_dir
     with SideThread(cfg, n=99, timeout=60) as st:
-        for t in range(3):
-            _put(watch, format_name(PATTERN, 7, t), _dicom_bytes(tmp_path, small_run, t))
+        _feed(tmp_path, watch, small_run, 7, range(3))
         assert _wait(lambda: st.side.processed == 3, 20)
         assert send_command(st.side.control.address, "stop_run", timeout_ms=5000).fields["ok"]
         st.side.stop()
@@ -101,11 +102,8 @@ def test_ended_runs_release_their_preprocessor_and_glm(tmp_path, small_run):
     cfg = make_config(tmp_path)
     watch = cfg.scanner.watch_dir
     with SideThread(cfg, n=12 + 2, timeout=60) as st:
-        for t in range(12):
-            _put(watch, format_name(PATTERN, 7, t), _dicom_bytes(tmp_path, small_run, t))
-            time.sleep(0.02)
-        for t in range(2):
-            _put(watch, format_name(PATTERN, 8, t), _dicom_bytes(tmp_path, small_run, t, series=8))
+        _feed(tmp_path, watch, small_run, 7, range(12), pause=0.02)
+        _feed(tmp_path, watch, small_run, 8, range(2))
         st.wait()
     first, second = st.side.runs[7], st.side.runs[8]
     assert first.ended and first.preprocessor is None and first.held == []
@@ -138,8 +136,7 @@ def test_curve_on_the_scanner_sides_events_and_control(tmp_path, small_run):
         plain = Subscriber(events)
         try:
             time.sleep(0.5)
-            for t in range(3):
-                _put(cfg.scanner.watch_dir, format_name(PATTERN, 7, t), _dicom_bytes(tmp_path, small_run, t))
+            _feed(tmp_path, cfg.scanner.watch_dir, small_run, 7, range(3))
             assert _wait(lambda: st.side.processed == 3, 20)
             got_friend = drain(friend, 3.0, n_volumes=3)
             assert sum(m.type == "volume" for m in got_friend) == 3
@@ -187,8 +184,7 @@ def test_the_console_sees_restarts_and_survives_any_field(tmp_path, small_run):
         with SideThread(cfg, n=3, timeout=60) as st:
             sub = Subscriber(st.side.publisher.address)
             time.sleep(0.4)
-            for t in range(3 * attempt, 3 * attempt + 3):
-                _put(cfg.scanner.watch_dir, format_name(PATTERN, 7, t), _dicom_bytes(tmp_path, small_run, t))
+            _feed(tmp_path, cfg.scanner.watch_dir, small_run, 7, range(3 * attempt, 3 * attempt + 3))
             got = drain(sub, 10.0, n_volumes=3)
             sub.close()
             st.wait()

@@ -38,7 +38,7 @@ class ScannerNetwork:
             if self._own_publisher:
                 self.publisher = Publisher(f"tcp://{net.host}:{net.events_port}", context=self.server.context,
                                            curve=self.server.options, replay=REPLAY, max_bytes=self.max_bytes,
-                                           replay_skip=("beta",))
+                                           replay_skip=("beta", "heartbeat"))
             if net.decoder:
                 from rtdecode.wire.reliable import BetaSender
 

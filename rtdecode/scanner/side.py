@@ -35,6 +35,8 @@ from rtdecode.wire.protocol import Message
 
 log = logging.getLogger(__name__)
 
+HEARTBEAT_S = 1.0
+
 
 @dataclass
 class _Pending:
@@ -73,6 +75,7 @@ class ScannerSide:
         self._stop = threading.Event()
         self._started = False
         self._waiting_logged: set[int] = set()
+        self._last_beat = 0.0
         try:
             self._resume_runs()
         except Exception:
@@ -177,6 +180,9 @@ class ScannerSide:
         for run in self.book:
             did |= self._drain(run)
         did |= self.net.serve(self._command)
+        if now - self._last_beat >= HEARTBEAT_S:  # liveness between runs, and what the sockets refused
+            self._last_beat = now
+            self._send(Message("heartbeat", {"service": "scanner", "refused": self.net.refused}))
         return did
 
     def _command(self, action: str) -> tuple[bool, str]:

@@ -43,6 +43,24 @@ class VolumeEvent:
     vector: np.ndarray
 
 
+def return_free_memory() -> None:
+    """Once per run: collect the ended run's cyclic garbage now, and give freed heap back to the OS.
+
+    Without it RSS crept up ~4 MB a run over a long session (rtdecode bench endurance): an ended run's
+    arrays waited in reference cycles for a full collection, and glibc kept freed heap after raising
+    its mmap threshold. malloc_trim exists in glibc only; elsewhere that half does nothing.
+    """
+    import gc
+
+    gc.collect()  # an ended run's arrays may sit in reference cycles until the next full collection
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _reason(exc: Exception) -> str:
     return exc.reason if isinstance(exc, IngestError) else f"{type(exc).__name__}: {exc}"
 
@@ -157,6 +175,7 @@ class VolumeStage:
         self._glm(run, "end of run", lambda: self.betas.end_run(run.number))
         self.betas.release(run.number)
         run.release()
+        return_free_memory()
         self.send(Message("run_ended", {"run": run.number, "n_volumes": run.n_ok, "reason": reason}))
         log.info("run %d ended (%s): %d volumes stored", run.number, reason, run.n_ok)
 

@@ -76,7 +76,9 @@ class ResultStore:
         (self.folder / "images").mkdir(parents=True, exist_ok=True)
         self.table = self.folder / "results.tsv"
         repair_tail(self.table)
+        # Committed rows, and betas acknowledged with a reason instead: neither is taken again.
         self.decoded: set[str] = {r["key"] for r in read_tsv(self.table)}
+        self.decoded |= {r["key"] for r in read_tsv(self.folder / "refused.tsv")}
         self.reconstructed = Ledger(self.folder / "reconstructed.keys")
 
     # -- writing ----------------------------------------------------------------------------------
@@ -114,8 +116,7 @@ class ResultStore:
     # -- reading ----------------------------------------------------------------------------------
     def pending_reconstructions(self) -> list[str]:
         done = self.reconstructed.keys | {k for k in self.decoded if (self.folder / "images" / f"{stem(k)}.png").exists()}
-        rows = [k for k in sorted(self.decoded) if k not in done and (self.folder / "tokens" / f"{stem(k)}.npy").exists()]
-        return rows
+        return [k for k in sorted(self.decoded) if k not in done and (self.folder / "tokens" / f"{stem(k)}.npy").exists()]
 
     def rows(self) -> list[dict[str, str]]:
         return read_tsv(self.table)

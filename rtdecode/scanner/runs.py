@@ -48,12 +48,10 @@ class RunBook:
         self.missing_timeout_s = missing_timeout_s
         self.runs: dict[int, RunState] = {}  # by series key
         self.current: RunState | None = None
-        self.armed = True
-        stopped = {int(r["run"]) for r in folder.operator_log() if r["action"] == "stop_run" and r["run"].isdigit()}
-        armed_after = [r["action"] for r in folder.operator_log() if r["action"] in ("stop_run", "start_run")]
-        self._stopped_at_start = stopped
-        if armed_after and armed_after[-1] == "stop_run":
-            self.armed = False
+        log_rows = folder.operator_log()
+        self._stopped_at_start = {int(r["run"]) for r in log_rows if r["action"] == "stop_run" and r["run"].isdigit()}
+        actions = [r["action"] for r in log_rows if r["action"] in ("stop_run", "start_run")]
+        self.armed = not actions or actions[-1] == "start_run"
 
     def new_state(self, number: int, key: int, uid: str) -> RunState:
         run = RunState(number, key, uid, self.folder.run_store(number), RunSequencer(self.missing_timeout_s))

@@ -17,6 +17,7 @@ import time
 from collections import OrderedDict
 from pathlib import Path
 
+import numpy as np
 import zmq
 
 from rtdecode.errors import ProtocolError
@@ -34,8 +35,6 @@ def beta_key(fields: dict) -> str:
 def beta_message(run: int, trial: int, beta, identity: dict[str, str], image: str = "", version: str = "realtime",
                  **extra) -> Message:
     """A ``beta`` message: the fields every beta needs, ``identity`` (subject, session, session_uid) and extras."""
-    import numpy as np
-
     return Message("beta", {"run": run, "trial": trial, "image": image, "version": version, **identity, **extra},
                    arrays={"beta": np.asarray(beta, np.float32)})
 

@@ -33,8 +33,10 @@ screenshots: $(STAMP)
 	QT_QPA_PLATFORM=offscreen $(BIN)/rtdecode demo --headless --out demo-output
 	cp demo-output/screenshots/console.png demo-output/screenshots/display.png demo-output/realtime_grid.png docs/screenshots/
 
+# ruff, then the layering contracts in pyproject.toml ([tool.importlinter]; docs/architecture.md).
 lint: $(STAMP)
 	$(BIN)/ruff check rtdecode calibration gui models tests
+	$(BIN)/lint-imports --no-logo --no-cache
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache

@@ -6,10 +6,9 @@ import time
 
 import torch
 
-from rtdecode.bench import stage, summarize
+from rtdecode.timing import summarize
 
 
-@stage("calibrate")
 def bench_calibrate(hidden: int | None = None, n_voxels: int = 15724, steps: int = 3, batch: int | None = None,
                     seed: int = 0) -> dict:
     """Full-size MindEye2 (256 x 1664 tokens, prior 6 x 1664, the blurry branch) forward + backward +

@@ -23,27 +23,17 @@ from models.mindeye2.config import MindEye2Config, standin_config
 from models.mindeye2.model import MindEye2
 from models.retrieval import n_way_top1, similarity, top_k
 from models.standin import StandInEmbedder
-
-
-def _per_image(images: list[str], embedder, cache: Path | None) -> np.ndarray:
-    """``embedder`` over the built-in stimuli named by ``images`` (once per image, cached on disk), per trial."""
-    from models.clip import embed_images
-    from rtdecode.simulator.stimuli import StimulusSet, index_of
-
-    unique = sorted(set(images))
-    out = embed_images(embedder, StimulusSet().images([index_of(i) for i in unique]), cache)
-    lookup = dict(zip(unique, out, strict=True))
-    return np.stack([lookup[i] for i in images])
+from rtdecode.gallery.embed import embed_ids
 
 
 def standin_tokens(images: list[str], cache: Path | None = None) -> np.ndarray:
     """Stand-in tokens of built-in stimulus ids (embedded once per image, cached on disk)."""
-    return _per_image(images, StandInEmbedder(), cache)
+    return embed_ids(images, StandInEmbedder(), cache)
 
 
 def blur_targets(images: list[str], vae, cache: Path | None = None) -> np.ndarray | None:
     """Blurry-branch targets (trials x 4 x 28 x 28) of built-in stimulus ids; None without a VAE."""
-    return None if vae is None else _per_image(images, vae, cache)
+    return None if vae is None else embed_ids(images, vae, cache)
 
 
 def load_trial_dataset(folder: str | Path, subject: str, cache: Path | None = None, vae=None) -> SubjectData:

@@ -9,23 +9,20 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-ImageSource = Callable[[list[str]], np.ndarray]  # image ids -> (N, H, W, 3) uint8
+from rtdecode.gallery.builtin import builtin_images
+from rtdecode.gallery.embed import ImageSource
 
 
-def builtin_images(ids: list[str]) -> np.ndarray | None:
-    """The simulator's stimuli by id (None when an id is not one of them)."""
-    from rtdecode.simulator.stimuli import StimulusSet, index_of
-
+def builtin_or_none(ids: list[str]) -> np.ndarray | None:
+    """The built-in gallery's images by id (None when an id is not one of them: no grid then)."""
     try:
-        indices = [index_of(i) for i in ids]
-    except (KeyError, ValueError):
+        return builtin_images(ids)
+    except (KeyError, ValueError, IndexError):
         return None
-    return StimulusSet().images(indices)
 
 
 def run_quality(session: str | Path) -> list[dict]:
@@ -113,7 +110,7 @@ def _pct(x: float) -> str:
 
 
 def write_report(folder: str | Path, session: str | Path | None = None,
-                 images: ImageSource | None = builtin_images) -> Path:
+                 images: ImageSource | None = builtin_or_none) -> Path:
     """Write ``<folder>/report/report.md`` (and its PNGs) for a model folder written by calibrate."""
     folder = Path(folder)
     out = folder / "report"

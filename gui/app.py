@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+
+from rtdecode.wire.protocol import Message
 
 
 def load_gallery(folder: Path | None) -> dict[str, np.ndarray]:
@@ -52,7 +55,12 @@ def install_excepthook() -> None:
     sys.excepthook = hook
 
 
-def main(argv: list[str] | None = None, display: bool = False) -> int:
+Replay = Callable[[Path | None, Path | None], list[tuple[str, Message]]]
+
+
+def main(argv: list[str] | None = None, display: bool = False, replay: Replay | None = None) -> int:
+    """``rtdecode console`` / ``rtdecode display``. ``replay`` rebuilds a finished session's messages
+    for ``--replay`` / ``--decoded`` (the CLI passes :func:`rtdecode.replay.replayed`)."""
     parser = argparse.ArgumentParser(prog="rtdecode display" if display else "rtdecode console")
     parser.add_argument("--events", default=None, help="scanner side events address, e.g. tcp://127.0.0.1:5555")
     parser.add_argument("--results", default=None, help="decoder results address, e.g. tcp://127.0.0.1:5557")
@@ -71,6 +79,8 @@ def main(argv: list[str] | None = None, display: bool = False) -> int:
     args = parser.parse_args(argv)
     try:
         events_curve, results_curve = curve_options(args)
+        if (args.replay or args.decoded) and replay is None:
+            raise ValueError("--replay / --decoded are read by the rtdecode command (rtdecode console --replay ...)")
     except (FileNotFoundError, ValueError) as exc:
         print(f"rtdecode {'display' if display else 'console'}: error: {exc}", file=sys.stderr)
         return 2
@@ -80,7 +90,6 @@ def main(argv: list[str] | None = None, display: bool = False) -> int:
 
     from gui.console import ConsoleWindow, DisplayWindow
     from gui.feed import LiveFeed
-    from gui.replay import decoder_messages, session_messages
     from gui.state import ConsoleState
 
     app = QtWidgets.QApplication.instance() or QtWidgets.QApplication(sys.argv[:1])
@@ -94,11 +103,9 @@ def main(argv: list[str] | None = None, display: bool = False) -> int:
             return "no answer from the scanner side" if reply is None else str(reply.fields["detail"])
 
     window = DisplayWindow(state) if display else ConsoleWindow(state, load_gallery(args.gallery), control)
-    if args.replay or args.decoded:
-        for msg in session_messages(args.replay) if args.replay else []:
-            state.apply(msg, "scanner")
-        for msg in decoder_messages(args.decoded) if args.decoded else []:
-            state.apply(msg, "decoder")
+    if replay is not None and (args.replay or args.decoded):
+        for source, msg in replay(args.replay, args.decoded):
+            state.apply(msg, source)
     window.refresh()
     window.showFullScreen() if display and not args.screenshot else window.show()
     if args.screenshot:

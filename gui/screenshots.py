@@ -5,23 +5,22 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from rtdecode.wire.protocol import Message
 
-def capture(out: Path, session: Path, decoded: Path, stimuli: Path, note: str = "") -> list[Path]:
-    """Console and display, drawn from a session folder and a decoder output folder, saved under ``out``."""
+
+def capture(out: Path, messages: list[tuple[str, Message]], stimuli: Path, note: str = "") -> list[Path]:
+    """Console and display, drawn from ``(source, message)`` pairs (a replayed session), saved under ``out``."""
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     from PyQt6 import QtWidgets
 
     from gui.app import load_gallery
     from gui.console import ConsoleWindow, DisplayWindow
-    from gui.replay import decoder_messages, session_messages
     from gui.state import ConsoleState
 
     app = QtWidgets.QApplication.instance() or QtWidgets.QApplication([])
     state = ConsoleState(volumes_expected=0)
-    for msg in session_messages(session):
-        state.apply(msg, "scanner")
-    for msg in decoder_messages(decoded):
-        state.apply(msg, "decoder")
+    for source, msg in messages:
+        state.apply(msg, source)
     if note:
         state.status += f"   [{note}]"
     out.mkdir(parents=True, exist_ok=True)

@@ -169,8 +169,9 @@ def main(argv: list[str] | None = None) -> int:
 
             return screenshots_main(argv[1:])
         from gui.app import main as gui_main
+        from rtdecode.replay import replayed
 
-        return gui_main(argv[1:], display=argv[0] == "display")
+        return gui_main(argv[1:], display=argv[0] == "display", replay=replayed)
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")

@@ -74,9 +74,10 @@ def make_screenshots(out: Path, work: Path, model: Path | None = None, volumes: 
     service.stop()
     thread.join(timeout=10)
     from gui.screenshots import capture  # the only Qt in this command
+    from rtdecode.replay import replayed
 
     note = UNTRAINED_NOTE if model.name == "untrained-model" else ""
-    return capture(out, side.folder.path, work / "decoded", work / "stimuli", note)
+    return capture(out, replayed(side.folder.path, work / "decoded"), work / "stimuli", note)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -103,7 +103,7 @@ def test_calibrate_with_the_sd_vae_trains_the_branch_and_the_decoder_shows_blurr
         tmp_path, latent_space, vae_file):
     from rtdecode.cli import main
     from rtdecode.decoder.core import Decoder
-    from rtdecode.simulator.stimuli import StimulusSet
+    from rtdecode.gallery.builtin import StimulusSet
     from rtdecode.simulator.subjects import SubjectSpec
     from rtdecode.simulator.trials import write_dataset
 

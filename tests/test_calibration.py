@@ -82,7 +82,7 @@ def test_pretrain_then_calibrate_then_decode(tmp_path, latent_space):
     """Simulated dataset -> rtdecode pretrain -> rtdecode calibrate -> a model folder the decoder loads."""
     from rtdecode.cli import main
     from rtdecode.decoder.core import Decoder
-    from rtdecode.simulator.stimuli import StimulusSet
+    from rtdecode.gallery.builtin import StimulusSet
     from rtdecode.simulator.subjects import SubjectSpec
     from rtdecode.simulator.trials import write_dataset
 

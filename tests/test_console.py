@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from gui.state import ConsoleState
-from rtdecode.simulator.stimuli import StimulusSet
+from rtdecode.gallery.builtin import StimulusSet
 from rtdecode.wire.protocol import Message, encode_png
 
 pytest.importorskip("pytestqt")

@@ -19,7 +19,7 @@ from models.mindeye2.config import MindEye2Config, standin_config
 from models.mindeye2.model import MindEye2
 from rtdecode.decoder.core import Decoder
 from rtdecode.decoder.service import DecoderService
-from rtdecode.simulator.stimuli import StimulusSet
+from rtdecode.gallery.builtin import StimulusSet
 from rtdecode.wire.protocol import Message, decode_png, encode
 from rtdecode.wire.reliable import BetaSender, beta_message
 from rtdecode.wire.sockets import Subscriber
@@ -284,7 +284,7 @@ def test_scanner_side_to_decoder_to_two_subscribers(tmp_path, small_visit):
         decoder.join(timeout=10)
         for sub in subs:
             sub.close()
-    from gui.replay import decoder_messages, session_messages
+    from rtdecode.replay import decoder_messages, session_messages
 
     replayed = session_messages(st.side.folder.path)
     assert sum(m.type == "volume" for m in replayed) == 192 and sum(m.type == "beta" for m in replayed) == 63

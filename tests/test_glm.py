@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 
 from rtdecode.cli import main
+from rtdecode.events import EventsError, events_from_records, read_events
 from rtdecode.glm.design import cosine_drift, event_regressor, frame_times
 from rtdecode.glm.estimate import ar1_beta
-from rtdecode.glm.events import EventsError, events_from_records, read_events
 from rtdecode.glm.incremental import GLMSettings, IncrementalGLM
 from rtdecode.glm.normalize import FixedZScore, RepeatAverager, RunningZScore
 from rtdecode.glm.store import BetaStore
@@ -188,8 +188,8 @@ def test_zscoring_and_repeat_averaging(tmp_path, rng):
 def _write(volumes, indices, affine, folder):
     import time
 
-    from rtdecode.ingest.naming import format_name
     from rtdecode.simulator.dicom_writer import write_mosaic
+    from rtdecode.simulator.scanner import format_name
 
     for t in indices:
         write_mosaic(folder / format_name("001_{run:06d}_{volume:06d}.dcm", 7, t), volumes[t], affine,

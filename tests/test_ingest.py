@@ -7,9 +7,10 @@ import pytest
 
 from rtdecode.errors import IngestError, PartialFileError
 from rtdecode.ingest import read_volume
-from rtdecode.ingest.naming import compile_pattern, format_name, parse_name
+from rtdecode.ingest.naming import compile_pattern, parse_name
 from rtdecode.preprocess.rigid import rotation_matrix
 from rtdecode.simulator.dicom_writer import PSEUDONYM, write_enhanced, write_mosaic
+from rtdecode.simulator.scanner import format_name
 
 
 def _nibabel_reading(path):

@@ -38,7 +38,7 @@ def write_tiny_nsd(root, subjects: dict[int, int], sessions: int = 2, trials: in
     """Betas hdf5 per subject (voxel counts differ), the image hdf5 and train shards per session."""
     import h5py
 
-    from rtdecode.simulator.stimuli import StimulusSet
+    from rtdecode.gallery.builtin import StimulusSet
 
     rng = np.random.default_rng(seed)
     pictures = StimulusSet(size=224).images(range(N_IMAGES)).astype(np.float32) / 255
@@ -71,7 +71,7 @@ def test_reads_betas_images_and_shards_in_the_published_layout(tmp_path):
     with h5py.File(tmp_path / "betas_all_subj01_fp32_renorm.hdf5") as f:
         assert np.array_equal(data.betas[3], f["betas"][first[3, 1]])
     assert data.images[3] == f"nsd-{first[3, 0]:05d}"
-    from rtdecode.simulator.stimuli import StimulusSet
+    from rtdecode.gallery.builtin import StimulusSet
 
     expected = StandInEmbedder().embed(StimulusSet(size=224).images([first[3, 0]]))[0]
     assert np.allclose(data.tokens[3], expected, atol=0.05)  # float16 storage of the pixels

@@ -7,9 +7,9 @@ from test_scanner_side import PATTERN, _dicom_bytes, _put
 
 from gui.state import ConsoleState
 from rtdecode.errors import ConfigError
-from rtdecode.ingest.naming import format_name
 from rtdecode.session import SessionFolder
 from rtdecode.simulator.dicom_writer import write_enhanced
+from rtdecode.simulator.scanner import format_name
 from rtdecode.wire.control import send_command
 from rtdecode.wire.protocol import Message
 from rtdecode.wire.security import client_options, create_keys
@@ -238,7 +238,8 @@ def test_the_console_window_stays_up_on_malformed_messages(qtbot):
 
 @pytest.mark.slow
 def test_bench_endurance_drives_the_whole_scanner_side():
-    from rtdecode.scanner.bench import bench_endurance
+    # Through rtdecode.bench, which hands the simulator's volumes to the scanner side's bench.
+    from rtdecode.bench import bench_endurance
 
     result = bench_endurance(volumes=40, run_volumes=20, shape=(40, 46, 36), n_voxels=1500)
     assert result["runs"] == 2 and result["volumes"] == 40

@@ -7,10 +7,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from rtdecode.ingest.naming import format_name
 from rtdecode.session import SessionFolder
 from rtdecode.simulator.dicom_writer import write_mosaic
-from rtdecode.simulator.scanner import write_in_chunks
+from rtdecode.simulator.scanner import format_name, write_in_chunks
 
 from conftest import SideThread, drain, make_config
 

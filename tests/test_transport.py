@@ -79,9 +79,12 @@ def test_a_late_subscriber_catches_up_from_the_latest_state():
 
 
 def test_bench_wire_runs_and_reports_every_figure():
+    import numpy as np
+
     from rtdecode.wire.bench import bench_wire
 
-    result = bench_wire(n_voxels=300, n=20)
+    picture = np.random.default_rng(0).integers(0, 256, (96, 128, 3), dtype=np.uint8)
+    result = bench_wire(picture, n_voxels=300, n=20)
     assert result["betas"] == 20 and result["png_bytes"] > 0
     assert 0 < result["beta_one_way_median_ms"] <= result["beta_one_way_p99_ms"]
 

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import torch
 
-from rtdecode.bench import stage, summarize
+from rtdecode.timing import summarize
 
 
 def _random_init_(module: torch.nn.Module, device: torch.device, dtype: torch.dtype, seed: int = 0) -> None:
@@ -36,7 +36,6 @@ def _timed(fn, repeats: int, sync) -> list[float]:
     return ms
 
 
-@stage("decoder")
 def bench_decoder(hidden: int = 4096, n_voxels: int = 15724, repeats: int = 3, unclip: bool | None = None,
                   gallery: int = 300, seed: int = 0) -> dict:
     from models.mindeye2.config import MindEye2Config

@@ -17,6 +17,7 @@ import torch
 
 from models.folder import read_model_folder
 from models.retrieval import similarity, top_k
+from rtdecode.gallery.folder import read_folder
 
 
 @dataclass
@@ -57,7 +58,7 @@ class Decoder:
         dtype = torch.bfloat16 if device.startswith("cuda") else None
         folder, gallery = Path(folder), Path(gallery)
         model, subject, embedder = read_model_folder(folder, device=device, dtype=dtype)
-        ids, images = read_gallery(gallery)
+        ids, images = read_folder(gallery)
         tokens = EmbeddingCache(embedder, cache or folder / "embedding-cache", dtype=np.float32).embed(images)
         reconstruct, blurry, tier = None, None, None
         if unclip is not None:
@@ -113,17 +114,3 @@ class Decoder:
         if image.dtype != np.uint8:
             image = (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
         return image, (time.perf_counter() - t0) * 1e3
-
-
-def read_gallery(folder: Path) -> tuple[list[str], np.ndarray]:
-    """Images of a folder (PNG/JPEG), named by file stem, as uint8 RGB of one common size."""
-    from PIL import Image
-
-    paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
-    if not paths:
-        raise FileNotFoundError(f"{folder}: no PNG or JPEG images to use as a gallery")
-    images = []
-    for p in paths:
-        with Image.open(p) as im:
-            images.append(np.asarray(im.convert("RGB").resize((128, 128), Image.BICUBIC)))
-    return [p.stem for p in paths], np.stack(images)

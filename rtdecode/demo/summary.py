@@ -23,7 +23,7 @@ def realtime_retrieval(decoded: Path, run: int, seed: int = 0) -> dict:
     from models.retrieval import n_way_top1, similarity
     from models.standin import StandInEmbedder
     from rtdecode.decoder.results import open_results
-    from rtdecode.simulator.stimuli import StimulusSet, index_of
+    from rtdecode.gallery.builtin import StimulusSet, index_of
 
     store = open_results(decoded)
     rows = [r for r in store.rows() if r["version"] == "realtime" and int(r["run"]) == run]
@@ -79,7 +79,7 @@ def report_grid(decoded: Path, scores: dict, out: Path, rows: int = 10) -> Path:
     from PIL import Image, ImageDraw
 
     from rtdecode.decoder.results import open_results
-    from rtdecode.simulator.stimuli import StimulusSet, index_of
+    from rtdecode.gallery.builtin import StimulusSet, index_of
 
     stimuli, store = StimulusSet(), open_results(decoded)
     cell, pad, head = 96, 6, 16

@@ -1,32 +1,18 @@
-"""``rtdecode bench glm``: per-trial estimation at the end of a 192-volume run, against nilearn's refit."""
+"""``rtdecode bench glm``: per-trial estimation at the end of a 192-volume run, against nilearn's refit.
+
+The data come from whoever calls (``rtdecode bench glm`` asks the simulator): the GLM does not
+depend on a data generator.
+"""
 
 from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 
-from rtdecode.bench import stage, summarize
-
-
-def synthetic_run(n_voxels: int, volumes: int = 192, seed: int = 0):
-    """Masked data of a run with AR(1) noise (rho 0 to 0.5), task responses, drift and motion."""
-    from rtdecode.glm.design import frame_times, trial_regressors
-    from rtdecode.simulator.paradigm import Paradigm
-    from rtdecode.simulator.scanner import motion_trajectory
-
-    rng = np.random.default_rng(seed)
-    par = Paradigm(volumes=volumes)
-    events = par.events([f"sim-{i:05d}" for i in range(par.trials)])
-    regs = trial_regressors(events.onset, events.duration, frame_times(volumes, par.tr_s), par.tr_s)
-    rho = rng.uniform(0, 0.5, n_voxels)
-    noise = np.zeros((volumes, n_voxels))
-    for t in range(volumes):
-        noise[t] = (rho * noise[t - 1] if t else 0) + rng.normal(0, 10, n_voxels)
-    data = 1000 + regs @ rng.normal(10, 8, (par.trials, n_voxels)) + noise
-    motion = motion_trajectory(volumes, 1.0, 1.0, rng)
-    return events, data.astype(np.float32), np.c_[motion[:, :3], np.rad2deg(motion[:, 3:])]
+from rtdecode.timing import summarize
 
 
 def _nilearn(events, data, motion, trial: int, noise_model: str) -> tuple[float, np.ndarray]:
@@ -51,8 +37,11 @@ def _nilearn(events, data, motion, trial: int, noise_model: str) -> tuple[float,
     return (time.perf_counter() - t0) * 1e3, np.asarray(effect.dataobj).reshape(-1)
 
 
-@stage("glm")
-def bench_glm(n_voxels: int | None = None, volumes: int = 192, nilearn_trials: int = 5, seed: int = 0) -> dict:
+RunMaker = Callable[[int, int, int], tuple]  # (n_voxels, volumes, seed) -> (events, data, motion confounds)
+
+
+def bench_glm(make_run: RunMaker, n_voxels: int | None = None, volumes: int = 192, nilearn_trials: int = 5,
+              seed: int = 0) -> dict:
     """Median and p99 per-trial estimate at the end of a run, for 'ols' and 'ar1', and nilearn's refit.
 
     Also the per-volume cost of keeping the running products up to date (paid once per volume, not
@@ -63,7 +52,7 @@ def bench_glm(n_voxels: int | None = None, volumes: int = 192, nilearn_trials: i
     sizes = [n_voxels] if n_voxels else [8627, 15724]
     result: dict = {"stage": "glm", "volumes": volumes}
     for v in sizes:
-        events, data, motion = synthetic_run(v, volumes, seed)
+        events, data, motion = make_run(v, volumes, seed)
         for model in ("ols", "ar1"):
             glm = IncrementalGLM(events, v, GLMSettings(noise_model=model), volumes)
             add_ms = []

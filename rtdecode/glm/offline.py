@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rtdecode.glm.events import read_events
+from rtdecode.events import read_events
 from rtdecode.glm.incremental import GLMSettings, IncrementalGLM
 from rtdecode.session import SessionFolder
 
@@ -75,7 +75,7 @@ def write_offline_betas(session: Path, out: Path, noise_model: str = "ar1", vers
                         tr_s: float = 1.5, delay_s: float = 7.5) -> Path:
     """``rtdecode glm``: estimate and write betas.npy + trials.tsv (the simulator's trial-level layout)."""
     from rtdecode.errors import ConfigError
-    from rtdecode.glm.events import EventsError
+    from rtdecode.events import EventsError
 
     try:
         result = offline_betas(session_folder(session), GLMSettings(t_r=tr_s, noise_model=noise_model, delay_s=delay_s),

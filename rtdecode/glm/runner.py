@@ -5,6 +5,9 @@ named by ``glm.events``; a run without one is processed for volumes only, with o
 where the table was looked for. Every beta is stored (raw and as sent) before it is handed on, and a
 restarted scanner side rebuilds each run's GLM and the session's z-score statistics from the session
 folder, so no trial is estimated or sent twice.
+
+It speaks no wire protocol: each beta leaves as a :class:`SentBeta` through ``emit``, and the scanner
+side (``rtdecode.scanner``) turns it into a message for the events socket and the decoder.
 """
 
 from __future__ import annotations
@@ -12,18 +15,18 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from rtdecode.config import SessionConfig
 from rtdecode.errors import ConfigError
-from rtdecode.glm.events import Events, EventsError, read_events, write_events
+from rtdecode.events import Events, EventsError, read_events, write_events
 from rtdecode.glm.incremental import GLMSettings, IncrementalGLM, TrialEstimate
 from rtdecode.glm.normalize import FixedZScore, NoZScore, RepeatAverager, RunningZScore
 from rtdecode.glm.store import BetaStore
 from rtdecode.session import SessionFolder
-from rtdecode.wire.protocol import Message
 
 log = logging.getLogger(__name__)
 
@@ -60,18 +63,36 @@ class _Normalizer:
         return self.average(image, z) if self.average is not None else (z, 1)
 
 
-class TrialBetas:
-    """GLM stage of the scanner side. Call :meth:`volume`, :meth:`missing`, :meth:`end_run`."""
+@dataclass(frozen=True)
+class SentBeta:
+    """A beta as the GLM stage hands it on: stored, normalised (and repeat-averaged) as configured."""
 
-    def __init__(self, config: SessionConfig, folder: SessionFolder, send: Callable[[Message], None],
-                 on_beta: Callable[[TrialEstimate, np.ndarray], None] | None = None,
-                 deliver: Callable[..., None] | None = None, identity: dict[str, str] | None = None) -> None:
+    run: int
+    trial: int
+    image: str
+    version: str  # "realtime" or "endofrun"
+    onset: float
+    n_frames: int
+    n_repeats: int
+    estimate_ms: float
+    vector: np.ndarray  # float32, what the decoder receives
+
+
+class TrialBetas:
+    """GLM stage of the scanner side. Call :meth:`volume`, :meth:`missing`, :meth:`end_run`.
+
+    Args:
+        emit: called with each stored beta and ``resumed``: False when it was just estimated, True
+            when a restart reads it back from the session folder (to re-deliver what was not acknowledged).
+        on_error: called with a run and the reason when its events table cannot be used.
+    """
+
+    def __init__(self, config: SessionConfig, folder: SessionFolder, emit: Callable[[SentBeta, bool], None],
+                 on_error: Callable[[int, str], None] | None = None) -> None:
         self.config = config
-        self.identity = identity or folder.identity  # which session every beta belongs to
-        self.deliver = deliver  # the acknowledged channel to the decoder, when there is one
         self.folder = folder
-        self.send = send
-        self.on_beta = on_beta
+        self.emit = emit
+        self.on_error = on_error
         self.settings = settings_from_config(config)
         self.glms: dict[int, IncrementalGLM] = {}
         self.stores: dict[int, dict[str, BetaStore]] = {}
@@ -95,7 +116,8 @@ class TrialBetas:
         except EventsError as exc:
             log.error("run %d: %s; volumes only, no betas", run, exc)
             self._skipped.add(run)
-            self.send(Message("status", {"state": "glm_error", "service": "scanner", "run": run, "reason": str(exc)}))
+            if self.on_error is not None:
+                self.on_error(run, str(exc))
             return False
         self._open(run, events, n_voxels)
         # The session keeps its own copy, so offline estimates and calibration need nothing else.
@@ -132,10 +154,10 @@ class TrialBetas:
                 if version == "realtime":
                     glm.done.add(int(row["trial"]))
                 self._normalizers[version](row["image"], beta)  # statistics as they were
-                if self.deliver is not None:  # the sender skips what the decoder already acknowledged
-                    self.deliver(self._message(run, int(row["trial"]), row["image"], version, float(row["onset"]),
-                                               int(row["n_frames"]), int(row["n_repeats"]),
-                                               float(row["estimate_ms"]), vector), resumed=True)
+                # Handed on again: the decoder's channel skips what was already acknowledged.
+                self.emit(SentBeta(run, int(row["trial"]), row["image"], version, float(row["onset"]),
+                                   int(row["n_frames"]), int(row["n_repeats"]), float(row["estimate_ms"]),
+                                   np.asarray(vector, np.float32)), True)
 
     def release(self, run: int) -> None:
         """Forget an ended run's GLM (its betas are on disk): memory stays flat over a long session."""
@@ -174,23 +196,11 @@ class TrialBetas:
             out += [self._emit(run, est) for est in glm.end_of_run()]
         return out
 
-    def _message(self, run: int, trial: int, image: str, version: str, onset: float, n_frames: int, n_repeats: int,
-                 estimate_ms: float, sent: np.ndarray) -> Message:
-        return Message("beta", {"run": run, "trial": trial, "image": image, "version": version, "onset": float(onset),
-                                "n_frames": int(n_frames), "n_repeats": int(n_repeats),
-                                "estimate_ms": round(float(estimate_ms), 3), **self.identity},
-                       arrays={"beta": np.asarray(sent, np.float32)})
-
     def _emit(self, run: int, est: TrialEstimate) -> TrialEstimate:
         t_ready = time.time()
         sent, n_repeats = self._normalizers[est.version](est.image, est.beta)
         self.stores[run][est.version].append(est, sent, self.settings, {
             "n_repeats": n_repeats, "t_ready": f"{t_ready - est.estimate_ms / 1e3:.3f}", "t_done": f"{time.time():.3f}"})
-        message = self._message(run, est.trial, est.image, est.version, est.onset, est.n_frames, n_repeats,
-                                est.estimate_ms, sent)
-        self.send(message)
-        if self.deliver is not None:
-            self.deliver(message)
-        if self.on_beta is not None:
-            self.on_beta(est, sent)
+        self.emit(SentBeta(run, est.trial, est.image, est.version, float(est.onset), int(est.n_frames), n_repeats,
+                           float(est.estimate_ms), np.asarray(sent, np.float32)), False)
         return est

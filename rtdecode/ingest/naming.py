@@ -47,8 +47,3 @@ def parse_name(regex: re.Pattern[str], name: str) -> FileKey | None:
         return None
     groups = m.groupdict()
     return FileKey(run=int(groups.get("run") or 0), volume=int(groups["volume"]))
-
-
-def format_name(pattern: str, run: int, volume: int) -> str:
-    """The file name a scanner would write for ``run`` and ``volume`` (used by the simulator)."""
-    return pattern.replace("*", "").format(run=run, volume=volume)

@@ -22,7 +22,7 @@ import numpy as np
 
 from rtdecode.config import SessionConfig
 from rtdecode.errors import ConfigError, IngestError, PartialFileError
-from rtdecode.glm.runner import TrialBetas
+from rtdecode.glm.runner import SentBeta, TrialBetas
 from rtdecode.ingest.naming import compile_pattern, parse_name
 from rtdecode.ingest.reader import Volume, read_volume
 from rtdecode.preprocess.pipeline import Mask
@@ -32,6 +32,7 @@ from rtdecode.scanner.volumes import VolumeEvent, VolumeStage
 from rtdecode.session import SessionFolder
 from rtdecode.watcher import FolderWatcher
 from rtdecode.wire.protocol import Message
+from rtdecode.wire.reliable import beta_message
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ class ScannerSide:
         publisher: optional :class:`rtdecode.wire.sockets.Publisher` for events; by default one is bound
             at ``network.host:network.events_port`` (with CURVE when the config has keys).
         on_volume: optional callback for each processed volume (live summary).
-        on_beta: optional callback for each single-trial beta (estimate, vector as sent).
+        on_beta: optional callback for each single-trial beta (a :class:`rtdecode.glm.runner.SentBeta`).
     """
 
     def __init__(self, config: SessionConfig, publisher=None, on_volume: Callable[[VolumeEvent], None] | None = None,
@@ -67,7 +68,8 @@ class ScannerSide:
         self.quarantine = sc.quarantine_dir or (sc.watch_dir / "rtdecode-rejected")
         mask, reference = self._load_mask(), self._load_session_reference()
         self.net = ScannerNetwork(config, self.folder, publisher)
-        self.betas = TrialBetas(config, self.folder, self._send, on_beta, deliver=self.net.deliver, identity=self.identity)
+        self._on_beta = on_beta
+        self.betas = TrialBetas(config, self.folder, self._beta_out, self._glm_error)
         self.stage = VolumeStage(config, self.betas, mask, reference, self._send, self._reject, on_volume, self.identity)
         self.book = RunBook(self.folder, sc.missing_timeout_s)
         self._pending: dict[str, _Pending] = {}
@@ -310,6 +312,23 @@ class ScannerSide:
 
     def _send(self, message: Message) -> None:
         self.net.publish(message)
+
+    def _beta_out(self, beta: SentBeta, resumed: bool) -> None:
+        """The GLM stage's beta as a message: published when new, and handed to the decoder's channel
+        (which skips what the decoder already acknowledged)."""
+        message = beta_message(beta.run, beta.trial, beta.vector, self.identity, image=beta.image,
+                               version=beta.version, onset=beta.onset, n_frames=beta.n_frames,
+                               n_repeats=beta.n_repeats, estimate_ms=round(beta.estimate_ms, 3))
+        if not resumed:
+            self._send(message)
+        if self.net.deliver is not None:
+            self.net.deliver(message, resumed=resumed)
+        if not resumed and self._on_beta is not None:
+            self._on_beta(beta)
+
+    def _glm_error(self, run: int, reason: str) -> None:
+        self._send(Message("status", {"state": "glm_error", "service": "scanner", "run": run, "reason": reason,
+                                      **self.identity}))
 
     def _status(self, state: str) -> None:
         self._send(Message("status", {"state": state, "service": "scanner", **self.identity}))

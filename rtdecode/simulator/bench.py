@@ -6,16 +6,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from rtdecode.bench import stage, summarize
+from rtdecode.timing import summarize
 
 
-@stage("simulate")
 def bench_simulate(volumes: int = 192, shape: tuple[int, int, int] = (100, 100, 52), n_voxels: int = 8627,
                    fmt: str = "mosaic", seed: int = 0) -> dict:
     """Per-volume time to synthesise (task, noise, motion) and write one file, against the TR."""
-    from rtdecode.ingest.naming import format_name
     from rtdecode.simulator.paradigm import Paradigm
-    from rtdecode.simulator.scanner import WRITERS
+    from rtdecode.simulator.scanner import WRITERS, format_name
     from rtdecode.simulator.subjects import SubjectSpec
     from rtdecode.simulator.visit import Visit
 

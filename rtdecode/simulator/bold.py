@@ -3,8 +3,9 @@
 Per volume t (head frame first, then the scanner frame):
   head(t)    = baseline * (1 + drift(t)) + baseline * sum_j beta_j * x_j(t) / 100 + ar1(t) + physio(t)
   scanner(t) = head(t) resampled through the head's rigid motion at t + thermal noise
-where x_j is trial j's Glover-convolved 3 s boxcar (rtdecode.glm.design, nilearn's numerics) and the
-betas are the subject's true responses (% signal change) in its visual region. Noise levels are set
+where x_j is trial j's 3 s boxcar convolved with the Glover HRF (the simulator's own exact
+response, :mod:`rtdecode.simulator.hrf`, not the GLM's code) and the betas are the subject's true
+responses (% signal change) in its visual region. Noise levels are set
 per voxel so that an ordinary LSS GLM on the whole run (the design Real-time MindEye uses) recovers
 each voxel's betas with the voxel's configured reliability: the estimator's noise and its leakage
 from neighbouring trials are computed exactly from the design and the noise covariance.
@@ -19,11 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 
-from rtdecode.glm.design import cosine_drift, frame_times, lss_design, trial_regressors
-from rtdecode.glm.events import Events, write_events
-from rtdecode.preprocess.rigid import params_to_matrix, volume_center
+from rtdecode.events import Events, write_events
+from rtdecode.simulator.head import moved_volume
+from rtdecode.simulator.hrf import boxcar_responses, slow_cosines
 from rtdecode.simulator.phantom import brain_volume
 from rtdecode.simulator.subjects import SimulatedSubject
 
@@ -64,14 +64,25 @@ class EstimatorStats:
     c_head: float  # estimator variance per unit head-frame noise variance
 
 
-def estimator_stats(regressors: np.ndarray, confounds: np.ndarray | None, noise: NoiseModel,
+def estimator_stats(regressors: np.ndarray, confounds: np.ndarray | None, noise: NoiseModel, tr_s: float,
                     high_pass_hz: float = 0.01) -> EstimatorStats:
-    """Exact variance terms of the LSS beta estimates for this design and noise covariance."""
-    drift = cosine_drift(high_pass_hz, noise.times)
+    """Exact variance terms of the LSS beta estimates for this design and noise covariance.
+
+    LSS (Real-time MindEye's design) fits, per trial, the trial's own regressor beside one regressor
+    for every other trial, the confounds, the slow cosines and a constant; row 0 of the design's
+    pseudo-inverse is the linear map from the data to that trial's estimate.
+    """
+    n, k = regressors.shape
+    nuisance = [np.ones((n, 1)), slow_cosines(n, tr_s, high_pass_hz)]
+    if confounds is not None and confounds.size:
+        nuisance.append(np.asarray(confounds, float).reshape(n, -1))
+    nuisance = np.hstack(nuisance)
+    others = regressors.sum(axis=1)
     sw, sh = noise.white(), noise.head()
     leak, cw, ch = [], [], []
-    for j in range(regressors.shape[1]):
-        a = np.linalg.pinv(lss_design(regressors, j, confounds, drift))[0]
+    for j in range(k):
+        design = np.column_stack([regressors[:, j], others - regressors[:, j], nuisance])
+        a = np.linalg.pinv(design)[0]
         gains = a @ regressors
         gains[j] -= 1.0
         leak.append(float(gains @ gains))
@@ -111,20 +122,20 @@ class BoldRun:
         if not len(self.roi_index):
             raise ValueError(f"subject {self.subject.name} has no visual voxels on a {self.shape} grid of {self.voxel_mm} mm")
         self.roi_xyz = xyz[self.roi_index]
-        self.times = frame_times(self.n_volumes, self.tr_s)
-        self.regressors = trial_regressors(self.events.onset, self.events.duration, self.times, self.tr_s)
+        self.times = np.arange(self.n_volumes) * self.tr_s  # each volume at its start (no slice timing)
+        self.regressors = boxcar_responses(self.events.onset, self.events.duration, self.times)
         self.betas = self.subject.responses(self.latents, self.roi_xyz).T  # (n_roi, n_trials), %
         params = self.subject.voxel_params(self.roi_xyz)
         self.reliability = params["reliability"]
         noise = NoiseModel(self.times, rng.uniform(0.25, 0.32), rng.uniform(0.9, 1.3))
         confounds = np.c_[self.motion[:, :3], np.rad2deg(self.motion[:, 3:])]
-        self.stats = estimator_stats(self.regressors, confounds, noise)
+        self.stats = estimator_stats(self.regressors, confounds, noise, self.tr_s)
         self._set_noise(params["signal"], rng)
         self._noise = noise
         self._rng = np.random.default_rng([self.seed, 12])
         n_brain = len(self.brain_index)
         self._phase = rng.uniform(0, 2 * np.pi, (2, n_brain))
-        slow = cosine_drift(0.01, self.times)[:, :2]  # slow enough for the GLM's high-pass to remove
+        slow = slow_cosines(self.n_volumes, self.tr_s, 0.01)[:, :2] * np.sqrt(2.0 / self.n_volumes)  # unit norm; high-passed away
         self._drift = self.drift_pct / 100 * np.sqrt(self.n_volumes / 2) * (slow @ rng.normal(0, 1, slow.shape[1]))
 
     def _set_noise(self, signal_pct: np.ndarray, rng: np.random.Generator) -> None:
@@ -150,8 +161,6 @@ class BoldRun:
     def iter_volumes(self) -> Iterator[np.ndarray]:
         """Volumes in acquisition order (float32, scanner frame); state advances, so iterate once."""
         base = self.baseline.ravel()
-        centre = volume_center(self.shape, self.affine)
-        ijk = np.indices(self.shape, dtype=np.float64).reshape(3, -1)
         ar = self._rng.normal(0, 1, len(self.brain_index))  # stationary start
         innov = np.sqrt(1 - AR_RHO ** 2)
         for t in range(self.n_volumes):
@@ -165,9 +174,7 @@ class BoldRun:
             head[self.brain_index] += self.head_sd * (np.sqrt(1 - PHYSIO_SHARE) * ar + np.sqrt(PHYSIO_SHARE) * phys)
             vol = head.reshape(self.shape)
             if np.any(self.motion[t]):
-                inv = np.linalg.inv(self.affine) @ np.linalg.inv(params_to_matrix(self.motion[t], centre)) @ self.affine
-                coords = inv[:3, :3] @ ijk + inv[:3, 3:4]
-                vol = ndimage.map_coordinates(vol, coords, order=1, mode="constant", cval=0.0).reshape(self.shape)
+                vol = moved_volume(vol, self.affine, self.motion[t])
             vol = vol + self._rng.normal(0, self.thermal_sd, self.shape) + 20.0
             yield np.clip(vol, 0, 4095).astype(np.float32)
 

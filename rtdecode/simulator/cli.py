@@ -7,9 +7,9 @@ import argparse
 import numpy as np
 
 from rtdecode.errors import ConfigError
+from rtdecode.gallery.builtin import StimulusSet
 from rtdecode.simulator.paradigm import Paradigm
 from rtdecode.simulator.scanner import simulate_run, write_run
-from rtdecode.simulator.stimuli import StimulusSet
 from rtdecode.simulator.subjects import SubjectSpec, default_subjects
 
 

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rtdecode.glm.events import Events
-from rtdecode.simulator.stimuli import image_id
+from rtdecode.events import Events
+from rtdecode.gallery.builtin import image_id
 
 
 @dataclass(frozen=True)

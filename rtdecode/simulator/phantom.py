@@ -8,7 +8,7 @@ import numpy as np
 from scipy import ndimage
 
 from rtdecode.cache import cached_arrays
-from rtdecode.preprocess.rigid import params_to_matrix, volume_center
+from rtdecode.simulator.head import grid_centre, pose
 
 
 @lru_cache(maxsize=1)
@@ -45,7 +45,7 @@ def brain_volume(shape: tuple[int, int, int] = (100, 100, 52), voxel_mm: float =
     ijk = np.indices(shape, dtype=np.float64).reshape(3, -1)
     world = affine[:3, :3] @ ijk + affine[:3, 3:4]
     if params is not None:
-        moved = np.linalg.inv(params_to_matrix(params, volume_center(shape, affine)))
+        moved = np.linalg.inv(pose(params, grid_centre(shape, affine)))
         world = moved[:3, :3] @ world + moved[:3, 3:4]
     tvox = np.linalg.inv(t_aff)[:3, :3] @ world + np.linalg.inv(t_aff)[:3, 3:4]
     data = ndimage.map_coordinates(template, tvox, order=1, mode="constant", cval=0.0).reshape(shape)

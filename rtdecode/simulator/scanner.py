@@ -14,12 +14,16 @@ from typing import Protocol
 
 import numpy as np
 
-from rtdecode.ingest.naming import format_name
 from rtdecode.simulator.bold import save_motion
 from rtdecode.simulator.dicom_writer import write_enhanced, write_mosaic, write_nifti
 from rtdecode.simulator.phantom import brain_volume
 
 WRITERS = {"mosaic": write_mosaic, "enhanced": write_enhanced}
+
+
+def format_name(pattern: str, run: int, volume: int) -> str:
+    """The file name a scanner writes for ``run`` and ``volume`` under a ``--pattern`` (``*`` left out)."""
+    return pattern.replace("*", "").format(run=run, volume=volume)
 
 
 @dataclass

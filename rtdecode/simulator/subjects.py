@@ -23,8 +23,8 @@ import numpy as np
 
 from models.standin import StandInConfig, StandInEmbedder
 from rtdecode.cache import cached_arrays
+from rtdecode.gallery.builtin import StimulusSet
 from rtdecode.simulator.phantom import mni_template
-from rtdecode.simulator.stimuli import StimulusSet
 
 NSD_RELIABILITY = 0.3  # median single-trial correlation with the true response (NSD-like: noisy)
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from rtdecode.gallery.builtin import index_of
 from rtdecode.simulator.paradigm import session_plan
-from rtdecode.simulator.stimuli import index_of
 from rtdecode.simulator.subjects import LatentSpace, SimulatedSubject, SubjectSpec
 
 SESSION_GAIN_SD = 0.1

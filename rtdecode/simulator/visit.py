@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
+from rtdecode.gallery.builtin import index_of
 from rtdecode.simulator.bold import BoldRun
 from rtdecode.simulator.paradigm import Paradigm, session_plan
 from rtdecode.simulator.scanner import motion_trajectory
-from rtdecode.simulator.stimuli import index_of
 from rtdecode.simulator.subjects import LatentSpace, SimulatedSubject, SubjectSpec
 
 

@@ -8,14 +8,15 @@ from pathlib import Path
 
 import numpy as np
 
-from rtdecode.bench import stage, summarize
+from rtdecode.timing import summarize
 
 BENCH_SESSION = {"subject": "bench", "session": "01", "session_uid": "0" * 32}
 
 
-@stage("wire")
-def bench_wire(n_voxels: int = 15724, n: int = 500, image_side: int = 768, seed: int = 0) -> dict:
-    """Beta send -> receive (validated) -> ack -> ack received, and a 768 px PNG result end to end."""
+def bench_wire(picture: np.ndarray, n_voxels: int = 15724, n: int = 500, seed: int = 0) -> dict:
+    """Beta send -> receive (validated) -> ack -> ack received, and ``picture`` as a PNG result end to end.
+
+    PNG size and time depend on content, so ``picture`` should look like one (H x W x 3 uint8)."""
     from rtdecode.wire.protocol import Message, decode_png, encode_png
     from rtdecode.wire.reliable import BetaReceiver, BetaSender, beta_key, beta_message
     from rtdecode.wire.sockets import Publisher, Subscriber
@@ -40,12 +41,7 @@ def bench_wire(n_voxels: int = 15724, n: int = 500, image_side: int = 768, seed:
             round_trip.append((t2 - t0) * 1e3)
         sender.close()
     receiver.close()
-    from PIL import Image
-
-    from rtdecode.simulator.stimuli import StimulusSet
-
-    # A picture-like image (a built-in stimulus at 768 px), since PNG size depends on content.
-    image = np.asarray(Image.fromarray(StimulusSet().image(3)).resize((image_side, image_side), Image.BICUBIC))
+    image = np.ascontiguousarray(picture, np.uint8)
     pub = Publisher("tcp://127.0.0.1:0")
     sub = Subscriber(pub.address)
     time.sleep(0.3)

@@ -1,10 +1,18 @@
-"""A finished session as the console would have received it: messages rebuilt from the folders."""
+"""A finished session as a console would have received it: messages rebuilt from the folders.
+
+``rtdecode console --replay`` and ``rtdecode screenshots`` hand these to the console, which only
+draws messages: the GUI reads no session or decoder folder itself.
+"""
 
 from __future__ import annotations
 
 import csv
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
+
+from rtdecode.decoder.results import open_results
 from rtdecode.wire.protocol import Message, encode_png
 
 MOTION = ("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z")
@@ -45,8 +53,6 @@ def session_messages(session: str | Path) -> list[Message]:
 
 def decoder_messages(decoded: str | Path) -> list[Message]:
     """Decoder results of one session: its folder under ``rtdecode decode --out``, or an --out holding one."""
-    from rtdecode.decoder.results import open_results
-
     store = open_results(decoded)
     out: list[Message] = []
     for r in store.rows():
@@ -57,12 +63,15 @@ def decoder_messages(decoded: str | Path) -> list[Message]:
                                       "top_scores": scores, "timings_ms": {"prior_ms": float(r["prior_ms"])}}))
         png = store.image_path(r["key"])
         if png.exists():
-            import numpy as np
-            from PIL import Image
-
             with Image.open(png) as im:
                 image = np.asarray(im.convert("RGB"))
             out.append(Message("result", {**fields, "stage": "reconstruction"}, images={"reconstruction": encode_png(image)}))
     for seq, msg in enumerate(out, start=1):
         msg.seq = seq
     return out
+
+
+def replayed(session: Path | None, decoded: Path | None) -> list[tuple[str, Message]]:
+    """``(source, message)`` pairs: the scanner side's from ``session``, then the decoder's from ``decoded``."""
+    out = [("scanner", m) for m in (session_messages(session) if session else [])]
+    return out + [("decoder", m) for m in (decoder_messages(decoded) if decoded else [])]

@@ -1,77 +1,19 @@
-"""The built-in stimulus set: procedurally painted scenes, made on the fly, no download.
+"""The painter of the built-in images: one scene of a kind, drawn from a random generator.
 
-Each image is a deterministic function of (set seed, index): a scene kind (landscape, seascape,
-city, still life, flower, face, house, night, forest, desert) with its own palette, layout and
-objects, painted with anti-aliased shapes and soft texture. They are cartoons, not photographs, but
-they differ in colour, layout and content enough that a person can tell by eye whether a
-reconstruction resembles its stimulus, which is what the demo and the reports need.
+A scene kind (landscape, seascape, city, still life, flower, face, house, night, forest, desert) has
+its own palette, layout and objects, painted with anti-aliased shapes and soft texture. They are
+cartoons, not photographs, but they differ in colour, layout and content enough that a person can
+tell by eye whether a reconstruction resembles its stimulus, which is what the demo and the reports
+need. :mod:`rtdecode.gallery.builtin` names them and fixes each one's seed.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
-from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 KINDS = ("landscape", "seascape", "city", "still_life", "flower", "face", "house", "night", "forest", "desert")
 SUPERSAMPLE = 2
-
-
-def image_id(index: int) -> str:
-    """The stable name of built-in image ``index`` (used in events tables and galleries)."""
-    return f"sim-{index:05d}"
-
-
-def index_of(image: str) -> int:
-    """Inverse of :func:`image_id`; raises ValueError naming the id when it is not a built-in one."""
-    if not image.startswith("sim-") or not image[4:].isdigit():
-        raise ValueError(f"not a built-in stimulus id: {image!r} (expected 'sim-NNNNN')")
-    return int(image[4:])
-
-
-@dataclass(frozen=True)
-class StimulusSet:
-    """``n`` distinct images of ``size`` pixels; ``image(i)`` paints image i (uint8, H x W x 3)."""
-
-    n: int = 1200
-    size: int = 128
-    seed: int = 0
-
-    @property
-    def ids(self) -> list[str]:
-        return [image_id(i) for i in range(self.n)]
-
-    def kind(self, index: int) -> str:
-        return KINDS[index % len(KINDS)]
-
-    def image(self, index: int) -> np.ndarray:
-        if not 0 <= index < self.n:
-            raise IndexError(f"stimulus index {index} is outside the set of {self.n} images")
-        return _painted(self.kind(index), self.seed, index, self.size).copy()
-
-    def images(self, indices) -> np.ndarray:
-        return np.stack([self.image(int(i)) for i in indices])
-
-    def save(self, folder: str | Path, indices=None) -> list[Path]:
-        """Write images as PNG named by id (the gallery a decoder or console can load)."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        paths = []
-        for i in range(self.n) if indices is None else indices:
-            path = folder / f"{image_id(int(i))}.png"
-            if not path.exists():
-                Image.fromarray(self.image(int(i))).save(path)
-            paths.append(path)
-        return paths
-
-
-@lru_cache(maxsize=1500)
-def _painted(kind: str, seed: int, index: int, size: int) -> np.ndarray:
-    # Painting takes ~15 ms; galleries, latents and reports ask for the same images again and again.
-    return paint(kind, np.random.default_rng([seed, index]), size)
 
 
 class Canvas:

@@ -48,6 +48,12 @@ class ScannerSection:
     partial_timeout_s: float = 2.0
     missing_timeout_s: float = 3.0
     quarantine_dir: Path | None = None
+    # Exports written one file per slice (Philips / GE per-slice, Siemens non-mosaic): the slices that
+    # make one volume (0: one file per volume). The pattern then needs {slice} or {instance}; a slice's
+    # volume comes from its header: TemporalPositionIdentifier, else InstanceNumber counted in slices
+    # ("auto"), or the one field named here.
+    slices_per_volume: int = 0
+    slice_grouping: Literal["auto", "temporal_position", "acquisition_number", "instance_number"] = "auto"
 
 
 @dataclass
@@ -261,8 +267,13 @@ def _validate(cfg: SessionConfig, source: str) -> None:
                               f"got {str(cfg.glm.events)!r} ({exc})") from None
     from rtdecode.ingest.naming import compile_pattern
 
+    if cfg.scanner.slices_per_volume < 0:
+        raise ConfigError(f"{source}: scanner.slices_per_volume must be 0 (one file per volume) or the number of "
+                          f"slices in a volume, got {cfg.scanner.slices_per_volume}")
+    if cfg.scanner.slices_per_volume and cfg.scanner.format == "nifti":
+        raise ConfigError(f"{source}: scanner.slices_per_volume is for DICOM slice files; scanner.format is \"nifti\"")
     try:
-        compile_pattern(cfg.scanner.pattern)
+        compile_pattern(cfg.scanner.pattern, per_slice=cfg.scanner.slices_per_volume > 0)
     except ValueError as exc:
         raise ConfigError(f"{source}: scanner.pattern: {exc}") from None
 

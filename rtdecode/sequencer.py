@@ -43,6 +43,10 @@ class RunSequencer:
         self._buffer[index] = (item, now)
         return "buffered"
 
+    def holds(self, index: int) -> bool:
+        """Whether ``index`` was delivered or waits in the buffer (a later copy is a duplicate)."""
+        return index in self.done or index in self._buffer
+
     def pop_ready(self, now: float) -> list[Delivery]:
         out: list[Delivery] = []
         while True:

@@ -61,7 +61,7 @@ def test_skyra_run_through_the_watcher(tmp_path):
     np.testing.assert_array_equal(np.asarray(img.dataobj), wrapper.get_data())
     rejected = st.side.folder.rejected()
     assert len(rejected) == 1 and rejected[0]["file"] == "001_000013_000005.dcm"
-    assert "header announces" in rejected[0]["reason"] and "still incomplete" in rejected[0]["reason"]
+    assert "pixel data holds" in rejected[0]["reason"] and "still incomplete" in rejected[0]["reason"]
     # Patient fields: nowhere in the session folder, nowhere on the wire.
     needles = [pseudonym.encode(), pseudonym.split("_")[0].encode()]
     for path in cfg.session.root.rglob("*"):

@@ -1,11 +1,15 @@
-"""File-name patterns such as the Siemens real-time export ``001_{run:06d}_{volume:06d}.dcm``."""
+"""File-name patterns such as the Siemens real-time export ``001_{run:06d}_{volume:06d}.dcm``.
+
+Placeholders: ``{run}`` (series number), ``{volume}`` (0-based index), and for exports written one
+file per slice ``{slice}`` and ``{instance}`` (matched, not used: a slice's volume comes from its header).
+"""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
 
-_PLACEHOLDER = re.compile(r"\{(run|volume)(?::0?(\d+)d)?\}")
+_PLACEHOLDER = re.compile(r"\{(run|volume|slice|instance)(?::0?(\d+)d)?\}")
 
 
 @dataclass(frozen=True)
@@ -13,26 +17,32 @@ class FileKey:
     """Which run (series) and which volume a file name announces."""
 
     run: int
-    volume: int
+    volume: int  # -1 when the name does not carry it (per-slice exports)
 
 
-def compile_pattern(pattern: str) -> re.Pattern[str]:
-    """Turn a pattern with ``{run}`` and ``{volume}`` placeholders into a regular expression.
+def compile_pattern(pattern: str, per_slice: bool = False) -> re.Pattern[str]:
+    """Turn a pattern with placeholders into a regular expression; ``*`` matches any run of characters.
 
-    ``*`` matches any run of characters. Raises ValueError if ``{volume}`` is missing.
+    Raises ValueError if a per-volume pattern lacks ``{volume}``, or a per-slice one lacks both ``{slice}``
+    and ``{instance}`` (each slice needs a name of its own).
     """
-    if "{volume" not in pattern:
+    if per_slice and "{slice" not in pattern and "{instance" not in pattern:
+        raise ValueError(f"a per-slice pattern must contain a {{slice}} or {{instance}} placeholder, got {pattern!r}")
+    if not per_slice and "{volume" not in pattern:
         raise ValueError(f"pattern must contain a {{volume}} placeholder, got {pattern!r}")
-    out, pos = [], 0
+    out, pos, seen = [], 0, set()
     for m in _PLACEHOLDER.finditer(pattern):
         out.append(_literal(pattern[pos : m.start()]))
         width = m.group(2)
         digits = rf"\d{{{int(width)},}}" if width else r"\d+"
-        out.append(f"(?P<{m.group(1)}>{digits})")
+        name = m.group(1)
+        out.append(f"(?P<{name}>{digits})" if name not in seen else digits)
+        seen.add(name)
         pos = m.end()
     out.append(_literal(pattern[pos:]))
     if "{" in _PLACEHOLDER.sub("", pattern) or "}" in _PLACEHOLDER.sub("", pattern):
-        raise ValueError(f"pattern has an unknown placeholder: {pattern!r} (allowed: {{run}}, {{volume}})")
+        raise ValueError(f"pattern has an unknown placeholder: {pattern!r} (allowed: {{run}}, {{volume}}, {{slice}}, "
+                         "{instance})")
     return re.compile("^" + "".join(out) + "$")
 
 
@@ -46,4 +56,5 @@ def parse_name(regex: re.Pattern[str], name: str) -> FileKey | None:
     if m is None:
         return None
     groups = m.groupdict()
-    return FileKey(run=int(groups.get("run") or 0), volume=int(groups["volume"]))
+    volume = groups.get("volume")
+    return FileKey(run=int(groups.get("run") or 0), volume=int(volume) if volume is not None else -1)

@@ -1,6 +1,8 @@
 """Read one scanner file (one volume) into a :class:`Volume` with a RAS voxel-to-world affine.
 
-DICOM is read in process with pydicom (Siemens mosaic and enhanced multi-frame); NIfTI with nibabel.
+DICOM is read in process with pydicom (Siemens mosaic and enhanced multi-frame; pixel decoding,
+completeness and the Modality LUT in :mod:`rtdecode.ingest.dicom_pixels`; files that are not a BOLD
+volume are named by :mod:`rtdecode.ingest.dicom_kind` and set aside at once); NIfTI with nibabel.
 Affines follow nibabel's convention for DICOM (array axis 0 runs down the image rows) converted from
 DICOM's LPS patient space to the RAS space of NIfTI, so a mask drawn on a NIfTI image applies as is.
 
@@ -10,7 +12,9 @@ never leave this module.
 
 from __future__ import annotations
 
+import io
 import math
+import struct
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,8 +23,10 @@ from typing import Any
 import numpy as np
 
 from rtdecode.errors import IngestError, PartialFileError
-
-LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+from rtdecode.ingest.dicom_kind import not_a_volume
+from rtdecode.ingest.dicom_pixels import check_complete, decode_frames
+from rtdecode.ingest.geometry import affine as stack_affine
+from rtdecode.ingest.geometry import orientation, slice_normal, stack_slices
 
 # Acquisition fields safe to keep and pass on: geometry and timing only, nothing about the person.
 SAFE_FIELDS = (
@@ -86,79 +92,63 @@ def read_nifti(path: Path) -> Volume:
 
 
 def read_dicom(path: Path) -> Volume:
+    ds, keyword = open_dicom(path)
+    if "PerFrameFunctionalGroupsSequence" in ds:
+        data, affine = _enhanced(ds, path, keyword)
+    elif int(ds.get("NumberOfFrames", 1) or 1) > 1:
+        raise IngestError(path, f"a classic multi-frame image ({int(ds.NumberOfFrames)} frames without per-frame "
+                                "positions): its slice geometry is not recorded; export mosaics or enhanced MR")
+    else:
+        data, affine = _classic(ds, path, keyword)
+    return Volume(data=data, affine=affine, series=series_of(ds), meta=safe_meta(ds), source=str(path))
+
+
+def open_dicom(path: Path) -> tuple[Any, str]:
+    """The dataset and its pixel element's keyword, once the file is known to be a whole image that
+    may be fMRI; PartialFileError when the bytes are not all there, IngestError naming anything else."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
+    raw = path.read_bytes()  # one snapshot: every completeness check below judges these bytes
     try:
-        ds = pydicom.dcmread(str(path))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # a missing delimiter is judged by check_complete
+            ds = pydicom.dcmread(io.BytesIO(raw))
     except InvalidDicomError as exc:
-        # Look again: the read may have raced the writer (an empty file then, a DICOM file now).
-        with open(path, "rb") as fh:
-            head = fh.read(132)
-        if len(head) < 132:  # preamble and 'DICM' not even written yet
-            raise PartialFileError(path, f"only {len(head)} bytes so far; not yet a DICOM file") from None
-        if head[128:132] == b"DICM":
+        if len(raw) < 132:  # preamble and 'DICM' not even written yet
+            raise PartialFileError(path, f"only {len(raw)} bytes so far; not yet a DICOM file") from None
+        if raw[128:132] == b"DICM":
             raise PartialFileError(path, "the file was still being written when read") from None
         raise IngestError(path, f"not a DICOM file ({exc})") from None
-    except (EOFError, OSError, ValueError, KeyError, TypeError) as exc:
+    except (EOFError, OSError, ValueError, KeyError, TypeError, struct.error) as exc:
         raise PartialFileError(path, f"DICOM header is incomplete ({type(exc).__name__}: {exc})") from None
-    if "PixelData" not in ds:
-        raise PartialFileError(path, "DICOM has no pixel data (file cut before it)")
-    if "PerFrameFunctionalGroupsSequence" in ds:
-        data, affine = _enhanced(ds, path)
-    else:
-        data, affine = _classic(ds, path)
-    meta = {k: _plain(ds.get(k)) for k in SAFE_FIELDS if k in ds}
-    series = str(ds.get("SeriesInstanceUID") or ds.get("SeriesNumber") or "")
-    return Volume(data=data, affine=affine, series=series, meta=meta, source=str(path))
+    kind = not_a_volume(ds)
+    if kind is not None:
+        raise IngestError(path, kind)
+    return ds, check_complete(ds, raw, path)
 
 
-def _pixels(ds: Any, path: Path, n_frames: int) -> np.ndarray:
-    rows, cols, bits = int(ds.Rows), int(ds.Columns), int(ds.BitsAllocated)
-    expected = rows * cols * n_frames * bits // 8
-    got = len(ds.PixelData)
-    if got < expected:
-        raise PartialFileError(path, f"pixel data holds {got} bytes, header announces {expected} ({rows}x{cols}x{n_frames}, {bits}-bit)")
-    if bits not in (8, 16, 32):
-        raise IngestError(path, f"BitsAllocated must be 8, 16 or 32, got {bits}")
-    signed = int(getattr(ds, "PixelRepresentation", 0)) == 1
-    dtype = np.dtype(f"{'<i' if signed else '<u'}{bits // 8}")
-    arr = np.frombuffer(ds.PixelData, dtype=dtype, count=rows * cols * n_frames)
-    arr = arr.reshape(n_frames, rows, cols).astype(np.float32)
-    slope = float(getattr(ds, "RescaleSlope", 1.0) or 1.0)
-    intercept = float(getattr(ds, "RescaleIntercept", 0.0) or 0.0)
-    if slope != 1.0 or intercept != 0.0:
-        arr = arr * slope + intercept
-    return arr
+def series_of(ds: Any) -> str:
+    return str(ds.get("SeriesInstanceUID") or ds.get("SeriesNumber") or "")
 
 
-def _orientation(iop: Any, path: Path) -> np.ndarray:
-    if iop is None or len(iop) != 6:
-        raise IngestError(path, f"ImageOrientationPatient must hold 6 numbers, got {iop!r}")
-    return np.array([float(v) for v in iop]).reshape(2, 3).T  # columns: row cosine, column cosine
+def safe_meta(ds: Any) -> dict[str, Any]:
+    return {k: _plain(ds.get(k)) for k in SAFE_FIELDS if k in ds}
 
 
-def _affine(iop: np.ndarray, spacing: tuple[float, float, float], normal: np.ndarray, ipp: np.ndarray) -> np.ndarray:
-    rot = np.column_stack([iop[:, 1], iop[:, 0], normal])  # axis 0 moves down the rows
-    aff = np.eye(4)
-    aff[:3, :3] = rot * np.asarray(spacing)
-    aff[:3, 3] = ipp
-    return LPS_TO_RAS @ aff
-
-
-def _classic(ds: Any, path: Path) -> tuple[np.ndarray, np.ndarray]:
+def _classic(ds: Any, path: Path, keyword: str) -> tuple[np.ndarray, np.ndarray]:
     image_type = [str(t).upper() for t in ds.get("ImageType", [])]
-    iop = _orientation(ds.get("ImageOrientationPatient"), path)
+    iop = orientation(ds.get("ImageOrientationPatient"), path)
     ipp = np.array([float(v) for v in ds.get("ImagePositionPatient", [0, 0, 0])])
     pix = [float(v) for v in ds.get("PixelSpacing", [1, 1])]
     slice_spacing = float(ds.get("SpacingBetweenSlices") or ds.get("SliceThickness") or 1.0)
-    frame = _pixels(ds, path, 1)[0]
     if "MOSAIC" not in image_type:
-        normal = np.cross(iop[:, 1], iop[:, 0])  # nibabel: column cosine x row cosine
-        return frame[:, :, None], _affine(iop, (pix[0], pix[1], slice_spacing), normal, ipp)
+        raise IngestError(path, "one slice of a per-slice export (MR image without MOSAIC in ImageType): set "
+                                "scanner.slices_per_volume to assemble volumes from slice files")
+    frame = decode_frames(ds, path, keyword)[0]
     n_slices, normal = _mosaic_csa(ds, path)
     if normal is None:
-        normal = np.cross(iop[:, 1], iop[:, 0])  # nibabel: column cosine x row cosine
+        normal = slice_normal(iop)
     tiles = math.ceil(math.sqrt(n_slices))
     rows, cols = frame.shape
     if rows % tiles or cols % tiles:
@@ -169,7 +159,7 @@ def _classic(ds: Any, path: Path) -> tuple[np.ndarray, np.ndarray]:
     # The mosaic's position is the corner of the whole mosaic; move it to the corner of one tile.
     q = np.column_stack([iop[:, 1], iop[:, 0]]) * np.asarray(pix)
     ipp = ipp + q @ (np.array([rows - tr, cols - tc]) / 2.0)
-    return data, _affine(iop, (pix[0], pix[1], slice_spacing), normal, ipp)
+    return data, stack_affine(iop, (pix[0], pix[1], slice_spacing), normal, ipp)
 
 
 def _mosaic_csa(ds: Any, path: Path) -> tuple[int, np.ndarray | None]:
@@ -196,7 +186,7 @@ def _mosaic_csa(ds: Any, path: Path) -> tuple[int, np.ndarray | None]:
     return int(n), normal
 
 
-def _enhanced(ds: Any, path: Path) -> tuple[np.ndarray, np.ndarray]:
+def _enhanced(ds: Any, path: Path, keyword: str) -> tuple[np.ndarray, np.ndarray]:
     frames = ds.PerFrameFunctionalGroupsSequence
     shared = ds.SharedFunctionalGroupsSequence[0] if "SharedFunctionalGroupsSequence" in ds else None
 
@@ -206,22 +196,15 @@ def _enhanced(ds: Any, path: Path) -> tuple[np.ndarray, np.ndarray]:
                 return src[name].value[0]
         raise IngestError(path, f"enhanced DICOM lacks {name} (per-frame or shared)")
 
-    iop = _orientation(group(frames[0], "PlaneOrientationSequence").ImageOrientationPatient, path)
+    iop = orientation(group(frames[0], "PlaneOrientationSequence").ImageOrientationPatient, path)
     measures = group(frames[0], "PixelMeasuresSequence")
     pix = [float(v) for v in measures.PixelSpacing]
-    normal = np.cross(iop[:, 1], iop[:, 0])  # nibabel: column cosine x row cosine
     ipps = np.array([[float(v) for v in group(f, "PlanePositionSequence").ImagePositionPatient] for f in frames])
-    pos = ipps @ normal
-    order = np.argsort(pos, kind="stable")
-    if len(order) > 1:
-        spacing = float(np.median(np.diff(pos[order])))
-        if spacing <= 0:
-            raise IngestError(path, "enhanced DICOM holds several frames at one slice position (more than one volume?)")
-    else:
-        spacing = float(getattr(measures, "SpacingBetweenSlices", None) or getattr(measures, "SliceThickness", 1.0))
-    pixels = _pixels(ds, path, len(frames))
-    data = np.ascontiguousarray(pixels[order].transpose(1, 2, 0))
-    return data, _affine(iop, (pix[0], pix[1], spacing), normal, ipps[order[0]])
+    declared = int(ds.get("NumberOfFrames", 1) or 1)
+    if declared != len(frames):
+        raise IngestError(path, f"NumberOfFrames is {declared} but the per-frame groups describe {len(frames)} frames")
+    thickness = float(getattr(measures, "SpacingBetweenSlices", None) or getattr(measures, "SliceThickness", 1.0))
+    return stack_slices(decode_frames(ds, path, keyword), iop, (pix[0], pix[1]), ipps, path, thickness)
 
 
 def _plain(value: Any) -> Any:

@@ -25,6 +25,7 @@ class RunState:
     sequencer: RunSequencer
     preprocessor: RunPreprocessor | None = None
     held: list = field(default_factory=list)  # volumes before the reference volume arrived
+    slices: dict = field(default_factory=dict)  # per-slice exports: volume index -> {file name: Slice}
     n_ok: int = 0
     ended: bool = False
     end_reason: str = ""  # "" while open; "complete", "new series" or "stopped by operator"
@@ -33,6 +34,7 @@ class RunState:
         """Drop what only an open run needs (reference, QA history, held volumes): ended runs cost ~nothing."""
         self.preprocessor = None
         self.held = []
+        self.slices = {}
 
 
 class RunBook:

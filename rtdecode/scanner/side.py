@@ -25,6 +25,7 @@ from rtdecode.errors import ConfigError, IngestError, PartialFileError
 from rtdecode.glm.runner import SentBeta, TrialBetas
 from rtdecode.ingest.naming import compile_pattern, parse_name
 from rtdecode.ingest.reader import Volume, read_volume
+from rtdecode.ingest.slices import Slice, assemble, read_slice
 from rtdecode.preprocess.pipeline import Mask
 from rtdecode.scanner.network import ScannerNetwork
 from rtdecode.scanner.runs import RunBook, RunState
@@ -61,7 +62,7 @@ class ScannerSide:
                  on_beta: Callable | None = None) -> None:
         self.config = config
         sc = config.scanner
-        self.regex = compile_pattern(sc.pattern)
+        self.regex = compile_pattern(sc.pattern, per_slice=sc.slices_per_volume > 0)
         self.folder = SessionFolder(config.session.root, config.session.subject, config.session.session,
                                     config.session.task).create()
         self.identity = self.folder.identity
@@ -218,13 +219,17 @@ class ScannerSide:
                 self._status("waiting_for_start")
             pend.retry_at = now + 0.5
             return False
+        sc = self.config.scanner
         try:
             before = path.stat()
-            volume = read_volume(path, self.config.scanner.format)
+            if sc.slices_per_volume:
+                volume = read_slice(path, sc.slices_per_volume, sc.slice_grouping)
+            else:
+                volume = read_volume(path, sc.format)
             after = path.stat()
             if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns):
                 raise PartialFileError(path, "file changed while it was read")
-            if volume.data.ndim != 3 or min(volume.data.shape) < 2:
+            if not sc.slices_per_volume and (volume.data.ndim != 3 or min(volume.data.shape) < 2):
                 raise IngestError(path, f"not a volume: image of shape {tuple(volume.data.shape)} "
                                         "(a single slice or a 2-D image; one-file-per-slice series are not assembled)")
         except FileNotFoundError:
@@ -244,16 +249,52 @@ class ScannerSide:
             return True
         self._pending.pop(path.name, None)
         volume.meta["t_file"] = before.st_mtime
-        run = self._run_for(key.run, key.volume, volume, path)
+        index = volume.volume if sc.slices_per_volume else key.volume
+        run = self._run_for(key.run, index, volume, path)
         if run is None:
             return True
-        status = run.sequencer.add(key.volume, volume, now)
+        if sc.slices_per_volume:
+            volume = self._gather(run, volume, path, now)
+            if volume is None:
+                return True
+        status = run.sequencer.add(index, volume, now)
         if status == "duplicate":
             # Usually a late modification event for a file already taken; a resent file looks the same.
             log.debug("%s: volume %d of run %d already received; duplicate ignored", path.name, key.volume, run.number)
         elif status == "late":
             self._reject(path, f"volume {key.volume} arrived after it was declared missing")
         return True
+
+    def _gather(self, run: RunState, piece: Slice, path: Path, now: float) -> Volume | None:
+        """Keep a slice until its volume has all its slices; then the assembled volume."""
+        n, index = self.config.scanner.slices_per_volume, piece.volume
+        if run.sequencer.holds(index):
+            log.debug("%s: a slice of volume %d of run %d, already assembled; duplicate ignored", path.name, index,
+                      run.number)
+            return None
+        if index < run.sequencer.next_index:
+            self._reject(path, f"a slice of volume {index}, which was declared missing before it was complete")
+            return None
+        parts = run.slices.setdefault(index, {})
+        parts[path.name] = piece
+        if len(parts) < n:
+            return None
+        del run.slices[index]
+        try:
+            volume = assemble(list(parts.values()))
+        except IngestError as exc:
+            for part in [parts[k] for k in sorted(parts)]:
+                self._reject(Path(part.source), f"volume {index} not assembled from its {n} slices: {exc.reason}")
+            return None
+        volume.meta["t_file"] = max(p.meta.get("t_file", 0.0) for p in parts.values())
+        return volume
+
+    def _drop_slices(self, run: RunState, index: int, why: str) -> int:
+        """Set aside the slices of a volume that will not be processed; how many there were."""
+        parts = run.slices.pop(index, {})
+        for part in [parts[k] for k in sorted(parts)]:
+            self._reject(Path(part.source), f"{why} ({len(parts)} of {self.config.scanner.slices_per_volume} slices arrived)")
+        return len(parts)
 
     def _run_for(self, series_key: int, index: int, volume: Volume, path: Path) -> RunState | None:
         run = self.book.get(series_key)
@@ -280,8 +321,10 @@ class ScannerSide:
         for delivery in run.sequencer.pop_ready(time.monotonic()):
             did = True
             if delivery.missing:
-                log.warning("run %d: volume %d missing after %.1f s; its row is dropped", run.number, delivery.index,
-                            self.config.scanner.missing_timeout_s)
+                got = self._drop_slices(run, delivery.index, f"volume {delivery.index} declared missing")
+                slices = f" ({got} of {self.config.scanner.slices_per_volume} slices)" if self.config.scanner.slices_per_volume else ""
+                log.warning("run %d: volume %d missing after %.1f s%s; its row is dropped", run.number, delivery.index,
+                            self.config.scanner.missing_timeout_s, slices)
                 self.stage.missing(run, delivery.index)
             else:
                 self.stage.deliver(run, delivery.index, delivery.item)
@@ -293,6 +336,8 @@ class ScannerSide:
         for index, (volume, _t) in sorted(run.sequencer.take_buffered().items()):
             # Read but not yet in order when the run ended: kept in quarantine with the reason.
             self._reject(Path(volume.source), f"volume {index} arrived but run {run.number} ended ({reason})")
+        for index in sorted(run.slices):
+            self._drop_slices(run, index, f"volume {index} incomplete when run {run.number} ended ({reason})")
         self.stage.end(run, reason)
 
     def _reject(self, path: Path, reason: str) -> None:

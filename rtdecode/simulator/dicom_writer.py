@@ -206,6 +206,43 @@ def write_enhanced(path: str | Path, data: np.ndarray, affine: np.ndarray, serie
     ds.save_as(str(path), enforce_file_format=True)
 
 
+def write_slices(folder: str | Path, name: str, data: np.ndarray, affine: np.ndarray, series_number: int, volume: int,
+                 tr_s: float = 1.5, series_uid: str | None = None, temporal_position: bool = True,
+                 order: list[int] | None = None) -> list[Path]:
+    """One volume as a per-slice export writes it (Philips, GE, Siemens non-mosaic): a classic MR image
+    per slice, written in ``order`` (default: ascending slice index).
+
+    ``name`` is formatted with ``run``, ``volume``, ``slice`` and ``instance`` (InstanceNumber: counted
+    over the series, 1-based). Each slice carries its own ImagePositionPatient; AcquisitionNumber is the
+    volume (1-based) and, when ``temporal_position``, TemporalPositionIdentifier too. Returns the paths in
+    the order written.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rows, cols, n = data.shape
+    iop, pix, dz, _normal, ipp = _geometry(affine)
+    lps = RAS_TO_LPS @ np.asarray(affine, float)
+    uid = series_uid or series_uid_for(series_number)
+    paths = []
+    for s in (range(n) if order is None else order):
+        instance = volume * n + s + 1
+        path = folder / name.format(run=series_number, volume=volume, slice=s, instance=instance)
+        ds = _base(path, MR_IMAGE, series_number, uid, instance, tr_s)
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "ND"]
+        ds.AcquisitionNumber = str(volume + 1)
+        if temporal_position:
+            ds.TemporalPositionIdentifier = str(volume + 1)
+        ds.Rows, ds.Columns = rows, cols
+        ds.PixelSpacing = [f"{pix[0]:g}", f"{pix[1]:g}"]
+        ds.SliceThickness = ds.SpacingBetweenSlices = f"{dz:g}"
+        ds.ImageOrientationPatient = [f"{v:.6f}" for v in iop]
+        ds.ImagePositionPatient = [f"{v:.6f}" for v in lps[:3, :3] @ np.array([0, 0, s]) + ipp]
+        ds.PixelData = np.ascontiguousarray(np.clip(np.rint(data[:, :, s]), 0, 4095).astype(np.uint16)).tobytes()
+        ds.save_as(str(path), enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
 def write_nifti(path: str | Path, data: np.ndarray, affine: np.ndarray) -> None:
     import nibabel as nib
 

@@ -21,9 +21,10 @@ from rtdecode.simulator.phantom import brain_volume
 WRITERS = {"mosaic": write_mosaic, "enhanced": write_enhanced}
 
 
-def format_name(pattern: str, run: int, volume: int) -> str:
-    """The file name a scanner writes for ``run`` and ``volume`` under a ``--pattern`` (``*`` left out)."""
-    return pattern.replace("*", "").format(run=run, volume=volume)
+def format_name(pattern: str, run: int, volume: int, **more: int) -> str:
+    """The file name a scanner writes for ``run`` and ``volume`` (and ``slice``, ``instance``) under a
+    ``--pattern`` (``*`` left out)."""
+    return pattern.replace("*", "").format(run=run, volume=volume, **more)
 
 
 @dataclass

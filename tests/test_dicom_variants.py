@@ -5,6 +5,7 @@ that are not fMRI volumes. Each file is written with pydicom and read back throu
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -214,3 +215,38 @@ def test_a_siemens_protocol_document_without_pixels_is_named_not_waited_for(tmp_
     with pytest.raises(IngestError, match="Siemens non-image object") as err:
         read_volume(path)
     assert not isinstance(err.value, PartialFileError)
+
+
+# -- files written by other toolkits (dcmtk, GDCM; shipped inside the pydicom wheel) ------------------
+
+TOOLKIT_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
+MR_SMALL_VARIANTS = ["MR_small_RLE.dcm", "MR_small_bigendian.dcm", "MR_small_expb.dcm", "MR_small_implicit.dcm",
+                     "MR_small_jp2klossless.dcm", "MR_small_jpeg_ls_lossless.dcm", "MR_small_padded.dcm"]
+
+
+@pytest.mark.skipif(not (TOOLKIT_FILES / "MR_small.dcm").exists(), reason="pydicom's bundled test files are absent")
+@pytest.mark.parametrize("name", MR_SMALL_VARIANTS)
+def test_real_toolkit_files_in_every_syntax_read_as_the_uncompressed_original(name):
+    """One MR slice saved by other toolkits as RLE, big endian, implicit VR, JPEG 2000 and JPEG-LS."""
+    from rtdecode.ingest.slices import read_slice
+
+    reference = read_slice(TOOLKIT_FILES / "MR_small.dcm", n_slices=1)
+    got = read_slice(TOOLKIT_FILES / name, n_slices=1)
+    assert got.data.shape == (64, 64) and np.array_equal(got.data, reference.data)
+    assert np.allclose(got.position, reference.position) and np.allclose(got.iop, reference.iop)
+
+
+@pytest.mark.skipif(not (TOOLKIT_FILES / "MR_small.dcm").exists(), reason="pydicom's bundled test files are absent")
+def test_real_toolkit_files_that_are_not_fmri_or_cut_short_get_their_true_reason(tmp_path):
+    from pydicom.pixels.decoders.base import get_decoder
+    from pydicom.uid import JPEGLosslessSV1
+
+    with pytest.raises(PartialFileError):
+        read_volume(TOOLKIT_FILES / "MR_truncated.dcm")
+    for name, named in [("CT_small.dcm", "CT Image Storage"), ("JPEG2000.dcm", "secondary capture"),
+                        ("reportsi.dcm", "Basic Text SR"), ("rtdose.dcm", "RT Dose Storage")]:
+        with pytest.raises(IngestError, match=named) as err:
+            read_volume(TOOLKIT_FILES / name)
+        assert not isinstance(err.value, PartialFileError), name
+    # JPEG lossless (process 14) cannot be written here; its decoder is installed (docs/scanner-side.md).
+    assert get_decoder(JPEGLosslessSV1).is_available

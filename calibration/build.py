@@ -14,8 +14,15 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from calibration.data import SubjectData, average_repeats, split_by_image
+from calibration.splits import (
+    parse_holdout,
+    read_training_images,
+    require_disjoint,
+    write_training_images,
+)
 from calibration.trainer import TrainConfig, predict_blur, predict_tokens, train
 from models.folder import standin_spec, write_model_folder
 from models.mindeye2.checkpoint import load_pretrained
@@ -42,15 +49,17 @@ def load_trial_dataset(folder: str | Path, subject: str, cache: Path | None = No
     sub = folder / f"sub-{subject}"
     if not sub.is_dir():
         raise FileNotFoundError(f"{folder}: no subject {subject!r} (found {sorted(p.name[4:] for p in folder.glob('sub-*'))})")
-    betas, images = [], []
-    for ses in sorted(sub.glob("ses-*")):
+    betas, images, runs = [], [], []
+    for k, ses in enumerate(sorted(sub.glob("ses-*"))):
         b = np.load(ses / "betas.npy", allow_pickle=False)
         with open(ses / "trials.tsv", newline="") as fh:
             rows = list(csv.DictReader(fh, delimiter="\t"))
         betas.append((b - b.mean(0)) / (b.std(0) + 1e-6))  # per session, as sessions drift
         images += [r["image"] for r in rows]
+        runs += [100 * k + int(r["run"]) for r in rows]  # run numbers of later sessions continue at 101, 201, ...
     all_betas = np.concatenate(betas).astype(np.float32)
-    return SubjectData(subject, all_betas, images, standin_tokens(images, cache), blur=blur_targets(images, vae, cache))
+    return SubjectData(subject, all_betas, images, standin_tokens(images, cache), blur=blur_targets(images, vae, cache),
+                       runs=np.asarray(runs))
 
 
 def load_session(session: str | Path, subject: str, cache: Path | None = None, noise_model: str = "ar1",
@@ -63,15 +72,7 @@ def load_session(session: str | Path, subject: str, cache: Path | None = None, n
 
     result = offline_betas(session_folder(session), GLMSettings(noise_model=noise_model))
     return SubjectData(subject, result.betas.astype(np.float32), result.images, standin_tokens(result.images, cache),
-                       blur=blur_targets(result.images, vae, cache))
-
-
-def held_out_images(data: SubjectData, repeats: int = 2) -> set[str]:
-    """Images shown at least ``repeats`` times (NSD's test images are the repeated ones)."""
-    counts: dict[str, int] = {}
-    for im in data.images:
-        counts[im] = counts.get(im, 0) + 1
-    return {im for im, c in counts.items() if c >= repeats}
+                       blur=blur_targets(result.images, vae, cache), runs=np.asarray(result.runs))
 
 
 def token_space(kind: str):
@@ -95,6 +96,14 @@ def new_model(subjects: list[SubjectData], hidden: int) -> MindEye2:
         return MindEye2(standin_config(names, voxels, hidden, blurry=blurry))
     return MindEye2(MindEye2Config(subjects=names, voxels=voxels, hidden=hidden, clip_tokens=tokens, clip_dim=dim,
                                    blurry=blurry))
+
+
+def _main_json(path: Path) -> dict:
+    """A JSON file the main process writes, read by every process once it is there (a barrier first)."""
+    from accelerate import PartialState
+
+    PartialState().wait_for_everyone()
+    return json.loads(path.read_text())
 
 
 def _is_main() -> bool:
@@ -153,26 +162,37 @@ def evaluate(model: MindEye2, test: SubjectData) -> dict:
 def pretrain(subjects: list[SubjectData], out: str | Path, config: TrainConfig, hidden: int = 128,
              progress=None, embedder: dict | None = None, resume: bool = False) -> Path:
     """A shared model over several subjects (each z-scored already)."""
+    torch.manual_seed(config.seed)  # the same initial weights every time: a run can be repeated
     model = new_model(subjects, hidden)
     start = time.monotonic()
     history = train(model, subjects, config, out=Path(out) / "checkpoints", resume=resume, progress=progress)
+    images = {im for s in subjects for im in s.images}
+    if _is_main():
+        write_training_images(out, images)  # calibration checks its held-out images against these
     return _write_folder(model, Path(out), subjects[0].subject, None, config, history, {}, embedder,
-                         {"seconds": round(time.monotonic() - start, 1), "subjects": [s.subject for s in subjects]})
+                         {"seconds": round(time.monotonic() - start, 1), "subjects": [s.subject for s in subjects],
+                          "training_images": len(images)})
 
 
 def calibrate(data: SubjectData, out: str | Path, config: TrainConfig, pretrained: str | Path | None = None,
               resume: bool = False, hidden: int = 128, progress=None, embedder: dict | None = None,
-              source: str | None = None, compare_scratch: bool = False) -> Path:
+              source: str | None = None, compare_scratch: bool = False, holdout: str | None = None,
+              allow_overlap: bool = False) -> Path:
     """Fine-tune a pretrained model on one subject's session (or train from scratch without one).
 
-    ``compare_scratch`` also trains a fresh model on the same trials (into ``<out>/scratch``) and
-    records its held-out retrieval beside this one's: what the pretraining bought.
+    ``holdout`` picks the held-out images (:func:`calibration.splits.parse_holdout`; default the repeated
+    ones). Training is refused (OverlapError) when any of them is in the pretrained model's training
+    images, unless ``allow_overlap``. ``compare_scratch`` also trains a fresh model on the same trials
+    (into ``<out>/scratch``) and records its held-out retrieval beside this one's: what the pretraining bought.
     """
     start = time.monotonic()
     out = Path(out)
-    held = held_out_images(data)
+    held = parse_holdout(holdout, data)
     train_set, test_set = split_by_image(data, held)
+    overlap = require_disjoint(held, {"pretraining": read_training_images(pretrained) if pretrained else set(),
+                                      "calibration": set(train_set.images)}, allow_overlap)
     train_set = train_set.zscored()
+    torch.manual_seed(config.seed)  # a new ridge or a fresh model starts the same way every time
     if pretrained is not None:
         model = load_pretrained(pretrained)
         model.train()
@@ -188,8 +208,10 @@ def calibrate(data: SubjectData, out: str | Path, config: TrainConfig, pretraine
         out.mkdir(parents=True, exist_ok=True)
         (out / "held_out.json").write_text(json.dumps(evaluation.pop("top5")))
     extra = {"seconds": round(time.monotonic() - start, 1), "source": source,
-             "pretrained": str(pretrained) if pretrained is not None else None}
+             "pretrained": str(pretrained) if pretrained is not None else None,
+             "held_out_overlap": overlap, "overlap_allowed": bool(allow_overlap and any(overlap.values()))}
     if compare_scratch and pretrained is not None:
-        scratch = calibrate(data, out / "scratch", config, None, resume, hidden, progress, embedder, source)
-        extra["scratch"] = json.loads((scratch / "training.json").read_text())["evaluation"]
+        scratch = calibrate(data, out / "scratch", config, None, resume, hidden, progress, embedder, source,
+                            holdout=holdout, allow_overlap=allow_overlap)
+        extra["scratch"] = _main_json(scratch / "training.json")["evaluation"]
     return _write_folder(model, out, data.subject, train_set, config, history, evaluation, embedder, extra)

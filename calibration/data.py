@@ -19,6 +19,7 @@ class SubjectData:
     mean: np.ndarray | None = None  # z-score statistics of the training betas (saved with the model)
     std: np.ndarray | None = None
     blur: np.ndarray | None = None
+    runs: np.ndarray | None = None  # each trial's run number, where the source records it
 
     def __post_init__(self) -> None:
         if not len(self.betas) == len(self.images) == len(self.tokens):
@@ -36,11 +37,12 @@ class SubjectData:
         mean = self.betas.mean(0) if mean is None else mean
         std = self.betas.std(0) + 1e-6 if std is None else std
         return SubjectData(self.subject, ((self.betas - mean) / std).astype(np.float32), self.images, self.tokens,
-                           mean.astype(np.float32), std.astype(np.float32), self.blur)
+                           mean.astype(np.float32), std.astype(np.float32), self.blur, self.runs)
 
     def subset(self, rows: np.ndarray) -> SubjectData:
         return SubjectData(self.subject, self.betas[rows], [self.images[i] for i in rows], self.tokens[rows],
-                           self.mean, self.std, None if self.blur is None else self.blur[rows])
+                           self.mean, self.std, None if self.blur is None else self.blur[rows],
+                           None if self.runs is None else self.runs[rows])
 
 
 def split_by_image(data: SubjectData, held_out: set[str]) -> tuple[SubjectData, SubjectData]:

@@ -117,7 +117,13 @@ def write_report(folder: str | Path, session: str | Path | None = None,
     out.mkdir(exist_ok=True)
     summary = json.loads((folder / "training.json").read_text())
     ev, train = summary.get("evaluation", {}), summary["train"]
-    lines = [f"# Calibration report: {json.loads((folder / 'subject.json').read_text())['subject']}", "",
+    overlap = summary.get("held_out_overlap") or {}
+    warning = []
+    if summary.get("overlap_allowed"):
+        found = ", ".join(f"{n} in the {k} set" for k, n in overlap.items() if n)
+        warning = [f"**Held-out images were trained on ({found}; --allow-overlap): the held-out figures below "
+                   "measure memory of those images as much as generalisation.**", ""]
+    lines = warning + [f"# Calibration report: {json.loads((folder / 'subject.json').read_text())['subject']}", "",
              f"{summary['steps']} steps, {train['epochs']} epochs, batch {train['batch_size']}, "
              f"{summary.get('processes', 1)} process(es), precision {train.get('precision', 'no')}, "
              f"{summary.get('seconds', float('nan')):.0f} s; started from "
@@ -128,7 +134,9 @@ def write_report(folder: str | Path, session: str | Path | None = None,
     if ev:
         lines += ["## Held-out retrieval", "",
                   f"{ev['held_out_images']} held-out images (every repeat of an image kept out of training; "
-                  "repeats averaged), top-1 over 30 random draws of N images.", "",
+                  "repeats averaged), top-1 over 30 random draws of N images. Held-out images found in each "
+                  "training set: " + (", ".join(f"{k} {'not listed' if n is None else n}" for k, n in overlap.items())
+                                      or "not recorded") + ".", "",
                   "| model | N-way | brain -> image | image -> brain | chance |", "| --- | --- | --- | --- | --- |"]
         models = [("this model", ev)] + ([("from scratch, same data", summary["scratch"])]
                                          if summary.get("scratch") else [])

@@ -7,9 +7,10 @@ model has the low-level branch and every subject has VAE targets; while voxels a
 are mixed with the same weights (the published code builds the mixed targets after taking the L1, so
 never uses them). The published optional 0.1 x contrastive term on VICRegL ConvNeXt features is not
 built. AdamW (weight decay 1e-2),
-OneCycleLR per step. A checkpoint (model, optimiser, schedule, step, history; the
-batches and random draws follow from (seed, epoch, step), so a resumed run repeats them) is written every
-``checkpoint_s`` seconds and at the end; ``resume=True`` continues from it.
+OneCycleLR per step. A checkpoint (model, optimiser, schedule, step, history and every process's random
+states: Python, NumPy, torch CPU and CUDA; the batches and draws follow from (seed, epoch, step)) is
+written every ``checkpoint_s`` seconds (the main process decides, every process follows) and at the end;
+``resume=True`` continues from it, so a run killed anywhere and resumed repeats the uninterrupted one.
 
 The same code runs on one CPU or GPU, or on several processes started by ``accelerate launch`` or
 ``torchrun`` (Accelerate underneath). Every process draws the same global batch and the same random
@@ -22,6 +23,8 @@ floating-point summation order and dropout masks (see tests/test_calibration_dis
 from __future__ import annotations
 
 import logging
+import os
+import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -41,6 +44,7 @@ from calibration.losses import (
     soft_temperatures,
 )
 from models.mindeye2.model import MindEye2
+from rtdecode.crash import crash_point
 
 log = logging.getLogger(__name__)
 BLUR_SHAPE = (4, 28, 28)  # the backbone's low-level latent
@@ -154,7 +158,10 @@ def train(model: MindEye2, subjects: list[SubjectData], config: TrainConfig, out
         sched.load_state_dict(state["scheduler"])
         step, epoch0 = int(state["step"]), int(state["epoch"])
         history.update({k: list(v) for k, v in state["history"].items()})
-        torch.set_rng_state(state["torch_rng"])  # dropout continues as if never interrupted
+        states = state["rng"]
+        if len(states) != world:
+            raise ValueError(f"{ckpt}: saved by {len(states)} process(es); resume with the same number, not {world}")
+        set_rng_states(states[rank])  # dropout and any other draw continue as if never interrupted
         log.info("resumed at step %d of %d (epoch %d)", step, total, epoch0)
     runner, opt = accelerator.prepare(_TrainStep(model, config), opt)
     device = accelerator.device
@@ -206,13 +213,13 @@ def train(model: MindEye2, subjects: list[SubjectData], config: TrainConfig, out
                                    + config.blur_scale * history["blurry"][-1])
             if progress is not None and accelerator.is_main_process:
                 progress(step, total, history["loss"][-1])
-            if ckpt is not None and time.monotonic() - last_save >= config.checkpoint_s:
-                if accelerator.is_main_process:
-                    _save(ckpt, model, opt, sched, step, epoch, history)
+            if ckpt is not None and _due(time.monotonic() - last_save >= config.checkpoint_s, world):
+                _save(ckpt, model, opt, sched, step, epoch, history, accelerator)
                 last_save = time.monotonic()
+            crash_point("train_step")  # the resume tests kill a process here (RTDECODE_CRASH_AT)
         epoch0 = epoch + 1
-    if ckpt is not None and accelerator.is_main_process:
-        _save(ckpt, model, opt, sched, step, config.epochs, history)
+    if ckpt is not None:
+        _save(ckpt, model, opt, sched, step, config.epochs, history, accelerator)
     accelerator.wait_for_everyone()
     model.eval()
     return {"steps": step, "total_steps": total, "processes": world, **history}
@@ -234,12 +241,50 @@ def _blurry_on(model: MindEye2, subjects: list[SubjectData]) -> bool:
     return False
 
 
-def _save(path: Path, model, opt, sched, step: int, epoch: int, history: dict) -> None:
+def rng_states() -> dict:
+    """Every random state this process's training may draw from (plain types: weights_only loads them)."""
+    kind, key, pos, has_gauss, gauss = np.random.get_state()
+    out = {"python": random.getstate(), "numpy": (kind, torch.from_numpy(key.astype(np.int64)), pos, has_gauss, gauss),
+           "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["cuda"] = torch.cuda.get_rng_state_all()
+    return out
+
+
+def set_rng_states(states: dict) -> None:
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, key, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((kind, key.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def _due(mine: bool, world: int) -> bool:
+    """The main process's decision, for every process (their clocks differ; their checkpoints may not)."""
+    if world == 1:
+        return mine
+    from accelerate.utils import broadcast_object_list
+
+    return bool(broadcast_object_list([mine])[0])
+
+
+def _save(path: Path, model, opt, sched, step: int, epoch: int, history: dict, accelerator) -> None:
+    """Every process's random states gathered; the main process writes one file, atomically."""
+    states = [rng_states()]
+    if accelerator.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        states = gather_object(states)
+    if not accelerator.is_main_process:
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                "step": step, "epoch": epoch, "history": history,
-                "torch_rng": torch.get_rng_state()}, tmp)
+                "step": step, "epoch": epoch, "history": history, "rng": states}, tmp)
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())  # on disk before it replaces the previous checkpoint
     tmp.replace(path)  # a crash mid-write leaves the previous checkpoint intact
 
 

@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--trials", type=int, default=63)
     q.add_argument("--reliability", type=float, default=0.3)
     q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--role", choices=("pretrain", "new", "any"), default="pretrain",
+                   help="pretrain: no image of the built-in test pool; new: a person to calibrate, whose repeated "
+                        "(held-out) images come from the test pool; any: every image (docs/calibration.md)")
     q = sim.add_parser("stimuli", help="write the built-in stimulus images as PNG")
     q.add_argument("--out", required=True, type=Path)
     q.add_argument("-n", type=int, default=1200)
@@ -91,6 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
     p.add_argument("--compare-scratch", action="store_true",
                    help="also train from scratch on the same trials and put both in the report")
+    p.add_argument("--holdout", default=None,
+                   help="held-out images: runs:N,M (every image of those runs), @FILE (ids, one per line) or "
+                        "id,id,... (default: the images shown more than once)")
+    p.add_argument("--allow-overlap", action="store_true",
+                   help="train even if held-out images are in the pretrained model's training images "
+                        "(refused otherwise; the report then says so first)")
     p.add_argument("--no-report", action="store_true", help="skip report/report.md and its plots")
     _training_options(p)
 
@@ -321,7 +330,8 @@ def _calibration(args: argparse.Namespace) -> int:
                             hidden=args.hidden, progress=Progress("calibrating"),
                             embedder=None if args.pretrained else spec,
                             source=str(args.session or args.nsd or args.dataset),
-                            compare_scratch=args.compare_scratch)
+                            compare_scratch=args.compare_scratch, holdout=args.holdout,
+                            allow_overlap=args.allow_overlap)
     except (FileNotFoundError, ValueError, KeyError) as exc:
         raise ConfigError(f"rtdecode {args.command}: {exc}") from None
     from accelerate import PartialState

@@ -87,16 +87,19 @@ def test_pretrain_then_calibrate_then_decode(tmp_path, latent_space):
     from rtdecode.simulator.trials import write_dataset
 
     specs = [SubjectSpec(name=f"p{i}", n_voxels=120 + 10 * i, seed=30 + i, latent_dim=32) for i in range(3)]
-    write_dataset(tmp_path / "ds", specs, sessions=1, n_runs=2, trials_per_run=30, latent=latent_space)
+    write_dataset(tmp_path / "ds", specs[:2], sessions=1, n_runs=2, trials_per_run=30, latent=latent_space)
+    # The new person's held-out (repeated) images come from the test pool no pretraining subject saw.
+    write_dataset(tmp_path / "new", specs[2:], sessions=1, n_runs=2, trials_per_run=30, latent=latent_space, role="new")
     assert main(["pretrain", "--dataset", str(tmp_path / "ds"), "--subjects", "p0", "p1", "--out",
                  str(tmp_path / "shared"), "--epochs", "2", "--batch-size", "16"]) == 0
-    assert main(["calibrate", "--dataset", str(tmp_path / "ds"), "--subject", "p2", "--pretrained",
+    assert main(["calibrate", "--dataset", str(tmp_path / "new"), "--subject", "p2", "--pretrained",
                  str(tmp_path / "shared"), "--out", str(tmp_path / "p2-model"), "--epochs", "2", "--batch-size", "8"]) == 0
     folder = tmp_path / "p2-model"
     assert {"model.safetensors", "config.json", "embedder.json", "subject.json", "zscore_mean.npy",
             "training.json"} <= {p.name for p in folder.iterdir()}
     summary = json.loads((folder / "training.json").read_text())
     assert summary["evaluation"]["held_out_images"] > 0 and summary["steps"] > 0
+    assert summary["held_out_overlap"] == {"pretraining": 0, "calibration": 0}
     StimulusSet().save(tmp_path / "gallery", range(10))
     decoder = Decoder.from_folder(folder, tmp_path / "gallery", device="cpu")
     assert decoder.model.config.subjects == ["p0", "p1", "p2"]
@@ -118,12 +121,17 @@ def test_progress_line_shows_step_loss_and_eta():
 
 
 @pytest.mark.slow
-def test_calibration_killed_with_sigkill_resumes_to_the_same_step_count(tmp_path, latent_space):
+def test_calibration_killed_with_sigkill_and_resumed_is_the_uninterrupted_run_bit_for_bit(tmp_path, latent_space):
+    """Every step's loss and the final weights equal the uninterrupted run's exactly (CPU). Round 2's
+    start checked only the step count, which a resume that ignores its checkpoint also reaches."""
     import os
     import signal
     import subprocess
     import sys
     import time
+
+    import torch
+    from safetensors.torch import load_file
 
     from rtdecode.simulator.subjects import SubjectSpec
     from rtdecode.simulator.trials import write_dataset
@@ -134,18 +142,28 @@ def test_calibration_killed_with_sigkill_resumes_to_the_same_step_count(tmp_path
 
     def cmd(out, *extra):
         return [sys.executable, "-m", "rtdecode.cli", "calibrate", "--dataset", str(tmp_path / "ds"), "--subject", "k1",
-                "--out", str(out), "--epochs", "15", "--batch-size", "8", "--checkpoint-s", "0", *extra]
+                "--out", str(out), "--epochs", "15", "--batch-size", "8", "--checkpoint-s", "0", "--no-report", *extra]
 
     subprocess.run(cmd(tmp_path / "whole"), env=env, check=True, capture_output=True, timeout=300)
-    whole = json.loads((tmp_path / "whole" / "training.json").read_text())["steps"]
     proc = subprocess.Popen(cmd(tmp_path / "cut"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckpt = tmp_path / "cut" / "checkpoints" / "checkpoint.pt"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not ckpt.exists():
-        time.sleep(0.05)
-    time.sleep(0.5)
+    deadline, step = time.monotonic() + 120, 0
+    while time.monotonic() < deadline and step < 37:  # somewhere in the fifth epoch, mid-epoch
+        time.sleep(0.02)
+        try:
+            step = int(torch.load(ckpt, map_location="cpu", weights_only=True)["step"])
+        except (FileNotFoundError, RuntimeError, EOFError, KeyError):
+            continue
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=10)
-    assert ckpt.exists() and not (tmp_path / "cut" / "training.json").exists()  # killed mid-run
-    subprocess.run(cmd(tmp_path / "cut", "--resume"), env=env, check=True, capture_output=True, timeout=300)
-    assert json.loads((tmp_path / "cut" / "training.json").read_text())["steps"] == whole
+    stopped = int(torch.load(ckpt, map_location="cpu", weights_only=True)["step"])
+    assert 37 <= stopped < 105 and not (tmp_path / "cut" / "training.json").exists()  # killed mid-run
+    resumed = subprocess.run(cmd(tmp_path / "cut", "--resume"), env=env, check=True, capture_output=True, text=True,
+                             timeout=300)
+    assert f"resumed at step {stopped} of 105" in resumed.stderr  # it went on from the checkpoint, not from 0
+    whole, cut = (np.load(tmp_path / name / "history.npz") for name in ("whole", "cut"))
+    assert len(whole["loss"]) == len(cut["loss"]) == 105
+    for key in ("loss", "clip", "prior"):
+        assert np.array_equal(whole[key], cut[key]), key
+    a, b = load_file(tmp_path / "whole" / "model.safetensors"), load_file(tmp_path / "cut" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

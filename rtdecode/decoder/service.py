@@ -17,13 +17,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
+from rtdecode.crash import crash_point
 from rtdecode.decoder.core import Decoder
 from rtdecode.decoder.results import (
     ResultStore,
@@ -40,20 +40,6 @@ log = logging.getLogger(__name__)
 
 POLICIES = ("every", "newest")  # or "every-N": reconstruct every N-th trial
 IDENTITY = ("subject", "session", "session_uid")
-
-
-def crash_point(name: str) -> None:
-    """Fault injection for the exactly-once tests: ``RTDECODE_CRASH_AT=name:n`` SIGKILLs this process
-    the n-th time the write path passes ``name``. Unset (always, outside those tests), it does nothing."""
-    spec = os.environ.get("RTDECODE_CRASH_AT")
-    if not spec or not spec.startswith(name + ":"):
-        return
-    _CRASH_COUNTS[name] = _CRASH_COUNTS.get(name, 0) + 1
-    if _CRASH_COUNTS[name] == int(spec.split(":", 1)[1]):
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-_CRASH_COUNTS: dict[str, int] = {}
 
 
 class DecoderService:

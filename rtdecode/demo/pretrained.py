@@ -19,7 +19,7 @@ def pretrained_key(settings: DemoSettings, latent_dim: int) -> str:
     recipe = {"subjects": settings.pretrain_subjects, "sessions": settings.pretrain_sessions,
               "runs": settings.pretrain_runs,
               "epochs": settings.pretrain_epochs, "hidden": settings.hidden, "latent_dim": latent_dim,
-              "seed": settings.seed, "version": 1}
+              "seed": settings.seed, "version": 2}  # 2: pretraining never sees the built-in test pool
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -40,7 +40,7 @@ def shared_model(settings: DemoSettings, cache: Path, latent, log=print) -> tupl
              for i in range(settings.pretrain_subjects)]
     log(f"   simulating {len(specs)} pretraining subjects x {settings.pretrain_sessions} session(s)")
     write_dataset(work / "dataset", specs, sessions=settings.pretrain_sessions, n_runs=settings.pretrain_runs,
-                  latent=latent, seed=settings.seed)
+                  latent=latent, seed=settings.seed, role="pretrain")
     subjects = [load_trial_dataset(work / "dataset", s.name, cache / "embeddings").zscored() for s in specs]
     config = TrainConfig(epochs=settings.pretrain_epochs, batch_size=48, max_lr=1e-3, seed=settings.seed,
                          checkpoint_s=1e9, cpu=True)

@@ -30,7 +30,7 @@ def _simulate(args: argparse.Namespace) -> int:
 
         specs = default_subjects(args.subjects, reliability=args.reliability)
         path = write_dataset(args.out, specs, sessions=args.sessions, n_runs=args.runs, trials_per_run=args.trials,
-                             seed=args.seed)
+                             seed=args.seed, role=args.role)
         print(f"wrote betas of {len(specs)} subjects x {args.sessions} session(s) to {path.parent}")
         return 0
     return _run(args)

@@ -35,11 +35,14 @@ class Paradigm:
 
 
 def session_plan(pool: int, n_runs: int, trials_per_run: int, n_repeated: int = 0, repeats: int = 3,
-                 seed: int = 0, exclude: tuple[int, ...] = ()) -> list[list[str]]:
+                 seed: int = 0, exclude: tuple[int, ...] = (), unique_from: tuple[int, ...] | None = None,
+                 repeated_from: tuple[int, ...] | None = None) -> list[list[str]]:
     """Image ids per run: unique images plus ``n_repeated`` images shown ``repeats`` times each.
 
-    Repeated images (a test set, as NSD's shared images) never share a run with their own repeat
-    when there are enough runs.
+    Images come from ``range(pool)`` less ``exclude``; ``unique_from`` and ``repeated_from`` narrow
+    where the once-shown and the repeated images are drawn (the built-in test pool for held-out
+    images: rtdecode.gallery.splits). Repeated images (a test set, as NSD's shared images) never share
+    a run with their own repeat when there are enough runs.
     """
     rng = np.random.default_rng([seed, 7])
     total = n_runs * trials_per_run
@@ -47,10 +50,21 @@ def session_plan(pool: int, n_runs: int, trials_per_run: int, n_repeated: int = 
     if n_unique < 0:
         raise ValueError(f"{n_repeated} images x {repeats} repeats exceed the session's {total} trials")
     available = np.setdiff1d(np.arange(pool), np.asarray(exclude, int))
-    if n_unique + n_repeated > len(available):
-        raise ValueError(f"the session needs {n_unique + n_repeated} distinct images; the pool has {len(available)}")
-    chosen = rng.permutation(available)[: n_unique + n_repeated]
-    repeated, unique = chosen[:n_repeated], chosen[n_repeated:]
+    if unique_from is None and repeated_from is None:
+        if n_unique + n_repeated > len(available):
+            raise ValueError(f"the session needs {n_unique + n_repeated} distinct images; the pool has {len(available)}")
+        chosen = rng.permutation(available)[: n_unique + n_repeated]
+        repeated, unique = chosen[:n_repeated], chosen[n_repeated:]
+    else:
+        rep_pool = np.intersect1d(available, repeated_from) if repeated_from is not None else available
+        if len(rep_pool) < n_repeated:
+            raise ValueError(f"the session repeats {n_repeated} images; their pool has {len(rep_pool)}")
+        repeated = rng.permutation(rep_pool)[:n_repeated]
+        uni_pool = np.intersect1d(available, unique_from) if unique_from is not None else available
+        uni_pool = np.setdiff1d(uni_pool, repeated)
+        if len(uni_pool) < n_unique:
+            raise ValueError(f"the session shows {n_unique} images once; their pool has {len(uni_pool)}")
+        unique = rng.permutation(uni_pool)[:n_unique]
     runs: list[list[int]] = [[] for _ in range(n_runs)]
     for img in repeated:
         start = rng.integers(n_runs)

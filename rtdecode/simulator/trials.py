@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from rtdecode.gallery.builtin import index_of
+from rtdecode.gallery.splits import test_pool, training_pool
 from rtdecode.simulator.paradigm import session_plan
 from rtdecode.simulator.subjects import LatentSpace, SimulatedSubject, SubjectSpec
 
@@ -33,15 +34,32 @@ class SessionBetas:
     true: np.ndarray  # (n_trials, n_voxels) the noiseless responses
 
 
+ROLES = ("pretrain", "new", "any")
+
+
+def pools(role: str, n_images: int) -> dict:
+    """session_plan's pools for a subject's role: ``pretrain`` never sees a test-pool image; ``new`` (the
+    person being calibrated) repeats test-pool images (its held-out set) and sees the rest once from
+    outside the pool; ``any`` draws from every image (no evaluation is meant)."""
+    if role == "pretrain":
+        return {"exclude": test_pool(n_images)}
+    if role == "new":
+        return {"repeated_from": test_pool(n_images), "unique_from": training_pool(n_images)}
+    if role == "any":
+        return {}
+    raise ValueError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
+
+
 def simulate_session(subject: SimulatedSubject, latent: LatentSpace, session: int, n_runs: int = 11,
                      trials_per_run: int = 63, n_repeated: int | None = None, seed: int = 0,
-                     exclude: tuple[int, ...] = ()) -> SessionBetas:
-    """One session of ``n_runs`` runs (NSD-like: 50 of 693 trials' images shown 3 times, the rest once)."""
+                     role: str = "pretrain") -> SessionBetas:
+    """One session of ``n_runs`` runs (NSD-like: 50 of 693 trials' images shown 3 times, the rest once);
+    which images it may show follows the subject's ``role`` (:func:`pools`)."""
     if n_repeated is None:
         n_repeated = round(50 * n_runs * trials_per_run / 693)
     plan = session_plan(latent.stimuli.n, n_runs, trials_per_run, n_repeated=n_repeated,
                         seed=int(np.random.default_rng([seed, subject.spec.seed, session, 1]).integers(2**31)),
-                        exclude=exclude)
+                        **pools(role, latent.stimuli.n))
     images = [im for run in plan for im in run]
     runs = np.repeat(np.arange(n_runs), [len(r) for r in plan])
     rng = np.random.default_rng([seed, subject.spec.seed, session])
@@ -54,11 +72,12 @@ def simulate_session(subject: SimulatedSubject, latent: LatentSpace, session: in
 
 def write_dataset(folder: str | Path, specs: list[SubjectSpec], sessions: int = 1, n_runs: int = 11,
                   trials_per_run: int = 63, n_repeated: int | None = None, latent: LatentSpace | None = None,
-                  seed: int = 0) -> Path:
-    """Simulate and write every subject's sessions; returns the dataset.json path."""
+                  seed: int = 0, role: str = "pretrain") -> Path:
+    """Simulate and write every subject's sessions; returns the dataset.json path. ``role``: ``pretrain``
+    (no test-pool image), ``new`` (a person to calibrate: held-out repeats from the test pool) or ``any``."""
     folder = Path(folder)
     latent = latent or LatentSpace(dim=max(s.latent_dim for s in specs))
-    index = {"format": "rtdecode-simulated-betas", "version": 1, "seed": seed,
+    index = {"format": "rtdecode-simulated-betas", "version": 1, "seed": seed, "role": role,
              "stimuli": {"n": latent.stimuli.n, "size": latent.stimuli.size, "seed": latent.stimuli.seed},
              "standin": latent.embedder.config.to_dict(), "subjects": []}
     for spec in specs:
@@ -67,7 +86,7 @@ def write_dataset(folder: str | Path, specs: list[SubjectSpec], sessions: int = 
         sub_dir.mkdir(parents=True, exist_ok=True)
         np.save(sub_dir / "voxels_xyz.npy", subject.xyz.astype(np.float32))
         for ses in range(1, sessions + 1):
-            data = simulate_session(subject, latent, ses, n_runs, trials_per_run, n_repeated, seed)
+            data = simulate_session(subject, latent, ses, n_runs, trials_per_run, n_repeated, seed, role)
             save_session(sub_dir / f"ses-{ses:02d}", data)
         index["subjects"].append({**spec.to_dict(), "sessions": sessions})
     path = folder / "dataset.json"

@@ -29,6 +29,8 @@ class Visit:
     seed: int = 0
     latent: LatentSpace | None = None
     exclude: tuple[int, ...] = ()  # stimulus indices never shown (e.g. those of an earlier part of the visit)
+    unique_from: tuple[int, ...] | None = None  # where once-shown images come from (None: anywhere)
+    repeated_from: tuple[int, ...] | None = None  # where repeated (held-out) images come from
 
     def __post_init__(self) -> None:
         self.latent = self.latent or LatentSpace(dim=self.spec.latent_dim)
@@ -36,7 +38,8 @@ class Visit:
         if self.n_repeated is None:
             self.n_repeated = round(50 * self.n_runs * self.paradigm.trials / 693)
         self.plan = session_plan(self.latent.stimuli.n, self.n_runs, self.paradigm.trials, self.n_repeated,
-                                 seed=self.seed, exclude=self.exclude)
+                                 seed=self.seed, exclude=self.exclude, unique_from=self.unique_from,
+                                 repeated_from=self.repeated_from)
 
     def run(self, index: int) -> BoldRun:
         """Run ``index`` (0-based) with its own motion path and noise, seeded by (seed, index)."""

@@ -1,0 +1,85 @@
+"""Held-out images stay out of every training set: the check, and the record a model folder keeps.
+
+A pretrained model folder lists the images it was trained on (``training_images.txt``); calibration
+holds out a set of the new person's images (the repeated ones by default, as NSD's test images, or
+``--holdout``) and refuses to train when any of them is in the pretraining list or its own training
+trials, naming how many, unless overlap is allowed on purpose (the report then says so first).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+from calibration.data import SubjectData
+
+TRAINING_IMAGES = "training_images.txt"
+
+
+class OverlapError(ValueError):
+    """Held-out images were found in a training set."""
+
+
+def write_training_images(folder: str | Path, images: Iterable[str]) -> Path:
+    """The distinct image ids a model was trained on, one per line, sorted."""
+    path = Path(folder) / TRAINING_IMAGES
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{im}\n" for im in sorted(set(images))))
+    return path
+
+
+def read_training_images(folder: str | Path) -> set[str] | None:
+    """The images a model folder says it was trained on; None when it does not say (a converted
+    published checkpoint: MindEye2 kept the shared 1,000 NSD test images out of all its training)."""
+    path = Path(folder) / TRAINING_IMAGES
+    return set(path.read_text().split()) if path.exists() else None
+
+
+def repeated_images(data: SubjectData, repeats: int = 2) -> set[str]:
+    """Images shown at least ``repeats`` times (NSD's test images are the repeated ones)."""
+    ids, counts = np.unique(np.asarray(data.images), return_counts=True)
+    return {str(i) for i, c in zip(ids, counts, strict=True) if c >= repeats}
+
+
+def parse_holdout(spec: str | None, data: SubjectData) -> set[str]:
+    """``--holdout``: none (the repeated images), ``runs:3,4`` (every image of those runs), ``@FILE`` (ids,
+    one per line) or ``id,id,...``. ValueError names what is wrong."""
+    if spec is None or spec == "repeated":
+        return repeated_images(data)
+    if spec.startswith("runs:"):
+        if data.runs is None:
+            raise ValueError(f"--holdout {spec}: this data does not record which run each trial was in")
+        try:
+            wanted = {int(r) for r in spec[5:].split(",") if r.strip()}
+        except ValueError:
+            raise ValueError(f"--holdout {spec}: expected run numbers, e.g. runs:10,11") from None
+        missing = wanted - set(int(r) for r in data.runs)
+        if missing:
+            raise ValueError(f"--holdout {spec}: no trials in run(s) {sorted(missing)} (runs: {sorted(set(data.runs))})")
+        return {im for im, r in zip(data.images, data.runs, strict=True) if int(r) in wanted}
+    ids = set(Path(spec[1:]).read_text().split()) if spec.startswith("@") else {s.strip() for s in spec.split(",")}
+    ids.discard("")
+    unknown = ids - set(data.images)
+    if unknown:
+        raise ValueError(f"--holdout: {len(unknown)} of {len(ids)} images were never shown, e.g. {sorted(unknown)[0]!r}")
+    return ids
+
+
+def overlap_counts(held_out: set[str], training: dict[str, set[str] | None]) -> dict[str, int | None]:
+    """How many held-out images each named training set contains (None: the set is not known)."""
+    return {name: None if images is None else len(held_out & images) for name, images in training.items()}
+
+
+def require_disjoint(held_out: set[str], training: dict[str, set[str] | None], allow_overlap: bool = False
+                     ) -> dict[str, int | None]:
+    """Overlap counts; OverlapError, one line naming the counts, when any is above zero and not allowed."""
+    counts = overlap_counts(held_out, training)
+    found = {k: v for k, v in counts.items() if v}
+    if found and not allow_overlap:
+        where = ", ".join(f"{n} in the {k} set" for k, n in found.items())
+        raise OverlapError(f"{sum(found.values())} of the {len(held_out)} held-out images were trained on ({where}); "
+                           "held-out figures would measure memory, not generalisation. Hold out other images, or "
+                           "pass --allow-overlap (the report then says so in its first line)")
+    return counts

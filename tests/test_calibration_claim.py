@@ -1,5 +1,5 @@
-"""MindEye2's claim on the simulator: with one hour of a new person's data, fine-tuning a model
-pretrained on other people beats training from scratch on the same hour, in held-out retrieval."""
+"""MindEye2's claim on the simulator, measured on images no model has seen: one hour of a new
+person's data, a model pretrained on other people then fine-tuned, and one trained from scratch."""
 
 from __future__ import annotations
 
@@ -9,20 +9,27 @@ import pytest
 
 
 @pytest.mark.slow
-def test_pretrained_then_fine_tuned_beats_scratch_on_one_simulated_hour(tmp_path):
+def test_the_claim_is_measured_on_images_no_model_saw(tmp_path):
+    """Held-out images come from the built-in test pool, which no pretraining subject was shown.
+
+    Whether pretraining beats scratch on such images is not established yet (docs/calibration.md,
+    "The claim on the simulator"): this test holds what is measured, that the comparison is made on
+    disjoint images and that the fine-tuned model retrieves unseen images well above chance. On round
+    2's start 44 of these 50 held-out images were pretraining targets."""
     from calibration.build import calibrate, load_trial_dataset, pretrain
     from calibration.report import write_report
+    from calibration.splits import read_training_images
     from calibration.trainer import TrainConfig
     from rtdecode.simulator.subjects import LatentSpace, SubjectSpec
     from rtdecode.simulator.trials import write_dataset
 
     latent = LatentSpace(dim=32)
-    # Three people pretrain (one NSD-like session each, 693 trials); a fourth brings one hour:
-    # 11 runs of 63 trials, 50 images shown 3 times held out (543 trials to train on).
+    # Three people pretrain (one NSD-like session each, 693 trials, no test-pool image); a fourth brings
+    # one hour: 11 runs of 63 trials, 50 test-pool images shown 3 times and held out (543 trials to train on).
     others = [SubjectSpec(name=f"p{i}", n_voxels=600 + 37 * i, seed=i, latent_dim=32) for i in range(3)]
     new = SubjectSpec(name="new", n_voxels=611, seed=50, latent_dim=32)
     write_dataset(tmp_path / "others", others, sessions=1, latent=latent, seed=0)
-    write_dataset(tmp_path / "new", [new], sessions=1, latent=latent, seed=1)
+    write_dataset(tmp_path / "new", [new], sessions=1, latent=latent, seed=1, role="new")
     cache = tmp_path / "cache"
     subjects = [load_trial_dataset(tmp_path / "others", s.name, cache).zscored() for s in others]
     pretrain(subjects, tmp_path / "shared", TrainConfig(epochs=10, batch_size=48, max_lr=1e-3, checkpoint_s=1e9))
@@ -32,12 +39,14 @@ def test_pretrained_then_fine_tuned_beats_scratch_on_one_simulated_hour(tmp_path
     summary = json.loads((model / "training.json").read_text())
     ours, scratch = summary["evaluation"], summary["scratch"]
     assert ours["held_out_images"] == scratch["held_out_images"] == 50 and ours["chance"] == 0.02
+    held = {r["image"] for r in json.loads((model / "held_out.json").read_text())}
+    assert len(held) == 50 and not held & read_training_images(tmp_path / "shared")
+    assert summary["held_out_overlap"] == {"pretraining": 0, "calibration": 0}
 
     def both_ways(e: dict) -> float:
         return (e["top1_brain_to_image"] + e["top1_image_to_brain"]) / 2
 
-    # Measured here: 13 % vs 3 % (chance 2 %); the margin asked for is 5 points.
-    assert both_ways(ours) >= both_ways(scratch) + 0.05, (ours, scratch)
+    # Measured here (seed 0): 14 % fine-tuned, 5 % from scratch; over seeds 0-2 the two are close.
     assert both_ways(ours) >= 3 * ours["chance"]
     report = write_report(model).read_text()
-    assert "| from scratch, same data | 50 |" in report and "held_out_top5.png" in report
+    assert "| from scratch, same data | 50 |" in report and "pretraining 0, calibration 0" in report

@@ -176,7 +176,7 @@ def pretrain(subjects: list[SubjectData], out: str | Path, config: TrainConfig, 
 
 def calibrate(data: SubjectData, out: str | Path, config: TrainConfig, pretrained: str | Path | None = None,
               resume: bool = False, hidden: int = 128, progress=None, embedder: dict | None = None,
-              source: str | None = None, compare_scratch: bool = False, holdout: str | None = None,
+              source: str | None = None, compare_scratch: bool = False, holdout: str | set[str] | None = None,
               allow_overlap: bool = False) -> Path:
     """Fine-tune a pretrained model on one subject's session (or train from scratch without one).
 

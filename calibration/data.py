@@ -59,3 +59,13 @@ def average_repeats(data: SubjectData) -> SubjectData:
     tokens = np.stack([data.tokens[r[0]] for r in rows])
     blur = None if data.blur is None else np.stack([data.blur[r[0]] for r in rows])
     return SubjectData(data.subject, betas.astype(np.float32), order, tokens, data.mean, data.std, blur)
+
+
+def concat_trials(first: SubjectData, second: SubjectData) -> SubjectData:
+    """One subject's trials from two sources (NSD's train and new_test splits), in that order."""
+    if first.subject != second.subject or first.n_voxels != second.n_voxels:
+        raise ValueError(f"cannot join {first.subject} ({first.n_voxels} voxels) and {second.subject} "
+                         f"({second.n_voxels} voxels)")
+    blur = None if first.blur is None or second.blur is None else np.concatenate([first.blur, second.blur])
+    return SubjectData(first.subject, np.concatenate([first.betas, second.betas]), first.images + second.images,
+                       np.concatenate([first.tokens, second.tokens]), blur=blur)

@@ -55,6 +55,22 @@ def nsd_shards(root: str | Path, subject: int, split: str = "train", sessions: i
     return shards
 
 
+def nsd_test_images(root: str | Path, subjects=range(1, 9)) -> set[str]:
+    """NSD's test images (MindEye2's shared 1,000): every image in the subjects' ``new_test`` shards.
+    MindEye2 keeps them out of all training, pretraining included; so does rtdecode."""
+    ids: set[str] = set()
+    for subject in subjects:
+        for shard in sorted((Path(root) / "wds" / f"subj0{subject}" / "new_test").glob("*.tar")):
+            ids |= {f"nsd-{i:05d}" for i in read_behav(shard)[:, 0]}
+    return ids
+
+
+def without_images(data: SubjectData, images: set[str]) -> tuple[SubjectData, int]:
+    """The trials whose image is not in ``images``, and how many were left out."""
+    keep = np.flatnonzero([im not in images for im in data.images])
+    return data.subset(keep), len(data.images) - len(keep)
+
+
 def read_nsd_images(root: str | Path, indices: np.ndarray) -> np.ndarray:
     """73k images as (N, 224, 224, 3) uint8 (what the embedders take)."""
     import h5py

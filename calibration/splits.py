@@ -43,9 +43,11 @@ def repeated_images(data: SubjectData, repeats: int = 2) -> set[str]:
     return {str(i) for i, c in zip(ids, counts, strict=True) if c >= repeats}
 
 
-def parse_holdout(spec: str | None, data: SubjectData) -> set[str]:
+def parse_holdout(spec: str | set[str] | None, data: SubjectData) -> set[str]:
     """``--holdout``: none (the repeated images), ``runs:3,4`` (every image of those runs), ``@FILE`` (ids,
-    one per line) or ``id,id,...``. ValueError names what is wrong."""
+    one per line), ``id,id,...`` or a set of ids. ValueError names what is wrong."""
+    if isinstance(spec, set):
+        return _shown(set(spec), data)
     if spec is None or spec == "repeated":
         return repeated_images(data)
     if spec.startswith("runs:"):
@@ -61,6 +63,10 @@ def parse_holdout(spec: str | None, data: SubjectData) -> set[str]:
         return {im for im, r in zip(data.images, data.runs, strict=True) if int(r) in wanted}
     ids = set(Path(spec[1:]).read_text().split()) if spec.startswith("@") else {s.strip() for s in spec.split(",")}
     ids.discard("")
+    return _shown(ids, data)
+
+
+def _shown(ids: set[str], data: SubjectData) -> set[str]:
     unknown = ids - set(data.images)
     if unknown:
         raise ValueError(f"--holdout: {len(unknown)} of {len(ids)} images were never shown, e.g. {sorted(unknown)[0]!r}")

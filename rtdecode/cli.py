@@ -280,7 +280,8 @@ def _training_options(p: argparse.ArgumentParser) -> None:
 
 def _calibration(args: argparse.Namespace) -> int:
     from calibration.build import calibrate, load_session, load_trial_dataset, pretrain, token_space
-    from calibration.nsd import load_nsd_subject
+    from calibration.data import concat_trials
+    from calibration.nsd import load_nsd_subject, nsd_test_images, without_images
     from calibration.progress import Progress
     from calibration.trainer import TrainConfig
 
@@ -314,23 +315,36 @@ def _calibration(args: argparse.Namespace) -> int:
             elif not args.subjects:
                 raise ValueError("--subjects is required with --dataset or --nsd")
             elif args.nsd:
-                subjects = [nsd(s) for s in args.subjects]
+                test = nsd_test_images(args.nsd)
+                subjects = []
+                for name in args.subjects:
+                    kept, dropped = without_images(nsd(name), test)
+                    print(f"subj0{name}: {dropped} trials of NSD's {len(test)} test images left out of pretraining")
+                    subjects.append(kept)
             else:
                 subjects = [load_trial_dataset(args.dataset, s, cache, vae=vae) for s in args.subjects]
             out = pretrain([s.zscored() for s in subjects], args.out, config, hidden=args.hidden,
                            progress=Progress("pretraining"), embedder=spec, resume=args.resume)
         else:
+            holdout = args.holdout
             if args.session:
                 data = load_session(args.session, args.subject, cache, vae=vae)
             elif args.nsd:
                 data = nsd(args.subject)
+                if holdout is None and (args.nsd / "wds" / f"subj0{args.subject}" / "new_test").is_dir():
+                    # MindEye2's evaluation: the subject's new_test trials, held out whole.
+                    test = load_nsd_subject(args.nsd, int(args.subject), embedder, split="new_test", cache=cache,
+                                            vae=vae)
+                    data = concat_trials(data, test)
+                    holdout = set(test.images)
             else:
                 data = load_trial_dataset(args.dataset, args.subject, cache, vae=vae)
             out = calibrate(data, args.out, config, pretrained=args.pretrained, resume=args.resume,
                             hidden=args.hidden, progress=Progress("calibrating"),
                             embedder=None if args.pretrained else spec,
                             source=str(args.session or args.nsd or args.dataset),
-                            compare_scratch=args.compare_scratch, holdout=args.holdout,
+                            compare_scratch=args.compare_scratch,
+                            holdout=holdout,
                             allow_overlap=args.allow_overlap)
     except (FileNotFoundError, ValueError, KeyError) as exc:
         raise ConfigError(f"rtdecode {args.command}: {exc}") from None

@@ -34,8 +34,10 @@ def _shard(path, samples: list[tuple[int, int]]) -> None:
                 tar.addfile(info, io.BytesIO(data))
 
 
-def write_tiny_nsd(root, subjects: dict[int, int], sessions: int = 2, trials: int = 24, seed: int = 0) -> None:
-    """Betas hdf5 per subject (voxel counts differ), the image hdf5 and train shards per session."""
+def write_tiny_nsd(root, subjects: dict[int, int], sessions: int = 2, trials: int = 24, seed: int = 0,
+                   test_images: tuple[int, ...] = ()) -> None:
+    """Betas hdf5 per subject (voxel counts differ), the image hdf5, train shards per session and, with
+    ``test_images``, a new_test shard showing each of them twice (their rows after the train rows)."""
     import h5py
 
     from rtdecode.gallery.builtin import StimulusSet
@@ -49,6 +51,7 @@ def write_tiny_nsd(root, subjects: dict[int, int], sessions: int = 2, trials: in
         n = sessions * trials
         shown = rng.integers(0, N_IMAGES, n)
         order = rng.permutation(n)  # shards list trials out of betas order, as the published ones do
+        shown = np.r_[shown, np.repeat(np.asarray(test_images, int), 2)]
         signal = tokens[shown] @ rng.normal(size=(tokens.shape[1], voxels)) / 30
         with h5py.File(root / f"betas_all_subj0{subject}_fp32_renorm.hdf5", "w") as f:
             f["betas"] = (signal + rng.normal(size=signal.shape)).astype(np.float32)
@@ -57,6 +60,9 @@ def write_tiny_nsd(root, subjects: dict[int, int], sessions: int = 2, trials: in
         for s in range(sessions):
             rows = order[s * trials:(s + 1) * trials]
             _shard(folder / f"{s}.tar", [(int(shown[r]), int(r)) for r in rows])
+        if test_images:
+            (folder.parent / "new_test").mkdir()
+            _shard(folder.parent / "new_test" / "0.tar", [(int(shown[r]), int(r)) for r in range(n, len(shown))])
 
 
 def test_reads_betas_images_and_shards_in_the_published_layout(tmp_path):
@@ -102,3 +108,24 @@ def test_pretrain_from_nsd_through_the_cli(tmp_path, capsys):
     assert main(["pretrain", "--nsd", str(tmp_path / "nsd"), "--subjects", "x", "--embedder", "standin",
                  "--out", str(tmp_path / "bad")]) == 2
     assert "rtdecode pretrain: NSD subjects are numbers 1-8, got 'x'" in capsys.readouterr().err
+
+
+def test_nsd_test_images_stay_out_of_pretraining_and_are_what_calibration_holds_out(tmp_path, capsys):
+    """MindEye2 keeps the shared 1,000 (new_test) out of all training; round 2's start pretrained on them."""
+    from rtdecode.cli import main
+
+    (tmp_path / "nsd").mkdir()
+    write_tiny_nsd(tmp_path / "nsd", {1: 57, 2: 43, 3: 40}, test_images=(0, 1, 2, 3, 4))
+    test = {f"nsd-{i:05d}" for i in range(5)}
+    assert main(["pretrain", "--nsd", str(tmp_path / "nsd"), "--subjects", "1", "2", "--embedder", "standin",
+                 "--out", str(tmp_path / "shared"), "--epochs", "1", "--batch-size", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "subj01:" in out and "of NSD's 5 test images left out of pretraining" in out
+    trained = set((tmp_path / "shared" / "training_images.txt").read_text().split())
+    assert trained and not trained & test
+    assert main(["calibrate", "--nsd", str(tmp_path / "nsd"), "--subject", "3", "--embedder", "standin",
+                 "--pretrained", str(tmp_path / "shared"), "--out", str(tmp_path / "s3"), "--epochs", "2",
+                 "--batch-size", "8", "--no-report"]) == 0
+    summary = json.loads((tmp_path / "s3" / "training.json").read_text())
+    assert summary["evaluation"]["held_out_images"] == 5
+    assert summary["held_out_overlap"] == {"pretraining": 0, "calibration": 0}

@@ -114,8 +114,18 @@ def _is_main() -> bool:
 
 def _write_folder(model: MindEye2, out: Path, subject: str, data: SubjectData | None, config: TrainConfig,
                   history: dict, evaluation: dict, embedder: dict | None = None, extra: dict | None = None) -> Path:
-    if not _is_main():  # in a multi-process run one process writes
-        return out
+    """The main process writes the folder; every process returns once it is complete (a barrier), so a
+    process that goes on to read it (calibrating from a model pretrained in the same run) finds it whole."""
+    from accelerate import PartialState
+
+    if _is_main():
+        _write(model, out, subject, data, config, history, evaluation, embedder, extra)
+    PartialState().wait_for_everyone()
+    return out
+
+
+def _write(model: MindEye2, out: Path, subject: str, data: SubjectData | None, config: TrainConfig, history: dict,
+           evaluation: dict, embedder: dict | None, extra: dict | None) -> None:
     write_model_folder(model, out, subject, embedder)
     if data is not None and data.mean is not None:
         np.save(out / "zscore_mean.npy", data.mean)
@@ -124,7 +134,6 @@ def _write_folder(model: MindEye2, out: Path, subject: str, data: SubjectData | 
                "final_loss": history["loss"][-1:], "evaluation": evaluation, **(extra or {})}
     np.savez(out / "history.npz", **{k: np.asarray(history[k], np.float32) for k in ("loss", "clip", "prior", "blurry")})
     (out / "training.json").write_text(json.dumps(summary, indent=2))
-    return out
 
 
 def blurry_scores(pred: np.ndarray, target: np.ndarray) -> dict:

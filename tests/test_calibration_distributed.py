@@ -56,7 +56,8 @@ def test_two_processes_through_accelerate_match_one_process(tmp_path):
 
 @pytest.mark.slow
 def test_two_processes_killed_mid_run_and_resumed_match_the_uninterrupted_run(tmp_path):
-    """Both processes SIGKILLed after step 5 of 12 (a checkpoint every step), then resumed."""
+    """A process SIGKILLed after step 5 of 12 (a checkpoint every step; torchrun then stops the other,
+    so the last whole checkpoint is step 4 or 5), then both resumed."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     whole = subprocess.run(_launch("train", str(tmp_path / "whole.safetensors")), env=env, capture_output=True,
                            text=True, timeout=240)
@@ -65,11 +66,12 @@ def test_two_processes_killed_mid_run_and_resumed_match_the_uninterrupted_run(tm
     cut = subprocess.run(_launch("train", str(tmp_path / "cut.safetensors"), str(ckpts)),
                          env={**env, "RTDECODE_CRASH_AT": "train_step:5"}, capture_output=True, text=True, timeout=240)
     assert cut.returncode != 0 and not (tmp_path / "cut.safetensors").exists()
-    assert torch.load(ckpts / "checkpoint.pt", weights_only=True)["step"] == 5
+    stopped = int(torch.load(ckpts / "checkpoint.pt", weights_only=True)["step"])
+    assert stopped in (4, 5)
     resumed = subprocess.run(_launch("train", str(tmp_path / "cut.safetensors"), str(ckpts), "resume"), env=env,
                              capture_output=True, text=True, timeout=240)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resumed at step 5 of 12" in resumed.stderr
+    assert f"resumed at step {stopped} of 12" in resumed.stderr
     a, b = load_file(tmp_path / "whole.safetensors"), load_file(tmp_path / "cut.safetensors")
     assert torch.allclose(a["history.loss"], b["history.loss"], rtol=1e-5)
     assert torch.allclose(a["predicted.a"], b["predicted.a"], atol=1e-5)

@@ -98,14 +98,6 @@ def new_model(subjects: list[SubjectData], hidden: int) -> MindEye2:
                                    blurry=blurry))
 
 
-def _main_json(path: Path) -> dict:
-    """A JSON file the main process writes, read by every process once it is there (a barrier first)."""
-    from accelerate import PartialState
-
-    PartialState().wait_for_everyone()
-    return json.loads(path.read_text())
-
-
 def _is_main() -> bool:
     from accelerate import PartialState
 
@@ -198,8 +190,10 @@ def calibrate(data: SubjectData, out: str | Path, config: TrainConfig, pretraine
     out = Path(out)
     held = parse_holdout(holdout, data)
     train_set, test_set = split_by_image(data, held)
-    overlap = require_disjoint(held, {"pretraining": read_training_images(pretrained) if pretrained else set(),
-                                      "calibration": set(train_set.images)}, allow_overlap)
+    trained = {"calibration": set(train_set.images)}
+    if pretrained is not None:
+        trained = {"pretraining": read_training_images(pretrained), **trained}
+    overlap = require_disjoint(held, trained, allow_overlap)
     train_set = train_set.zscored()
     torch.manual_seed(config.seed)  # a new ridge or a fresh model starts the same way every time
     if pretrained is not None:
@@ -222,5 +216,5 @@ def calibrate(data: SubjectData, out: str | Path, config: TrainConfig, pretraine
     if compare_scratch and pretrained is not None:
         scratch = calibrate(data, out / "scratch", config, None, resume, hidden, progress, embedder, source,
                             holdout=holdout, allow_overlap=allow_overlap)
-        extra["scratch"] = _main_json(scratch / "training.json")["evaluation"]
+        extra["scratch"] = json.loads((scratch / "training.json").read_text())["evaluation"]  # whole: see _write_folder
     return _write_folder(model, out, data.subject, train_set, config, history, evaluation, embedder, extra)

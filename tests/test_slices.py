@@ -120,3 +120,13 @@ def test_the_scanner_side_assembles_a_per_slice_export_and_names_a_volume_whose_
     reasons = [r["reason"] for r in folder.rejected()]
     assert len(reasons) == n - 4
     assert all(f"volume 3 declared missing ({n - 4} of {n} slices arrived)" in r for r in reasons)
+
+
+def test_a_slice_with_a_bad_volume_number_is_named(tmp_path, rng):
+    data = rng.integers(0, 4000, (40, 44, 3)).astype(np.float32)
+    (path,) = write_slices(tmp_path, NAME, data[:, :, :1], _affine(), series_number=3, volume=0)
+    ds = pydicom.dcmread(path)
+    ds.TemporalPositionIdentifier = "0"
+    ds.save_as(path)
+    with pytest.raises(IngestError, match="TemporalPositionIdentifier must be a whole number from 1, got '0'"):
+        read_slice(path, 3)

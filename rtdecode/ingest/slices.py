@@ -42,7 +42,15 @@ def volume_index(ds: Any, path: Path, n_slices: int, grouping: Grouping = "auto"
     the InstanceNumber counted in slices; ``auto`` takes the first of temporal position and instance."""
     def number(keyword: str) -> int | None:
         value = ds.get(keyword)
-        return None if value in (None, "") else int(value)
+        if value in (None, ""):
+            return None
+        try:
+            n = int(value)
+        except (TypeError, ValueError):
+            n = 0
+        if n < 1:  # 1-based in the standard; anything else would file the slice under a wrong volume
+            raise IngestError(path, f"{keyword} must be a whole number from 1, got {value!r}")
+        return n
 
     if grouping in ("auto", "temporal_position") and number("TemporalPositionIdentifier") is not None:
         return number("TemporalPositionIdentifier") - 1

@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None, display: bool = False, replay: Replay | 
 
     from PyQt6 import QtWidgets
 
-    from gui.console import ConsoleWindow, DisplayWindow
+    from gui.console import ConsoleWindow, DisplayWindow, dispose
     from gui.feed import LiveFeed
     from gui.state import ConsoleState
 
@@ -112,6 +112,7 @@ def main(argv: list[str] | None = None, display: bool = False, replay: Replay | 
         app.processEvents()
         window.grab().save(str(args.screenshot))
         print(f"screenshot: {args.screenshot}")
+        dispose(window)
         return 0
     feed = LiveFeed(state, [window], args.events, args.results, events_curve=events_curve,
                     results_curve=results_curve)
@@ -119,3 +120,4 @@ def main(argv: list[str] | None = None, display: bool = False, replay: Replay | 
         return app.exec()
     finally:
         feed.close()
+        dispose(window)

@@ -12,7 +12,7 @@ def bench_console(volumes: int = 2000, updates: int = 100, trials: int = 200, se
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     from PyQt6 import QtWidgets
 
-    from gui.console import ConsoleWindow
+    from gui.console import ConsoleWindow, dispose
     from gui.state import ConsoleState, TrialView
     from rtdecode.wire.protocol import Message
 
@@ -50,6 +50,6 @@ def bench_console(volumes: int = 2000, updates: int = 100, trials: int = 200, se
         window.refresh()
         app.processEvents()  # includes the repaint
         ms.append((time.perf_counter() - t0) * 1e3)
-    window.close()
+    dispose(window)
     return {"stage": "console", "history_volumes": volumes, "trials": trials, "updates": updates,
             "median_ms": float(np.median(ms)), "p99_ms": float(np.percentile(ms, 99)), "max_ms": float(max(ms))}

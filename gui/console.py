@@ -243,3 +243,18 @@ class DisplayWindow(QtWidgets.QWidget):
         if latest:
             side = max(64, min(self.width(), self.height()) - 20)
             self.picture.setPixmap(to_pixmap(latest[-1].reconstruction, side))
+
+
+def dispose(*windows: QtWidgets.QWidget) -> None:
+    """Close windows and free their Qt objects now.
+
+    pyqtgraph's views and items form reference cycles, so a window nobody holds is freed by Python's
+    garbage collector whenever it next runs, which can be inside a paint event of that same window
+    (a segmentation fault). Freeing it here, outside any event, leaves the collector only empty shells.
+    """
+    for window in windows:
+        for view in window.findChildren(pg.GraphicsView):
+            view.close()  # clears the scene and drops the viewport: nothing left to paint
+        window.close()
+        window.deleteLater()
+    QtCore.QCoreApplication.sendPostedEvents(None, QtCore.QEvent.Type.DeferredDelete)

@@ -14,7 +14,7 @@ def capture(out: Path, messages: list[tuple[str, Message]], stimuli: Path, note:
     from PyQt6 import QtWidgets
 
     from gui.app import load_gallery
-    from gui.console import ConsoleWindow, DisplayWindow
+    from gui.console import ConsoleWindow, DisplayWindow, dispose
     from gui.state import ConsoleState
 
     app = QtWidgets.QApplication.instance() or QtWidgets.QApplication([])
@@ -36,6 +36,5 @@ def capture(out: Path, messages: list[tuple[str, Message]], stimuli: Path, note:
     paths = [out / "console.png", out / "display.png"]
     console.grab().save(str(paths[0]))
     display.grab().save(str(paths[1]))
-    console.close()
-    display.close()
+    dispose(console, display)
     return paths

@@ -112,3 +112,22 @@ def small_visit(latent_space):
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
+
+
+@pytest.fixture
+def windows(qtbot):
+    """``windows(w)`` holds a Qt window for the test and frees it after, outside any event.
+
+    Used instead of ``qtbot.addWidget``, which holds only a weak reference: a console window that
+    nobody holds is freed by the garbage collector at a random moment, once inside its own paint event
+    during pytest-qt's teardown (a segmentation fault in CI)."""
+    from gui.console import dispose
+
+    held = []
+
+    def keep(window):
+        held.append(window)
+        return window
+
+    yield keep
+    dispose(*held)

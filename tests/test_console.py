@@ -39,7 +39,7 @@ def recorded_session(n_volumes: int = 30) -> tuple[list[tuple[str, Message]], di
     return msgs, gallery
 
 
-def test_console_shows_run_plots_and_the_current_trial(qtbot, tmp_path):
+def test_console_shows_run_plots_and_the_current_trial(windows, tmp_path):
     from gui.console import ConsoleWindow, DisplayWindow
 
     msgs, gallery = recorded_session()
@@ -47,8 +47,7 @@ def test_console_shows_run_plots_and_the_current_trial(qtbot, tmp_path):
     for source, m in msgs:
         state.apply(m, source)
     assert not state.apply(msgs[5][1], msgs[5][0])  # a replayed message is not applied twice
-    window = ConsoleWindow(state, gallery)
-    qtbot.addWidget(window)
+    window = windows(ConsoleWindow(state, gallery))
     window.refresh()
     assert "1 missing" in window.status.text() and "1 FD alarm" in window.status.text()
     x, y = window.fd_curve.getData()
@@ -76,8 +75,7 @@ def test_console_shows_run_plots_and_the_current_trial(qtbot, tmp_path):
     assert "decoder" in window.lights["decoder"].text()
     shot = window.screenshot(tmp_path / "console.png")
     assert shot.stat().st_size > 10_000
-    display = DisplayWindow(state)
-    qtbot.addWidget(display)
+    display = windows(DisplayWindow(state))
     display.refresh()
     assert not display.picture.pixmap().isNull()
 
@@ -89,7 +87,7 @@ def test_bench_console_runs(qtbot):
     assert result["updates"] == 3 and 0 < result["median_ms"] <= result["max_ms"]
 
 
-def test_start_and_stop_a_run_from_the_console(qtbot, tmp_path, small_run):
+def test_start_and_stop_a_run_from_the_console(qtbot, windows, tmp_path, small_run):
     from PyQt6 import QtCore
 
     from gui.console import ConsoleWindow
@@ -111,8 +109,7 @@ def test_start_and_stop_a_run_from_the_console(qtbot, tmp_path, small_run):
             reply = send_command(address, action, timeout_ms=5000)
             return "no answer" if reply is None else f"{reply.fields['ok']}: {reply.fields['detail']}"
 
-        window = ConsoleWindow(ConsoleState(), control=control)
-        qtbot.addWidget(window)
+        window = windows(ConsoleWindow(ConsoleState(), control=control))
         assert window.command("start_run").startswith("False: run 1 is still in progress")
         qtbot.mouseClick(window.stop_button, QtCore.Qt.MouseButton.LeftButton)
         assert window.reply.text() == "True: run 1 ended by the operator after 5 volumes"
@@ -131,12 +128,11 @@ def test_screenshots_command_runs_the_real_path(tmp_path):
     assert len(list((tmp_path / "work" / "decoded").glob("sub-*/ses-*/results.tsv"))) == 1
 
 
-def test_trial_table_follows_the_newest_trial_unless_scrolled_back(qtbot):
+def test_trial_table_follows_the_newest_trial_unless_scrolled_back(qtbot, windows):
     from gui.console import ConsoleWindow
 
     state = ConsoleState(fd_threshold_mm=0.5, volumes_expected=192)
-    window = ConsoleWindow(state, {})
-    qtbot.addWidget(window)
+    window = windows(ConsoleWindow(state, {}))
     window.resize(1000, 700)
     window.show()
     qtbot.waitExposed(window, timeout=5000)

@@ -202,7 +202,7 @@ def test_the_console_sees_restarts_and_survives_any_field(tmp_path, small_run):
     assert state.decoder_queue == 2
 
 
-def test_the_console_window_stays_up_on_malformed_messages(qtbot):
+def test_the_console_window_stays_up_on_malformed_messages(qtbot, windows):
     """A raw publisher sends valid envelopes with wrong fields: the feed refuses and counts them.
 
     On the round-1 main a malformed field raised inside the Qt timer callback and aborted the process."""
@@ -216,8 +216,7 @@ def test_the_console_window_stays_up_on_malformed_messages(qtbot):
     raw.setsockopt(zmq.LINGER, 0)
     port = raw.bind_to_random_port("tcp://127.0.0.1")
     state = ConsoleState()
-    window = ConsoleWindow(state)
-    qtbot.addWidget(window)
+    window = windows(ConsoleWindow(state))
     feed = LiveFeed(state, [window], f"tcp://127.0.0.1:{port}", None, interval_ms=20)
     good = encode(Message("volume", {"run": 1, "index": 0, "motion": [0.0] * 6, "fd": 0.0, "dvars": 1.0,
                                      "tsnr": 1.0, "latency_ms": 3.0}))

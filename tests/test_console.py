@@ -153,3 +153,19 @@ def test_trial_table_follows_the_newest_trial_unless_scrolled_back(qtbot, window
     bar.setValue(0)  # the operator scrolls back to look at an early trial
     add_trials(65, 5)
     assert bar.value() == 0 and window.table.rowCount() == 70
+
+
+def test_dispose_frees_a_shown_console_at_once(qtbot):
+    """Windows are freed when the test or the app says so, not by the garbage collector mid-paint."""
+    import pyqtgraph as pg
+    from PyQt6 import sip
+
+    from gui.console import ConsoleWindow, dispose
+
+    window = ConsoleWindow(ConsoleState())
+    window.show()
+    qtbot.waitExposed(window, timeout=5000)
+    views = window.findChildren(pg.GraphicsView)
+    assert views and not sip.isdeleted(window)
+    dispose(window)
+    assert sip.isdeleted(window) and all(sip.isdeleted(v) for v in views)

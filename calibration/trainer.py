@@ -55,6 +55,7 @@ class TrainConfig:
     epochs: int = 150
     batch_size: int = 24
     max_lr: float = 3e-4
+    shared_lr_scale: float = 1.0  # learning rate of everything but the ridges, as a fraction of max_lr
     weight_decay: float = 1e-2
     mixup_pct: float = 0.33
     prior_scale: float = 30.0
@@ -145,8 +146,13 @@ def train(model: MindEye2, subjects: list[SubjectData], config: TrainConfig, out
     total = steps_per_epoch * config.epochs
     mix_steps = int(total * config.mixup_pct)
     temps = soft_temperatures(total - mix_steps)
-    opt = torch.optim.AdamW(model.parameters(), lr=config.max_lr, weight_decay=config.weight_decay, foreach=True)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.max_lr, total_steps=total,
+    ridge = list(model.ridge.parameters())
+    ridge_ids = {id(p) for p in ridge}
+    shared = [p for p in model.parameters() if id(p) not in ridge_ids]
+    lrs = [config.max_lr, config.max_lr * config.shared_lr_scale]
+    opt = torch.optim.AdamW([{"params": ridge}, {"params": shared}], lr=config.max_lr,
+                            weight_decay=config.weight_decay, foreach=True)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lrs, total_steps=total,
                                                 pct_start=min(2 / config.epochs, 0.5), final_div_factor=1000)
     history: dict[str, list[float]] = {"loss": [], "clip": [], "prior": [], "blurry": []}
     step, epoch0 = 0, 0

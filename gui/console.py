@@ -1,69 +1,76 @@
 """The operator console window (PyQt6 + pyqtgraph). It draws :class:`gui.state.ConsoleState`, nothing more.
 
-Panels: run status and connection lights; motion (six traces), framewise displacement with its
-threshold line (the curve turns red past it), DVARS and per-volume latency; the current trial
-(stimulus, reconstruction, top-5 retrievals with scores); a strip of recent reconstructions; the
-trial table, where a trial can be marked bad.
+Top: a REPLAY banner when drawing a finished session, the status line, connection lights (with the
+decoder's queue, decoded count and last-result age) and the run controls. Left: the QA plots
+(gui.panels.QAPlots). Right: the current trial, recent reconstructions, and tabs for the trial
+table, the runs table and the event log. Splitters between them; the layout is remembered.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pyqtgraph as pg
 from PyQt6 import QtCore, QtGui, QtWidgets
 
+from gui.panels import (
+    AlignmentPanel,
+    EventLog,
+    ImageTile,
+    QAPlots,
+    RunsTable,
+    TrialTable,
+    reconstruction_caption,
+    to_pixmap,
+)
 from gui.state import ConsoleState
 
-MOTION_COLOURS = ("#1f77b4", "#2ca02c", "#17becf", "#d62728", "#ff7f0e", "#9467bd")
+__all__ = ["ConsoleWindow", "DisplayWindow", "dispose", "to_pixmap"]
+
 STALE_S = 3.0  # a service silent for longer than this shows amber; never heard from, grey
+SILENT_S = 5.0  # the display dims when the decoder has been silent this long
+SHORTCUTS = (("Ctrl+B", "mark the selected trial(s) bad"), ("Ctrl+U", "remove the mark"),
+             ("Ctrl+R", "start run (arm)"), ("Ctrl+.", "stop run"), ("Ctrl+L", "show the event log"),
+             ("Ctrl+T", "show the trial table"), ("Ctrl+G", "show the alignment"), ("F1", "this help"))
+NO_CONTROL = "no scanner side to command: start the console with --control tcp://SCANNER-PC:5558"
+
+Confirm = Callable[[str, str], bool]
 
 
-def to_pixmap(image: np.ndarray | None, side: int) -> QtGui.QPixmap:
-    if image is None:
-        pix = QtGui.QPixmap(side, side)
-        pix.fill(QtGui.QColor("#303030"))
-        return pix
-    img = np.ascontiguousarray(image[..., :3].astype(np.uint8))
-    h, w, _ = img.shape
-    q = QtGui.QImage(img.data, w, h, 3 * w, QtGui.QImage.Format.Format_RGB888).copy()
-    return QtGui.QPixmap.fromImage(q).scaled(side, side, QtCore.Qt.AspectRatioMode.KeepAspectRatio,
-                                             QtCore.Qt.TransformationMode.SmoothTransformation)
-
-
-class ImageTile(QtWidgets.QWidget):
-    def __init__(self, title: str, side: int) -> None:
-        super().__init__()
-        self.side = side
-        layout = QtWidgets.QVBoxLayout(self)
-        layout.setContentsMargins(2, 2, 2, 2)
-        self.picture = QtWidgets.QLabel()
-        self.picture.setFixedSize(side, side)
-        self.caption = QtWidgets.QLabel(title)
-        self.caption.setAlignment(QtCore.Qt.AlignmentFlag.AlignCenter)
-        layout.addWidget(self.picture)
-        layout.addWidget(self.caption)
-        self.set(None, title)
-
-    def set(self, image: np.ndarray | None, caption: str) -> None:
-        self.picture.setPixmap(to_pixmap(image, self.side))
-        self.caption.setText(caption)
+def ask(parent: QtWidgets.QWidget) -> Confirm:
+    def confirm(title: str, text: str) -> bool:
+        answer = QtWidgets.QMessageBox.question(parent, title, text)
+        return answer == QtWidgets.QMessageBox.StandardButton.Yes
+    return confirm
 
 
 class ConsoleWindow(QtWidgets.QMainWindow):
     def __init__(self, state: ConsoleState, gallery: dict[str, np.ndarray] | None = None,
-                 control=None) -> None:
-        """``control(action) -> str`` sends start_run / stop_run to the scanner side (None: no buttons)."""
+                 control: Callable[[str], str] | None = None, confirm: Confirm | None = None,
+                 settings: QtCore.QSettings | None = None) -> None:
+        """``control(action) -> str`` sends start_run / stop_run to the scanner side (None: buttons off).
+        ``confirm(title, text) -> bool`` asks the operator (default: a dialog). ``settings`` keeps the
+        window's layout between sessions (None: not kept)."""
         super().__init__()
         self.state = state
         self.control = control
+        self.confirm = confirm or ask(self)
+        self.settings = settings
         self.gallery = gallery or {}
-        self.setWindowTitle("rtdecode console")
         central = QtWidgets.QWidget()
         self.setCentralWidget(central)
-        grid = QtWidgets.QGridLayout(central)
+        outer = QtWidgets.QVBoxLayout(central)
 
+        self.banner = QtWidgets.QLabel("REPLAY of a finished session: nothing here is live")
+        self.banner.setStyleSheet("background: #6a4a00; color: white; font-weight: bold; padding: 4px;")
+        self.banner.setVisible(state.replay)
+        outer.addWidget(self.banner)
+        self.alignment_warning = QtWidgets.QLabel("")
+        self.alignment_warning.setStyleSheet("background: #701818; color: white; font-weight: bold; padding: 4px;")
+        self.alignment_warning.setVisible(False)
+        outer.addWidget(self.alignment_warning)
         top = QtWidgets.QHBoxLayout()
         self.status = QtWidgets.QLabel(state.status)
         self.status.setObjectName("status")
@@ -73,30 +80,23 @@ class ConsoleWindow(QtWidgets.QMainWindow):
             top.addWidget(light)
         self.start_button = QtWidgets.QPushButton("start run")
         self.stop_button = QtWidgets.QPushButton("stop run")
-        self.start_button.clicked.connect(lambda: self.command("start_run"))
-        self.stop_button.clicked.connect(lambda: self.command("stop_run"))
+        self.help_button = QtWidgets.QPushButton("help (F1)")
+        self.start_button.clicked.connect(self.start_run)
+        self.stop_button.clicked.connect(self.stop_run)
+        self.help_button.clicked.connect(self.toggle_help)
         for button in (self.start_button, self.stop_button):
             button.setEnabled(control is not None)
+            button.setToolTip("" if control is not None else NO_CONTROL)
             top.addWidget(button)
+        top.addWidget(self.help_button)
         self.reply = QtWidgets.QLabel("")
         top.addWidget(self.reply)
-        grid.addLayout(top, 0, 0, 1, 2)
+        outer.addLayout(top)
 
-        plots = pg.GraphicsLayoutWidget()
-        self.motion_plot = plots.addPlot(row=0, col=0, title="motion (mm, degrees)")
-        self.motion_curves = [self.motion_plot.plot(pen=pg.mkPen(c, width=1)) for c in MOTION_COLOURS]
-        self.fd_plot = plots.addPlot(row=1, col=0, title="framewise displacement (mm)")
-        self.fd_curve = self.fd_plot.plot(pen=pg.mkPen("#dddddd", width=1))
-        self.fd_alarm = self.fd_plot.plot(pen=None, symbol="o", symbolSize=5, symbolBrush="#ff3030")
-        self.fd_line = pg.InfiniteLine(pos=state.fd_threshold_mm, angle=0, pen=pg.mkPen("#ff3030", style=QtCore.Qt.PenStyle.DashLine))
-        self.fd_plot.addItem(self.fd_line)
-        self.dvars_plot = plots.addPlot(row=2, col=0, title="DVARS")
-        self.dvars_curve = self.dvars_plot.plot(pen=pg.mkPen("#e0c060", width=1))
-        self.latency_plot = plots.addPlot(row=3, col=0, title="latency per volume (ms)")
-        self.latency_curve = self.latency_plot.plot(pen=pg.mkPen("#60c0e0", width=1))
-        for p in (self.fd_plot, self.dvars_plot, self.latency_plot):
-            p.setXLink(self.motion_plot)
-        grid.addWidget(plots, 1, 0, 2, 1)
+        self.plots = QAPlots()
+        # Backwards-compatible names for the plot items (tests and the screenshot tool use them).
+        self.fd_curve, self.fd_alarm, self.fd_line = self.plots.fd_curve, self.plots.fd_alarm, self.plots.fd_line
+        self.motion_curves = self.plots.motion_curves
 
         trial_box = QtWidgets.QGroupBox("current trial")
         trial_layout = QtWidgets.QGridLayout(trial_box)
@@ -109,63 +109,150 @@ class ConsoleWindow(QtWidgets.QMainWindow):
         for tile in self.retrieved:
             retrievals.addWidget(tile)
         trial_layout.addLayout(retrievals, 1, 0, 1, 2)
-        grid.addWidget(trial_box, 1, 1)
-
         strip_box = QtWidgets.QGroupBox("recent reconstructions")
         strip = QtWidgets.QHBoxLayout(strip_box)
         self.history = [ImageTile("", 64) for _ in range(8)]
         for tile in self.history:
             strip.addWidget(tile)
-        grid.addWidget(strip_box, 2, 1)
 
-        self.table = QtWidgets.QTableWidget(0, 5)
-        self.table.setHorizontalHeaderLabels(["run", "trial", "stimulus", "top-1 (score)", "bad"])
-        self.table.horizontalHeader().setStretchLastSection(True)
-        self.table.setSelectionBehavior(QtWidgets.QAbstractItemView.SelectionBehavior.SelectRows)
-        self.mark = QtWidgets.QPushButton("mark selected trial bad")
+        self.trials = TrialTable(state)
+        self.table = self.trials.table
+        self.mark = QtWidgets.QPushButton("mark selected bad (Ctrl+B)")
+        self.unmark = QtWidgets.QPushButton("remove mark (Ctrl+U)")
         self.mark.clicked.connect(self.mark_selected_bad)
-        table_box = QtWidgets.QVBoxLayout()
-        table_box.addWidget(self.table)
-        table_box.addWidget(self.mark)
-        grid.addLayout(table_box, 3, 0, 1, 2)
-        grid.setRowStretch(1, 3)
-        grid.setRowStretch(3, 2)
+        self.unmark.clicked.connect(lambda: self.mark_selected_bad(False))
+        trial_tab = QtWidgets.QWidget()
+        trial_tab_layout = QtWidgets.QVBoxLayout(trial_tab)
+        trial_tab_layout.addWidget(self.trials)
+        buttons = QtWidgets.QHBoxLayout()
+        buttons.addWidget(self.mark)
+        buttons.addWidget(self.unmark)
+        trial_tab_layout.addLayout(buttons)
+        self.runs = RunsTable(state)
+        self.log = EventLog(state)
+        self.alignment = AlignmentPanel(state)
+        self.tabs = QtWidgets.QTabWidget()
+        self.tabs.addTab(trial_tab, "trials")
+        self.tabs.addTab(self.runs, "runs")
+        self.tabs.addTab(self.log, "event log")
+        self.tabs.addTab(self.alignment, "alignment")
+
+        right = QtWidgets.QSplitter(QtCore.Qt.Orientation.Vertical)
+        right.addWidget(trial_box)
+        right.addWidget(strip_box)
+        right.addWidget(self.tabs)
+        right.setStretchFactor(2, 1)
+        self.splitter = QtWidgets.QSplitter(QtCore.Qt.Orientation.Horizontal)
+        self.splitter.addWidget(self.plots)
+        self.splitter.addWidget(right)
+        self.splitter.setStretchFactor(0, 1)
+        self.right_splitter = right
+        outer.addWidget(self.splitter, 1)
+
+        self.help = QtWidgets.QLabel(self.help_text(), self)
+        self.help.setStyleSheet("background: rgba(20, 20, 20, 230); color: white; padding: 16px; font-size: 14px;")
+        self.help.setVisible(False)
+        self._shortcuts()
         self.resize(1400, 950)
-        self._table_keys: list[tuple[int, int, str]] = []
-        self._table_rows: list[tuple[str, ...]] = []
+        self._restore()
+
+    # -- controls ------------------------------------------------------------------------------------
+    def _shortcuts(self) -> None:
+        actions = {"Ctrl+B": self.mark_selected_bad, "Ctrl+U": lambda: self.mark_selected_bad(False),
+                   "Ctrl+R": self.start_run, "Ctrl+.": self.stop_run, "F1": self.toggle_help,
+                   "Ctrl+L": lambda: self.tabs.setCurrentWidget(self.log),
+                   "Ctrl+T": lambda: self.tabs.setCurrentIndex(0),
+                   "Ctrl+G": lambda: self.tabs.setCurrentWidget(self.alignment)}
+        for keys, slot in actions.items():
+            # Application-wide: the console is its process's only window, and keys then work whichever
+            # panel or dialog-free widget has the focus.
+            QtGui.QShortcut(QtGui.QKeySequence(keys), self, activated=slot,
+                            context=QtCore.Qt.ShortcutContext.ApplicationShortcut)
+
+    @staticmethod
+    def help_text() -> str:
+        return "Keyboard shortcuts\n\n" + "\n".join(f"{k:8s}  {what}" for k, what in SHORTCUTS) + "\n\nF1 closes this."
+
+    def toggle_help(self) -> None:
+        self.help.setVisible(not self.help.isVisible())
+        self.help.adjustSize()
+        self.help.move(max(0, (self.width() - self.help.width()) // 2), max(0, (self.height() - self.help.height()) // 2))
+        self.help.raise_()
+
+    def settings_review(self) -> str:
+        """What the next run will use, as the console knows it from the scanner side."""
+        s = self.state
+        who = " ".join(f"{k} {s.identity[k]}" for k in ("subject", "session") if k in s.identity) or "not yet said"
+        q = s.current_run
+        return (f"participant: {who}\nvolumes per run: {s.volumes_expected or 'not yet said'}\n"
+                f"TR: {f'{q.tr_s:g} s' if q.tr_s else 'not yet said'}\n"
+                f"FD threshold: {s.fd_threshold_mm:g} mm\nruns so far: {len(s.runs)}")
+
+    def start_run(self) -> str | None:
+        if self.control is None:
+            return None
+        if not self.confirm("start run", "Arm the scanner side: the next series starts a new run.\n\n"
+                            + self.settings_review()):
+            return None
+        return self.command("start_run")
+
+    def stop_run(self) -> str | None:
+        if self.control is None:
+            return None
+        run = self.state.run
+        if not self.confirm("stop run", f"End run {run} now? Files of this series arriving later are set aside."):
+            return None
+        return self.command("stop_run")
+
+    def command(self, action: str) -> str:
+        detail = self.control(action) if self.control is not None else NO_CONTROL
+        self.reply.setText(detail)
+        self.state.add_log("info", f"{action}: {detail}")
+        return detail
+
+    def mark_selected_bad(self, bad: bool = True) -> None:
+        for key in self.trials.selected_keys():
+            self.state.mark_bad(key, bad)
+        self.trials.draw(force=True)
 
     # -- drawing ---------------------------------------------------------------------------------
     def refresh(self) -> None:
         s = self.state
+        q = s.current_run
+        who = " ".join(f"{k} {s.identity[k]}" for k in ("subject", "session") if k in s.identity)
+        self.setWindowTitle("rtdecode console" + (f": {who}" if who else "") + (" [REPLAY]" if s.replay else ""))
+        self.banner.setVisible(s.replay)
         alarms = s.fd_alarms
-        extra = f"; {len(s.missing)} missing" if s.missing else ""
+        extra = f"; {len(q.missing)} missing" if q.missing else ""
         extra += f"; {alarms} FD alarm(s)" if alarms else ""
         extra += f"; {s.refused} message(s) refused" if s.refused else ""
-        who = " ".join(f"{k} {s.identity[k]}" for k in ("subject", "session") if k in s.identity)
         self.status.setText((f"[{who}] " if who else "") + s.status + extra)
         self.status.setToolTip(s.last_refused)
-        self.status.setStyleSheet("color: #ff5050;" if alarms or s.missing or s.refused else "")
+        self.status.setStyleSheet("color: #ff5050;" if alarms or q.missing or s.refused else "")
         for name, light in self.lights.items():
             age = s.heartbeat_age(name)
             colour = "#808080" if age is None else ("#40c040" if age < STALE_S else "#e0a020")
             restarted = f" (restarted {s.restarts[name]}x)" if s.restarts.get(name) else ""
-            queue = f" queue {s.decoder_queue}" if name == "decoder" and s.decoder_queue is not None else ""
-            light.setText(f"● {name}" + ("" if age is None else f" {age:.0f}s") + queue + restarted)
+            extra = ""
+            if name == "decoder":
+                extra += f" queue {s.decoder_queue}" if s.decoder_queue is not None else ""
+                extra += f", {s.decoder_decoded} decoded" if s.decoder_decoded is not None else ""
+                result_age = s.result_age()
+                extra += f", last result {result_age:.0f}s ago" if result_age is not None else ""
+            light.setText(f"● {name}" + ("" if age is None else f" {age:.0f}s") + extra + restarted)
             light.setStyleSheet(f"color: {colour};")
-        x = np.asarray(s.volume_index, float)
-        if len(x):
-            motion = np.asarray(s.motion, float)
-            for i, curve in enumerate(self.motion_curves):
-                curve.setData(x, motion[:, i])
-            fd = np.asarray(s.fd, float)
-            self.fd_curve.setData(x, fd)
-            over = fd > s.fd_threshold_mm
-            self.fd_alarm.setData(x[over], fd[over])
-            self.dvars_curve.setData(x, np.asarray(s.dvars, float))
-            self.latency_curve.setData(x, np.asarray(s.latency_ms, float))
+        self.plots.draw(s)
         self._draw_trial()
         self._draw_history()
-        self._draw_table()
+        self.trials.draw()
+        self.runs.draw()
+        self.log.draw()
+        self.alignment.draw()
+        view = s.alignment.get(s.run) if s.run is not None else None
+        warning = view.warning if view is not None else ""
+        self.alignment_warning.setText(f"run {s.run}: check the alignment (tab 'alignment'): {warning}" if warning else "")
+        self.alignment_warning.setVisible(bool(warning))
+        self.tabs.setTabText(3, "alignment ⚠" if warning else "alignment")
 
     def _draw_trial(self) -> None:
         s = self.state
@@ -173,7 +260,7 @@ class ConsoleWindow(QtWidgets.QMainWindow):
             return
         view = s.trials[s.current]
         self.stimulus.set(self.gallery.get(view.image), f"run {view.run} trial {view.trial}: {view.image or '?'}")
-        self.reconstruction.set(view.reconstruction, "reconstruction" if view.reconstruction is not None else "pending")
+        self.reconstruction.set(view.reconstruction, reconstruction_caption(view))
         for i, tile in enumerate(self.retrieved):
             if i < len(view.top_ids):
                 hit = " ✓" if view.top_ids[i] == view.image else ""
@@ -186,46 +273,45 @@ class ConsoleWindow(QtWidgets.QMainWindow):
         for tile, view in zip(self.history, [None] * (len(self.history) - len(recent)) + recent, strict=True):
             tile.set(None if view is None else view.reconstruction, "" if view is None else f"t{view.trial}")
 
-    def _draw_table(self) -> None:
-        keys = [k for k in sorted(self.state.trials) if k[2] == "realtime"]
-        rows = []
-        for key in keys:
-            view = self.state.trials[key]
-            top = f"{view.top_ids[0]} ({view.top_scores[0]:.2f})" if view.top_ids else "…"
-            rows.append((str(view.run), str(view.trial), view.image, top, "bad" if view.bad else ""))
-        if rows == self._table_rows:
-            return  # nothing changed: no redraw of the table
-        bar = self.table.verticalScrollBar()
-        following = bar.value() >= bar.maximum()  # at the newest row: keep following new trials
-        self._table_keys, self._table_rows = keys, rows
-        self.table.setRowCount(len(rows))
-        for r, row in enumerate(rows):
-            for col, text in enumerate(row):
-                self.table.setItem(r, col, QtWidgets.QTableWidgetItem(text))
-        self.table.resizeColumnsToContents()
-        if following:
-            self.table.scrollToBottom()
-
-    def command(self, action: str) -> str:
-        detail = self.control(action) if self.control is not None else "no scanner side to command"
-        self.reply.setText(detail)
-        return detail
-
-    def mark_selected_bad(self) -> None:
-        rows = {i.row() for i in self.table.selectedIndexes()}
-        for row in rows:
-            self.state.mark_bad(self._table_keys[row])
-        self._draw_table()
-
     def screenshot(self, path: str | Path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         self.grab().save(str(path))
         return path
 
+    # -- layout kept between sessions -------------------------------------------------------------
+    def _restore(self) -> None:
+        value = self.settings.value("geometry") if self.settings is not None else None
+        if isinstance(value, QtCore.QByteArray) and not value.isEmpty():
+            self.restoreGeometry(value)
+        self._splitters_restored = False
+
+    def showEvent(self, event: QtGui.QShowEvent) -> None:  # noqa: N802 (Qt's name)
+        super().showEvent(event)
+        if self.settings is None or self._splitters_restored:
+            return
+        self._splitters_restored = True  # once the window has its size, or the splitters rescale the sizes
+        for key, splitter in (("splitter", self.splitter), ("right", self.right_splitter)):
+            value = self.settings.value(key)
+            if isinstance(value, QtCore.QByteArray) and not value.isEmpty():
+                splitter.restoreState(value)
+
+    def save_layout(self) -> None:
+        if self.settings is None:
+            return
+        self.settings.setValue("geometry", self.saveGeometry())
+        self.settings.setValue("splitter", self.splitter.saveState())
+        self.settings.setValue("right", self.right_splitter.saveState())
+        self.settings.sync()
+
+    def closeEvent(self, event: QtGui.QCloseEvent) -> None:  # noqa: N802 (Qt's name)
+        self.save_layout()
+        super().closeEvent(event)
+
 
 class DisplayWindow(QtWidgets.QWidget):
-    """The live display for a second screen: the latest reconstruction, nothing else."""
+    """The live display for a second screen: the latest reconstruction; dimmed, with a line saying so,
+    when the decoder has gone silent (a stale picture must not pass for a live one)."""
 
     def __init__(self, state: ConsoleState) -> None:
         super().__init__()
@@ -235,14 +321,25 @@ class DisplayWindow(QtWidgets.QWidget):
         layout = QtWidgets.QVBoxLayout(self)
         self.picture = QtWidgets.QLabel()
         self.picture.setAlignment(QtCore.Qt.AlignmentFlag.AlignCenter)
-        layout.addWidget(self.picture)
+        self.dim = QtWidgets.QGraphicsOpacityEffect(self.picture)
+        self.dim.setOpacity(1.0)
+        self.picture.setGraphicsEffect(self.dim)
+        self.silent = QtWidgets.QLabel("")
+        self.silent.setAlignment(QtCore.Qt.AlignmentFlag.AlignCenter)
+        self.silent.setStyleSheet("color: #e0a020; font-size: 20px;")
+        layout.addWidget(self.picture, 1)
+        layout.addWidget(self.silent)
         self.resize(800, 800)
 
     def refresh(self) -> None:
         latest = [v for v in self.state.history(50) if v.reconstruction is not None]
         if latest:
-            side = max(64, min(self.width(), self.height()) - 20)
-            self.picture.setPixmap(to_pixmap(latest[-1].reconstruction, side))
+            side = max(64, min(self.width(), self.height()) - 60)
+            self.picture.setPixmap(to_pixmap(latest[-1].reconstruction, side, self.devicePixelRatioF()))
+        age = self.state.heartbeat_age("decoder")
+        silent = latest and not self.state.replay and age is not None and age > SILENT_S
+        self.dim.setOpacity(0.3 if silent else 1.0)
+        self.silent.setText(f"decoder silent for {age:.0f} s" if silent else "")
 
 
 def dispose(*windows: QtWidgets.QWidget) -> None:
@@ -253,8 +350,8 @@ def dispose(*windows: QtWidgets.QWidget) -> None:
     (a segmentation fault). Freeing it here, outside any event, leaves the collector only empty shells.
     """
     for window in windows:
+        window.close()
         for view in window.findChildren(pg.GraphicsView):
             view.close()  # clears the scene and drops the viewport: nothing left to paint
-        window.close()
         window.deleteLater()
     QtCore.QCoreApplication.sendPostedEvents(None, QtCore.QEvent.Type.DeferredDelete)

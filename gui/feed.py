@@ -43,8 +43,7 @@ class LiveFeed(QtCore.QObject):
                     break
                 changed += self.state.apply(msg, source)
             if sub.rejected != self._rejected[source]:
-                self.state.refused += sub.rejected - self._rejected[source]
-                self.state.last_refused = f"from {source}: {sub.last_error}"
+                self.state.refuse(f"from {source}: {sub.last_error}", sub.rejected - self._rejected[source])
                 self._rejected[source] = sub.rejected
         for view in self.views:
             try:

@@ -18,10 +18,19 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from gui.quality import RunQuality, episodes
 from rtdecode.wire.protocol import Message, decode_png
 
 log = logging.getLogger(__name__)
 SOURCE_NAMES = {"scanner": "scanner side", "decoder": "decoder"}
+SEVERITIES = ("info", "warning", "error")
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    time: float
+    severity: str  # info, warning or error
+    text: str
 
 
 @dataclass
@@ -35,19 +44,40 @@ class TrialView:
     reconstruction: np.ndarray | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
     bad: bool = False
+    note: str = ""
+    tier: str = ""  # what drew the reconstruction: unclip, blurry, standin
+    received: float | None = None  # wall time of the newest result
+    onset_s: float | None = None
+    fd_max: float | None = None  # largest FD among the volumes of the trial's response window
+
+    @property
+    def hit(self) -> bool | None:
+        return None if not self.top_ids or not self.image else self.top_ids[0] == self.image
+
+    @property
+    def latency_ms(self) -> float | None:
+        return sum(self.timings_ms.values()) if self.timings_ms else None
+
+
+@dataclass
+class AlignmentView:
+    """Where the run's mask landed (sent at run start): figures, the scanner side's warning, the mosaic."""
+
+    run: int
+    figures: dict[str, float] = field(default_factory=dict)  # shift_mm, rotation_deg, in_brain, match
+    warning: str = ""
+    mosaic: np.ndarray | None = None
+    tsnr: np.ndarray | None = None  # the latest temporal-SNR mosaic of the run
+    tsnr_at: int = 0  # the volume it was made at
+    median_tsnr: float | None = None
 
 
 @dataclass
 class ConsoleState:
-    fd_threshold_mm: float = 0.5
+    fd_threshold_mm: float = 0.5  # the console's own, until a run_started brings the scanner side's
     run: int | None = None
     volumes_expected: int = 0
-    volume_index: list[int] = field(default_factory=list)
-    motion: list[list[float]] = field(default_factory=list)  # trans x/y/z mm, rot x/y/z degrees
-    fd: list[float] = field(default_factory=list)
-    dvars: list[float] = field(default_factory=list)
-    latency_ms: list[float] = field(default_factory=list)
-    missing: list[int] = field(default_factory=list)
+    runs: dict[int, RunQuality] = field(default_factory=dict)
     rejected: list[str] = field(default_factory=list)
     trials: dict[tuple[int, int, str], TrialView] = field(default_factory=dict)
     current: tuple[int, int, str] | None = None
@@ -58,18 +88,20 @@ class ConsoleState:
     restarts: dict[str, int] = field(default_factory=dict)
     refused: int = 0  # messages that reached the state but could not be used (and refused upstream, added by the feed)
     last_refused: str = ""
-    notices: deque = field(default_factory=lambda: deque(maxlen=200))  # (wall time, text)
+    log: deque = field(default_factory=lambda: deque(maxlen=5000))  # LogEntry, oldest first
     identity: dict[str, str] = field(default_factory=dict)  # subject, session, session_uid of the session shown
     decoder_queue: int | None = None
     decoder_decoded: int | None = None
-    run_counts: dict[int, dict[str, int]] = field(default_factory=dict)  # run -> volumes, missing, rejected
+    last_result: float | None = None  # wall time of the newest decoder result
+    replay: bool = False  # drawn from a finished session's folders, not live
+    alignment: dict[int, AlignmentView] = field(default_factory=dict)
 
     def apply(self, msg: Message, source: str = "scanner") -> bool:
         """Update from one message; False for a repeat (a late-joiner replay already seen) or a refusal."""
         if msg.boot and self.boots.get(source) != msg.boot:
             if source in self.boots:
                 self.restarts[source] = self.restarts.get(source, 0) + 1
-                self.notice(f"{SOURCE_NAMES.get(source, source)} restarted")
+                self.notice(f"{SOURCE_NAMES.get(source, source)} restarted", "warning")
             self.boots[source] = msg.boot
             self.seen_seq[source] = set()
         seen = self.seen_seq.setdefault(source, set())
@@ -85,73 +117,138 @@ class ConsoleState:
             try:
                 handler(msg.fields, msg)
             except Exception as exc:  # a field no handler expected: counted and shown, never fatal
-                self.refused += 1
-                self.last_refused = f"{msg.type} from {source}: {type(exc).__name__}: {exc}"
-                log.warning("console: refused a message: %s", self.last_refused)
+                self.refuse(f"{msg.type} from {source}: {type(exc).__name__}: {exc}")
                 return False
         return True
 
-    def notice(self, text: str) -> None:
-        self.notices.append((time.time(), text))
+    def refuse(self, reason: str, count: int = 1) -> None:
+        self.refused += count
+        self.last_refused = reason
+        log.warning("console: refused a message: %s", reason)
+        self.add_log("error", f"refused: {reason}")
+
+    def add_log(self, severity: str, text: str) -> None:
+        self.log.append(LogEntry(time.time(), severity if severity in SEVERITIES else "info", text))
+
+    def notice(self, text: str, severity: str = "info") -> None:
+        """A line in the event log that also becomes the status line."""
+        self.add_log(severity, text)
         self.status = text
 
+    # -- current run (the plots) -------------------------------------------------------------------
+    def _quality(self, run: int) -> RunQuality:
+        return self.runs.setdefault(run, RunQuality(run, expected=self.volumes_expected))
+
+    @property
+    def current_run(self) -> RunQuality:
+        return self.runs[self.run] if self.run in self.runs else RunQuality(0)
+
+    @property
+    def volume_index(self) -> list[int]:
+        return self.current_run.index
+
+    @property
+    def missing(self) -> list[int]:
+        return self.current_run.missing
+
+    @property
+    def run_counts(self) -> dict[int, dict[str, int]]:
+        return {r: {"volumes": q.received, "missing": len(q.missing), "rejected": q.rejected} for r, q in self.runs.items()}
+
     # -- scanner side ---------------------------------------------------------------------------
-    def _on_run_started(self, f: dict, _msg: Message) -> None:
-        self.run = int(f["run"])
+    def _on_run_started(self, f: dict, msg: Message) -> None:
+        run = int(f["run"])
         self.volumes_expected = int(f.get("n_volumes", self.volumes_expected) or 0)
+        if "fd_threshold_mm" in f:
+            self.fd_threshold_mm = float(f["fd_threshold_mm"])
         if "session_uid" in f and f["session_uid"] != self.identity.get("session_uid"):
             if self.identity:  # the scanner side now serves another participant: start a clean page
                 self.trials.clear()
-                self.run_counts.clear()
+                self.runs.clear()
+                self.alignment.clear()
                 self.current = None
             self.identity = {k: f[k] for k in ("subject", "session", "session_uid") if k in f}
-            self.notices.append((time.time(), f"session sub-{f.get('subject')} ses-{f.get('session')}"))
-        self.volume_index.clear()
-        for series in (self.motion, self.fd, self.dvars, self.latency_ms, self.missing):
-            series.clear()
-        self.status = f"run {self.run} started: {f['n_voxels']} voxels"
+            self.add_log("info", f"session sub-{f.get('subject')} ses-{f.get('session')}")
+        self.run = run
+        self.runs[run] = RunQuality(run, expected=self.volumes_expected,
+                                    tr_s=float(f["tr_s"]) if "tr_s" in f else None)
+        voxels = f" {f['n_voxels']} voxels in the mask" if f.get("n_voxels") else ""
+        self.notice(f"run {run} started (series {f['series']}):{voxels}")
+        view = self.alignment[run] = AlignmentView(run)
+        view.figures = {k: float(f[k]) for k in ("shift_mm", "rotation_deg", "in_brain", "match") if k in f}
+        view.warning = str(f.get("alignment_warning", ""))
+        if "alignment" in msg.images:
+            view.mosaic = decode_png(msg.images["alignment"])
+        if view.warning:
+            self.notice(f"run {run}: check the alignment: {view.warning}", "error")
 
-    def _count(self, run: int, what: str) -> None:
-        counts = self.run_counts.setdefault(run, {"volumes": 0, "missing": 0, "rejected": 0})
-        counts[what] += 1
+    def _on_qa_map(self, f: dict, msg: Message) -> None:
+        view = self.alignment.setdefault(int(f["run"]), AlignmentView(int(f["run"])))
+        view.tsnr = decode_png(msg.images["tsnr"]) if "tsnr" in msg.images else view.tsnr
+        view.tsnr_at, view.median_tsnr = int(f["index"]), float(f["median_tsnr"])
 
     def _on_volume(self, f: dict, _msg: Message) -> None:
-        self._count(int(f["run"]), "volumes")
-        self.run = int(f["run"])
-        self.volume_index.append(int(f["index"]))
-        self.motion.append([float(v) for v in f["motion"]])
-        self.fd.append(float(f["fd"]))
-        self.dvars.append(float(f["dvars"]))
-        self.latency_ms.append(float(f["latency_ms"]))
-        total = f" of {self.volumes_expected}" if self.volumes_expected else ""
-        self.status = f"run {self.run}: receiving volume {int(f['index']) + 1}{total}"
+        run = int(f["run"])
+        if "n_volumes" in f:
+            self.volumes_expected = int(f["n_volumes"])
+        q = self._quality(run)
+        q.expected = q.expected or self.volumes_expected
+        self.run = run
+        fd = float(f["fd"])
+        alarm = bool(f["fd_alarm"]) if "fd_alarm" in f else fd > self.fd_threshold_mm
+        if alarm and not (q.alarm and q.alarm[-1]):
+            self.add_log("warning", f"run {run}: FD alarm at volume {int(f['index']) + 1} ({fd:.2f} mm)")
+        q.index.append(int(f["index"]))
+        q.motion.append([float(v) for v in f["motion"]])
+        q.fd.append(fd)
+        q.alarm.append(alarm)
+        q.dvars.append(float(f["dvars"]))
+        q.tsnr.append(float(f["tsnr"]))
+        q.latency_ms.append(float(f["latency_ms"]))
+        total = f" of {q.expected}" if q.expected else ""
+        self.status = f"run {run}: volume {int(f['index']) + 1}{total}"
 
     def _on_volume_missing(self, f: dict, _msg: Message) -> None:
-        self._count(int(f["run"]), "missing")
-        self.missing.append(int(f["index"]))
-        self.status = f"run {f['run']}: volume {f['index']} missing"
+        run = int(f["run"])
+        self._quality(run).missing.append(int(f["index"]))
+        self.notice(f"run {run}: volume {int(f['index']) + 1} missing", "warning")
 
     def _on_volume_rejected(self, f: dict, _msg: Message) -> None:
         self.rejected.append(f"{f['path']}: {f['reason']}")
-        if self.run is not None:
-            self._count(self.run, "rejected")
+        run = int(f["run"]) if "run" in f else self.run
+        if run is not None:
+            self._quality(run).rejected += 1
+        self.notice(f"file set aside: {f['path']}: {f['reason']}", "error")
 
     def _on_run_ended(self, f: dict, _msg: Message) -> None:
+        run = int(f["run"])
+        q = self._quality(run)
         why = f" ({f['reason']})" if f.get("reason") else ""
-        self.status = f"run {f['run']} ended{why}: {f['n_volumes']} volumes"
+        q.ended = f"ended{why}"
+        self.notice(f"run {run} ended{why}: {q.received} volumes" + (f" of {q.expected}" if q.expected else "")
+                    + (f", {len(q.missing)} missing" if q.missing else ""))
 
     def _on_status(self, f: dict, _msg: Message) -> None:
         state = f.get("state")
         if state == "glm_error":
-            self.notice(f"run {f.get('run')}: no betas ({f.get('reason', '')})")
+            self.notice(f"run {f.get('run')}: no betas ({f.get('reason', '')})", "error")
         elif state in ("disarmed", "armed", "waiting_for_start"):
             self.notice({"disarmed": "stopped by the operator: a new series waits for start run",
                          "armed": "armed: the next series starts a new run",
                          "waiting_for_start": "a new series is waiting: press start run"}[state])
+        elif f.get("reason"):
+            self.add_log("info", f"{state}: {f['reason']}")
 
     def _on_beta(self, f: dict, _msg: Message) -> None:
         key = (int(f["run"]), int(f["trial"]), str(f.get("version", "realtime")))
-        self.trials.setdefault(key, TrialView(key[0], key[1], str(f.get("image", "")), key[2]))
+        view = self.trials.setdefault(key, TrialView(key[0], key[1], str(f.get("image", "")), key[2]))
+        if "onset" in f:
+            view.onset_s = float(f["onset"])
+        q = self.runs.get(key[0])
+        if q is not None and q.fd and view.onset_s is not None and q.tr_s:
+            first = int(view.onset_s / q.tr_s)
+            window = [fd for i, fd in zip(q.index, q.fd, strict=True) if i >= first]
+            view.fd_max = max(window) if window else None
 
     # -- decoder -----------------------------------------------------------------------------------
     def _on_result(self, f: dict, msg: Message) -> None:
@@ -159,6 +256,8 @@ class ConsoleState:
         view = self.trials.setdefault(key, TrialView(key[0], key[1], str(f.get("image", "")), key[2]))
         view.image = view.image or str(f.get("image", ""))
         view.timings_ms.update({k: float(v) for k, v in f.get("timings_ms", {}).items()})
+        view.tier = str(f.get("tier", view.tier))
+        view.received = self.last_result = time.time()
         if f.get("stage") == "retrieval":
             view.top_ids = list(f.get("top_ids", []))
             view.top_scores = [float(s) for s in f.get("top_scores", [])]
@@ -174,15 +273,30 @@ class ConsoleState:
     # -- views -------------------------------------------------------------------------------------
     @property
     def fd_alarms(self) -> int:
-        return sum(v > self.fd_threshold_mm for v in self.fd)
+        """FD alarm episodes in the current run (consecutive alarmed volumes count once)."""
+        return episodes(self.current_run.alarm)
 
     def heartbeat_age(self, service: str, now: float | None = None) -> float | None:
         last = self.last_seen.get(service)
         return None if last is None else (now or time.time()) - last
 
+    def result_age(self, now: float | None = None) -> float | None:
+        return None if self.last_result is None else (now or time.time()) - self.last_result
+
     def history(self, n: int = 10) -> list[TrialView]:
         realtime = [v for k, v in sorted(self.trials.items()) if k[2] == "realtime"]
         return realtime[-n:]
 
-    def mark_bad(self, key: tuple[int, int, str], bad: bool = True) -> None:
-        self.trials[key].bad = bad
+    def decoded_runs(self) -> list[int]:
+        return sorted({k[0] for k, v in self.trials.items() if v.top_ids})
+
+    def hits(self, run: int | None = None, version: str = "realtime") -> list[bool]:
+        """Top-1 hits of the decoded trials that were not marked bad (one run, or all)."""
+        return [bool(v.hit) for k, v in sorted(self.trials.items())
+                if k[2] == version and v.hit is not None and not v.bad and (run is None or k[0] == run)]
+
+    def mark_bad(self, key: tuple[int, int, str], bad: bool = True, note: str = "") -> None:
+        view = self.trials[key]
+        view.bad, view.note = bad, note if bad else ""
+        what = "marked bad" + (f" ({note})" if note else "") if bad else "mark removed"
+        self.add_log("info", f"run {key[0]} trial {key[1]} {what}")

@@ -68,6 +68,13 @@ class PreprocessSection:
     max_iterations: int = 12
     sample_stride: int = 2
     save_resampled: bool = False
+    # The alignment check at run start (rtdecode/preprocess/alignment.py): outside these, the console warns.
+    alignment_max_shift_mm: float = 10.0
+    alignment_max_rotation_deg: float = 10.0
+    alignment_min_in_brain: float = 0.9
+    alignment_min_match: float = 0.5
+    alignment_min_voxels: int = 100
+    tsnr_map_every: int = 20  # volumes between temporal-SNR mosaics sent to the console (0: none)
 
 
 @dataclass
@@ -145,7 +152,8 @@ _LABEL = re.compile(r"^[A-Za-z0-9]+$")
 _POSITIVE = {
     "scanner.poll_interval_s", "scanner.tr_s", "scanner.volumes_per_run", "scanner.partial_timeout_s",
     "scanner.missing_timeout_s", "preprocess.fd_threshold_mm", "preprocess.max_iterations",
-    "preprocess.sample_stride", "glm.high_pass", "glm.delay_s", "network.resend_s", "network.drain_s",
+    "preprocess.sample_stride", "preprocess.alignment_max_shift_mm", "preprocess.alignment_max_rotation_deg",
+    "glm.high_pass", "glm.delay_s", "network.resend_s", "network.drain_s",
     "network.max_message_mb",
 }
 _PORTS = {"network.betas_port", "network.results_port"}

@@ -35,8 +35,11 @@ def session_messages(session: str | Path) -> list[Message]:
         prefix = next((p.name.split("_desc-confounds")[0] for p in deriv.glob(f"*_run-{run:02d}_desc-confounds_timeseries.tsv")), None)
         if prefix is None:
             continue
-        out.append(Message("run_started", {"run": run, "series": int(run_row["series"]), "shape": [], "n_voxels": 0}))
-        for r in _rows(deriv / f"{prefix}_desc-confounds_timeseries.tsv"):
+        confounds = _rows(deriv / f"{prefix}_desc-confounds_timeseries.tsv")
+        started = {"run": run, "series": int(run_row["series"]), "shape": [], "n_voxels": 0}
+        out.append(Message("run_started", {**started, "n_volumes": len(confounds)} if confounds else started))
+        first = len(out)
+        for r in confounds:
             if r["status"] == "ok":
                 out.append(Message("volume", {"run": run, "index": int(r["volume"]), "motion": [float(r[c]) for c in MOTION],
                                               "fd": float(r["framewise_displacement"] or 0), "dvars": float(r["dvars"] or 0),
@@ -45,7 +48,7 @@ def session_messages(session: str | Path) -> list[Message]:
                 out.append(Message("volume_missing", {"run": run, "index": int(r["volume"])}))
         for r in _rows(deriv / f"{prefix}_desc-realtime_betas.tsv"):
             out.append(Message("beta", {"run": run, "trial": int(r["trial"]), "image": r["image"], "version": "realtime"}))
-        out.append(Message("run_ended", {"run": run, "n_volumes": sum(m.type == "volume" for m in out)}))
+        out.append(Message("run_ended", {"run": run, "n_volumes": sum(m.type == "volume" for m in out[first:])}))
     for seq, msg in enumerate(out, start=1):
         msg.seq = seq
     return out

@@ -51,13 +51,13 @@ def test_console_shows_run_plots_and_the_current_trial(windows, tmp_path):
     window.refresh()
     assert "1 missing" in window.status.text() and "1 FD alarm" in window.status.text()
     x, y = window.fd_curve.getData()
-    assert len(x) == 30 and y[12] == pytest.approx(0.9)
+    assert len(x) == 31 and y[12] == pytest.approx(0.9) and np.isnan(y[30])  # the missing volume breaks the curve
     assert len(window.fd_alarm.getData()[0]) == 1 and window.fd_line.value() == pytest.approx(0.5)
-    assert len(window.motion_curves[0].getData()[1]) == 30
+    assert len(window.motion_curves[0].getData()[1]) == 31 and len(window.motion_curves) == 6
     assert state.current == (1, 2, "realtime")
     assert "trial 2" in window.stimulus.caption.text() and not window.reconstruction.picture.pixmap().isNull()
     assert window.retrieved[0].caption.text().endswith("✓")  # trial 2's top hit is its stimulus
-    assert window.table.rowCount() == 3 and window.table.item(1, 2).text() == "sim-00001"
+    assert window.table.rowCount() == 3 and window.table.item(1, 1).text() == "sim-00001"
     # A trial whose beta came first and its retrieval later: the table row fills in.
     late = [Message("beta", {"run": 1, "trial": 3, "image": "sim-00003", "version": "realtime"}),
             Message("result", {"run": 1, "trial": 3, "version": "realtime", "image": "sim-00003", "stage": "retrieval",
@@ -65,13 +65,13 @@ def test_console_shows_run_plots_and_the_current_trial(windows, tmp_path):
     late[0].seq, late[1].seq = 1000, 1001
     state.apply(late[0], "scanner")
     window.refresh()
-    assert window.table.rowCount() == 4 and window.table.item(3, 3).text() == "…"
+    assert window.table.rowCount() == 4 and window.table.item(3, 2).text() == "…"
     state.apply(late[1], "decoder")
     window.refresh()
-    assert window.table.item(3, 3).text() == "sim-00004 (0.70)"
+    assert [window.table.item(3, c).text() for c in (2, 3, 4)] == ["sim-00004", "miss", "0.70"]
     window.table.selectRow(1)
     window.mark_selected_bad()
-    assert state.trials[(1, 1, "realtime")].bad and window.table.item(1, 4).text() == "bad"
+    assert state.trials[(1, 1, "realtime")].bad and window.table.item(1, 8).text() == "bad"
     assert "decoder" in window.lights["decoder"].text()
     shot = window.screenshot(tmp_path / "console.png")
     assert shot.stat().st_size > 10_000
@@ -109,9 +109,21 @@ def test_start_and_stop_a_run_from_the_console(qtbot, windows, tmp_path, small_r
             reply = send_command(address, action, timeout_ms=5000)
             return "no answer" if reply is None else f"{reply.fields['ok']}: {reply.fields['detail']}"
 
-        window = windows(ConsoleWindow(ConsoleState(), control=control))
+        asked = []
+
+        def confirm(title: str, text: str) -> bool:
+            asked.append(title)
+            return len(asked) > 1  # the operator says no to the first question, yes after
+
+        window = windows(ConsoleWindow(ConsoleState(), control=control, confirm=confirm))
         assert window.command("start_run").startswith("False: run 1 is still in progress")
         qtbot.mouseClick(window.stop_button, QtCore.Qt.MouseButton.LeftButton)
+        assert asked == ["stop run"] and "still in progress" in window.reply.text()  # declined: nothing sent
+        assert not st.side.runs[4].ended
+        window.show()
+        qtbot.waitUntil(window.isActiveWindow, timeout=5000)  # shortcuts need an active window
+        qtbot.keyClick(window, QtCore.Qt.Key.Key_Period, QtCore.Qt.KeyboardModifier.ControlModifier)
+        assert asked == ["stop run"] * 2
         assert window.reply.text() == "True: run 1 ended by the operator after 5 volumes"
         assert st.side.runs[4].ended
         assert window.command("start_run") == "True: armed: the next series starts a new run"
@@ -143,6 +155,9 @@ def test_trial_table_follows_the_newest_trial_unless_scrolled_back(qtbot, window
             m = Message("beta", {"run": 2, "trial": trial, "image": f"sim-{trial:05d}", "version": "realtime"})
             m.seq = next(seq)
             state.apply(m, "scanner")
+            r = Message("result", {"run": 2, "trial": trial, "stage": "retrieval", "top_ids": [f"sim-{trial:05d}"],
+                                   "top_scores": [0.5]}, seq=next(seq))
+            state.apply(r, "decoder")
         window.refresh()
 
     add_trials(0, 60)

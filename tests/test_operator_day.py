@@ -240,7 +240,7 @@ def test_an_operator_day(tmp_path, small_run):
             assert sorted(keys_decoded) == sorted(sent) and len(sent) == expected
             # -- the console equals the folders
             assert console.identity["session_uid"] == uid
-            assert {r: c["volumes"] for r, c in console.run_counts.items()} == {1: N_VOLUMES, 2: N_VOLUMES}
+            assert {r: q.received for r, q in console.runs.items()} == {1: N_VOLUMES, 2: N_VOLUMES}
             decoded_trials = {(int(r["run"]), int(r["trial"]), r["version"]) for r in read_tsv(out / "results.tsv")}
             assert {k for k, v in console.trials.items() if v.top_ids} == decoded_trials
             assert console.restarts.get("scanner") == 1

@@ -191,7 +191,7 @@ def test_the_console_sees_restarts_and_survives_any_field(tmp_path, small_run):
         for msg in got:
             state.apply(msg, "scanner")
     assert state.volume_index == list(range(6)) and state.restarts == {"scanner": 1}
-    assert any("scanner side restarted" in text for _, text in state.notices)
+    assert any(e.text == "scanner side restarted" and e.severity == "warning" for e in state.log)
     # A message whose fields no handler expected: refused and counted, never raised.
     boot = got[0].boot
     for i, bad in enumerate([{"run": 1, "index": "x"}, {"run": None}, {}]):

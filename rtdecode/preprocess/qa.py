@@ -35,6 +35,13 @@ class RunningQA:
         self._m2 += delta * (x - self.mean)
         return dvars, self.tsnr()
 
+    def tsnr_map(self) -> np.ndarray:
+        """Temporal SNR per voxel so far (0 where undefined)."""
+        if self.n < 3:
+            return np.zeros_like(self.mean)
+        std = np.sqrt(self._m2 / (self.n - 1))
+        return np.divide(self.mean, std, out=np.zeros_like(self.mean), where=std > 0)
+
     def tsnr(self) -> float:
         if self.n < 3:
             return 0.0

@@ -20,9 +20,16 @@ from rtdecode.config import SessionConfig
 from rtdecode.errors import IngestError
 from rtdecode.glm.runner import TrialBetas
 from rtdecode.ingest.reader import Volume
+from rtdecode.preprocess.alignment import (
+    AlignmentLimits,
+    alignment_warnings,
+    check_alignment,
+    mosaic,
+    volume_of,
+)
 from rtdecode.preprocess.pipeline import Mask, RunPreprocessor
 from rtdecode.scanner.runs import RunState
-from rtdecode.wire.protocol import Message
+from rtdecode.wire.protocol import Message, encode_png
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +94,38 @@ class VolumeStage:
                                mask_threshold=pp.mask_threshold, sample_stride=pp.sample_stride,
                                max_iterations=pp.max_iterations)
 
+    def alignment(self, reference: Volume, pre: RunPreprocessor) -> tuple[dict, dict[str, bytes]]:
+        """Run-start figures, warning and mosaic of where the mask landed (never fatal: a failure is logged)."""
+        pp = self.config.preprocess
+        limits = AlignmentLimits(pp.alignment_max_shift_mm, pp.alignment_max_rotation_deg, pp.alignment_min_in_brain,
+                                 pp.alignment_min_match, pp.alignment_min_voxels)
+        try:
+            session = None if self.session_reference is None else self.session_reference.data
+            found = check_alignment(reference.data, reference.affine, pre.mask.data, pre.mask.affine,
+                                    pre.registration, session, pp.mask_threshold)
+        except Exception:
+            log.exception("alignment check failed; the run goes on without it")
+            return {}, {}
+        problems = alignment_warnings(found, limits)
+        if problems:
+            log.warning("alignment: %s", "; ".join(problems))
+        fields = {**found.fields(), **({"alignment_warning": "; ".join(problems)[:2000]} if problems else {})}
+        return fields, {"alignment": encode_png(found.mosaic)}
+
+    def qa_map(self, run: RunState, index: int) -> None:
+        """Every ``tsnr_map_every`` volumes: the temporal SNR map so far, as a mosaic for the console."""
+        every = self.config.preprocess.tsnr_map_every
+        pre = run.preprocessor
+        if every <= 0 or pre is None or run.n_ok % every:
+            return
+        try:
+            tsnr = pre.qa.tsnr_map()
+            image = mosaic(volume_of(tsnr, pre.mask.data), pre.mask.data, vmax=100.0, colour=True)
+            self.send(Message("qa_map", {"run": run.number, "index": index, "median_tsnr": float(np.median(tsnr))},
+                              images={"tsnr": encode_png(image)}))
+        except Exception:
+            log.exception("tSNR map failed; volumes go on")
+
     def resume(self, run: RunState) -> None:
         """Rebuild an open run's preprocessor and GLM, or an ended run's betas state, from the session folder."""
         rows, vectors = run.store.load()
@@ -127,10 +166,14 @@ class VolumeStage:
                 return
             pre = run.preprocessor
             run.store.save_reference(volume.data, volume.affine, pre.mask.data, pre.mask.affine)
+            fields, images = self.alignment(volume, pre)
             self.send(Message("run_started", {"run": run.number, "series": run.series_key,
                                               "shape": [int(n) for n in volume.data.shape],
                                               "n_voxels": int(pre.mask.n_voxels),
-                                              "n_volumes": self.config.scanner.volumes_per_run, **self.identity}))
+                                              "n_volumes": self.config.scanner.volumes_per_run,
+                                              "tr_s": self.config.scanner.tr_s,
+                                              "fd_threshold_mm": self.config.preprocess.fd_threshold_mm,
+                                              **fields, **self.identity}, images=images))
             self._glm(run, "start", lambda: self.betas.start_run(run.number, run.series_key, pre.mask.n_voxels))
             held, run.held = run.held, []
             for i, v in held:
@@ -163,6 +206,7 @@ class VolumeStage:
                                      "fd_alarm": bool(out.fd > self.config.preprocess.fd_threshold_mm)}))
         if self.on_volume is not None:
             self.on_volume(event)
+        self.qa_map(run, index)
         self._glm(run, "volume", lambda: self.betas.volume(run.number, index, out.vector, motion))
 
     def missing(self, run: RunState, index: int) -> None:

@@ -73,7 +73,12 @@ SCHEMAS: dict[str, dict[str, F]] = {
                         "run": F("int", False, lo=1, hi=MAX_RUN)},
     "volume_missing": {"run": _run(), "index": _index()},
     "run_started": {"run": _run(), "series": F("int", lo=0, hi=2**31), "shape": F("ints", lo=0, hi=100_000, max_items=4),
-                    "n_voxels": F("int", lo=0, hi=10**8), "n_volumes": F("int", False, lo=1, hi=MAX_INDEX)},
+                    "n_voxels": F("int", lo=0, hi=10**8), "n_volumes": F("int", False, lo=1, hi=MAX_INDEX),
+                    "tr_s": F("float", False, lo=0.05, hi=100), "fd_threshold_mm": F("float", False, lo=0, hi=1e3),
+                    "shift_mm": F("float", False, lo=0, hi=1e4), "rotation_deg": F("float", False, lo=0, hi=360),
+                    "in_brain": F("float", False, lo=0, hi=1), "match": F("float", False, lo=-1, hi=1),
+                    "alignment_warning": F("text", False, hi=MAX_TEXT)},
+    "qa_map": {"run": _run(), "index": _index(), "median_tsnr": F("float", lo=0, hi=1e6)},
     "run_ended": {"run": _run(), "n_volumes": F("int", lo=0, hi=MAX_INDEX), "reason": F("text", False, hi=MAX_TEXT)},
     "status": {"state": F("name", pattern=WORD), "service": F("name", False, choices=("scanner", "decoder")),
                "run": F("int", False, lo=1, hi=MAX_RUN), "reason": F("text", False, hi=MAX_TEXT)},
@@ -102,7 +107,8 @@ ARRAYS: dict[str, dict[str, tuple[int, frozenset[str], int]]] = {
 }
 REQUIRED_ARRAYS: dict[str, tuple[str, ...]] = {"beta": ("beta",)}
 # PNG images a type may carry, by name.
-IMAGES: dict[str, frozenset[str]] = {"result": frozenset({"reconstruction"}), "run_started": frozenset({"alignment"})}
+IMAGES: dict[str, frozenset[str]] = {"result": frozenset({"reconstruction"}), "run_started": frozenset({"alignment"}),
+                                     "qa_map": frozenset({"tsnr"})}
 
 
 def check_fields(mtype: str, fields: Mapping[str, Any]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -38,6 +39,24 @@ def curve_options(args: argparse.Namespace) -> tuple[dict | None, dict | None]:
     events = client_options(args.curve_secret, args.curve_scanner_key) if args.curve_scanner_key else None
     results = client_options(args.curve_secret, args.curve_decoder_key) if args.curve_decoder_key else None
     return events, results
+
+
+# What PyQt6's xcb platform plugin loads besides its own wheel (a fresh Debian/Ubuntu lacks these).
+QT_XCB_LIBRARIES = {"xcb-cursor": "libxcb-cursor0", "xcb-icccm": "libxcb-icccm4", "xcb-keysyms": "libxcb-keysyms1"}
+
+
+def missing_qt_libraries(platform: str | None = None, find: Callable[[str], str | None] | None = None) -> list[str]:
+    """The Debian packages Qt's X11 (xcb) platform needs that this machine lacks; [] elsewhere
+    (offscreen, Wayland, macOS, Windows), where Qt brings what it needs."""
+    import ctypes.util
+
+    platform = platform if platform is not None else os.environ.get("QT_QPA_PLATFORM", "")
+    if not sys.platform.startswith("linux") or platform not in ("", "xcb"):
+        return []
+    if platform == "" and os.environ.get("WAYLAND_DISPLAY") and not os.environ.get("DISPLAY"):
+        return []
+    find = find or ctypes.util.find_library
+    return [package for lib, package in QT_XCB_LIBRARIES.items() if find(lib) is None]
 
 
 def install_excepthook() -> None:
@@ -84,6 +103,12 @@ def main(argv: list[str] | None = None, display: bool = False, replay: Replay | 
     except (FileNotFoundError, ValueError) as exc:
         print(f"rtdecode {'display' if display else 'console'}: error: {exc}", file=sys.stderr)
         return 2
+    missing = missing_qt_libraries()
+    if missing:
+        print(f"rtdecode {'display' if display else 'console'}: error: Qt's X11 platform needs system libraries "
+              f"that are not installed: sudo apt install {' '.join(missing)} (or run with QT_QPA_PLATFORM=wayland)",
+              file=sys.stderr)
+        return 2
     install_excepthook()
 
     from PyQt6 import QtWidgets
@@ -98,11 +123,16 @@ def main(argv: list[str] | None = None, display: bool = False, replay: Replay | 
     if args.control:
         from rtdecode.wire.control import send_command
 
-        def control(action: str) -> str:
-            reply = send_command(args.control, action, curve=events_curve)
+        def control(action: str, fields: dict | None = None) -> str:
+            reply = send_command(args.control, action, curve=events_curve, fields=fields)
             return "no answer from the scanner side" if reply is None else str(reply.fields["detail"])
 
-    window = DisplayWindow(state) if display else ConsoleWindow(state, load_gallery(args.gallery), control)
+    from PyQt6 import QtCore
+
+    state.replay = bool(args.replay or args.decoded)
+    layout = QtCore.QSettings("rtdecode", "display" if display else "console")  # remembered between sessions
+    window = DisplayWindow(state) if display else ConsoleWindow(state, load_gallery(args.gallery), control,
+                                                                settings=layout)
     if replay is not None and (args.replay or args.decoded):
         for source, msg in replay(args.replay, args.decoded):
             state.apply(msg, source)

@@ -48,9 +48,10 @@ def ask(parent: QtWidgets.QWidget) -> Confirm:
 
 class ConsoleWindow(QtWidgets.QMainWindow):
     def __init__(self, state: ConsoleState, gallery: dict[str, np.ndarray] | None = None,
-                 control: Callable[[str], str] | None = None, confirm: Confirm | None = None,
+                 control: Callable[..., str] | None = None, confirm: Confirm | None = None,
                  settings: QtCore.QSettings | None = None) -> None:
-        """``control(action) -> str`` sends start_run / stop_run to the scanner side (None: buttons off).
+        """``control(action, fields=None) -> str`` sends start_run, stop_run and marks to the scanner
+        side (None: no run buttons, and marks stay in this window only).
         ``confirm(title, text) -> bool`` asks the operator (default: a dialog). ``settings`` keeps the
         window's layout between sessions (None: not kept)."""
         super().__init__()
@@ -119,12 +120,16 @@ class ConsoleWindow(QtWidgets.QMainWindow):
         self.table = self.trials.table
         self.mark = QtWidgets.QPushButton("mark selected bad (Ctrl+B)")
         self.unmark = QtWidgets.QPushButton("remove mark (Ctrl+U)")
-        self.mark.clicked.connect(self.mark_selected_bad)
+        self.mark.clicked.connect(lambda: self.mark_selected_bad(True))  # not the slot itself: clicked passes False
         self.unmark.clicked.connect(lambda: self.mark_selected_bad(False))
+        self.note = QtWidgets.QLineEdit()
+        self.note.setPlaceholderText("note for the mark (optional)")
+        self.note.setMaxLength(200)
         trial_tab = QtWidgets.QWidget()
         trial_tab_layout = QtWidgets.QVBoxLayout(trial_tab)
         trial_tab_layout.addWidget(self.trials)
         buttons = QtWidgets.QHBoxLayout()
+        buttons.addWidget(self.note, 1)
         buttons.addWidget(self.mark)
         buttons.addWidget(self.unmark)
         trial_tab_layout.addLayout(buttons)
@@ -211,8 +216,22 @@ class ConsoleWindow(QtWidgets.QMainWindow):
         return detail
 
     def mark_selected_bad(self, bad: bool = True) -> None:
+        """Mark the selected trials bad (or remove the mark). With a scanner side, the mark is sent to it,
+        written to the session folder's marks.tsv and comes back to every console; without one it lives
+        in this window only, and the log says so."""
+        note = self.note.text().strip() if bad else ""
         for key in self.trials.selected_keys():
-            self.state.mark_bad(key, bad)
+            if self.control is not None:
+                fields = {"run": key[0], "trial": key[1], "version": key[2], "bad": bad, **({"note": note} if note else {})}
+                detail = self.control("mark", fields)
+                self.reply.setText(detail)
+                if "marked bad" not in detail and "mark removed" not in detail:
+                    self.state.add_log("error", f"mark not saved: {detail}")
+                    continue
+            else:
+                self.state.add_log("warning", "mark kept in this window only: no scanner side to save it (--control)")
+            self.state.mark_bad(key, bad, note)
+        self.note.clear()
         self.trials.draw(force=True)
 
     # -- drawing ---------------------------------------------------------------------------------

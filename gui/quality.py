@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -28,6 +29,21 @@ class RunQuality:
     @property
     def received(self) -> int:
         return len(self.index)
+
+    def put(self, index: int, motion: list[float], fd: float, alarm: bool, dvars: float, tsnr: float,
+            latency_ms: float) -> bool:
+        """Add a volume in index order; a volume already here is replaced (a console that joins late, or
+        a restarted sender, gets some events twice). True if it was new."""
+        pos = bisect.bisect_left(self.index, index)
+        new = pos == len(self.index) or self.index[pos] != index
+        values = (index, motion, fd, alarm, dvars, tsnr, latency_ms)
+        series = (self.index, self.motion, self.fd, self.alarm, self.dvars, self.tsnr, self.latency_ms)
+        for column, value in zip(series, values, strict=True):
+            if new:
+                column.insert(pos, value)
+            else:
+                column[pos] = value
+        return new
 
 
 def episodes(alarm: list[bool]) -> int:

@@ -170,16 +170,20 @@ class ConsoleState:
             self.identity = {k: f[k] for k in ("subject", "session", "session_uid") if k in f}
             self.add_log("info", f"session sub-{f.get('subject')} ses-{f.get('session')}")
         self.run = run
-        self.runs[run] = RunQuality(run, expected=self.volumes_expected,
-                                    tr_s=float(f["tr_s"]) if "tr_s" in f else None)
-        voxels = f" {f['n_voxels']} voxels in the mask" if f.get("n_voxels") else ""
-        self.notice(f"run {run} started (series {f['series']}):{voxels}")
-        view = self.alignment[run] = AlignmentView(run)
-        view.figures = {k: float(f[k]) for k in ("shift_mm", "rotation_deg", "in_brain", "match") if k in f}
-        view.warning = str(f.get("alignment_warning", ""))
+        known = run in self.runs
+        q = self.runs.setdefault(run, RunQuality(run))  # known: a repeat (late join, restarted sender): kept
+        q.expected = self.volumes_expected or q.expected
+        q.tr_s = float(f["tr_s"]) if "tr_s" in f else q.tr_s
+        if not known:
+            voxels = f" {f['n_voxels']} voxels in the mask" if f.get("n_voxels") else ""
+            self.notice(f"run {run} started (series {f['series']}):{voxels}")
+        view = self.alignment.setdefault(run, AlignmentView(run))
+        figures = {k: float(f[k]) for k in ("shift_mm", "rotation_deg", "in_brain", "match") if k in f}
+        if figures or not known:
+            view.figures, view.warning = figures, str(f.get("alignment_warning", ""))
         if "alignment" in msg.images:
             view.mosaic = decode_png(msg.images["alignment"])
-        if view.warning:
+        if view.warning and not known:
             self.notice(f"run {run}: check the alignment: {view.warning}", "error")
 
     def _on_qa_map(self, f: dict, msg: Message) -> None:
@@ -196,25 +200,28 @@ class ConsoleState:
         self.run = run
         fd = float(f["fd"])
         alarm = bool(f["fd_alarm"]) if "fd_alarm" in f else fd > self.fd_threshold_mm
-        if alarm and not (q.alarm and q.alarm[-1]):
-            self.add_log("warning", f"run {run}: FD alarm at volume {int(f['index']) + 1} ({fd:.2f} mm)")
-        q.index.append(int(f["index"]))
-        q.motion.append([float(v) for v in f["motion"]])
-        q.fd.append(fd)
-        q.alarm.append(alarm)
-        q.dvars.append(float(f["dvars"]))
-        q.tsnr.append(float(f["tsnr"]))
-        q.latency_ms.append(float(f["latency_ms"]))
+        index = int(f["index"])
+        before = q.alarm[-1] if q.alarm and q.index[-1] < index else False
+        new = q.put(index, [float(v) for v in f["motion"]], fd, alarm, float(f["dvars"]), float(f["tsnr"]),
+                    float(f["latency_ms"]))
+        if new and alarm and not before:
+            self.add_log("warning", f"run {run}: FD alarm at volume {index + 1} ({fd:.2f} mm)")
         total = f" of {q.expected}" if q.expected else ""
         self.status = f"run {run}: volume {int(f['index']) + 1}{total}"
 
     def _on_volume_missing(self, f: dict, _msg: Message) -> None:
         run = int(f["run"])
-        self._quality(run).missing.append(int(f["index"]))
+        q = self._quality(run)
+        if int(f["index"]) in q.missing:
+            return
+        q.missing.append(int(f["index"]))
         self.notice(f"run {run}: volume {int(f['index']) + 1} missing", "warning")
 
     def _on_volume_rejected(self, f: dict, _msg: Message) -> None:
-        self.rejected.append(f"{f['path']}: {f['reason']}")
+        line = f"{f['path']}: {f['reason']}"
+        if line in self.rejected:
+            return
+        self.rejected.append(line)
         run = int(f["run"]) if "run" in f else self.run
         if run is not None:
             self._quality(run).rejected += 1
@@ -224,6 +231,8 @@ class ConsoleState:
         run = int(f["run"])
         q = self._quality(run)
         why = f" ({f['reason']})" if f.get("reason") else ""
+        if q.ended:
+            return
         q.ended = f"ended{why}"
         self.notice(f"run {run} ended{why}: {q.received} volumes" + (f" of {q.expected}" if q.expected else "")
                     + (f", {len(q.missing)} missing" if q.missing else ""))
@@ -231,13 +240,25 @@ class ConsoleState:
     def _on_status(self, f: dict, _msg: Message) -> None:
         state = f.get("state")
         if state == "glm_error":
-            self.notice(f"run {f.get('run')}: no betas ({f.get('reason', '')})", "error")
+            text = f"run {f.get('run')}: no betas ({f.get('reason', '')})"
+            if not any(e.text == text for e in self.log):  # once, though a late joiner hears it again
+                self.notice(text, "error")
         elif state in ("disarmed", "armed", "waiting_for_start"):
             self.notice({"disarmed": "stopped by the operator: a new series waits for start run",
                          "armed": "armed: the next series starts a new run",
                          "waiting_for_start": "a new series is waiting: press start run"}[state])
         elif f.get("reason"):
             self.add_log("info", f"{state}: {f['reason']}")
+
+    def _on_mark(self, f: dict, _msg: Message) -> None:
+        """The scanner side's record of an operator's mark (from this console or any other)."""
+        key = (int(f["run"]), int(f["trial"]), str(f["version"]))
+        view = self.trials.setdefault(key, TrialView(*key[:2], version=key[2]))
+        if view.bad != bool(f["bad"]) or view.note != str(f.get("note", "")):
+            self.mark_bad(key, bool(f["bad"]), str(f.get("note", "")))
+
+    def _on_trial(self, f: dict, msg: Message) -> None:
+        self._on_beta(f, msg)
 
     def _on_beta(self, f: dict, _msg: Message) -> None:
         key = (int(f["run"]), int(f["trial"]), str(f.get("version", "realtime")))

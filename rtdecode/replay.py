@@ -6,49 +6,36 @@ draws messages: the GUI reads no session or decoder folder itself.
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from rtdecode.decoder.results import open_results
+from rtdecode.decoder.results import open_results, retrieval_message
+from rtdecode.scanner.history import alignment_fields, mark_events, read_rows, run_events
 from rtdecode.wire.protocol import Message, encode_png
-
-MOTION = ("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z")
-
-
-def _rows(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh, delimiter="\t"))
 
 
 def session_messages(session: str | Path) -> list[Message]:
-    """Scanner-side messages of a session folder (``.../sub-XX/ses-YY``), in order."""
+    """Scanner-side messages of a finished session folder (``.../sub-XX/ses-YY``), in order: each run
+    counted on its own, every trial, the operator's marks, the alignment figures where stored."""
     session = Path(session)
     deriv = session / "derivatives" / "rtdecode" / "func"
     out: list[Message] = []
-    for run_row in _rows(session / "runs.tsv"):
+    for run_row in read_rows(session / "runs.tsv"):
         run = int(run_row["run"])
         prefix = next((p.name.split("_desc-confounds")[0] for p in deriv.glob(f"*_run-{run:02d}_desc-confounds_timeseries.tsv")), None)
         if prefix is None:
             continue
-        confounds = _rows(deriv / f"{prefix}_desc-confounds_timeseries.tsv")
-        started = {"run": run, "series": int(run_row["series"]), "shape": [], "n_voxels": 0}
-        out.append(Message("run_started", {**started, "n_volumes": len(confounds)} if confounds else started))
-        first = len(out)
-        for r in confounds:
-            if r["status"] == "ok":
-                out.append(Message("volume", {"run": run, "index": int(r["volume"]), "motion": [float(r[c]) for c in MOTION],
-                                              "fd": float(r["framewise_displacement"] or 0), "dvars": float(r["dvars"] or 0),
-                                              "tsnr": float(r["tsnr"] or 0), "latency_ms": float(r["latency_ms"] or 0)}))
-            else:
-                out.append(Message("volume_missing", {"run": run, "index": int(r["volume"])}))
-        for r in _rows(deriv / f"{prefix}_desc-realtime_betas.tsv"):
-            out.append(Message("beta", {"run": run, "trial": int(r["trial"]), "image": r["image"], "version": "realtime"}))
-        out.append(Message("run_ended", {"run": run, "n_volumes": sum(m.type == "volume" for m in out[first:])}))
+        confounds = read_rows(deriv / f"{prefix}_desc-confounds_timeseries.tsv")
+        betas = read_rows(deriv / f"{prefix}_desc-realtime_betas.tsv") + read_rows(deriv / f"{prefix}_desc-endofrun_betas.tsv")
+        events = run_events(run, int(run_row["series"]), confounds, betas, "", len(confounds),
+                            alignment_fields(deriv / f"{prefix}_desc-alignment.json"))
+        png = deriv / f"{prefix}_desc-alignment.png"
+        if png.exists():
+            events[0].images["alignment"] = png.read_bytes()
+        out += events
+    out += mark_events(read_rows(session / "marks.tsv"))
     for seq, msg in enumerate(out, start=1):
         msg.seq = seq
     return out
@@ -61,9 +48,7 @@ def decoder_messages(decoded: str | Path) -> list[Message]:
     for r in store.rows():
         fields = {"run": int(r["run"]), "trial": int(r["trial"]), "version": r["version"], "image": r["image"],
                   **store.identity}
-        scores = [float(s) for s in r["top_scores"].split(",") if s]
-        out.append(Message("result", {**fields, "stage": "retrieval", "top_ids": r["top_ids"].split(","),
-                                      "top_scores": scores, "timings_ms": {"prior_ms": float(r["prior_ms"])}}))
+        out.append(retrieval_message(r, store.identity))
         png = store.image_path(r["key"])
         if png.exists():
             with Image.open(png) as im:

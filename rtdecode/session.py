@@ -3,6 +3,7 @@
     <root>/sub-XX/ses-YY/
         session.json                        subject, session, task and the session's uid (made once)
         config.toml                         the configuration the session ran with
+        marks.tsv                           operator's marks on trials (bad, note; the latest row counts)
         operator.tsv                        operator commands taken (stop_run, start_run), with the run
         runs.tsv                            run number <-> scanner series, start time
         rejected.tsv                        every file set aside, with the reason
@@ -124,6 +125,15 @@ class SessionFolder:
                    {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "action": action, "run": run or "n/a",
                     "detail": detail}, fsync=True)
 
+    def log_mark(self, run: int, trial: int, version: str, bad: bool, note: str) -> None:
+        """An operator's mark on a trial (the latest row per trial counts; bad 0 removes a mark)."""
+        append_tsv(self.path / "marks.tsv", ("time", "run", "trial", "version", "bad", "note"),
+                   {"time": f"{time.time():.3f}", "run": run, "trial": trial, "version": version,
+                    "bad": int(bad), "note": " ".join(note.split())}, fsync=True)
+
+    def marks(self) -> list[dict[str, str]]:
+        return read_tsv(self.path / "marks.tsv")
+
     def operator_log(self) -> list[dict[str, str]]:
         return read_tsv(self.path / "operator.tsv")
 
@@ -160,6 +170,8 @@ class RunStore:
         self.confounds = folder.derivatives / f"{p}_desc-confounds_timeseries.tsv"
         self.vectors = folder.derivatives / f"{p}_desc-masked_bold.f32"
         self.vectors_json = folder.derivatives / f"{p}_desc-masked_bold.json"
+        self.alignment = folder.derivatives / f"{p}_desc-alignment.json"  # figures of the run-start check
+        self.alignment_png = folder.derivatives / f"{p}_desc-alignment.png"  # its mosaic
         self.raw_dir.mkdir(parents=True, exist_ok=True)
 
     def save_reference(self, data: np.ndarray, affine: np.ndarray, mask: np.ndarray, mask_affine: np.ndarray) -> None:

@@ -105,8 +105,8 @@ def test_start_and_stop_a_run_from_the_console(qtbot, windows, tmp_path, small_r
             qtbot.wait(50)
         address = st.side.control.address
 
-        def control(action: str) -> str:
-            reply = send_command(address, action, timeout_ms=5000)
+        def control(action: str, fields: dict | None = None) -> str:
+            reply = send_command(address, action, timeout_ms=5000, fields=fields)
             return "no answer" if reply is None else f"{reply.fields['ok']}: {reply.fields['detail']}"
 
         asked = []

@@ -217,3 +217,130 @@ def test_layout_is_remembered_and_help_lists_the_shortcuts(qtbot, windows, tmp_p
     assert not again.start_button.isEnabled() and "--control" in again.start_button.toolTip()
     again.toggle_help()
     assert again.help.isVisible() and "Ctrl+B" in again.help.text() and "stop run" in again.help.text()
+
+
+def _console_until(qtbot, state: ConsoleState, windows_, address: str, done, source: str = "events") -> None:
+    """A console (state + live feed) connected to ``address`` until ``done()``."""
+    from gui.console import ConsoleWindow
+    from gui.feed import LiveFeed
+
+    window = windows_(ConsoleWindow(state))
+    args = (address, None) if source == "events" else (None, address)
+    feed = LiveFeed(state, [window], *args, interval_ms=20)
+    try:
+        qtbot.waitUntil(lambda: bool(done()), timeout=30_000)
+    finally:
+        feed.close()
+
+
+def test_marks_are_saved_by_the_scanner_side_and_reach_consoles_that_start_later(qtbot, windows, tmp_path, small_run):
+    """A mark goes over the control socket into marks.tsv and comes back to every console, also after
+    a restart of the scanner side; on the round-1 main it lived in one window's memory."""
+    from PyQt6 import QtCore
+
+    from gui.console import ConsoleWindow
+    from gui.feed import LiveFeed
+    from rtdecode.session import SessionFolder
+    from rtdecode.wire.control import send_command
+
+    cfg = make_config(tmp_path)
+    key = (1, 2, "realtime")
+    with SideThread(cfg, n=99, timeout=60) as st:
+        for t in range(4):
+            _put(cfg.scanner.watch_dir, format_name(PATTERN, 6, t), _dicom_bytes(tmp_path, small_run, t, series=6))
+        address = st.side.control.address
+
+        def control(action: str, fields: dict | None = None) -> str:
+            reply = send_command(address, action, timeout_ms=5000, fields=fields)
+            return "no answer" if reply is None else str(reply.fields["detail"])
+
+        first = ConsoleState()
+        window = windows(ConsoleWindow(first, control=control))
+        feed = LiveFeed(first, [window], st.side.publisher.address, None, interval_ms=20)
+        try:
+            qtbot.waitUntil(lambda: len(first.volume_index) == 4, timeout=30_000)
+            first.apply(Message("result", {"run": 1, "trial": 2, "image": "a", "stage": "retrieval", "top_ids": ["b"],
+                                           "top_scores": [0.2]}, seq=1), "decoder")
+            window.refresh()
+            window.table.selectRow(window.trials.keys.index(key))
+            window.note.setText("eyes closed")
+            qtbot.mouseClick(window.mark, QtCore.Qt.MouseButton.LeftButton)
+            assert window.reply.text() == "run 1 trial 2 marked bad"
+            later = ConsoleState()  # a second console that starts after the mark
+            _console_until(qtbot, later, windows, st.side.publisher.address,
+                           lambda: key in later.trials and later.trials[key].bad)
+            assert later.trials[key].note == "eyes closed" and len(later.volume_index) == 4
+        finally:
+            feed.close()
+        assert control("mark") == "mark: missing field(s) run, trial, version, bad"
+        assert control("stop_run").startswith("run 1 ended")
+    rows = SessionFolder(cfg.session.root, "01", "01").marks()
+    assert [(r["run"], r["trial"], r["bad"], r["note"]) for r in rows] == [("1", "2", "1", "eyes closed")]
+    with SideThread(cfg, n=99, timeout=20) as st:  # the scanner side restarted: the session comes back whole
+        fresh = ConsoleState()
+        _console_until(qtbot, fresh, windows, st.side.publisher.address,
+                       lambda: key in fresh.trials and fresh.trials[key].bad and 1 in fresh.runs and fresh.runs[1].ended)
+        assert fresh.runs[1].index == [0, 1, 2, 3] and fresh.trials[key].note == "eyes closed"
+
+
+def test_a_console_that_starts_late_gets_every_decoded_trial_also_after_a_decoder_restart(qtbot, windows, tmp_path, rng):
+    """On the round-1 main a console joining late got the last 20 results: earlier trials showed '…'."""
+    import threading
+
+    import torch
+
+    from models.folder import write_model_folder
+    from models.mindeye2.config import standin_config
+    from models.mindeye2.model import MindEye2
+    from rtdecode.decoder.core import Decoder
+    from rtdecode.decoder.service import DecoderService
+    from rtdecode.gallery.builtin import StimulusSet
+    from rtdecode.wire.reliable import BetaSender, beta_message
+
+    torch.manual_seed(0)
+    folder = write_model_folder(MindEye2(standin_config(["sim01"], [29], hidden=16)), tmp_path / "model", "sim01")
+    StimulusSet().save(tmp_path / "gallery", range(8))
+    session = {"subject": "01", "session": "01", "session_uid": "c" * 32}
+    n = 30
+    for attempt in range(2):
+        service = DecoderService(Decoder.from_folder(folder, tmp_path / "gallery", cache=tmp_path / "cache"),
+                                 tmp_path / "out", "tcp://127.0.0.1:0", "tcp://127.0.0.1:0", heartbeat_s=0.2)
+        thread = threading.Thread(target=service.run, daemon=True)
+        thread.start()
+        try:
+            if attempt == 0:
+                sender = BetaSender(service.receiver.address, tmp_path / "acked.keys", resend_s=1.0)
+                for trial in range(n):
+                    sender.send(beta_message(1, trial, rng.normal(size=29), session, image=f"sim-{trial % 8:05d}"))
+                deadline = time.monotonic() + 60
+                while sender.outbox and time.monotonic() < deadline:
+                    sender.pump(timeout_ms=50)
+                sender.close()
+                assert not sender.outbox
+            late = ConsoleState()
+            _console_until(qtbot, late, windows, service.publisher.address,
+                           lambda: sum(bool(v.top_ids) for v in late.trials.values()) >= n, source="results")  # noqa: B023
+            assert sorted(k[1] for k, v in late.trials.items() if v.top_ids) == list(range(n))
+        finally:
+            service.stop()
+            thread.join(timeout=10)
+
+
+def test_missing_x11_libraries_are_named_with_the_install_line(capsys):
+    from gui.app import main, missing_qt_libraries
+
+    have = {"xcb-cursor": "/usr/lib/libxcb-cursor.so.0"}
+    assert missing_qt_libraries("xcb", have.get) == ["libxcb-icccm4", "libxcb-keysyms1"]
+    assert missing_qt_libraries("offscreen", have.get) == []
+    import os
+    old = os.environ.get("QT_QPA_PLATFORM")
+    os.environ["QT_QPA_PLATFORM"] = "xcb"
+    try:
+        import ctypes.util
+        if all(ctypes.util.find_library(lib) for lib in ("xcb-cursor", "xcb-icccm", "xcb-keysyms")):
+            pytest.skip("this machine has the X11 libraries")
+        assert main(["--screenshot", "x.png"]) == 2
+    finally:
+        os.environ["QT_QPA_PLATFORM"] = old if old is not None else "offscreen"
+    err = capsys.readouterr().err
+    assert "sudo apt install" in err and err.count("\n") == 1

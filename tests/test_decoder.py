@@ -287,7 +287,8 @@ def test_scanner_side_to_decoder_to_two_subscribers(tmp_path, small_visit):
     from rtdecode.replay import decoder_messages, session_messages
 
     replayed = session_messages(st.side.folder.path)
-    assert sum(m.type == "volume" for m in replayed) == 192 and sum(m.type == "beta" for m in replayed) == 63
+    assert sum(m.type == "volume" for m in replayed) == 192
+    assert sum(m.type == "trial" and m.fields["version"] == "realtime" for m in replayed) == 63
     decoded = decoder_messages(tmp_path / "decoded")
     assert sum(m.fields["stage"] == "reconstruction" for m in decoded) == 126
     acked = (st.side.folder.derivatives / "betas_acked.keys").read_text().split()

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from rtdecode.session import append_tsv, read_tsv, repair_tail
+from rtdecode.wire.protocol import Message
 from rtdecode.wire.reliable import Ledger
 
 COLUMNS = ("key", "run", "trial", "version", "image", "top_ids", "top_scores", "backbone_ms", "retrieval_ms",
@@ -150,3 +151,11 @@ def open_results(decoded: str | Path) -> ResultStore:
         found = ", ".join(str(s.folder.relative_to(decoded)) for s in stores) or "none"
         raise FileNotFoundError(f"{decoded}: expected one decoded session (sub-XX/ses-YY), found {found}")
     return stores[0]
+
+
+def retrieval_message(row: dict, identity: dict) -> Message:
+    """A stored results row as the retrieval result it was published as."""
+    scores = [float(v) for v in row["top_scores"].split(",") if v]
+    return Message("result", {"run": int(row["run"]), "trial": int(row["trial"]), "version": row["version"],
+                              "image": row["image"], "stage": "retrieval", "top_ids": [i for i in row["top_ids"].split(",") if i],
+                              "top_scores": scores, "timings_ms": {"prior_ms": float(row["prior_ms"] or 0)}, **identity})

@@ -28,6 +28,7 @@ from rtdecode.decoder.core import Decoder
 from rtdecode.decoder.results import (
     ResultStore,
     SessionMismatch,
+    retrieval_message,
     session_folder,
     session_stores,
     stem,
@@ -40,6 +41,15 @@ log = logging.getLogger(__name__)
 
 POLICIES = ("every", "newest")  # or "every-N": reconstruct every N-th trial
 IDENTITY = ("subject", "session", "session_uid")
+
+
+def keep_result(msg: Message) -> tuple[str, Message] | None:
+    """Every trial's retrieval result goes to a console that joins late (reconstructions, bulky, only
+    among the most recent messages)."""
+    f = msg.fields
+    if msg.type == "result" and f.get("stage") == "retrieval":
+        return f"{f.get('session_uid', '')}:{f['run']}:{f['trial']}:{f.get('version', 'realtime')}", msg
+    return None
 
 
 class DecoderService:
@@ -60,7 +70,11 @@ class DecoderService:
             images = {r["key"]: r["image"] for r in store.rows()}
             self.queue.extend((store, k, {"image": images.get(k, "")}) for k in store.pending_reconstructions())
         self.receiver = BetaReceiver(betas_address, context=context, curve=curve, max_bytes=max_bytes)
-        self.publisher = Publisher(results_address, context=context, curve=curve, replay=replay, max_bytes=max_bytes)
+        self.publisher = Publisher(results_address, context=context, curve=curve, replay=replay, max_bytes=max_bytes,
+                                   keep=keep_result)
+        for store in self.stores.values():  # after a restart: every decoded trial again, for consoles that join
+            for row in store.rows():
+                self.publisher.send(retrieval_message(row, store.identity))
         self.policy = policy
         self.heartbeat_s = heartbeat_s
         self.decoded_here = 0

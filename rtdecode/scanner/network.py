@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 
 from rtdecode.config import SessionConfig
+from rtdecode.scanner.history import keep_event
 from rtdecode.session import SessionFolder
 from rtdecode.wire.protocol import Message
 from rtdecode.wire.sockets import Publisher
@@ -38,7 +39,7 @@ class ScannerNetwork:
             if self._own_publisher:
                 self.publisher = Publisher(f"tcp://{net.host}:{net.events_port}", context=self.server.context,
                                            curve=self.server.options, replay=REPLAY, max_bytes=self.max_bytes,
-                                           replay_skip=("beta", "heartbeat"))
+                                           replay_skip=("beta", "heartbeat"), keep=keep_event)
             if net.decoder:
                 from rtdecode.wire.reliable import BetaSender
 
@@ -71,7 +72,7 @@ class ScannerNetwork:
         if self.publisher is not None:
             self.publisher.send(message)
 
-    def serve(self, handle: Callable[[str], tuple[bool, str]]) -> bool:
+    def serve(self, handle: Callable[[str, dict], tuple[bool, str]]) -> bool:
         """Acknowledgements in, stale betas out, late joiners served, operator commands answered."""
         if self.beta_sender is not None:
             self.beta_sender.pump(0)

@@ -27,6 +27,7 @@ from rtdecode.ingest.naming import compile_pattern, parse_name
 from rtdecode.ingest.reader import Volume, read_volume
 from rtdecode.ingest.slices import Slice, assemble, read_slice
 from rtdecode.preprocess.pipeline import Mask
+from rtdecode.scanner.history import alignment_fields, mark_events, read_rows, run_events
 from rtdecode.scanner.network import ScannerNetwork
 from rtdecode.scanner.runs import RunBook, RunState
 from rtdecode.scanner.volumes import VolumeEvent, VolumeStage
@@ -81,6 +82,7 @@ class ScannerSide:
         self._last_beat = 0.0
         try:
             self._resume_runs()
+            self._publish_history()
         except Exception:
             self.net.close()
             raise
@@ -188,8 +190,10 @@ class ScannerSide:
             self._send(Message("heartbeat", {"service": "scanner", "refused": self.net.refused}))
         return did
 
-    def _command(self, action: str) -> tuple[bool, str]:
+    def _command(self, action: str, fields: dict | None = None) -> tuple[bool, str]:
         """An operator command from the console; returns (ok, what happened)."""
+        if action == "mark":
+            return self._mark(fields or {})
         if action == "stop_run":
             ok, detail, run = self.book.stop()
             if run is not None:
@@ -202,7 +206,43 @@ class ScannerSide:
                 self._waiting_logged.clear()
                 self._status("armed")
             return ok, detail
-        return False, f"unknown command {action!r}; expected start_run or stop_run"
+        return False, f"unknown command {action!r}; expected start_run, stop_run or mark"
+
+    def _mark(self, f: dict) -> tuple[bool, str]:
+        """A trial marked bad (or the mark removed): written to marks.tsv, then sent to every console."""
+        missing = [k for k in ("run", "trial", "version", "bad") if k not in f]
+        if missing:
+            return False, f"mark: missing field(s) {', '.join(missing)}"
+        if int(f["run"]) not in {r.number for r in self.book.runs.values()}:
+            return False, f"mark: no run {f['run']} in this session"
+        note = " ".join(str(f.get("note", "")).split())
+        self.folder.log_mark(int(f["run"]), int(f["trial"]), str(f["version"]), bool(f["bad"]), note)
+        self._send(Message("mark", {"run": int(f["run"]), "trial": int(f["trial"]), "version": str(f["version"]),
+                                    "bad": bool(f["bad"]), **({"note": note} if note else {})}))
+        what = "marked bad" if f["bad"] else "mark removed"
+        return True, f"run {f['run']} trial {f['trial']} {what}"
+
+    def _publish_history(self) -> None:
+        """After a restart: the session so far, from its folder, so consoles that join get all of it."""
+        if self.net.publisher is None:
+            return
+        expected = self.config.scanner.volumes_per_run
+        for run in sorted(self.book.runs.values(), key=lambda r: r.number):
+            number = run.number
+            rows, _ = run.store.load()
+            betas = []
+            for version in ("realtime", "endofrun"):
+                betas += read_rows(self.folder.derivatives / f"{self.folder.prefix(number)}_desc-{version}_betas.tsv")
+            png = run.store.alignment_png.read_bytes() if run.store.alignment_png.exists() else None
+            events = run_events(number, run.series_key, rows, betas, run.end_reason if run.ended else None, expected,
+                                alignment_fields(run.store.alignment))
+            if png is not None:
+                events[0].images["alignment"] = png
+            for msg in events:
+                self._send(msg if msg.type in ("volume", "volume_missing") else
+                           Message(msg.type, {**msg.fields, **self.identity}, images=msg.images))
+        for msg in mark_events(self.folder.marks()):
+            self._send(msg)
 
     def _take(self, pend: _Pending, now: float) -> bool:
         path = pend.path

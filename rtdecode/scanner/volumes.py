@@ -8,6 +8,7 @@ status while its volumes go on being stored.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -94,8 +95,9 @@ class VolumeStage:
                                mask_threshold=pp.mask_threshold, sample_stride=pp.sample_stride,
                                max_iterations=pp.max_iterations)
 
-    def alignment(self, reference: Volume, pre: RunPreprocessor) -> tuple[dict, dict[str, bytes]]:
-        """Run-start figures, warning and mosaic of where the mask landed (never fatal: a failure is logged)."""
+    def alignment(self, reference: Volume, pre: RunPreprocessor, run: RunState) -> tuple[dict, dict[str, bytes]]:
+        """Run-start figures, warning and mosaic of where the mask landed, also stored beside the run's
+        reference (never fatal: a failure is logged)."""
         pp = self.config.preprocess
         limits = AlignmentLimits(pp.alignment_max_shift_mm, pp.alignment_max_rotation_deg, pp.alignment_min_in_brain,
                                  pp.alignment_min_match, pp.alignment_min_voxels)
@@ -110,7 +112,13 @@ class VolumeStage:
         if problems:
             log.warning("alignment: %s", "; ".join(problems))
         fields = {**found.fields(), **({"alignment_warning": "; ".join(problems)[:2000]} if problems else {})}
-        return fields, {"alignment": encode_png(found.mosaic)}
+        png = encode_png(found.mosaic)
+        try:
+            run.store.alignment_png.write_bytes(png)
+            run.store.alignment.write_text(json.dumps(fields))
+        except OSError:
+            log.exception("run %d: could not store the alignment check", run.number)
+        return fields, {"alignment": png}
 
     def qa_map(self, run: RunState, index: int) -> None:
         """Every ``tsnr_map_every`` volumes: the temporal SNR map so far, as a mosaic for the console."""
@@ -166,7 +174,7 @@ class VolumeStage:
                 return
             pre = run.preprocessor
             run.store.save_reference(volume.data, volume.affine, pre.mask.data, pre.mask.affine)
-            fields, images = self.alignment(volume, pre)
+            fields, images = self.alignment(volume, pre, run)
             self.send(Message("run_started", {"run": run.number, "series": run.series_key,
                                               "shape": [int(n) for n in volume.data.shape],
                                               "n_voxels": int(pre.mask.n_voxels),

@@ -24,8 +24,9 @@ class ControlServer:
         self.boot = new_boot_id()
         self.refused = 0
 
-    def serve(self, handle: Callable[[str], tuple[bool, str]]) -> bool:
-        """Answer every waiting command with ``handle(action)``; True if any came."""
+    def serve(self, handle: Callable[[str, dict], tuple[bool, str]]) -> bool:
+        """Answer every waiting command with ``handle(action, fields)`` (fields validated by the
+        schema); True if any came."""
         did = False
         while self._sock.poll(0, zmq.POLLIN):
             peer, *frames = self._sock.recv_multipart()
@@ -40,7 +41,7 @@ class ControlServer:
                 log.warning("control: rejected message: %s", exc)
                 continue
             action = msg.fields["action"]
-            ok, detail = handle(action)
+            ok, detail = handle(action, {k: v for k, v in msg.fields.items() if k != "action"})
             log.info("operator command %s: %s", action, detail)
             reply = Message("reply", {"action": action, "ok": ok, "detail": detail[:2000]}, boot=self.boot)
             self._sock.send_multipart([peer, *encode(reply)])
@@ -51,8 +52,10 @@ class ControlServer:
         self._sock.close(linger=0)
 
 
-def send_command(address: str, action: str, timeout_ms: int = 2000, curve: dict | None = None) -> Message | None:
-    """One command, one reply (None if the scanner side did not answer in time, or refused our key)."""
+def send_command(address: str, action: str, timeout_ms: int = 2000, curve: dict | None = None,
+                 fields: dict | None = None) -> Message | None:
+    """One command (with its ``fields``, e.g. a mark's run and trial), one reply (None if the scanner
+    side did not answer in time, or refused our key)."""
     sock = make_socket(zmq.DEALER, curve=curve, max_bytes=MAX_FRAME_BYTES)
     sock.connect(address)
     try:
@@ -60,7 +63,7 @@ def send_command(address: str, action: str, timeout_ms: int = 2000, curve: dict 
         if not sock.poll(timeout_ms, zmq.POLLOUT):
             return None
         try:
-            sock.send_multipart(encode(Message("command", {"action": action})), flags=zmq.NOBLOCK)
+            sock.send_multipart(encode(Message("command", {**(fields or {}), "action": action})), flags=zmq.NOBLOCK)
         except zmq.Again:
             return None
         if not sock.poll(timeout_ms, zmq.POLLIN):

@@ -90,6 +90,12 @@ SCHEMAS: dict[str, dict[str, F]] = {
              "estimate_ms": _ms(False),
              "subject": F("name", pattern=LABEL), "session": F("name", pattern=LABEL),
              "session_uid": F("name", pattern=UID)},
+    # A beta's description without its values: what a late-joining console gets of every trial so far.
+    "trial": {"run": _run(), "trial": _trial(), "image": F("name", pattern=IMAGE_ID),
+              "version": F("name", pattern=VERSION), "onset": F("float", False, lo=0, hi=1e6)},
+    # An operator's mark on a trial (bad, with a note; bad false removes it), kept in the session folder.
+    "mark": {"run": _run(), "trial": _trial(), "version": F("name", pattern=VERSION), "bad": F("bool"),
+             "note": F("text", False, hi=200)},
     "ack": {"ref": F("name", pattern=KEY)},
     "result": {"run": _run(), "trial": _trial(), "version": F("name", False, pattern=VERSION),
                "image": F("name", False, pattern=IMAGE_ID),
@@ -97,7 +103,9 @@ SCHEMAS: dict[str, dict[str, F]] = {
                "top_ids": F("names", False, pattern=IMAGE_ID, max_items=100),
                "top_scores": F("floats", False, lo=-1e6, hi=1e6, max_items=100),
                "timings_ms": F("timings", False), "tier": F("name", False, pattern=WORD)},
-    "command": {"action": F("name", pattern=WORD)},
+    "command": {"action": F("name", pattern=WORD), "run": F("int", False, lo=1, hi=MAX_RUN),
+                "trial": F("int", False, lo=0, hi=MAX_INDEX), "version": F("name", False, pattern=VERSION),
+                "bad": F("bool", False), "note": F("text", False, hi=200)},
     "reply": {"action": F("name", pattern=WORD), "ok": F("bool"), "detail": F("text", hi=MAX_TEXT)},
 }
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import deque
+from collections import OrderedDict, deque
+from collections.abc import Callable
 
 import zmq
 
@@ -62,7 +63,12 @@ class Publisher:
     """
 
     def __init__(self, address: str, context: zmq.Context | None = None, curve: dict | None = None,
-                 replay: int = 0, max_bytes: int = MAX_FRAME_BYTES, replay_skip: tuple[str, ...] = ()) -> None:
+                 replay: int = 0, max_bytes: int = MAX_FRAME_BYTES, replay_skip: tuple[str, ...] = (),
+                 keep: Callable[[Message], tuple[str, Message] | None] | None = None, keep_limit: int = 50_000) -> None:
+        """``keep(message)``: for messages worth a late joiner's whole history (a session's volumes,
+        decoded trials), a key and the copy to keep (the latest per key is kept, up to ``keep_limit``);
+        these go to each new subscriber before the ``replay`` most recent messages."""
+        replay = max(replay, 1) if keep is not None else replay
         self._sock = make_socket(zmq.XPUB if replay else zmq.PUB, context, curve, max_bytes)
         if replay:
             self._sock.setsockopt(zmq.XPUB_VERBOSE, 1)  # every subscription, even to a topic already wanted
@@ -73,6 +79,9 @@ class Publisher:
         self._seq = 0
         self._lock = threading.Lock()
         self._recent: deque[list] = deque(maxlen=replay) if replay else deque(maxlen=0)
+        self._keep = keep
+        self._kept: OrderedDict[str, list] = OrderedDict()
+        self._keep_limit = keep_limit
         self.replayed = 0
 
     def send(self, message: Message) -> None:
@@ -85,6 +94,14 @@ class Publisher:
             self._sock.send_multipart(frames, copy=False)
             if self._recent.maxlen and message.type not in self.replay_skip:
                 self._recent.append(frames)
+            kept = self._keep(message) if self._keep is not None else None
+            if kept is not None:
+                key, copy = kept
+                copy.seq, copy.boot, copy.time = message.seq, message.boot, message.time
+                self._kept.pop(key, None)
+                self._kept[key] = frames if copy is message else encode(copy)
+                while len(self._kept) > self._keep_limit:
+                    self._kept.popitem(last=False)
         self.serve()
 
     def serve(self) -> int:
@@ -97,7 +114,7 @@ class Publisher:
                 event = self._sock.recv()  # subscriptions only: XPUB takes no messages
                 if event[:1] == b"\x01":  # a subscription (0 is an unsubscription)
                     joins += 1
-                    for frames in self._recent:
+                    for frames in (*self._kept.values(), *self._recent):
                         self._sock.send_multipart(frames, copy=False)
                         self.replayed += 1
         return joins

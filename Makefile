@@ -31,7 +31,7 @@ bench: $(STAMP)
 # docs/screenshots come from the demo's visit: a calibrated model decoding a real-time run.
 screenshots: $(STAMP)
 	QT_QPA_PLATFORM=offscreen $(BIN)/rtdecode demo --headless --out demo-output
-	cp demo-output/screenshots/console.png demo-output/screenshots/display.png demo-output/realtime_grid.png docs/screenshots/
+	cp demo-output/screenshots/console.png demo-output/screenshots/alignment.png demo-output/screenshots/display.png demo-output/realtime_grid.png docs/screenshots/
 
 # ruff, then the layering contracts in pyproject.toml ([tool.importlinter]; docs/architecture.md).
 lint: $(STAMP)

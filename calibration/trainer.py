@@ -87,21 +87,18 @@ class _TrainStep(nn.Module):
         self.prior_scale, self.clip_scale, self.blur_scale = config.prior_scale, config.clip_scale, config.blur_scale
 
     def forward(self, inputs, target_local, target_all, order, mixing, temp, draws, blur_target=None):
-        clips, backbones, blurs = [], [], []
-        for index, x in inputs:
-            backbone, clip, (blur, _) = self.model(x, index)
-            clips.append(clip)
-            backbones.append(backbone)
-            blurs.append(blur)
-        backbone = torch.cat(backbones)
+        # Each subject through its own ridge, then every row through the shared backbone at once, as
+        # MindEye2's training loop does (one backbone pass per step, not one per subject: 3x faster here).
+        ridged = [self.model.ridge(x[:, None, :] if x.ndim == 2 else x, index) for index, x in inputs]
+        backbone, clip, (blur, _) = self.model.backbone(torch.cat(ridged))
         loss_prior, _ = self.model.diffusion_prior.loss(target_local, backbone, draws=draws)
-        clip = _gather_rows(torch.cat(clips).float(), order)
+        clip = _gather_rows(clip.float(), order)
         p, t = flat_unit(clip), flat_unit(target_all)
         loss_clip = mixco_nce(p, t, *mixing) if mixing is not None else soft_clip_loss(p, t, temp)
         loss = self.prior_scale * loss_prior + self.clip_scale * loss_clip
         loss_blur = torch.zeros((), device=loss.device)
         if blur_target is not None:
-            loss_blur = F.l1_loss(torch.cat(blurs).float(), blur_target)
+            loss_blur = F.l1_loss(blur.float(), blur_target)
             loss = loss + self.blur_scale * loss_blur
         return loss, loss_clip.detach(), loss_prior.detach(), loss_blur.detach()
 

@@ -88,7 +88,10 @@ def main(argv: list[str] | None = None, display: bool = False, replay: Replay | 
     parser.add_argument("--replay", type=Path, default=None, help="a finished session folder to show")
     parser.add_argument("--decoded", type=Path, default=None, help="the decoder's output folder (with --replay)")
     parser.add_argument("--screenshot", type=Path, default=None, help="save a PNG of the window and exit")
-    parser.add_argument("--fd-threshold", type=float, default=0.5)
+    parser.add_argument("--tab", choices=("trials", "runs", "log", "alignment"), default="trials",
+                        help="the console tab shown first (with --screenshot: the one pictured)")
+    parser.add_argument("--fd-threshold", type=float, default=0.5,
+                        help="FD alarm threshold (mm) until the scanner side says its own")
     parser.add_argument("--curve-secret", type=Path, default=None,
                         help="this host's secret key (rtdecode keys console), for CURVE links to other hosts")
     parser.add_argument("--curve-scanner-key", type=Path, default=None,
@@ -136,6 +139,8 @@ def main(argv: list[str] | None = None, display: bool = False, replay: Replay | 
     if replay is not None and (args.replay or args.decoded):
         for source, msg in replay(args.replay, args.decoded):
             state.apply(msg, source)
+    if not display:
+        window.tabs.setCurrentIndex(("trials", "runs", "log", "alignment").index(args.tab))
     window.refresh()
     window.showFullScreen() if display and not args.screenshot else window.show()
     if args.screenshot:

@@ -50,10 +50,10 @@ def test_console_shows_run_plots_and_the_current_trial(windows, tmp_path):
     window = windows(ConsoleWindow(state, gallery))
     window.refresh()
     assert "1 missing" in window.status.text() and "1 FD alarm" in window.status.text()
-    x, y = window.fd_curve.getData()
+    x, y = window.fd_curve.getOriginalDataset()
     assert len(x) == 31 and y[12] == pytest.approx(0.9) and np.isnan(y[30])  # the missing volume breaks the curve
-    assert len(window.fd_alarm.getData()[0]) == 1 and window.fd_line.value() == pytest.approx(0.5)
-    assert len(window.motion_curves[0].getData()[1]) == 31 and len(window.motion_curves) == 6
+    assert len(window.fd_alarm.getOriginalDataset()[0]) == 1 and window.fd_line.value() == pytest.approx(0.5)
+    assert len(window.motion_curves[0].getOriginalDataset()[1]) == 31 and len(window.motion_curves) == 6
     assert state.current == (1, 2, "realtime")
     assert "trial 2" in window.stimulus.caption.text() and not window.reconstruction.picture.pixmap().isNull()
     assert window.retrieved[0].caption.text().endswith("✓")  # trial 2's top hit is its stimulus

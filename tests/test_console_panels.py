@@ -102,7 +102,7 @@ def test_the_event_log_keeps_a_rejected_file_a_missing_volume_and_a_restart(qtbo
     assert any("scanner side restarted" in line for line in lines)
     window.log.filter.setCurrentIndex(2)  # errors only
     assert window.log.lines() and all("  error  " in line for line in window.log.lines())
-    x, y = window.plots.fd_curve.getData()
+    x, y = window.plots.fd_curve.getOriginalDataset()
     assert np.isnan(y[list(x).index(3.0)])  # the gap is drawn as a gap
     assert window.runs.item(0, window.runs.COLUMNS.index("missing")).text() == "1"
     assert window.runs.item(0, window.runs.COLUMNS.index("rejected")).text() == "1"

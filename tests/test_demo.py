@@ -41,7 +41,7 @@ def test_short_demo_runs_the_whole_visit(tmp_path):
     assert len(decoded) == 2 * settings.trials  # real-time and end-of-run, each once
     assert len(list((session_out / "images").glob("*.png"))) == 2 * settings.trials
     # Results: screenshots (headless), the grid and the report that links them.
-    assert [p.rsplit("/", 1)[1] for p in paths["screenshots"]] == ["console.png", "display.png"]
+    assert [p.rsplit("/", 1)[1] for p in paths["screenshots"]] == ["console.png", "alignment.png", "display.png"]
     report = (out / "report.md").read_text()
     assert "realtime_grid.png" in report and "2-way" in report and "screenshots/console.png" in report
     from PIL import Image

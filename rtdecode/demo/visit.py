@@ -187,10 +187,11 @@ def _screenshots(folder: Path, session: Path, decoded: Path, gallery: Path) -> l
     processes: Qt stays in gui/)."""
     folder.mkdir(parents=True, exist_ok=True)
     shots = []
-    for window in ("console", "display"):
-        path = folder / f"{window}.png"
+    for name, window, extra in (("console", "console", []), ("alignment", "console", ["--tab", "alignment"]),
+                                ("display", "display", [])):
+        path = folder / f"{name}.png"
         subprocess.run([sys.executable, "-m", "rtdecode.cli", window, "--replay", str(session), "--decoded",
-                        str(decoded), "--gallery", str(gallery), "--screenshot", str(path)],
+                        str(decoded), "--gallery", str(gallery), "--screenshot", str(path), *extra],
                        env={**os.environ, "QT_QPA_PLATFORM": "offscreen"}, check=True, timeout=300,
                        stdout=subprocess.DEVNULL)
         shots.append(path)

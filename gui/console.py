@@ -239,7 +239,8 @@ class ConsoleWindow(QtWidgets.QMainWindow):
         s = self.state
         q = s.current_run
         who = " ".join(f"{k} {s.identity[k]}" for k in ("subject", "session") if k in s.identity)
-        self.setWindowTitle("rtdecode console" + (f": {who}" if who else "") + (" [REPLAY]" if s.replay else ""))
+        self.setWindowTitle("rtdecode console" + (f": {who}" if who else "") + (f", model {s.model}" if s.model else "")
+                            + (" [REPLAY]" if s.replay else ""))
         self.banner.setVisible(s.replay)
         alarms = s.fd_alarms
         extra = f"; {len(q.missing)} missing" if q.missing else ""

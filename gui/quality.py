@@ -22,6 +22,8 @@ class RunQuality:
     dvars: list[float] = field(default_factory=list)
     tsnr: list[float] = field(default_factory=list)
     latency_ms: list[float] = field(default_factory=list)
+    read_ms: list[float] = field(default_factory=list)  # of latency: file written -> read (NaN: not said)
+    preprocess_ms: list[float] = field(default_factory=list)  # of latency: motion correction and mask
     missing: list[int] = field(default_factory=list)
     rejected: int = 0
     ended: str = ""  # "" while running; else how it ended
@@ -31,17 +33,20 @@ class RunQuality:
         return len(self.index)
 
     def put(self, index: int, motion: list[float], fd: float, alarm: bool, dvars: float, tsnr: float,
-            latency_ms: float) -> bool:
+            latency_ms: float, stages: dict[str, float] | None = None) -> bool:
         """Add a volume in index order; a volume already here is replaced (a console that joins late, or
         a restarted sender, gets some events twice). True if it was new."""
         pos = bisect.bisect_left(self.index, index)
         new = pos == len(self.index) or self.index[pos] != index
-        values = (index, motion, fd, alarm, dvars, tsnr, latency_ms)
-        series = (self.index, self.motion, self.fd, self.alarm, self.dvars, self.tsnr, self.latency_ms)
+        stages = stages or {}
+        values = (index, motion, fd, alarm, dvars, tsnr, latency_ms, stages.get("read", np.nan),
+                  stages.get("preprocess", np.nan))
+        series = (self.index, self.motion, self.fd, self.alarm, self.dvars, self.tsnr, self.latency_ms, self.read_ms,
+                  self.preprocess_ms)
         for column, value in zip(series, values, strict=True):
             if new:
                 column.insert(pos, value)
-            else:
+            elif not (isinstance(value, float) and np.isnan(value)):  # a rebuilt copy does not erase what it lacks
                 column[pos] = value
         return new
 

@@ -95,6 +95,7 @@ class ConsoleState:
     last_result: float | None = None  # wall time of the newest decoder result
     replay: bool = False  # drawn from a finished session's folders, not live
     alignment: dict[int, AlignmentView] = field(default_factory=dict)
+    model: str = ""  # the decoder's model folder name, from its heartbeat
 
     def apply(self, msg: Message, source: str = "scanner") -> bool:
         """Update from one message; False for a repeat (a late-joiner replay already seen) or a refusal."""
@@ -203,7 +204,7 @@ class ConsoleState:
         index = int(f["index"])
         before = q.alarm[-1] if q.alarm and q.index[-1] < index else False
         new = q.put(index, [float(v) for v in f["motion"]], fd, alarm, float(f["dvars"]), float(f["tsnr"]),
-                    float(f["latency_ms"]))
+                    float(f["latency_ms"]), {k: float(v) for k, v in f.get("stages_ms", {}).items()})
         if new and alarm and not before:
             self.add_log("warning", f"run {run}: FD alarm at volume {index + 1} ({fd:.2f} mm)")
         total = f" of {q.expected}" if q.expected else ""
@@ -290,6 +291,7 @@ class ConsoleState:
     def _on_heartbeat(self, f: dict, _msg: Message) -> None:
         if f.get("service") == "decoder":
             self.decoder_queue, self.decoder_decoded = f.get("queue"), f.get("decoded")
+            self.model = str(f.get("model", self.model))
 
     # -- views -------------------------------------------------------------------------------------
     @property

@@ -104,6 +104,9 @@ def test_the_event_log_keeps_a_rejected_file_a_missing_volume_and_a_restart(qtbo
     assert window.log.lines() and all("  error  " in line for line in window.log.lines())
     x, y = window.plots.fd_curve.getOriginalDataset()
     assert np.isnan(y[list(x).index(3.0)])  # the gap is drawn as a gap
+    q = state.runs[1]
+    assert all(0 <= r and 0 < p for r, p in zip(q.read_ms, q.preprocess_ms, strict=True))  # latency by stage
+    assert len(window.plots.preprocess_curve.getOriginalDataset()[0]) == len(window.plots.latency_curve.getOriginalDataset()[0])
     assert window.runs.item(0, window.runs.COLUMNS.index("missing")).text() == "1"
     assert window.runs.item(0, window.runs.COLUMNS.index("rejected")).text() == "1"
 
@@ -163,6 +166,10 @@ def test_display_dims_when_the_decoder_goes_silent_and_captions_say_tier_and_ver
     console.refresh()
     assert display.silent.text() == "" and display.dim.opacity() == 1.0
     assert console.reconstruction.caption.text().startswith("realtime, unclip, ")
+    state.apply(Message("heartbeat", {"service": "decoder", "queue": 0, "decoded": 1, "model": "sub04-model"}, seq=3),
+                "decoder")
+    console.refresh()
+    assert console.windowTitle() == "rtdecode console, model sub04-model"
     state.last_seen["decoder"] -= 30  # thirty seconds without a word from the decoder
     state.last_result -= 30
     state.trials[(1, 0, "realtime")].received -= 30

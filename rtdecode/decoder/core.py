@@ -8,6 +8,7 @@ SD VAE is loaded.
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,7 @@ class Decoder:
     def __init__(self, model, subject: str, embedder, gallery_ids: list[str], gallery_tokens: np.ndarray,
                  reconstruct=None, blurry=None, top: int = 5, seed: int = 0, tier: str | None = None) -> None:
         self.model, self.subject, self.embedder = model.eval(), subject, embedder
+        self.name = subject  # the model folder's name once loaded from one (shown by consoles)
         # What reconstructions are made with, for captions: unclip, blurry (SD VAE), standin, or none.
         self.tier = tier or ("blurry" if blurry is not None else "standin" if reconstruct is not None else "none")
         self.gallery_ids, self.gallery_tokens = gallery_ids, gallery_tokens
@@ -80,7 +82,9 @@ class Decoder:
                 return image.permute(1, 2, 0).cpu().numpy()
         elif hasattr(embedder, "invert"):
             reconstruct = lambda t: embedder.invert(t, size=128)  # noqa: E731 - the stand-in's "reconstruction"
-        return cls(model, subject, embedder, ids, tokens, reconstruct=reconstruct, blurry=blurry, tier=tier)
+        decoder = cls(model, subject, embedder, ids, tokens, reconstruct=reconstruct, blurry=blurry, tier=tier)
+        decoder.name = re.sub(r"[^A-Za-z0-9._-]", "_", folder.resolve().name)[:64]  # for captions: a label, never a path
+        return decoder
 
     @torch.no_grad()
     def retrieve(self, beta: np.ndarray) -> Retrieval:

@@ -118,7 +118,7 @@ class DecoderService:
         now = time.monotonic()
         if now - self._last_beat >= self.heartbeat_s:
             self._last_beat = now
-            self.publisher.send(Message("heartbeat", {"service": "decoder", "queue": len(self.queue),
+            self.publisher.send(Message("heartbeat", {"service": "decoder", "queue": len(self.queue), "model": self.decoder.name,
                                                       "decoded": self.decoded_count(),
                                                       "refused": self.refused + self.receiver.rejected}))
 

@@ -190,6 +190,7 @@ class VolumeStage:
 
     def process(self, run: RunState, index: int, volume: Volume) -> None:
         assert run.preprocessor is not None
+        t_start = time.time()
         try:
             out = run.preprocessor.process(volume, save_resampled=self.config.preprocess.save_resampled)
         except Exception as exc:
@@ -205,13 +206,17 @@ class VolumeStage:
                "t_file": f"{t_file:.3f}", "t_done": f"{t_done:.3f}", "latency_ms": latency_ms}
         row.update(dict(zip(MOTION_COLUMNS, motion.tolist(), strict=True)))
         run.store.append(out.vector, row)
+        # Where the time went: file written -> picked up and read -> motion corrected and masked -> stored.
+        stages = {"read": max(0.0, (t_start - t_file) * 1e3), "preprocess": (t_done - t_start) * 1e3,
+                  "store": (time.time() - t_done) * 1e3}
         run.n_ok += 1
         self.processed += 1
         event = VolumeEvent(run.number, index, motion, out.fd, out.dvars, out.tsnr, latency_ms, out.vector)
         self.send(Message("volume", {"run": run.number, "index": index, "motion": [round(float(m), 5) for m in motion],
                                      "fd": float(out.fd), "dvars": float(out.dvars), "tsnr": float(out.tsnr),
                                      "latency_ms": latency_ms, "n_volumes": self.config.scanner.volumes_per_run,
-                                     "fd_alarm": bool(out.fd > self.config.preprocess.fd_threshold_mm)}))
+                                     "fd_alarm": bool(out.fd > self.config.preprocess.fd_threshold_mm),
+                                     "stages_ms": {k: round(v, 3) for k, v in stages.items()}}))
         if self.on_volume is not None:
             self.on_volume(event)
         self.qa_map(run, index)

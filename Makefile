@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint clean screenshots
+.PHONY: demo test claim bench lint clean screenshots
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -17,6 +17,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -q
+
+# MindEye2's claim on the simulator, three seeds (about 6 minutes; docs/calibration.md).
+claim: $(STAMP)
+	$(BIN)/python -m pytest -q -s -m claim tests/test_calibration_claim.py
 
 bench: $(STAMP)
 	mkdir -p benchmarks/results

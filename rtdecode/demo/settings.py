@@ -37,6 +37,9 @@ class DemoSettings:
     calibrate_lr: float = 4e-3
     hidden: int = 128
     compare_scratch: bool = True
+    # Volumes of the real-time run the simulated export loses (never written), so the console shows
+    # what a missing volume looks like; the GLM keeps the time axis and goes on.
+    realtime_dropped: tuple[int, ...] = (40,)
     seed: int = 0
 
     @classmethod

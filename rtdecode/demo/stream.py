@@ -10,7 +10,7 @@ from rtdecode.simulator.scanner import write_run
 
 
 def stream_runs(side: ScannerSide, visit, runs: list[int], first_series: int, watch: Path, truth: Path,
-                speedup: float, idle_timeout: float = 60.0) -> list[int]:
+                speedup: float, idle_timeout: float = 60.0, drop: frozenset[int] = frozenset()) -> list[int]:
     """Write ``visit``'s runs (series numbered from ``first_series``) while ``side`` processes them.
 
     Each run is built just before it is written (a run holds no volumes in memory), with its truth
@@ -18,7 +18,7 @@ def stream_runs(side: ScannerSide, visit, runs: list[int], first_series: int, wa
     series numbers. Stops when every volume is processed, or after ``idle_timeout`` s without a file.
     """
     series = [first_series + i for i in range(len(runs))]
-    target = side.processed + visit.paradigm.volumes * len(runs)
+    target = side.processed + (visit.paradigm.volumes - len(drop)) * len(runs)
     failure: list[BaseException] = []
 
     def write() -> None:
@@ -26,7 +26,8 @@ def stream_runs(side: ScannerSide, visit, runs: list[int], first_series: int, wa
             for index, number in zip(runs, series, strict=True):
                 run = visit.run(index)
                 run.save_truth(truth, f"series-{number:03d}")
-                write_run(run, watch, series=number, tr_s=visit.paradigm.tr_s, speedup=speedup, truth_dir=truth)
+                write_run(run, watch, series=number, tr_s=visit.paradigm.tr_s, speedup=speedup, truth_dir=truth,
+                          drop=drop)
         except BaseException as exc:  # reported by the caller's thread
             failure.append(exc)
 

@@ -86,8 +86,10 @@ def simulate_run(n_volumes: int, shape: tuple[int, int, int] = (100, 100, 52), v
 
 def write_run(run: WritableRun, folder: str | Path, pattern: str = "001_{run:06d}_{volume:06d}.dcm",
               series: int = 1, fmt: str = "mosaic", tr_s: float = 1.5, speedup: float = 1.0,
-              chunked: bool = False, truth_dir: str | Path | None = None) -> WriteReport:
+              chunked: bool = False, truth_dir: str | Path | None = None, drop: frozenset[int] = frozenset()) -> WriteReport:
     """Write each volume as the scanner would, volume t finished by (t + 1) * TR / ``speedup``.
+    Volumes in ``drop`` are never written (an export that loses a file): the scanner side must call
+    them missing.
 
     Volumes are generated just in time (a :class:`~rtdecode.simulator.bold.BoldRun` never holds a
     whole run in memory); the report says how late each file was against that schedule, so a
@@ -101,6 +103,9 @@ def write_run(run: WritableRun, folder: str | Path, pattern: str = "001_{run:06d
     start = time.monotonic()
     period = tr_s / speedup
     for t, vol in enumerate(run.iter_volumes()):
+        if t in drop:
+            time.sleep(max(0.0, start + (t + 1) * period - time.monotonic()))
+            continue
         name = format_name(pattern, series, t)
         target = folder / name
         tmp = folder.parent / f".{folder.name}.{name}.tmp" if chunked else target

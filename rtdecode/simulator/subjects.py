@@ -58,6 +58,7 @@ class LatentSpace:
         if dim > self.components.shape[0]:
             raise ValueError(f"latent_dim {dim} exceeds the {self.components.shape[0]} components available")
         self.dim = dim
+        self._tokens: dict[int, np.ndarray] = {}
 
     def from_tokens(self, tokens: np.ndarray) -> np.ndarray:
         flat = np.asarray(tokens, np.float32).reshape(len(tokens), -1)
@@ -67,7 +68,16 @@ class LatentSpace:
         return self.from_tokens(self.tokens(indices))
 
     def tokens(self, indices) -> np.ndarray:
-        return self.embedder.embed(self.stimuli.images(indices))
+        """Stand-in tokens of images by index, each painted and embedded once per LatentSpace (sessions
+        of a dataset show the same images again: painting dominated writing a dataset)."""
+        indices = [int(i) for i in indices]
+        todo = sorted({i for i in indices if i not in self._tokens})
+        if todo:
+            for i, t in zip(todo, self.embedder.embed(self.stimuli.images(todo)), strict=True):
+                self._tokens[i] = t
+        if not indices:
+            return np.zeros((0, self.embedder.config.tokens, self.embedder.config.dim), np.float32)
+        return np.stack([self._tokens[i] for i in indices])
 
 
 @lru_cache(maxsize=4)

@@ -280,7 +280,7 @@ class ConsoleWindow(QtWidgets.QMainWindow):
             return
         view = s.trials[s.current]
         self.stimulus.set(self.gallery.get(view.image), f"run {view.run} trial {view.trial}: {view.image or '?'}")
-        self.reconstruction.set(view.reconstruction, reconstruction_caption(view))
+        self.reconstruction.set(view.reconstruction, reconstruction_caption(view, replay=s.replay))
         for i, tile in enumerate(self.retrieved):
             if i < len(view.top_ids):
                 hit = " ✓" if view.top_ids[i] == view.image else ""

@@ -55,12 +55,12 @@ class ImageTile(QtWidgets.QWidget):
         self.caption.setText(caption)
 
 
-def reconstruction_caption(view: TrialView, now: float | None = None) -> str:
-    """Which estimate, what drew it and how old it is: 'realtime, unclip, 3 s ago'."""
+def reconstruction_caption(view: TrialView, now: float | None = None, replay: bool = False) -> str:
+    """Which estimate, what drew it and how old it is: 'realtime, unclip, 3 s ago' (no age in a replay)."""
     if view.reconstruction is None:
         return "reconstruction pending"
-    age = "" if view.received is None else f", {max(0.0, (now or time.time()) - view.received):.0f} s ago"
-    return f"{view.version}, {view.tier or 'tier not said'}{age}"
+    age = "" if view.received is None or replay else f", {max(0.0, (now or time.time()) - view.received):.0f} s ago"
+    return f"{view.version}, {view.tier or 'tier not recorded'}{age}"
 
 
 class QAPlots(pg.GraphicsLayoutWidget):
@@ -210,9 +210,10 @@ class TrialTable(QtWidgets.QWidget):
                          "" if v.fd_max is None else f"{v.fd_max:.2f}",
                          "" if v.latency_ms is None else f"{v.latency_ms:.0f}", ("bad: " + v.note if v.note else "bad") if v.bad else ""))
         hits = self.state.hits(run)
-        chance = 1 / max(len(hits), 1)
-        self.rate.setText(f"top-1 {100 * sum(hits) / len(hits):.0f}% of {len(hits)} (chance {100 * chance:.0f}% "
-                          f"among {len(hits)})" if hits else "no decoded trial yet")
+        n = self.state.gallery_size
+        chance = f" (chance {100 / n:.1f}% among {n} images)" if n else " (chance: the decoder has not said its gallery)"
+        self.rate.setText(f"top-1 {100 * sum(hits) / len(hits):.0f}% of {len(hits)} trials{chance}" if hits
+                          else "no decoded trial yet")
         if rows == self._rows and not force:
             return
         selected = self.selected_keys()

@@ -96,6 +96,7 @@ class ConsoleState:
     replay: bool = False  # drawn from a finished session's folders, not live
     alignment: dict[int, AlignmentView] = field(default_factory=dict)
     model: str = ""  # the decoder's model folder name, from its heartbeat
+    gallery_size: int = 0  # images the decoder retrieves among (top-1 chance is 1 / this); 0: not said
 
     def apply(self, msg: Message, source: str = "scanner") -> bool:
         """Update from one message; False for a repeat (a late-joiner replay already seen) or a refusal."""
@@ -292,6 +293,7 @@ class ConsoleState:
         if f.get("service") == "decoder":
             self.decoder_queue, self.decoder_decoded = f.get("queue"), f.get("decoded")
             self.model = str(f.get("model", self.model))
+            self.gallery_size = int(f.get("gallery", self.gallery_size))
 
     # -- views -------------------------------------------------------------------------------------
     @property

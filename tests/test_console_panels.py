@@ -144,7 +144,10 @@ def test_runs_table_alarm_episodes_and_truthful_counts(qtbot, windows):
     assert rows["1"][cols.index("alarm episodes")] == "2" and rows["2"][cols.index("alarm episodes")] == "0"
     assert rows["1"][cols.index("top-1")] == "50% of 4" and rows["1"][cols.index("tSNR")] == "60"
     assert any(e.text == "run 2 ended (complete): 30 volumes of 30" for e in state.log)
-    assert "top-1 50% of 4" in window.trials.rate.text()
+    assert "top-1 50% of 4 trials (chance: the decoder" in window.trials.rate.text()
+    state.apply(Message("heartbeat", {"service": "decoder", "gallery": 50}, seq=99), "decoder")
+    window.refresh()
+    assert window.trials.rate.text() == "top-1 50% of 4 trials (chance 2.0% among 50 images)"
     hit_row = window.trials.keys.index((1, 0, "realtime"))
     assert window.table.item(hit_row, 3).text() == "hit" and window.table.item(hit_row + 1, 3).text() == "miss"
     assert window.table.item(hit_row, 3).background().color().name() != window.table.item(hit_row + 1, 3).background().color().name()

@@ -119,6 +119,7 @@ class DecoderService:
         if now - self._last_beat >= self.heartbeat_s:
             self._last_beat = now
             self.publisher.send(Message("heartbeat", {"service": "decoder", "queue": len(self.queue), "model": self.decoder.name,
+                                                      "gallery": len(self.decoder.gallery_ids),
                                                       "decoded": self.decoded_count(),
                                                       "refused": self.refused + self.receiver.rejected}))
 

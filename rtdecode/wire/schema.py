@@ -85,7 +85,7 @@ SCHEMAS: dict[str, dict[str, F]] = {
                "run": F("int", False, lo=1, hi=MAX_RUN), "reason": F("text", False, hi=MAX_TEXT)},
     "heartbeat": {"service": F("name", choices=("scanner", "decoder")), "queue": F("int", False, lo=0, hi=MAX_INT),
                   "decoded": F("int", False, lo=0, hi=MAX_INT), "refused": F("int", False, lo=0, hi=MAX_INT),
-                  "model": F("name", False, pattern=IMAGE_ID)},
+                  "model": F("name", False, pattern=IMAGE_ID), "gallery": F("int", False, lo=1, hi=MAX_INT)},
     "beta": {"run": _run(), "trial": _trial(), "image": F("name", pattern=IMAGE_ID),
              "version": F("name", pattern=VERSION), "onset": F("float", False, lo=0, hi=1e6),
              "n_frames": F("int", False, lo=0, hi=MAX_INDEX), "n_repeats": F("int", False, lo=0, hi=MAX_INDEX),

@@ -133,8 +133,11 @@ def main(argv: list[str] | None = None, display: bool = False, replay: Replay | 
     from PyQt6 import QtCore
 
     state.replay = bool(args.replay or args.decoded)
-    layout = QtCore.QSettings("rtdecode", "display" if display else "console")  # remembered between sessions
-    window = DisplayWindow(state) if display else ConsoleWindow(state, load_gallery(args.gallery), control,
+    gallery = load_gallery(args.gallery)
+    state.gallery_size = len(gallery)  # top-1 chance until the decoder says its own gallery
+    # The layout is remembered between sessions; a --screenshot run neither reads nor changes it.
+    layout = None if args.screenshot else QtCore.QSettings("rtdecode", "display" if display else "console")
+    window = DisplayWindow(state) if display else ConsoleWindow(state, gallery, control,
                                                                 settings=layout)
     if replay is not None and (args.replay or args.decoded):
         for source, msg in replay(args.replay, args.decoded):

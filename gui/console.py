@@ -243,13 +243,17 @@ class ConsoleWindow(QtWidgets.QMainWindow):
                             + (" [REPLAY]" if s.replay else ""))
         self.banner.setVisible(s.replay)
         alarms = s.fd_alarms
-        extra = f"; {len(q.missing)} missing" if q.missing else ""
+        extra = f"; {len(q.missing)} missing" if q.missing and not q.ended else ""  # an ended run's line says it
         extra += f"; {alarms} FD alarm(s)" if alarms else ""
         extra += f"; {s.refused} message(s) refused" if s.refused else ""
         self.status.setText((f"[{who}] " if who else "") + s.status + extra)
         self.status.setToolTip(s.last_refused)
         self.status.setStyleSheet("color: #ff5050;" if alarms or q.missing or s.refused else "")
         for name, light in self.lights.items():
+            if s.replay:  # ages and liveness mean nothing in a replay
+                light.setText(f"● {name} (replay)")
+                light.setStyleSheet("color: #808080;")
+                continue
             age = s.heartbeat_age(name)
             colour = "#808080" if age is None else ("#40c040" if age < STALE_S else "#e0a020")
             restarted = f" (restarted {s.restarts[name]}x)" if s.restarts.get(name) else ""

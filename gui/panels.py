@@ -117,8 +117,10 @@ class QAPlots(pg.GraphicsLayoutWidget):
         self.fd_alarm.setData(np.asarray(q.index, float)[alarm], np.asarray(q.fd, float)[alarm])
         self.dvars_curve.setData(*with_gaps(q.index, np.asarray(q.dvars), q.missing))
         self.latency_curve.setData(*with_gaps(q.index, np.asarray(q.latency_ms), q.missing))
-        self.read_curve.setData(*with_gaps(q.index, np.asarray(q.read_ms), q.missing))
-        self.preprocess_curve.setData(*with_gaps(q.index, np.asarray(q.preprocess_ms), q.missing))
+        for curve, values in ((self.read_curve, q.read_ms), (self.preprocess_curve, q.preprocess_ms)):
+            values = np.asarray(values, float)
+            # Not said (a replay, an older scanner side): no curve, rather than an all-NaN one that upsets the axis.
+            curve.setData(*with_gaps(q.index, values, q.missing)) if np.isfinite(values).any() else curve.setData([], [])
         trials = sorted((v.onset_s, v.trial) for k, v in state.trials.items()
                         if k[0] == q.run and k[2] == "realtime" and v.onset_s is not None)
         key = (q.run, tuple(q.missing), tuple(trials), q.tr_s)
@@ -140,7 +142,7 @@ class QAPlots(pg.GraphicsLayoutWidget):
         if tr_s:
             for onset in onsets:
                 region = pg.LinearRegionItem((onset / tr_s, onset / tr_s + 3.0 / tr_s), movable=False,
-                                             brush=pg.mkBrush(90, 140, 220, 40), pen=pg.mkPen(None))
+                                             brush=pg.mkBrush(90, 140, 220, 25), pen=pg.mkPen(None))
                 region.setZValue(-10)
                 self.fd_plot.addItem(region)
                 self.trial_regions.append(region)
@@ -207,7 +209,7 @@ class TrialTable(QtWidgets.QWidget):
             hit = "" if v.hit is None else ("hit" if v.hit else "miss")
             rows.append((f"{v.run}.{v.trial}", v.image, v.top_ids[0] if v.top_ids else "…", hit,
                          f"{v.top_scores[0]:.2f}" if v.top_scores else "", v.version,
-                         "" if v.fd_max is None else f"{v.fd_max:.2f}",
+                         "" if (fd := self.state.trial_fd(v)) is None else f"{fd:.2f}",
                          "" if v.latency_ms is None else f"{v.latency_ms:.0f}", ("bad: " + v.note if v.note else "bad") if v.bad else ""))
         hits = self.state.hits(run)
         n = self.state.gallery_size

@@ -11,6 +11,7 @@ source's duplicate filter (a restarted process counts ``seq`` from 1 again) and 
 
 from __future__ import annotations
 
+import bisect
 import logging
 import time
 from collections import deque
@@ -24,6 +25,7 @@ from rtdecode.wire.protocol import Message, decode_png
 log = logging.getLogger(__name__)
 SOURCE_NAMES = {"scanner": "scanner side", "decoder": "decoder"}
 SEVERITIES = ("info", "warning", "error")
+RESPONSE_S = 15.0  # a trial's response window for its FD: the HRF has risen and fallen within ~15 s
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,6 @@ class TrialView:
     tier: str = ""  # what drew the reconstruction: unclip, blurry, standin
     received: float | None = None  # wall time of the newest result
     onset_s: float | None = None
-    fd_max: float | None = None  # largest FD among the volumes of the trial's response window
 
     @property
     def hit(self) -> bool | None:
@@ -267,11 +268,15 @@ class ConsoleState:
         view = self.trials.setdefault(key, TrialView(key[0], key[1], str(f.get("image", "")), key[2]))
         if "onset" in f:
             view.onset_s = float(f["onset"])
-        q = self.runs.get(key[0])
-        if q is not None and q.fd and view.onset_s is not None and q.tr_s:
-            first = int(view.onset_s / q.tr_s)
-            window = [fd for i, fd in zip(q.index, q.fd, strict=True) if i >= first]
-            view.fd_max = max(window) if window else None
+
+    def trial_fd(self, view: TrialView) -> float | None:
+        """The largest FD among the volumes of a trial's response window (onset to onset + RESPONSE_S)."""
+        q = self.runs.get(view.run)
+        if q is None or view.onset_s is None or not q.tr_s or not q.fd:
+            return None
+        lo = bisect.bisect_left(q.index, view.onset_s / q.tr_s)  # q.index is kept sorted
+        hi = bisect.bisect_right(q.index, (view.onset_s + RESPONSE_S) / q.tr_s)
+        return max(q.fd[lo:hi]) if hi > lo else None
 
     # -- decoder -----------------------------------------------------------------------------------
     def _on_result(self, f: dict, msg: Message) -> None:

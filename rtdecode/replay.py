@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from rtdecode.decoder.results import open_results, retrieval_message
-from rtdecode.scanner.history import alignment_fields, mark_events, read_rows, run_events
+from rtdecode.scanner.history import alignment_fields, mark_events, read_rows, run_events, stored_tr
 from rtdecode.wire.protocol import Message, encode_png
 
 
@@ -30,7 +30,8 @@ def session_messages(session: str | Path) -> list[Message]:
         confounds = read_rows(deriv / f"{prefix}_desc-confounds_timeseries.tsv")
         betas = read_rows(deriv / f"{prefix}_desc-realtime_betas.tsv") + read_rows(deriv / f"{prefix}_desc-endofrun_betas.tsv")
         events = run_events(run, int(run_row["series"]), confounds, betas, "", len(confounds),
-                            alignment_fields(deriv / f"{prefix}_desc-alignment.json"))
+                            alignment_fields(deriv / f"{prefix}_desc-alignment.json"),
+                            stored_tr(deriv / f"{prefix}_desc-realtime_betas.json"))
         png = deriv / f"{prefix}_desc-alignment.png"
         if png.exists():
             events[0].images["alignment"] = png.read_bytes()

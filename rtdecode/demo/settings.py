@@ -39,7 +39,7 @@ class DemoSettings:
     compare_scratch: bool = True
     # Volumes of the real-time run the simulated export loses (never written), so the console shows
     # what a missing volume looks like; the GLM keeps the time axis and goes on.
-    realtime_dropped: tuple[int, ...] = (40,)
+    realtime_dropped: tuple[int, ...] = (190,)  # near the end: only the last volume waits for it
     seed: int = 0
 
     @classmethod
@@ -48,7 +48,7 @@ class DemoSettings:
         return cls(calibration_runs=3, volumes=60, trials=19, shape=(40, 46, 30), voxel_mm=4.0,
                    calibration_speedup=30.0, realtime_speedup=15.0, pretrain_subjects=2, pretrain_sessions=1,
                    pretrain_runs=4, pretrain_epochs=2,
-                   calibrate_epochs=3, hidden=64, compare_scratch=False)
+                   calibrate_epochs=3, hidden=64, compare_scratch=False, realtime_dropped=(58,))
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -146,7 +146,7 @@ def run_demo(out: Path, settings: DemoSettings | None = None, cache: Path | None
         rt_side = ScannerSide(rt_cfg, publisher=publisher)
         runs_before = len(rt_side.runs)
         stream_runs(rt_side, live, list(range(s.realtime_runs)), s.calibration_runs + 1, watch, truth,
-                    s.realtime_speedup, drop=frozenset(s.realtime_dropped))
+                    s.realtime_speedup, drop=frozenset(i for i in s.realtime_dropped if i < s.volumes))
         expected = 2 * s.trials * s.realtime_runs  # real-time and end-of-run betas
         if not listener.wait_for(expected, timeout_s=120):
             _say(f"   warning: {len(listener.reconstructions)} of {expected} reconstructions arrived in time")
@@ -169,7 +169,7 @@ def run_demo(out: Path, settings: DemoSettings | None = None, cache: Path | None
                                                       if k not in ("top5", "images", "keys")},
                "held_out_calibration": ev, "scratch": summary_cal.get("scratch"),
                "latency_ms": [{"stage": n, "median": m, "p99": p, "n": c} for n, m, p, c in stages],
-               "timings_s": timings, "tr_s": paradigm.tr_s, "realtime_dropped": list(s.realtime_dropped),
+               "timings_s": timings, "tr_s": paradigm.tr_s, "realtime_dropped": [i for i in s.realtime_dropped if i < s.volumes],
                "paths": {"session": str(session), "model": str(model_dir), "decoded": str(decoded),
                          "calibration_report": str(cal_report), "grid": str(grid),
                          "screenshots": [str(p) for p in shots], "shared_model": str(shared)}}

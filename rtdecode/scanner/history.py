@@ -50,12 +50,14 @@ def keep_event(msg: Message) -> tuple[str, Message] | None:
 
 
 def run_events(run: int, series: int, confounds: list[dict], betas: list[dict], ended: str | None,
-               expected: int | None = None, alignment: dict | None = None) -> list[Message]:
+               expected: int | None = None, alignment: dict | None = None, tr_s: float | None = None) -> list[Message]:
     """One run's events from its stored rows: start, every volume or missing volume, every trial, and
     its end when ``ended`` is not None (the reason, or "" when unknown)."""
     started = {"run": run, "series": series, "shape": [], "n_voxels": 0, **(alignment or {})}
     if expected:
         started["n_volumes"] = expected
+    if tr_s:
+        started["tr_s"] = float(tr_s)
     out = [Message("run_started", started)]
     n_ok = 0
     for r in confounds:
@@ -84,6 +86,14 @@ def mark_events(rows: list[dict]) -> list[Message]:
     return [Message("mark", {"run": int(r["run"]), "trial": int(r["trial"]), "version": r["version"],
                              "bad": r["bad"] == "1", **({"note": r["note"]} if r.get("note") else {})})
             for r in latest.values()]
+
+
+def stored_tr(path: Path) -> float | None:
+    """The TR a run's betas were estimated with (their ``_betas.json``), or None."""
+    try:
+        return float(json.loads(path.read_text())["glm"]["t_r"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def alignment_fields(path: Path) -> dict:

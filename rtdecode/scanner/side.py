@@ -229,13 +229,14 @@ class ScannerSide:
         expected = self.config.scanner.volumes_per_run
         for run in sorted(self.book.runs.values(), key=lambda r: r.number):
             number = run.number
-            rows, _ = run.store.load()
+            rows = read_rows(run.store.confounds)  # the table only: the vectors stay on disk
             betas = []
             for version in ("realtime", "endofrun"):
                 betas += read_rows(self.folder.derivatives / f"{self.folder.prefix(number)}_desc-{version}_betas.tsv")
             png = run.store.alignment_png.read_bytes() if run.store.alignment_png.exists() else None
             events = run_events(number, run.series_key, rows, betas, run.end_reason if run.ended else None, expected,
-                                alignment_fields(run.store.alignment))
+                                alignment_fields(run.store.alignment), self.config.scanner.tr_s)
+            events[0].fields["fd_threshold_mm"] = self.config.preprocess.fd_threshold_mm
             if png is not None:
                 events[0].images["alignment"] = png
             for msg in events:

@@ -95,9 +95,9 @@ class QAPlots(pg.GraphicsLayoutWidget):
         self.latency_plot.addItem(self.tr_line)
         for p in (self.rotation, self.fd_plot, self.dvars_plot, self.latency_plot):
             p.setXLink(self.translation)
-        for p in (self.translation, self.rotation, self.fd_plot, self.dvars_plot, self.latency_plot):
-            p.setClipToView(True)  # a two-hour session stays cheap to redraw
-            p.setDownsampling(auto=True, mode="peak")
+        for p in (self.translation, self.rotation, self.fd_plot, self.dvars_plot):
+            p.hideAxis("bottom")  # one volume axis, under the last plot: the x axes are linked
+        self.latency_plot.setLabel("bottom", "volume")
         self.gap_lines: list[pg.InfiniteLine] = []
         self.trial_regions: list[pg.LinearRegionItem] = []
         self._drawn: tuple = ()

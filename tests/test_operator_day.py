@@ -239,7 +239,11 @@ def test_an_operator_day(tmp_path, small_run):
             keys_decoded = [r["key"] for r in read_tsv(out / "results.tsv")]
             assert sorted(keys_decoded) == sorted(sent) and len(sent) == expected
             # -- the console equals the folders
-            assert console.identity["session_uid"] == uid
+            types = sorted({m.type for m in events_watch.got})
+            assert console.identity.get("session_uid") == uid, (
+                f"sub-{subject}: the console took {len(events_watch.got)} event messages of types {types}, "
+                f"its subscriber refused {events_watch.sub.rejected} ({events_watch.sub.last_error}); "
+                f"console refused {console.refused}: {console.last_refused}")
             assert {r: q.received for r, q in console.runs.items()} == {1: N_VOLUMES, 2: N_VOLUMES}
             decoded_trials = {(int(r["run"]), int(r["trial"]), r["version"]) for r in read_tsv(out / "results.tsv")}
             assert {k for k, v in console.trials.items() if v.top_ids} == decoded_trials

@@ -179,6 +179,12 @@ def test_an_operator_day(tmp_path, small_run):
                 st = SideThread(cfg, n=N_VOLUMES, timeout=90)
                 sides.append(st)
                 with st:
+                    # The console is connected (CURVE handshake done) before the scanner writes: on a loaded
+                    # machine the handshake can outlast a 2-second run, and a process gone is heard by no one.
+                    deadline = time.monotonic() + 15
+                    while time.monotonic() < deadline and not any(m.boot == st.side.publisher.boot
+                                                                  for m in list(events_watch.got)):
+                        time.sleep(0.05)
                     watch = cfg.scanner.watch_dir
                     if series == 7:  # odd files a PACS or a confused export can drop in
                         one = tmp_path / "one.dcm"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import random
+import socket
 import threading
 import time
 from pathlib import Path
@@ -26,6 +28,36 @@ SMALL_SHAPE = (26, 30, 20)  # unequal sides so axis mix-ups fail
 @pytest.fixture(scope="session")
 def small_run() -> SimulatedRun:
     return simulate_run(12, shape=SMALL_SHAPE, voxel_mm=6.0, max_mm=1.0, max_deg=1.0, seed=3)
+
+
+def ephemeral_range() -> tuple[int, int]:
+    """The kernel's range of source ports for outgoing connections (Linux; the usual default elsewhere)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def free_port() -> int:
+    """A free loopback port below the kernel's source-port range, for a server a client reaches before it binds.
+
+    A client retrying a loopback port that nobody holds can be given that very port as its own source
+    port and connect to itself; ZeroMQ takes the failed handshake as a protocol error and never retries,
+    so the client stays deaf for good (CI saw a console take no events all day). ``bind_to_random_port``
+    picks from 49152-65535, inside that range; ports below it are never handed out as source ports.
+    """
+    low = ephemeral_range()[0]
+    pick = random.Random()  # not seeded: parallel runs must not race for one port
+    for _ in range(200):
+        port = pick.randrange(20000, max(low, 20001))
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port between 20000 and {low}")
 
 
 def make_config(tmp_path: Path, **sections) -> SessionConfig:

@@ -24,6 +24,8 @@ from rtdecode.wire.protocol import Message, decode_png, encode
 from rtdecode.wire.reliable import BetaSender, beta_message
 from rtdecode.wire.sockets import Subscriber
 
+from conftest import free_port
+
 N_VOXELS = 53
 SESSION_A = {"subject": "01", "session": "01", "session_uid": "a" * 32}
 SESSION_B = {"subject": "02", "session": "01", "session_uid": "b" * 32}
@@ -96,10 +98,7 @@ def test_betas_to_decoder_to_two_subscribers(tmp_path, model_folder, rng):
 
 def test_decoder_killed_mid_run_decodes_every_beta_exactly_once(tmp_path, model_folder, rng):
     folder, gallery = model_folder
-    ctx = zmq.Context.instance()
-    probe = ctx.socket(zmq.ROUTER)
-    port = probe.bind_to_random_port("tcp://127.0.0.1")
-    probe.close(linger=0)
+    port = free_port()  # the sender connects before the decoder binds, and again while it is dead
     cmd = [sys.executable, "-m", "rtdecode.cli", "decode", "--model", str(folder), "--gallery", str(gallery),
            "--out", str(tmp_path / "out"), "--betas", f"tcp://127.0.0.1:{port}", "--results", "tcp://127.0.0.1:0"]
     env = {**os.environ, "RTDECODE_CACHE": str(tmp_path / "cache")}
@@ -367,14 +366,8 @@ def test_exactly_once_with_a_sigkill_anywhere_on_the_write_path(tmp_path, model_
     n = 20
     betas = [_beta(4, t, np.random.default_rng(100 + t)) for t in range(n)]
 
-    def port() -> int:
-        probe = zmq.Context.instance().socket(zmq.ROUTER)
-        p = probe.bind_to_random_port("tcp://127.0.0.1")
-        probe.close(linger=0)
-        return p
-
     def decode_all(out, crashes) -> int:
-        address = f"tcp://127.0.0.1:{port()}"
+        address = f"tcp://127.0.0.1:{free_port()}"
         sender = BetaSender(address, out.parent / f"{out.name}-acked.keys", resend_s=0.3)
         kills = 0
         try:

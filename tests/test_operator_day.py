@@ -38,17 +38,10 @@ from rtdecode.wire.reliable import beta_message
 from rtdecode.wire.security import client_options, create_keys
 from rtdecode.wire.sockets import Subscriber, make_socket
 
-from conftest import SideThread, make_config
+from conftest import SideThread, free_port, make_config
 
 N_VOLUMES = 12
 ONSETS = (0.0, 3.0, 6.0)  # three trials a run; each is ready 7.5 s (5 volumes) after its onset
-
-
-def _free_port() -> int:
-    probe = zmq.Context.instance().socket(zmq.ROUTER)
-    port = probe.bind_to_random_port("tcp://127.0.0.1")
-    probe.close(linger=0)
-    return port
 
 
 def _keys(root: Path) -> dict[str, Path]:
@@ -137,7 +130,7 @@ def test_an_operator_day(tmp_path, small_run):
     torch.manual_seed(0)
     model = write_model_folder(MindEye2(standin_config(["sim01"], [n_voxels], hidden=32)), tmp_path / "model", "sim01")
 
-    betas_port, results_port = _free_port(), _free_port()
+    betas_port, results_port = free_port(), free_port()
     decoded = tmp_path / "decoded"
     cmd = [sys.executable, "-m", "rtdecode.cli", "decode", "--model", str(model), "--gallery", str(tmp_path / "gallery"),
            "--out", str(decoded), "--betas", f"tcp://127.0.0.1:{betas_port}",
@@ -156,7 +149,7 @@ def test_an_operator_day(tmp_path, small_run):
     sides: list[SideThread] = []
     try:
         for subject in ("01", "02"):
-            events_port, control_port = _free_port(), _free_port()
+            events_port, control_port = free_port(), free_port()
             (tmp_path / f"sub{subject}").mkdir()
             cfg = make_config(tmp_path / f"sub{subject}", session={"root": str(tmp_path / "sessions"), "subject": subject},
                               scanner={"volumes_per_run": N_VOLUMES},
@@ -185,6 +178,8 @@ def test_an_operator_day(tmp_path, small_run):
                     while time.monotonic() < deadline and not any(m.boot == st.side.publisher.boot
                                                                   for m in list(events_watch.got)):
                         time.sleep(0.05)
+                    assert any(m.boot == st.side.publisher.boot for m in list(events_watch.got)), (
+                        f"sub-{subject} series {series}: the console heard nothing of the scanner side's start in 15 s")
                     watch = cfg.scanner.watch_dir
                     if series == 7:  # odd files a PACS or a confused export can drop in
                         one = tmp_path / "one.dcm"

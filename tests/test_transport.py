@@ -7,6 +7,8 @@ from rtdecode.wire.protocol import Message
 from rtdecode.wire.reliable import beta_message
 from rtdecode.wire.sockets import Publisher, Subscriber
 
+from conftest import ephemeral_range, free_port
+
 SESSION = {"subject": "01", "session": "01", "session_uid": "ab" * 16}
 
 
@@ -121,3 +123,11 @@ def test_after_a_restart_only_betas_handed_to_a_decoder_are_sent_again(tmp_path)
     finally:
         second.close()
         receiver.close()
+
+
+def test_ports_for_late_binding_servers_lie_below_the_source_port_range():
+    # A client that connects before its server binds (the operator-day test, a restarted decoder) must not
+    # be able to connect to itself: ports handed out as source ports are never chosen.
+    low, _ = ephemeral_range()
+    ports = {free_port() for _ in range(20)}
+    assert all(1024 < p < low for p in ports) and len(ports) > 1

@@ -148,6 +148,12 @@ class QAPlots(pg.GraphicsLayoutWidget):
                 self.trial_regions.append(region)
 
 
+def _eval_text(v) -> str:
+    if v.eval_score is None:
+        return ""
+    return f"{v.eval_score:.3f}" if v.eval_metric == "PixCorr" else f"{100 * v.eval_score:.0f}%"
+
+
 class TrialTable(QtWidgets.QWidget):
     """Decoded trials, filtered by run, with hit/miss colour and the running top-1 rate beside chance."""
 
@@ -204,13 +210,19 @@ class TrialTable(QtWidgets.QWidget):
         keys = [k for k in sorted(self.state.trials) if k[0] in decoded and (run is None or k[0] == run)
                 and k[2] == "realtime"]
         rows = []
+        metric = next((v.eval_metric for k, v in sorted(self.state.trials.items()) if v.eval_metric), "")
+        columns = self.COLUMNS + ((f"eval: {metric}",) if metric else ())
+        if self.table.columnCount() != len(columns):  # rtdecode evaluate's score, when a replay brought one
+            self.table.setColumnCount(len(columns))
+            self.table.setHorizontalHeaderLabels(columns)
         for key in keys:
             v = self.state.trials[key]
             hit = "" if v.hit is None else ("hit" if v.hit else "miss")
             rows.append((f"{v.run}.{v.trial}", v.image, v.top_ids[0] if v.top_ids else "…", hit,
                          f"{v.top_scores[0]:.2f}" if v.top_scores else "", v.version,
                          "" if (fd := self.state.trial_fd(v)) is None else f"{fd:.2f}",
-                         "" if v.latency_ms is None else f"{v.latency_ms:.0f}", ("bad: " + v.note if v.note else "bad") if v.bad else ""))
+                         "" if v.latency_ms is None else f"{v.latency_ms:.0f}", ("bad: " + v.note if v.note else "bad") if v.bad else "",
+                         *((_eval_text(v),) if metric else ())))
         hits = self.state.hits(run)
         n = self.state.gallery_size
         chance = f" (chance {100 / n:.1f}% among {n} images)" if n else " (chance: the decoder has not said its gallery)"

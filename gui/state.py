@@ -50,6 +50,8 @@ class TrialView:
     tier: str = ""  # what drew the reconstruction: unclip, blurry, standin
     received: float | None = None  # wall time of the newest result
     onset_s: float | None = None
+    eval_metric: str = ""  # a score from rtdecode evaluate, when a replay carries one
+    eval_score: float | None = None
 
     @property
     def hit(self) -> bool | None:
@@ -283,6 +285,9 @@ class ConsoleState:
         key = (int(f["run"]), int(f["trial"]), str(f.get("version", "realtime")))
         view = self.trials.setdefault(key, TrialView(key[0], key[1], str(f.get("image", "")), key[2]))
         view.image = view.image or str(f.get("image", ""))
+        if f.get("stage") == "evaluation":  # an offline score, not a decoder event: no timings, no "received"
+            view.eval_metric, view.eval_score = str(f.get("metric", "")), float(f.get("score", 0.0))
+            return
         view.timings_ms.update({k: float(v) for k, v in f.get("timings_ms", {}).items()})
         view.tier = str(f.get("tier", view.tier))
         view.received = self.last_result = time.time()

@@ -1,8 +1,9 @@
 """The published files rtdecode can use, where they live, and how to fetch or find them.
 
 Sizes are approximate (from the publications; exact byte counts and checksums are not published
-for most of them). ``download`` goes through huggingface_hub and needs internet; nothing else here
-touches the network.
+for most of them; torchvision's files carry the first 8 hex digits of their SHA-256 in their names,
+checked on download). ``download`` goes through huggingface_hub, or the file's URL for the evaluation
+networks, and needs internet; nothing else here touches the network.
 """
 
 from __future__ import annotations
@@ -20,7 +21,13 @@ class PublishedFile:
     kind: str
     description: str
     repo_type: str = "dataset"
-    sha256: str | None = None
+    sha256: str | None = None  # the whole digest, or its first characters (a prefix is checked as one)
+    url: str | None = None  # fetched from this address instead of a Hugging Face repository
+    local: str | None = None  # where it lives under --folder, when not at ``path``
+
+    @property
+    def local_path(self) -> str:
+        return self.local or self.path
 
 
 MINDEYE = "pscotti/mindeyev2"
@@ -40,6 +47,22 @@ REGISTRY: dict[str, PublishedFile] = {f.name: f for f in [
     PublishedFile("sd-vae", MINDEYE, "sd_image_var_autoenc.pth", 0.33, "vae", "SD VAE for the blurry image"),
     PublishedFile("openclip-bigG", "laion/CLIP-ViT-bigG-14-laion2B-39B-b160k", "open_clip_pytorch_model.bin", 10.2,
                   "clip", "OpenCLIP ViT-bigG-14 (laion2b_s39b_b160k): CLIP image tokens", repo_type="model"),
+    # The feature networks of MindEye2's evaluation (rtdecode evaluate; docs/evaluation.md).
+    PublishedFile("alexnet", "", "alexnet-owt-7be5be79.pth", 0.23, "metric",
+                  "torchvision AlexNet IMAGENET1K_V1: AlexNet(2) and AlexNet(5)", sha256="7be5be79",
+                  url="https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"),
+    PublishedFile("inception-v3", "", "inception_v3_google-0cc3c7bd.pth", 0.10, "metric",
+                  "torchvision InceptionV3 IMAGENET1K_V1: InceptionV3", sha256="0cc3c7bd",
+                  url="https://download.pytorch.org/models/inception_v3_google-0cc3c7bd.pth"),
+    PublishedFile("efficientnet-b1", "", "efficientnet_b1-c27df63c.pth", 0.03, "metric",
+                  "torchvision EfficientNet-B1 IMAGENET1K_V2: EffNet-B", sha256="c27df63c",
+                  url="https://download.pytorch.org/models/efficientnet_b1-c27df63c.pth"),
+    PublishedFile("swav-resnet50", "", "swav_800ep_pretrain.pth.tar", 0.11, "metric",
+                  "SwAV ResNet-50 (800 epochs; facebookresearch/swav hub model): SwAV",
+                  url="https://dl.fbaipublicfiles.com/deepcluster/swav_800ep_pretrain.pth.tar"),
+    PublishedFile("clip-vit-l-14", "timm/vit_large_patch14_clip_224.openai", "open_clip_pytorch_model.bin", 1.71,
+                  "metric", "OpenAI CLIP ViT-L/14 in open_clip's format: CLIP (2-way)", repo_type="model",
+                  local="clip-vit-l-14/open_clip_pytorch_model.bin"),
 ]}
 
 
@@ -51,7 +74,7 @@ def entry(name: str) -> PublishedFile:
 
 
 def local_path(name: str, folder: str | Path) -> Path:
-    return Path(folder) / entry(name).path
+    return Path(folder) / entry(name).local_path
 
 
 def require(name: str, folder: str | Path) -> Path:
@@ -65,13 +88,20 @@ def require(name: str, folder: str | Path) -> Path:
 
 def check(folder: str | Path) -> list[tuple[PublishedFile, Path, bool]]:
     """Every registered file with its expected local path and whether it is there."""
-    return [(f, Path(folder) / f.path, (Path(folder) / f.path).is_file()) for f in REGISTRY.values()]
+    return [(f, Path(folder) / f.local_path, (Path(folder) / f.local_path).is_file()) for f in REGISTRY.values()]
 
 
 def download(name: str, folder: str | Path, token: str | None = None) -> Path:  # pragma: no cover - needs internet
-    """Fetch ``name`` into ``folder`` (keeping the repository's path) through huggingface_hub."""
+    """Fetch ``name`` into ``folder`` (at its local path) through huggingface_hub or its URL."""
+    f = entry(name)
+    target = local_path(name, folder)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if f.url:
+        from torch.hub import download_url_to_file
+
+        download_url_to_file(f.url, str(target), hash_prefix=f.sha256)  # checks the SHA-256 prefix
+        return target
     from huggingface_hub import hf_hub_download
 
-    f = entry(name)
     return Path(hf_hub_download(repo_id=f.repo_id, filename=f.path, repo_type=f.repo_type,
-                                local_dir=str(folder), token=token))
+                                local_dir=str(target.parent if f.local else folder), token=token))

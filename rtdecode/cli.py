@@ -131,6 +131,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-plaintext", action="store_true",
                    help="bind a non-loopback address without CURVE (refused otherwise)")
 
+    p = sub.add_parser("evaluate", help="score a decoded session as MindEye2 and Real-time MindEye do "
+                                        "(docs/evaluation.md)")
+    p.add_argument("session", type=Path, help="the session folder (.../sub-XX/ses-YY)")
+    p.add_argument("--decoded", required=True, type=Path, help="the decoder's --out, or its folder for this session")
+    p.add_argument("--weights", type=Path, default=None,
+                   help="folder of the feature networks (rtdecode models download alexnet ...); metrics "
+                        "whose file is missing are reported as not available")
+    p.add_argument("--out", type=Path, default=None, help="where to write (default: DECODED/.../evaluation)")
+    p.add_argument("--gallery", type=Path, default=None, help="the shown images (default: the decoder's gallery)")
+    p.add_argument("--model", type=Path, default=None, help="the model folder (default: the decoder's), for retrieval")
+    p.add_argument("--seed", type=int, default=0, help="seed of the 30 random draws of 50- and 300-way retrieval")
+
     p = sub.add_parser("keys", help="create a CURVE key pair for encrypted links between hosts")
     p.add_argument("name", help="whose keys: e.g. scanner, decoder, console")
     p.add_argument("--folder", type=Path, default=Path("keys"))
@@ -236,6 +248,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         except (FileNotFoundError, ValueError, KeyError) as exc:  # a missing or foreign model, gallery, key
             raise ConfigError(f"rtdecode decode: {exc}") from None
         return 0
+    if args.command == "evaluate":
+        return _evaluate(args)
     if args.command == "keys":
         from rtdecode.wire.security import create_keys
 
@@ -369,12 +383,26 @@ def _calibration(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    from rtdecode.evaluate import EvaluationError, evaluate_session
+
+    try:
+        scores, paths = evaluate_session(args.session, args.decoded, args.out, args.weights, args.gallery, args.model,
+                                         args.seed)
+    except (EvaluationError, FileNotFoundError, ValueError) as exc:
+        raise ConfigError(f"rtdecode evaluate: {exc}") from None
+    print(paths["summary_md"].read_text(), end="")
+    print("written: " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
 def _models(args: argparse.Namespace) -> int:
     from models import registry
 
     if args.action == "list":
         for f in registry.REGISTRY.values():
-            print(f"{f.name:34s} {f.size_gb:6.2f} GB  {f.repo_id}/{f.path}  - {f.description}")
+            source = f.url or f"{f.repo_id}/{f.path}"
+            print(f"{f.name:34s} {f.size_gb:6.2f} GB  {source}  - {f.description}")
         return 0
     if args.action == "check":
         missing = 0

@@ -55,9 +55,28 @@ def decoder_messages(decoded: str | Path) -> list[Message]:
             with Image.open(png) as im:
                 image = np.asarray(im.convert("RGB"))
             out.append(Message("result", {**fields, "stage": "reconstruction"}, images={"reconstruction": encode_png(image)}))
+    out += evaluation_messages(store.folder / "evaluation" / "trials.csv", store.identity)
     for seq, msg in enumerate(out, start=1):
         msg.seq = seq
     return out
+
+
+def evaluation_messages(trials_csv: Path, identity: dict) -> list[Message]:
+    """Per-trial scores of ``rtdecode evaluate`` (its default --out), by the metric a grid ranks with."""
+    import csv
+
+    from rtdecode.wire.schema import EVALUATION_METRICS
+
+    if not trials_csv.exists():
+        return []
+    with open(trials_csv, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    metric = next((m for m in EVALUATION_METRICS if any(r.get(m) for r in rows)), None)
+    if metric is None:
+        return []
+    return [Message("result", {"run": int(r["run"]), "trial": int(r["trial"]), "version": r["version"],
+                               "image": r["image"], "stage": "evaluation", "metric": metric,
+                               "score": float(r[metric]), **identity}) for r in rows if r.get(metric)]
 
 
 def replayed(session: Path | None, decoded: Path | None) -> list[tuple[str, Message]]:

@@ -359,3 +359,26 @@ def test_missing_x11_libraries_are_named_with_the_install_line(capsys):
         os.environ["QT_QPA_PLATFORM"] = old if old is not None else "offscreen"
     err = capsys.readouterr().err
     assert "sudo apt install" in err and err.count("\n") == 1
+
+
+def test_trial_table_shows_an_evaluation_score_column_only_when_one_arrived(qtbot, windows):
+    from gui.console import ConsoleWindow
+    from rtdecode.wire.protocol import decode, encode
+
+    state = ConsoleState()
+    for trial, shown in enumerate("abc"):
+        state.apply(Message("result", {"run": 1, "trial": trial, "image": shown, "stage": "retrieval", "top_ids": [shown],
+                                       "top_scores": [0.5]}, seq=trial + 1), "decoder")
+    window = windows(ConsoleWindow(state))
+    window.refresh()
+    assert window.table.columnCount() == len(window.trials.COLUMNS)  # no evaluation: no empty column
+    for trial, score in ((0, 0.75), (2, 0.5)):  # as a replay of rtdecode evaluate's trials.csv sends them (wire-checked)
+        msg = decode(encode(Message("result", {"run": 1, "trial": trial, "version": "realtime", "image": "abc"[trial],
+                                               "stage": "evaluation", "metric": "CLIP", "score": score}, seq=10 + trial)))
+        state.apply(msg, "decoder")
+    window.refresh()
+    last = window.table.columnCount() - 1
+    assert window.table.horizontalHeaderItem(last).text() == "eval: CLIP"
+    cells = [window.table.item(r, last).text() for r in range(window.table.rowCount())]
+    assert cells == ["75%", "", "50%"]
+    assert [v.top_ids for v in state.trials.values()] == [["a"], ["b"], ["c"]]  # the retrieval stays as it was

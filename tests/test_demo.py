@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -47,5 +48,14 @@ def test_short_demo_runs_the_whole_visit(tmp_path):
     from PIL import Image
 
     assert Image.open(out / "realtime_grid.png").size[1] > 100
+    # rtdecode evaluate on the real-time run: both versions, pixel metrics and retrieval; its all-way retrieval
+    # agrees with the demo's own count, computed another way (the stand-in embedder directly).
+    evaluation = {r["version"]: r for r in summary["evaluation"]}
+    assert set(evaluation) == {"realtime", "endofrun"} and all(r["trials"] == settings.trials for r in evaluation.values())
+    assert evaluation["realtime"]["PixCorr"] is not None and evaluation["realtime"]["SSIM"] is not None
+    assert evaluation["realtime"]["image_top1_all"] == pytest.approx(summary["retrieval"]["gallery_top1"])
+    notes = Path(paths["evaluation"]).read_text()
+    assert "run 1 (realtime): not decoded" in notes and "AlexNet(2): not available" in notes
+    assert "rtdecode evaluate, real-time run" in report
     # A second run reuses the cached shared model.
     assert summary["timings_s"]["pretraining_s"] > 0

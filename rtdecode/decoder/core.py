@@ -38,6 +38,7 @@ class Decoder:
                  reconstruct=None, blurry=None, top: int = 5, seed: int = 0, tier: str | None = None) -> None:
         self.model, self.subject, self.embedder = model.eval(), subject, embedder
         self.name = subject  # the model folder's name once loaded from one (shown by consoles)
+        self.sources: dict[str, str] = {}  # model and gallery folders, for rtdecode evaluate
         # What reconstructions are made with, for captions: unclip, blurry (SD VAE), standin, or none.
         self.tier = tier or ("blurry" if blurry is not None else "standin" if reconstruct is not None else "none")
         self.gallery_ids, self.gallery_tokens = gallery_ids, gallery_tokens
@@ -84,6 +85,7 @@ class Decoder:
             reconstruct = lambda t: embedder.invert(t, size=128)  # noqa: E731 - the stand-in's "reconstruction"
         decoder = cls(model, subject, embedder, ids, tokens, reconstruct=reconstruct, blurry=blurry, tier=tier)
         decoder.name = re.sub(r"[^A-Za-z0-9._-]", "_", folder.resolve().name)[:64]  # for captions: a label, never a path
+        decoder.sources = {"model": str(folder.resolve()), "gallery": str(gallery.resolve())}
         return decoder
 
     @torch.no_grad()

@@ -2,6 +2,7 @@
 
     OUT/sub-XX/ses-YY/
         session.json            subject, session and the session's uid (the first beta's)
+        sources.json            the model and gallery folders decoding with (for rtdecode evaluate)
         results.tsv             one row per decoded beta: the commit point (fsynced)
         tokens/<stem>.npy       prior tokens; <stem>_clip.npy retrieval tokens; <stem>_blurry.npy
         images/<stem>.png       reconstructions (written to a temporary name, fsynced, renamed)
@@ -83,6 +84,12 @@ class ResultStore:
         self.reconstructed = Ledger(self.folder / "reconstructed.keys")
 
     # -- writing ----------------------------------------------------------------------------------
+    def record_sources(self, sources: dict[str, str]) -> None:
+        """Note the decoder's own model and gallery folders (its arguments, never received text)."""
+        path = self.folder / "sources.json"
+        if sources and (not path.exists() or json.loads(path.read_text()) != sources):
+            _write_atomic(path, lambda fh: fh.write(json.dumps(sources, indent=1).encode()))
+
     def save_retrieval(self, key: str, fields: dict, tokens: np.ndarray, ids: list[str], scores: list[float],
                        timings: dict, t_received: float, blurry_latent: np.ndarray | None = None,
                        clip: np.ndarray | None = None, crash_point=lambda name: None) -> None:

@@ -134,6 +134,7 @@ class DecoderService:
                 self._refuse_session(label, fields["session_uid"], str(exc))
                 return None
             self.stores[label] = store
+            store.record_sources(self.decoder.sources)
             log.info("session sub-%s ses-%s (uid %s): results in %s", *label, fields["session_uid"], store.folder)
         elif store.identity["session_uid"] != fields["session_uid"]:
             self._refuse_session(label, fields["session_uid"],

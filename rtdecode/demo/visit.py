@@ -49,6 +49,7 @@ def run_demo(out: Path, settings: DemoSettings | None = None, cache: Path | None
     from rtdecode.demo.pretrained import shared_model
     from rtdecode.demo.stream import stream_runs
     from rtdecode.demo.summary import latencies, pct, realtime_retrieval, report_grid
+    from rtdecode.evaluate import evaluate_session
     from rtdecode.gallery.builtin import image_id
     from rtdecode.gallery.splits import test_pool, training_pool
     from rtdecode.scanner import ScannerSide
@@ -164,14 +165,18 @@ def run_demo(out: Path, settings: DemoSettings | None = None, cache: Path | None
     if viewer is None:
         shots = _screenshots(out / "screenshots", session, decoded, gallery)
     grid = report_grid(decoded, scores, out / "realtime_grid.png")
+    # MindEye2's metrics on the real-time run (no feature-network weights here: those are marked not available).
+    evaluation, eval_paths = evaluate_session(session, decoded, out / "evaluation", seed=s.seed)
     timings["total_s"] = time.monotonic() - t0
     summary = {"settings": s.to_dict(), "retrieval": {k: v for k, v in scores.items()
                                                       if k not in ("top5", "images", "keys")},
                "held_out_calibration": ev, "scratch": summary_cal.get("scratch"),
+               "evaluation": [r for r in evaluation.summary if r["run"] == run_number],
                "latency_ms": [{"stage": n, "median": m, "p99": p, "n": c} for n, m, p, c in stages],
                "timings_s": timings, "tr_s": paradigm.tr_s, "realtime_dropped": [i for i in s.realtime_dropped if i < s.volumes],
                "paths": {"session": str(session), "model": str(model_dir), "decoded": str(decoded),
                          "calibration_report": str(cal_report), "grid": str(grid),
+                         "evaluation": str(eval_paths["summary_md"]),
                          "screenshots": [str(p) for p in shots], "shared_model": str(shared)}}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     report = _write_report(out / "report.md", summary)
@@ -216,6 +221,17 @@ def _lines(summary: dict) -> list[str]:
                      f"{pct(sc['top1_brain_to_image'])} | {pct(sc['chance'])} |")
     lines += ["", "Held-out and real-time images come from the built-in test pool, which no training set "
                   "draws from (pretraining included)."]
+    if summary.get("evaluation"):
+        lines += ["", "| rtdecode evaluate, real-time run | trials | PixCorr | SSIM | 50-way image / brain | "
+                      "all-way image / brain |", "| --- | --- | --- | --- | --- | --- |"]
+        for row in summary["evaluation"]:
+            def both(a: str, b: str, row=row) -> str:
+                return f"{pct(row.get(a, float('nan')))} / {pct(row.get(b, float('nan')))}"
+            lines.append(f"| {row['version']} | {row['trials']} | {_num(row['PixCorr'])} | {_num(row['SSIM'])} | "
+                         f"{both('image_top1_50', 'brain_top1_50')} | {both('image_top1_all', 'brain_top1_all')} "
+                         f"(of {row.get('retrieval_n', 0)}) |")
+        lines += ["", "AlexNet, InceptionV3, CLIP, EffNet-B and SwAV are not available in the demo (no feature-network "
+                      "weights; docs/evaluation.md), and the stand-in's reconstructions are coarse by design."]
     lines += ["", f"| stage (real-time run) | median ms | p99 ms | n | TR = {tr * 1e3:.0f} ms |",
               "| --- | --- | --- | --- | --- |"]
     for row in summary["latency_ms"]:
@@ -231,6 +247,10 @@ def _lines(summary: dict) -> list[str]:
               f"calibration {t['calibration_s']:.0f} s, real-time run {t['realtime_s']:.0f} s; "
               f"total {t['total_s'] / 60:.1f} min."]
     return lines
+
+
+def _num(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 def _write_report(path: Path, summary: dict) -> Path:

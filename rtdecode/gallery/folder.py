@@ -10,21 +10,30 @@ import numpy as np
 SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
-def read_folder(folder: str | Path, size: int = 128) -> tuple[list[str], np.ndarray]:
-    """Ids (file stems, sorted) and images as uint8 RGB resized to ``size`` x ``size``."""
-    from PIL import Image
-
+def gallery_files(folder: str | Path) -> dict[str, Path]:
+    """Image id (file stem) -> file, sorted by id."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such gallery folder (expected a folder of PNG or JPEG images)")
     paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in SUFFIXES)
     if not paths:
         raise FileNotFoundError(f"{folder}: no PNG or JPEG images to use as a gallery")
-    images = []
-    for p in paths:
-        with Image.open(p) as im:
-            images.append(np.asarray(im.convert("RGB").resize((size, size), Image.BICUBIC)))
-    return [p.stem for p in paths], np.stack(images)
+    return {p.stem: p for p in paths}
+
+
+def load_image(path: str | Path, size: int | None = None) -> np.ndarray:
+    """uint8 RGB (H, W, 3); resized to ``size`` x ``size`` (bicubic) when given, as a gallery is embedded."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+        return np.asarray(im.resize((size, size), Image.BICUBIC) if size else im)
+
+
+def read_folder(folder: str | Path, size: int = 128) -> tuple[list[str], np.ndarray]:
+    """Ids (file stems, sorted) and images as uint8 RGB resized to ``size`` x ``size``."""
+    files = gallery_files(folder)
+    return list(files), np.stack([load_image(p, size) for p in files.values()])
 
 
 def save_images(folder: str | Path, images: dict[str, Callable[[], np.ndarray]]) -> list[Path]:

@@ -20,6 +20,8 @@ LABEL = re.compile(r"^[A-Za-z0-9]{1,32}$")  # BIDS subject / session labels
 UID = re.compile(r"^[0-9a-f]{32}$")  # a session's uid (uuid4 hex)
 BOOT = re.compile(r"^[0-9a-f]{16}$")  # a process start's id
 IMAGE_ID = re.compile(r"^[A-Za-z0-9._-]{0,128}$")
+# What a trial's evaluation score can be (rtdecode.evaluate.report.ranking_metric picks one).
+EVALUATION_METRICS = ("CLIP", "AlexNet(5)", "InceptionV3", "AlexNet(2)", "PixCorr")
 # Beta versions: whole-run, the classic real-time estimate, and refinements at a delay (rt4.5, rt12.0).
 VERSION = re.compile(r"^(realtime|endofrun|rt[0-9]{1,2}\.[0-9])$")
 WORD = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
@@ -101,10 +103,12 @@ SCHEMAS: dict[str, dict[str, F]] = {
     "ack": {"ref": F("name", pattern=KEY)},
     "result": {"run": _run(), "trial": _trial(), "version": F("name", False, pattern=VERSION),
                "image": F("name", False, pattern=IMAGE_ID),
-               "stage": F("name", False, choices=("retrieval", "reconstruction")),
+               "stage": F("name", False, choices=("retrieval", "reconstruction", "evaluation")),
                "top_ids": F("names", False, pattern=IMAGE_ID, max_items=100),
                "top_scores": F("floats", False, lo=-1e6, hi=1e6, max_items=100),
-               "timings_ms": F("timings", False), "tier": F("name", False, pattern=WORD)},
+               "timings_ms": F("timings", False), "tier": F("name", False, pattern=WORD),
+               # stage 'evaluation': one trial's score from rtdecode evaluate (replayed from its trials.csv)
+               "metric": F("name", False, choices=EVALUATION_METRICS), "score": F("float", False, lo=-1, hi=2)},
     "command": {"action": F("name", pattern=WORD), "run": F("int", False, lo=1, hi=MAX_RUN),
                 "trial": F("int", False, lo=0, hi=MAX_INDEX), "version": F("name", False, pattern=VERSION),
                 "bad": F("bool", False), "note": F("text", False, hi=200)},

@@ -1,0 +1,159 @@
+"""``rtdecode evaluate`` on a recorded session decoded by the real decoder service over ZeroMQ."""
+
+from __future__ import annotations
+
+import csv
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+import torchvision.models as tvm
+from PIL import Image
+
+from models import registry
+from models.folder import write_model_folder
+from models.mindeye2.config import standin_config
+from models.mindeye2.model import MindEye2
+from models.retrieval import similarity
+from rtdecode.cli import main
+from rtdecode.decoder.core import Decoder
+from rtdecode.decoder.results import ResultStore
+from rtdecode.decoder.service import DecoderService
+from rtdecode.evaluate import metrics
+from rtdecode.gallery.builtin import StimulusSet
+from rtdecode.glm.store import BETA_COLUMNS
+from rtdecode.session import SessionFolder, append_tsv
+from rtdecode.wire.reliable import BetaSender, beta_message
+
+N_VOXELS = 41
+TRIALS = 6  # per run; run 1 shows sim-00000..05, run 2 sim-00006..11
+
+
+def _record(root, subject="01") -> SessionFolder:
+    """A session folder as the scanner side leaves it: betas tables of two runs, real-time and end of run."""
+    folder = SessionFolder(root, subject, "01").create()
+    for run in (1, 2):
+        for version in ("realtime", "endofrun"):
+            table = folder.derivatives / f"{folder.prefix(run)}_desc-{version}_betas.tsv"
+            n = TRIALS + (1 if (run, version) == (2, "realtime") else 0)  # one more: never decoded
+            for trial in range(n):
+                append_tsv(table, BETA_COLUMNS, {"trial": trial, "image": f"sim-{(run - 1) * TRIALS + trial % TRIALS:05d}",
+                                                 "onset": 3.0 * trial, "version": version})
+    return folder
+
+
+@pytest.fixture(scope="module")
+def decoded(tmp_path_factory):
+    """The session decoded by the real service: betas sent over ZeroMQ, results and reconstructions on disk."""
+    tmp = tmp_path_factory.mktemp("eval")
+    torch.manual_seed(0)
+    model = write_model_folder(MindEye2(standin_config(["sim01"], [N_VOXELS], hidden=32)), tmp / "model", "sim01")
+    gallery = tmp / "gallery"
+    StimulusSet().save(gallery, range(2 * TRIALS))
+    folder = _record(tmp / "sessions")
+    service = DecoderService(Decoder.from_folder(model, gallery, cache=tmp / "cache"), tmp / "out",
+                             "tcp://127.0.0.1:0", "tcp://127.0.0.1:0")
+    thread = threading.Thread(target=service.run, daemon=True)
+    thread.start()
+    sender = BetaSender(service.receiver.address, tmp / "acked.keys", resend_s=1.0)
+    rng = np.random.default_rng(0)
+    out = tmp / "out" / "sub-01" / "ses-01"
+    try:
+        for run in (1, 2):
+            for version in ("realtime", "endofrun"):
+                for trial in range(TRIALS):
+                    sender.send(beta_message(run, trial, rng.normal(size=N_VOXELS), folder.identity,
+                                             image=f"sim-{(run - 1) * TRIALS + trial:05d}", version=version))
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(list((out / "images").glob("*.png"))) < 4 * TRIALS:
+            sender.pump(timeout_ms=50)
+    finally:
+        service.stop()
+        thread.join(timeout=10)
+        sender.close()
+    assert len(list((out / "images").glob("*.png"))) == 4 * TRIALS
+    # A reconstruction of another shape (a different reconstructor's output): noted, still scored.
+    odd = ResultStore(out).image_path(f"{folder.identity['session_uid']}:1:2:endofrun")
+    Image.open(odd).convert("RGB").resize((96, 64)).save(odd)
+    weights = tmp / "weights"
+    weights.mkdir()
+    torch.save(tvm.alexnet().state_dict(), registry.local_path("alexnet", weights))  # only AlexNet is here
+    return folder, tmp / "out", weights, model, gallery
+
+
+def _csv(path) -> list[dict]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_evaluate_scores_every_decoded_trial_and_says_what_it_could_not(decoded, tmp_path, capsys):
+    folder, out, weights, model, gallery = decoded
+    assert main(["evaluate", str(folder.path), "--decoded", str(out), "--weights", str(weights),
+                 "--out", str(tmp_path / "ev")]) == 0
+    printed = capsys.readouterr().out
+    summary = _csv(tmp_path / "ev" / "summary.csv")
+    assert [(r["version"], r["run"], r["trials"]) for r in summary] == [
+        ("endofrun", "all", "12"), ("endofrun", "1", "6"), ("endofrun", "2", "6"),
+        ("realtime", "all", "12"), ("realtime", "1", "6"), ("realtime", "2", "6")]
+    for row in summary:
+        for m in ("PixCorr", "SSIM", "AlexNet(2)", "AlexNet(5)", "image_top1_all", "brain_top1_all"):
+            assert row[m] != "", (m, row)
+        for m in ("InceptionV3", "CLIP", "EffNet-B", "SwAV", "image_top1_50"):
+            assert row[m] == "", (m, row)  # no weights, or fewer than 50 images: never a stand-in figure
+    text = (tmp_path / "ev" / "summary.md").read_text()
+    assert "| PixCorr |" in printed.replace("| run | trials | reconstructions | PixCorr |", "| PixCorr |")
+    assert "InceptionV3: not available: " in text and "inception_v3_google-0cc3c7bd.pth missing" in text
+    assert "run 2 (realtime): trial(s) 6 have no decoded result" in text
+    assert "96x64 pixels, not square" in text
+    # -- per trial: PixCorr of the files on disk, recomputed here; retrieval ranks from the stored tokens
+    trials = _csv(tmp_path / "ev" / "trials.csv")
+    assert len(trials) == 24
+    store = ResultStore(out / "sub-01" / "ses-01")
+    uid = folder.identity["session_uid"]
+    row = next(r for r in trials if (r["version"], r["run"], r["trial"]) == ("realtime", "2", "3"))
+    shown = torch.from_numpy(StimulusSet().image(9)).permute(2, 0, 1).float()[None] / 255
+    recon = store.image_path(f"{uid}:2:3:realtime")
+    rec = torch.from_numpy(np.array(Image.open(recon).convert("RGB"))).permute(2, 0, 1).float()[None] / 255
+    want = metrics.pixcorr(metrics.to_256(shown), metrics.to_256(rec))[0]
+    assert float(row["PixCorr"]) == pytest.approx(want, rel=1e-6)
+    realtime = sorted((r for r in trials if r["version"] == "realtime"), key=lambda r: (int(r["run"]), int(r["trial"])))
+    pred = np.stack([store.clip_tokens(f"{uid}:{r['run']}:{r['trial']}:realtime") for r in realtime])
+    from models.folder import load_embedder
+
+    truth = load_embedder(model).embed(StimulusSet().images(range(12)))
+    sim = similarity(pred, truth)
+    assert [int(r["image_rank"]) for r in realtime] == list(1 + (sim > np.diag(sim)[:, None]).sum(axis=1))
+    all_rt = next(r for r in summary if (r["version"], r["run"]) == ("realtime", "all"))
+    assert float(all_rt["image_top1_all"]) == pytest.approx(np.mean(sim.argmax(1) == np.arange(12)))
+    for picture in ("grid.png", "histograms.png"):
+        assert Image.open(tmp_path / "ev" / picture).size[0] > 100
+
+
+def test_evaluate_refuses_results_of_another_session_in_one_line(decoded, tmp_path, capsys):
+    _, out, _, _, _ = decoded
+    other = _record(tmp_path / "elsewhere")  # same labels, another visit: another uid
+    assert main(["evaluate", str(other.path), "--decoded", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not the same session" in err[0] and other.identity["session_uid"] in err[0]
+
+
+def test_without_weights_the_pixel_metrics_and_retrieval_still_run(decoded, tmp_path):
+    folder, out, _, _, _ = decoded
+    assert main(["evaluate", str(folder.path), "--decoded", str(out), "--out", str(tmp_path / "ev")]) == 0
+    row = _csv(tmp_path / "ev" / "summary.csv")[0]
+    assert row["PixCorr"] and row["SSIM"] and row["image_top1_all"] and not row["AlexNet(2)"]
+    assert "AlexNet(2): not available: no weights folder given" in (tmp_path / "ev" / "summary.md").read_text()
+
+
+def test_a_replayed_session_carries_each_trials_score_to_the_console(decoded):
+    from rtdecode.replay import decoder_messages
+
+    folder, out, weights, _, _ = decoded
+    assert main(["evaluate", str(folder.path), "--decoded", str(out), "--weights", str(weights)]) == 0  # default --out
+    scores = [m for m in decoder_messages(out) if m.fields.get("stage") == "evaluation"]
+    trials = _csv(out / "sub-01" / "ses-01" / "evaluation" / "trials.csv")
+    assert len(scores) == len(trials) == 24 and {m.fields["metric"] for m in scores} == {"AlexNet(5)"}
+    by_key = {(r["version"], int(r["run"]), int(r["trial"])): float(r["AlexNet(5)"]) for r in trials}
+    assert all(m.fields["score"] == by_key[(m.fields["version"], m.fields["run"], m.fields["trial"])] for m in scores)

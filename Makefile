@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test claim bench lint clean screenshots
+.PHONY: demo test claim bench lint clean screenshots validate-bids
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -31,6 +31,12 @@ bench: $(STAMP)
 	$(BIN)/rtdecode bench decoder --json | tee benchmarks/results/decoder.json
 	$(BIN)/rtdecode bench wire --json | tee benchmarks/results/wire.json
 	$(BIN)/rtdecode bench console --json | tee benchmarks/results/console.json
+
+# The demo's session through the full BIDS validator (Node from the system, the validator from npm).
+validate-bids: $(STAMP)
+	test -f demo-output/sessions/dataset_description.json || QT_QPA_PLATFORM=offscreen $(BIN)/rtdecode demo --headless --out demo-output
+	test -x .bids-validator/node_modules/.bin/bids-validator || (mkdir -p .bids-validator && cd .bids-validator && npm install --no-audit --no-fund --silent bids-validator@1.14.8)
+	.bids-validator/node_modules/.bin/bids-validator demo-output/sessions
 
 # docs/screenshots come from the demo's visit: a calibrated model decoding a real-time run.
 screenshots: $(STAMP)

@@ -91,9 +91,21 @@ def bench_calibrate(**kwargs) -> dict:
     return bench(**kwargs)
 
 
+def bench_finalize(volumes: int = 192, shape: tuple[int, int, int] = SHAPE, n_voxels: int = 8627, seed: int = 0) -> dict:
+    """A 192-volume 2 mm run's live record written as BIDS (rtdecode session finalize)."""
+    from rtdecode.bids.bench import bench_finalize as bench
+    from rtdecode.simulator.scanner import simulate_run
+
+    pool = simulate_run(16, shape=shape, max_mm=1.0, max_deg=1.0, seed=seed)
+    # As a DICOM export carries them: integer pixel values (the reader returns them as float32).
+    volumes_as_read = [np.rint(v).astype(np.float32) for v in pool.volumes]
+    return bench(volumes_as_read, pool.affine, volumes=volumes, n_voxels=n_voxels)
+
+
 STAGES: dict[str, Callable[..., dict]] = {
     "preprocess": bench_preprocess, "endurance": bench_endurance, "simulate": bench_simulate, "glm": bench_glm,
     "decoder": bench_decoder, "wire": bench_wire, "console": bench_console, "calibrate": bench_calibrate,
+    "finalize": bench_finalize,
 }
 
 

@@ -131,6 +131,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-plaintext", action="store_true",
                    help="bind a non-loopback address without CURVE (refused otherwise)")
 
+    p = sub.add_parser("session", help="a recorded session folder: write its finished runs as BIDS")
+    p.add_argument("action", choices=["finalize"])
+    p.add_argument("session", type=Path, help="the session folder (.../sub-XX/ses-YY)")
+    p.add_argument("--runs", type=int, nargs="*", default=None, help="only these runs (default: all in runs.tsv)")
+    p.add_argument("--tr", type=float, default=None, help="repetition time in s, for sessions recorded without it")
+    p.add_argument("--gallery", type=Path, default=None, help="the shown images, copied into the dataset's stimuli/")
+
     p = sub.add_parser("evaluate", help="score a decoded session as MindEye2 and Real-time MindEye do "
                                         "(docs/evaluation.md)")
     p.add_argument("session", type=Path, help="the session folder (.../sub-XX/ses-YY)")
@@ -159,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folder", type=Path, default=Path("weights"), help="where weights live (default: ./weights)")
 
     p = sub.add_parser("bench", help="benchmark a stage; prints a table, or JSON with --json")
-    p.add_argument("stage", help="preprocess | endurance | simulate | glm | decoder | wire | console | calibrate")
+    p.add_argument("stage", help="preprocess | endurance | simulate | glm | decoder | wire | console | calibrate | finalize")
     p.add_argument("--json", action="store_true")
     p.add_argument("--volumes", type=int, default=None)
     p.add_argument("--shape", type=_shape, default=None)
@@ -250,6 +257,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "evaluate":
         return _evaluate(args)
+    if args.command == "session":
+        return _finalize(args)
     if args.command == "keys":
         from rtdecode.wire.security import create_keys
 
@@ -381,6 +390,28 @@ def _calibration(args: argparse.Namespace) -> int:
 
         print(f"report: {write_report(out, session=args.session)}")
     return 0
+
+
+def _finalize(args: argparse.Namespace) -> int:
+    from rtdecode.bids import finalize_session
+    from rtdecode.glm.offline import session_folder
+
+    try:
+        folder = session_folder(args.session)
+    except ValueError as exc:
+        raise ConfigError(f"rtdecode session finalize: {exc}") from None
+    if not (folder.path / "session.json").exists():
+        raise ConfigError(f"rtdecode session finalize: {folder.path}: not a session folder (no session.json)")
+    done = finalize_session(folder, args.runs, args.tr, gallery=args.gallery)
+    failed = 0
+    for run, what in done.items():
+        if isinstance(what, str):
+            failed += 1
+            print(f"run {run}: not finalised: {what}")
+        else:
+            print(f"run {run}: {len(what)} files")
+    print(f"BIDS dataset: {folder.root} (derivatives in {folder.root / 'derivatives' / 'rtdecode'})")
+    return 1 if failed else 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:

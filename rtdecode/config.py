@@ -30,6 +30,7 @@ class SessionSection:
     subject: str = "01"
     session: str = "01"
     task: str = "rt"
+    bids: bool = True  # each finished run also written as BIDS (docs/session-folder.md), in the background
 
 
 @dataclass

@@ -89,7 +89,7 @@ def write_events(path: str | Path, events: Events) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as fh:
         writer = csv.writer(fh, delimiter="\t", lineterminator="\n")
-        writer.writerow(["onset", "duration", "image", "trial"])
+        writer.writerow(["onset", "duration", "trial_type", "image", "trial"])  # BIDS columns first
         for r in events.rows():
-            writer.writerow([f"{r['onset']:.3f}", f"{r['duration']:.3f}", r["image"], r["trial"]])
+            writer.writerow([f"{r['onset']:.3f}", f"{r['duration']:.3f}", "stimulus", r["image"], r["trial"]])
     return path

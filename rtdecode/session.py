@@ -172,12 +172,20 @@ class RunStore:
         self.vectors_json = folder.derivatives / f"{p}_desc-masked_bold.json"
         self.alignment = folder.derivatives / f"{p}_desc-alignment.json"  # figures of the run-start check
         self.alignment_png = folder.derivatives / f"{p}_desc-alignment.png"  # its mosaic
+        self.acquisition = folder.derivatives / f"{p}_desc-acquisition.json"  # TR and allow-listed DICOM fields
         self.raw_dir.mkdir(parents=True, exist_ok=True)
 
     def save_reference(self, data: np.ndarray, affine: np.ndarray, mask: np.ndarray, mask_affine: np.ndarray) -> None:
         nib.save(nib.Nifti1Image(np.asarray(data, np.float32), affine), self.boldref)
         nib.save(nib.Nifti1Image(mask.astype(np.uint8), mask_affine), self.mask)
         self.vectors_json.write_text(json.dumps({"n_voxels": int(mask.sum()), "dtype": "<f4"}))
+
+    def save_acquisition(self, meta: dict, tr_s: float) -> None:
+        """The run's timing and the first volume's allow-listed acquisition fields (for the BIDS sidecar)."""
+        fields = {k: v for k, v in meta.items() if k != "t_file" and isinstance(v, (int, float, str))}
+        tmp = self.acquisition.with_name(f".{self.acquisition.name}.tmp")
+        tmp.write_text(json.dumps({"tr_s": float(tr_s), "dicom": fields}, indent=1))
+        tmp.replace(self.acquisition)
 
     def save_volume(self, index: int, data: np.ndarray, affine: np.ndarray) -> None:
         img = nib.Nifti1Image(np.asarray(data, np.float32), affine)
@@ -194,7 +202,14 @@ class RunStore:
         append_tsv(self.confounds, CONFOUND_COLUMNS, {"volume": index, "status": "missing"})
 
     def load(self) -> tuple[list[dict[str, str]], np.ndarray]:
-        """Rows of the confounds table and the matching (n_ok, n_voxels) vectors; repairs a torn tail."""
+        """Rows of the confounds table and the matching (n_ok, n_voxels) vectors; repairs a torn tail.
+        A session copied without its live record is read from its BIDS derivative (rtdecode.bids)."""
+        if not self.confounds.exists():
+            from rtdecode.bids.read import load_finalized
+
+            finalized = load_finalized(self.folder, self.run)
+            if finalized is not None:
+                return finalized
         repair_tail(self.confounds)
         rows = read_tsv(self.confounds)
         if not self.vectors_json.exists():

@@ -57,5 +57,12 @@ def test_short_demo_runs_the_whole_visit(tmp_path):
     notes = Path(paths["evaluation"]).read_text()
     assert "run 1 (realtime): not decoded" in notes and "AlexNet(2): not available" in notes
     assert "rtdecode evaluate, real-time run" in report
+    # Every run of the visit, calibration hour included, was also written as BIDS as it ended.
+    from bids import BIDSLayout
+
+    layout = BIDSLayout(str(out / "sessions"), validate=True, derivatives=True)
+    n_runs = settings.calibration_runs + settings.realtime_runs
+    assert layout.get_runs() == list(range(1, n_runs + 1)) and layout.get_tasks() == ["rt"]
+    assert len(layout.get(desc="endofrun", suffix="betas", extension=".nii.gz", scope="derivatives")) == n_runs
     # A second run reuses the cached shared model.
     assert summary["timings_s"]["pretraining_s"] > 0

@@ -121,7 +121,9 @@ class TrialBetas:
             return False
         self._open(run, events, n_voxels)
         # The session keeps its own copy, so offline estimates and calibration need nothing else.
-        write_events(self.folder.path / "func" / f"{self.folder.prefix(run)}_events.tsv", events)
+        copy = self.folder.path / "func" / f"{self.folder.prefix(run)}_events.tsv"
+        if not copy.exists() or _rows(read_events(copy)) != _rows(events):  # a resume keeps the finalised copy
+            write_events(copy, events)
         log.info("run %d: %d trials from %s", run, len(events), path)
         return True
 
@@ -204,3 +206,7 @@ class TrialBetas:
         self.emit(SentBeta(run, est.trial, est.image, est.version, float(est.onset), int(est.n_frames), n_repeats,
                            float(est.estimate_ms), np.asarray(sent, np.float32)), False)
         return est
+
+
+def _rows(events: Events) -> list[tuple]:
+    return [(round(r["onset"], 3), round(r["duration"], 3), r["image"]) for r in events.rows()]

@@ -20,6 +20,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from rtdecode.bids import is_finalized
+from rtdecode.bids.worker import Finalizer
 from rtdecode.config import SessionConfig
 from rtdecode.errors import ConfigError, IngestError, PartialFileError
 from rtdecode.glm.runner import SentBeta, TrialBetas
@@ -80,6 +82,7 @@ class ScannerSide:
         self._started = False
         self._waiting_logged: set[int] = set()
         self._last_beat = 0.0
+        self._finalizer = Finalizer(self.folder) if config.session.bids else None
         try:
             self._resume_runs()
             self._publish_history()
@@ -139,6 +142,8 @@ class ScannerSide:
             self.book.add_resumed(run)
             log.info("resuming run %d (series %d): %d volumes already stored%s", run.number, run.series_key,
                      run.n_ok, f"; {run.end_reason}" if run.ended else "")
+            if run.ended and self._finalizer is not None and not is_finalized(self.folder, run.number):
+                self._finalizer.submit(run.number)  # finished before a crash, never written as BIDS
 
     # -- the loop ---------------------------------------------------------------------------------
     def start(self) -> ScannerSide:
@@ -168,6 +173,8 @@ class ScannerSide:
         finally:
             self.stop()
             self.net.close()
+            if self._finalizer is not None:
+                self._finalizer.wait()  # a run that just ended is written as BIDS before the process goes
 
     def step(self, timeout: float) -> bool:
         """Take what arrived within ``timeout`` s; return True if anything was done."""
@@ -380,6 +387,8 @@ class ScannerSide:
         for index in sorted(run.slices):
             self._drop_slices(run, index, f"volume {index} incomplete when run {run.number} ended ({reason})")
         self.stage.end(run, reason)
+        if self._finalizer is not None:
+            self._finalizer.submit(run.number)
 
     def _reject(self, path: Path, reason: str) -> None:
         self._pending.pop(path.name, None)

@@ -174,6 +174,7 @@ class VolumeStage:
                 return
             pre = run.preprocessor
             run.store.save_reference(volume.data, volume.affine, pre.mask.data, pre.mask.affine)
+            run.store.save_acquisition(volume.meta, self.config.scanner.tr_s)
             fields, images = self.alignment(volume, pre, run)
             self.send(Message("run_started", {"run": run.number, "series": run.series_key,
                                               "shape": [int(n) for n in volume.data.shape],

@@ -1,0 +1,134 @@
+"""The dataset-level files of a finalised session: descriptions, participants, sessions, .bidsignore.
+
+The dataset root is ``session.root`` (it holds ``sub-XX/``). Derivatives go to
+``ROOT/derivatives/rtdecode/`` as BIDS places them. The live record inside each session folder
+(per-volume files, ``.f32`` rows, ledgers, ``derivatives/`` inside ``ses-YY/``) stays where it is and
+is listed in ``.bidsignore``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+from rtdecode.bids.names import DERIVATIVE
+
+BIDS_VERSION = "1.9.0"
+
+# The live record: kept as the crash-safe truth, ignored by BIDS tools (gitignore-style patterns).
+BIDSIGNORE = """# rtdecode's live record (docs/session-folder.md): crash-safe, append-only, not BIDS
+sub-*/ses-*/session.json
+sub-*/ses-*/operator.tsv
+sub-*/ses-*/runs.tsv
+sub-*/ses-*/rejected.tsv
+sub-*/ses-*/marks.tsv
+sub-*/ses-*/config.toml
+sub-*/ses-*/derivatives/
+sub-*/ses-*/func/*_bold/
+.finalize-tmp/
+"""
+
+
+def rtdecode_version() -> str:
+    try:
+        return version("rtdecode")
+    except PackageNotFoundError:  # running from a checkout without an install
+        return "unknown"
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    tmp.replace(path)
+
+
+def _write_if_changed(path: Path, text: str) -> None:
+    if not path.exists() or path.read_text() != text:
+        write_atomic(path, text)
+
+
+def write_dataset_files(root: Path) -> list[Path]:
+    """dataset_description.json, participants.tsv, each subject's sessions.tsv, .bidsignore, and the
+    derivative's dataset_description.json; rewritten only when their content changes."""
+    root = Path(root)
+    written = []
+    desc = root / "dataset_description.json"
+    if not desc.exists():  # a lab's own description (Name, Authors, ...) is never overwritten
+        _write_if_changed(desc, json.dumps({
+            "Name": "rtdecode real-time fMRI sessions", "BIDSVersion": BIDS_VERSION, "DatasetType": "raw",
+            "GeneratedBy": [{"Name": "rtdecode", "Version": rtdecode_version()}]}, indent=1) + "\n")
+    written.append(desc)
+    subjects = sorted(p.name for p in root.glob("sub-*") if p.is_dir())
+    _write_if_changed(root / "participants.tsv", "participant_id\n" + "".join(f"{s}\n" for s in subjects))
+    written.append(root / "participants.tsv")
+    for sub in subjects:
+        sessions = sorted(p.name for p in (root / sub).glob("ses-*") if p.is_dir())
+        path = root / sub / f"{sub}_sessions.tsv"
+        _write_if_changed(path, "session_id\n" + "".join(f"{s}\n" for s in sessions))
+        written.append(path)
+    for task in sorted({p.name.split("task-")[1].split("_")[0] for p in root.glob("sub-*/ses-*/func/*_events.tsv")}):
+        _write_if_changed(root / f"task-{task}_events.json", json.dumps({
+            "trial_type": {"Description": "one condition: an image shown"},
+            "stim_file": {"Description": "the image shown, in stimuli/ (n/a: not in the dataset)"},
+            "image": {"Description": "the image's id in the gallery the decoder retrieves from"},
+            "trial": {"Description": "trial number within the run, from 0 (rtdecode's betas and results use it)"}},
+            indent=1) + "\n")
+        written.append(root / f"task-{task}_events.json")
+    readme = root / "README"
+    if not readme.exists():
+        _write_if_changed(readme, "Real-time fMRI sessions recorded by rtdecode. Each run's volumes are as the scanner "
+                                  "exported them; derivatives/rtdecode holds what was computed at the scanner.\n")
+    written.append(readme)
+    ignore = root / ".bidsignore"
+    existing = ignore.read_text() if ignore.exists() else ""
+    if BIDSIGNORE not in existing:
+        _write_if_changed(ignore, existing + ("\n" if existing and not existing.endswith("\n") else "") + BIDSIGNORE)
+    written.append(ignore)
+    deriv = root / "derivatives" / DERIVATIVE
+    deriv.mkdir(parents=True, exist_ok=True)
+    _write_if_changed(deriv / "dataset_description.json", json.dumps({
+        "Name": "rtdecode: motion-corrected runs, confounds and single-trial betas as estimated at the scanner",
+        "BIDSVersion": BIDS_VERSION, "DatasetType": "derivative",
+        "GeneratedBy": [{"Name": "rtdecode", "Version": rtdecode_version(),
+                         "Description": "real-time preprocessing and single-trial GLM (docs/glm.md)"}]}, indent=1) + "\n")
+    written.append(deriv / "dataset_description.json")
+    return written
+
+
+class Stimuli:
+    """The shown images in ``ROOT/stimuli/``: built-in ids are painted, others copied from ``gallery``."""
+
+    def __init__(self, root: Path, gallery: Path | None = None) -> None:
+        self.folder = Path(root) / "stimuli"
+        self.gallery = Path(gallery) if gallery else None
+
+    def __call__(self, image: str) -> str | None:
+        from rtdecode.gallery.builtin import StimulusSet, index_of
+        from rtdecode.gallery.folder import SUFFIXES
+
+        for suffix in SUFFIXES:  # already there
+            if (self.folder / f"{image}{suffix}").exists():
+                return f"{image}{suffix}"
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if self.gallery is not None:
+            for candidate in self.gallery.iterdir() if self.gallery.is_dir() else []:
+                if candidate.stem == image and candidate.suffix.lower() in SUFFIXES:  # listed, never built from the id
+                    shutil.copyfile(candidate, self.folder / f".{candidate.name}.tmp")
+                    (self.folder / f".{candidate.name}.tmp").replace(self.folder / candidate.name)
+                    return candidate.name
+        try:
+            index = index_of(image)
+        except ValueError:
+            return None
+        from PIL import Image
+
+        tmp = self.folder / f".{image}.png.tmp"
+        Image.fromarray(StimulusSet().image(index)).save(tmp, format="PNG")
+        tmp.replace(self.folder / f"{image}.png")
+        return f"{image}.png"

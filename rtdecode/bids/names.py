@@ -1,0 +1,19 @@
+"""Where a finalised run's files go (no reading or writing here)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rtdecode.session import SessionFolder
+
+DERIVATIVE = "rtdecode"
+
+
+def derivative_func(folder: SessionFolder) -> Path:
+    """``ROOT/derivatives/rtdecode/sub-XX/ses-YY/func``."""
+    return Path(folder.root) / "derivatives" / DERIVATIVE / f"sub-{folder.subject}" / f"ses-{folder.session}" / "func"
+
+
+def bold_path(folder: SessionFolder, run: int) -> Path:
+    """The raw 4-D run; written last, so its presence means the run is finalised whole."""
+    return folder.path / "func" / f"{folder.prefix(run)}_bold.nii.gz"

@@ -166,3 +166,19 @@ def test_the_offline_glm_reads_a_finalised_session_without_its_live_record(recor
     from_live = offline_betas(session_folder(recorded.path), settings)
     assert from_bids.images == from_live.images
     np.testing.assert_allclose(from_bids.betas, from_live.betas, rtol=1e-4, atol=1e-4)
+
+
+def test_a_run_that_ended_before_a_crash_is_written_as_bids_on_the_next_start(recorded, tmp_path):
+    from rtdecode.scanner import ScannerSide
+
+    copy_root = tmp_path / "sessions"
+    shutil.copytree(recorded.root, copy_root)
+    folder = SessionFolder(copy_root, "01", "01")
+    bold_path(folder, 2).unlink()  # killed after run 2 ended, before its BIDS copy was whole
+    cfg = make_config(tmp_path, session={"root": str(copy_root)})
+    side = ScannerSide(cfg)
+    try:
+        assert side._finalizer.wait(timeout=60)
+    finally:
+        side.net.close()
+    assert bold_path(folder, 2).exists() and side._finalizer.done == {2: "ok"}  # run 1 was whole: left alone

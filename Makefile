@@ -18,7 +18,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -q
 
-# MindEye2's claim on the simulator, three seeds (about 6 minutes; docs/calibration.md).
+# MindEye2's claim on the simulator, three seeds, and the held-out check (about 7 minutes; docs/calibration.md).
 claim: $(STAMP)
 	$(BIN)/python -m pytest -q -s -m claim tests/test_calibration_claim.py
 

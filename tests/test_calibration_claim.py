@@ -8,6 +8,7 @@ import json
 import pytest
 
 
+@pytest.mark.claim  # with the claim in make claim (CI runs it after make test): keeps make test under 10 minutes
 @pytest.mark.slow
 def test_the_claim_is_measured_on_images_no_model_saw(tmp_path):
     """Held-out images come from the built-in test pool, which no pretraining subject was shown.

@@ -191,7 +191,7 @@ def test_simulate_commands(tmp_path, capsys):
     assert main(args) == 0
     assert len(list((tmp_path / "watch").glob("001_000002_*.dcm"))) == 20
     events = pd.read_csv(tmp_path / "truth" / "series-002_events.tsv", sep="\t")
-    assert list(events.columns[:3]) == ["onset", "duration", "image"] and len(events) == 4
+    assert list(events.columns[:3]) == ["onset", "duration", "trial_type"] and "image" in events and len(events) == 4
     assert {f"{i}.png" for i in events.image} <= {p.name for p in (tmp_path / "stim").iterdir()}
     assert main(["simulate", "betas", "--out", str(tmp_path / "betas"), "--subjects", "2", "--runs", "1",
                  "--trials", "10"]) == 0

@@ -59,22 +59,36 @@ class ClipTokenEmbedder:
             open_clip.add_model_config(str(config_path))
         model = open_clip.create_model(model_name, pretrained=str(pretrained), device=device, weights_only=True,
                                        require_pretrained=True)
-        self.visual = model.visual.to(dtype).eval().requires_grad_(False)
+        self._adopt(model.visual, torch.device(device), dtype, f"openclip-{model_name}-{Path(str(pretrained)).name}")
+
+    @classmethod
+    def without_weights(cls, model_name: str = "ViT-bigG-14") -> ClipTokenEmbedder:
+        """The full-size architecture on the meta device (no weights, no memory): checks of shapes and
+        layers without the 10 GB file."""
+        import open_clip
+
+        with torch.device("meta"):
+            model = open_clip.create_model(model_name, device="meta")
+        self = cls.__new__(cls)
+        self._adopt(model.visual, torch.device("meta"), torch.float32, f"openclip-{model_name}-meta")
+        return self
+
+    def _adopt(self, visual, device: torch.device, dtype: torch.dtype, ident: str) -> None:
+        self.visual = visual.to(dtype).eval().requires_grad_(False)  # the text tower is dropped
         self.visual.output_tokens = True
-        del model  # the text tower is not needed
-        self.device, self.dtype = torch.device(device), dtype
+        self.device, self.dtype, self.id = device, dtype, ident
         self.image_size = self.visual.image_size[0] if isinstance(self.visual.image_size, tuple) else self.visual.image_size
-        self.id = f"openclip-{model_name}-{Path(str(pretrained)).name}"
 
     @torch.no_grad()
+    def tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [0, 1] -> the patch tokens, class token dropped (the published targets)."""
+        _, tokens = self.visual(published_preprocess(images, self.image_size).to(self.dtype))
+        return tokens
+
     def embed(self, images, batch_size: int = 16) -> np.ndarray:
         x = as_tensor(images, self.device)
-        out = []
-        for i in range(0, len(x), batch_size):
-            batch = published_preprocess(x[i:i + batch_size], self.image_size).to(self.dtype)
-            _, tokens = self.visual(batch)
-            out.append(tokens.float().cpu().numpy())
-        return np.concatenate(out)
+        return np.concatenate([self.tokens(x[i:i + batch_size]).float().cpu().numpy()
+                               for i in range(0, len(x), batch_size)])
 
 
 class EmbeddingCache:

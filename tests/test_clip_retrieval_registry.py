@@ -96,3 +96,19 @@ def test_registry_check_and_clear_missing_file_message(tmp_path, capsys):
     assert "ok       mindeye2-multisubject-subj01" in out and "missing  unclip" in out
     assert main(["models", "download", "no-such-file", "--folder", str(tmp_path)]) == 2
     assert "unknown model file 'no-such-file'" in capsys.readouterr().err
+
+
+def test_bigg_at_full_size_gives_the_published_token_grid_after_ln_post():
+    """No weights, no memory: ViT-bigG-14 on the meta device, through the embedder's own forward path."""
+    embedder = ClipTokenEmbedder.without_weights("ViT-bigG-14")
+    seen = []
+    hook = embedder.visual.ln_post.register_forward_hook(lambda _m, _i, out: seen.append(tuple(out.shape)))
+    try:
+        tokens = embedder.tokens(torch.zeros(2, 3, 256, 256, device="meta"))
+    finally:
+        hook.remove()
+    assert tuple(tokens.shape) == (2, 256, 1664)  # 224 px / patch 14 = 16 x 16 tokens of width 1664
+    # The layer MindEye2 reads (open_clip 2.24, as it pins): ln_post over all 257 tokens, then the class
+    # token dropped; not the pre-norm tokens that older open_clip returned.
+    assert seen == [(2, 257, 1664)] and embedder.visual.final_ln_after_pool is False
+    assert embedder.visual.attn_pool is None and embedder.visual.pool_type == "tok"

@@ -107,3 +107,17 @@ def test_blurry_image_through_a_saved_sd_vae(tmp_path):
     image = blurry_image(loaded, latent)
     assert image.shape == (2, 3, 224, 224) and 0 <= float(image.min()) and float(image.max()) <= 1
     assert torch.equal(image, blurry_image(vae.eval(), latent))
+
+
+def test_the_size_vector_is_mindeye2s_768_whatever_the_output_size(tiny_ckpt):
+    rec = load_unclip_checkpoint(tiny_ckpt, TINY, TINY_VAE)
+    rec.settings = UnclipSettings(steps=2, size=64)
+    seen = []
+    hook = rec.unet.register_forward_pre_hook(lambda _m, _a, kw: seen.append(kw["added_cond_kwargs"]["time_ids"]),
+                                              with_kwargs=True)
+    try:
+        image = rec(torch.randn(1, 5, 24), generator=torch.Generator().manual_seed(0))
+    finally:
+        hook.remove()
+    assert image.shape[-1] == 64 and seen  # the output size changes the latent only
+    assert all(t.tolist() == [[768.0, 768.0, 0.0, 0.0]] * 2 for t in seen)  # conditional and unconditional

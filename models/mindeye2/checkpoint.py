@@ -2,8 +2,9 @@
 
 Published files (``train_logs/<name>/last.pth``) are pickled dicts holding ``model_state_dict`` with
 keys ``ridge.*``, ``backbone.*``, ``diffusion_prior.*``. They are read with
-``torch.load(weights_only=True)`` (no code runs), their sizes are read off the tensors, and they load
-strictly. Converted folders hold ``model.safetensors`` and ``config.json``.
+``torch.load(weights_only=True)`` (no code runs); a file it refuses because of a stored object (a
+torch < 2.4 scheduler state) is read by ``models.legacy_pickle`` without running anything. Sizes are
+read off the tensors, and they load strictly. Converted folders hold ``model.safetensors`` and ``config.json``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from models.legacy_pickle import load_checkpoint
 from models.mindeye2.config import MindEye2Config
 from models.mindeye2.model import MindEye2
 
@@ -90,7 +92,7 @@ def load_published(path: str | Path, subjects: list[str] | None = None) -> MindE
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: MindEye2 checkpoint not found (rtdecode models download fetches it)")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    ckpt = load_checkpoint(path, ("model_state_dict",))  # weights_only; a refused file read without running it
     if not isinstance(ckpt, dict) or "model_state_dict" not in ckpt:
         raise ValueError(f"{path}: expected a dict with 'model_state_dict', got {type(ckpt).__name__} "
                          f"with keys {sorted(ckpt)[:5] if isinstance(ckpt, dict) else '-'}")

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from models.legacy_pickle import load_checkpoint
 from models.unclip.convert import UNetLayout, convert_unet, convert_vae
 
 SCALE_FACTOR = 0.13025  # SDXL VAE latent scale
@@ -38,6 +39,10 @@ class UnclipSettings:
     guidance: float = 5.0
     offset_noise: float = 0.04
     size: int = 768  # output pixels; the latent is size / 8
+    # The size/crop vector MindEye2 conditions on: always (768, 768) and crop (0, 0), whatever the output
+    # size (its reconstruction code sets original_size_as_tuple to 768); a smaller output changes the
+    # latent only.
+    conditioning_size: int = 768
 
 
 class UnclipReconstructor:
@@ -72,7 +77,8 @@ class UnclipReconstructor:
         noise = noise + s.offset_noise * torch.randn(b, generator=generator, device=device)[:, None, None, None]
         sigmas = sampling_sigmas(s.steps).to(device)
         x = z + noise * sigmas[0]
-        time_ids = torch.tensor([s.size, s.size, 0, 0], device=device, dtype=torch.float32).repeat(2 * b, 1)
+        cs = s.conditioning_size
+        time_ids = torch.tensor([cs, cs, 0, 0], device=device, dtype=torch.float32).repeat(2 * b, 1)
         both = torch.cat([uncond, tokens])
         for i in range(len(sigmas) - 1):
             sigma = sigmas[i].expand(2 * b)
@@ -103,7 +109,7 @@ def load_unclip_checkpoint(path: str | Path, layout: UNetLayout | None = None,
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: unCLIP checkpoint not found (fetch it with: rtdecode models download unclip)")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    ckpt = load_checkpoint(path, ("state_dict",))  # a Lightning file's callbacks and loops are never run
     state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict):
         raise ValueError(f"{path}: expected a dict with 'state_dict', got {type(ckpt).__name__}")

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test claim bench lint clean screenshots validate-bids
+.PHONY: demo test claim long bench lint clean screenshots validate-bids
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -17,6 +17,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -q
+
+# Tests too long for the 10-minute suite (marker long): SIGKILLs all over the decoder's write path, the GPU projections.
+long: $(STAMP)
+	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -q -m long
 
 # MindEye2's claim on the simulator, three seeds, and the held-out check (about 7 minutes; docs/calibration.md).
 claim: $(STAMP)

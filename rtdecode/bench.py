@@ -102,10 +102,60 @@ def bench_finalize(volumes: int = 192, shape: tuple[int, int, int] = SHAPE, n_vo
     return bench(volumes_as_read, pool.affine, volumes=volumes, n_voxels=n_voxels)
 
 
+def run_projection(stage: str, as_json: bool = False, **kwargs) -> dict:
+    """``rtdecode bench decoder|calibrate --project``: counted on the meta device, projected onto named GPUs."""
+    from calibration.bench import project_calibrate
+    from rtdecode.decoder.project import project_decoder
+
+    projectors = {"decoder": project_decoder, "calibrate": project_calibrate}
+    if stage not in projectors:
+        raise SystemExit(f"rtdecode bench: --project is for {' and '.join(projectors)}, not {stage!r}")
+    result = projectors[stage](**{k: v for k, v in kwargs.items() if v is not None})
+    print(json.dumps({k: v for k, v in result.items() if k != "markdown"}) if as_json else
+          f"{result['stage']}\n\n{result['markdown']}", flush=True)
+    return result
+
+
+def bench_gpu(out: Path | str = "benchmarks/results", calibrate_steps: int = 50, hidden: int = 4096) -> dict:
+    """Everything that needs a GPU, in one go: the decoder at full size (random weights, bf16, batch 1,
+    unCLIP 38 steps at 768 px, peak memory) and 50 timed training steps of the recipe at full size; with
+    the projections beside them. Writes gpu.json and gpu.md into ``out``. Without CUDA: says so in one
+    line and prints the projections only."""
+    import torch
+
+    from calibration.bench import bench_calibrate, project_calibrate
+    from rtdecode.decoder.bench import bench_decoder
+    from rtdecode.decoder.project import project_decoder
+
+    projected = {"decoder": project_decoder(hidden=hidden), "calibrate": project_calibrate(hidden=hidden)}
+    lines = ["## Projected (counted on the meta device; not measured)", ""]
+    for name, result in projected.items():
+        lines += [f"### {name}", "", result["markdown"], ""]
+    report: dict = {"cuda": torch.cuda.is_available(),
+                    "projected": {k: {kk: vv for kk, vv in v.items() if kk != "markdown"} for k, v in projected.items()}}
+    if not torch.cuda.is_available():
+        print("rtdecode bench gpu: no CUDA device here; the projections only (nothing measured)", flush=True)
+    else:
+        decoder = bench_decoder(hidden=hidden, unclip=True, repeats=3)
+        calibrate = bench_calibrate(hidden=hidden, batch=24, steps=calibrate_steps)
+        report.update(decoder=decoder, calibrate=calibrate)
+        lines += [f"## Measured on {decoder['device']}", "", "| figure | value |", "| --- | --- |"]
+        lines += [f"| decoder: {k} | {v:.2f} |" if isinstance(v, float) else f"| decoder: {k} | {v} |"
+                  for k, v in decoder.items()]
+        lines += [f"| calibrate: {k} | {v:.2f} |" if isinstance(v, float) else f"| calibrate: {k} | {v} |"
+                  for k, v in calibrate.items()]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "gpu.json").write_text(json.dumps(report, indent=1, default=str))
+    (out / "gpu.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines), flush=True)
+    return {"cuda": report["cuda"], "written": f"{out / 'gpu.json'}, {out / 'gpu.md'}"}
+
+
 STAGES: dict[str, Callable[..., dict]] = {
     "preprocess": bench_preprocess, "endurance": bench_endurance, "simulate": bench_simulate, "glm": bench_glm,
     "decoder": bench_decoder, "wire": bench_wire, "console": bench_console, "calibrate": bench_calibrate,
-    "finalize": bench_finalize,
+    "finalize": bench_finalize, "gpu": bench_gpu,
 }
 
 

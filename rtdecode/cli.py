@@ -166,13 +166,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folder", type=Path, default=Path("weights"), help="where weights live (default: ./weights)")
 
     p = sub.add_parser("bench", help="benchmark a stage; prints a table, or JSON with --json")
-    p.add_argument("stage", help="preprocess | endurance | simulate | glm | decoder | wire | console | calibrate | finalize")
+    p.add_argument("stage", help="preprocess | endurance | simulate | glm | decoder | wire | console | calibrate | finalize | gpu")
     p.add_argument("--json", action="store_true")
     p.add_argument("--volumes", type=int, default=None)
     p.add_argument("--shape", type=_shape, default=None)
     p.add_argument("--voxels", dest="n_voxels", type=int, default=None)
     p.add_argument("--hidden", type=int, default=None, help="decoder: MindEye2 hidden size (4096 or 1024)")
     p.add_argument("--unclip", action="store_true", default=None, help="decoder: also time unCLIP on the CPU")
+    p.add_argument("--project", action="store_true",
+                   help="decoder, calibrate: count the work at full size on the meta device and project it onto "
+                        "named GPUs (nothing measured)")
 
     p = sub.add_parser("demo", help="a simulated single visit: pretrained model, calibration hour, calibration, "
                                     "a real-time run decoded in another process; summary and report")
@@ -270,10 +273,15 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "bench":
         from rtdecode.bench import run_stage
 
+        if args.project:
+            from rtdecode.bench import run_projection
+
+            run_projection(args.stage, as_json=args.json, hidden=args.hidden, n_voxels=args.n_voxels)
+            return 0
         extra = {"hidden": args.hidden, "unclip": args.unclip} if args.stage == "decoder" else {}
         if args.stage == "calibrate":
             extra = {"hidden": args.hidden}
-        if args.stage not in ("decoder", "wire", "console", "calibrate"):
+        if args.stage not in ("decoder", "wire", "console", "calibrate", "gpu"):
             extra.update({"volumes": args.volumes, "shape": args.shape})
         run_stage(args.stage, as_json=args.json, n_voxels=args.n_voxels, **extra)
         return 0

@@ -354,6 +354,7 @@ CRASH_PLAN = [
 
 
 @pytest.mark.slow
+@pytest.mark.long  # about a minute: 23 decoder processes; make long, which CI runs after make test
 def test_exactly_once_with_a_sigkill_anywhere_on_the_write_path(tmp_path, model_folder):
     """22 SIGKILLs spread over the decoder's write path; the results folder then equals a never-killed run's.
 

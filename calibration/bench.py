@@ -74,7 +74,10 @@ def bench_calibrate(hidden: int | None = None, n_voxels: int = 15724, steps: int
     batch = batch or (24 if cuda else 4)
     torch.manual_seed(seed)
     model = MindEye2(MindEye2Config(subjects=["s"], voxels=[n_voxels], hidden=hidden, blurry=True)).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=1e-2, foreach=True)
+    # On a GPU, the fast path (TrainConfig.fast): fused AdamW, activation checkpointing, bf16 autocast below.
+    model.activation_checkpointing(cuda)
+    kernel = {"fused": True} if cuda else {"foreach": True}
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=1e-2, **kernel)
     x = torch.randn(batch, n_voxels, device=device)
     y = torch.randn(batch, 256, 1664, device=device)
     latent = torch.randn(batch, 4, 28, 28, device=device)  # cached VAE targets: the VAE is not in the step

@@ -302,6 +302,8 @@ def _training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--precision", choices=["no", "bf16", "fp16"], default="no", help="autocast (Accelerate)")
     p.add_argument("--cpu", action="store_true", help="train on the CPU even where a GPU is present")
+    p.add_argument("--fast", action="store_true",
+                   help="the GPU fast path: bf16 autocast (on a GPU), fused AdamW, activation checkpointing")
     p.add_argument("--nsd-sessions", type=int, default=None, help="NSD: first N training sessions (default all)")
     p.add_argument("--embedder", choices=["standin", "openclip"], default=None,
                    help="target token space (default: openclip for NSD, the stand-in otherwise)")
@@ -316,8 +318,14 @@ def _calibration(args: argparse.Namespace) -> int:
     from calibration.progress import Progress
     from calibration.trainer import TrainConfig
 
-    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, max_lr=args.lr, seed=args.seed,
-                         checkpoint_s=args.checkpoint_s, precision=args.precision, cpu=args.cpu)
+    options = dict(epochs=args.epochs, batch_size=args.batch_size, max_lr=args.lr, seed=args.seed,
+                   checkpoint_s=args.checkpoint_s, cpu=args.cpu)
+    if args.fast:
+        import torch
+
+        config = TrainConfig.fast(torch.cuda.is_available() and not args.cpu, **options)
+    else:
+        config = TrainConfig(precision=args.precision, **options)
     cache = args.out / "embedding-cache"
     kind = args.embedder or ("openclip" if args.nsd else "standin")
     if kind != "standin" and not args.nsd:

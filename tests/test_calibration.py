@@ -167,3 +167,49 @@ def test_calibration_killed_with_sigkill_and_resumed_is_the_uninterrupted_run_bi
         assert np.array_equal(whole[key], cut[key]), key
     a, b = load_file(tmp_path / "whole" / "model.safetensors"), load_file(tmp_path / "cut" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_fast_path_changes_the_memory_not_the_model():
+    """Activation checkpointing gives the very same training run and keeps fewer activations; fused AdamW
+    the same run within Adam's step size (bf16 autocast, the third part, applies on a GPU only)."""
+    from models.projection import saved_bytes
+
+    data = _toy()
+
+    def run(config: TrainConfig) -> tuple[MindEye2, dict]:
+        model = _model()
+        return model, train(model, [data], config)
+
+    base = dict(epochs=2, batch_size=16, checkpoint_s=1e9)
+    plain, a = run(TrainConfig(**base))
+    fast, b = run(TrainConfig.fast(cuda=False, **base))
+    assert TrainConfig.fast(cuda=False).precision == "no" and TrainConfig.fast(cuda=True).precision == "bf16"
+    assert b["loss"] == a["loss"]  # checkpointing recomputes the same numbers
+    assert all(torch.equal(p, q) for p, q in zip(plain.state_dict().values(), fast.state_dict().values(), strict=True))
+    # Fused AdamW orders its arithmetic differently: where a gradient is nearly zero the update's sign can
+    # flip, so parameters may differ by up to one step size per step, and the losses barely at all.
+    fused, c = run(TrainConfig(fused_adam=True, **base))
+    np.testing.assert_allclose(c["loss"], a["loss"], rtol=1e-4)
+    bound = a["steps"] * TrainConfig().max_lr
+    assert all(float((p - q).abs().max()) <= bound
+               for p, q in zip(plain.state_dict().values(), fused.state_dict().values(), strict=True))
+    # Checkpointing trades kept activations for recomputation: fewer bytes saved for backward, same gradients.
+    model = MindEye2(MindEye2Config(subjects=["s1"], voxels=[30], hidden=16, n_blocks=2, clip_tokens=4, clip_dim=8,
+                                    blurry=False, prior_depth=2, prior_dim_head=4)).train()
+    x, y = torch.randn(6, 30), torch.randn(6, 4, 8)
+
+    def step():
+        torch.manual_seed(1)  # the same dropout masks in every call
+        backbone, clip, _ = model(x, 0)
+        prior, _ = model.diffusion_prior.loss(y, backbone, generator=torch.Generator().manual_seed(0))
+        return clip.square().mean() + prior
+
+    full = saved_bytes(step)
+    grads = torch.autograd.grad(step(), [p for p in model.parameters() if p.requires_grad], allow_unused=True)
+    model.activation_checkpointing(True)
+    kept = saved_bytes(step)
+    again = torch.autograd.grad(step(), [p for p in model.parameters() if p.requires_grad], allow_unused=True)
+    assert kept < full / 2
+    for g, h in zip(grads, again, strict=True):
+        if g is not None:
+            torch.testing.assert_close(h, g, rtol=1e-5, atol=1e-6)

@@ -87,14 +87,15 @@ def test_tiny_model_round_trips_through_the_published_format_and_safetensors(tmp
         assert torch.equal(value, again.state_dict()[key]), key
 
 
-def test_loader_refuses_a_pickled_object_and_a_foreign_dict(tmp_path):
-    class Evil:
-        def __reduce__(self):
-            return (print, ("this must never run",))
+def test_loader_never_runs_a_pickled_object_and_refuses_a_foreign_dict(tmp_path):
+    from legacy_marker import Tripwire
 
-    torch.save({"model_state_dict": {}, "payload": Evil()}, tmp_path / "evil.pth")
-    with pytest.raises(Exception, match="Weights only load failed|Unsupported global"):
+    # A stored object is never run: weights_only refuses the file, the restricted reader takes only the
+    # tensors (models/legacy_pickle.py), and an empty state dict is then named for what it lacks.
+    torch.save({"model_state_dict": {}, "payload": Tripwire(str(tmp_path / "ran.txt"))}, tmp_path / "evil.pth")
+    with pytest.raises(ValueError, match="not a MindEye2 state dict: missing or malformed 'ridge.linears.0.weight'"):
         load_published(tmp_path / "evil.pth")
+    assert not (tmp_path / "ran.txt").exists()
     torch.save({"state_dict": {}}, tmp_path / "other.pth")
     with pytest.raises(ValueError, match="expected a dict with 'model_state_dict'"):
         load_published(tmp_path / "other.pth")
@@ -193,3 +194,31 @@ def test_bf16_inference_from_a_converted_folder(tmp_path):
         tokens = model.diffusion_prior.sample(backbone, steps=20, generator=torch.Generator().manual_seed(0))
     assert tokens.dtype == torch.bfloat16 and tokens.shape == (2, 5, 32) and torch.isfinite(tokens.float()).all()
     assert blur.shape == (2, 4, 28, 28)
+
+
+def test_prior_attention_through_sdpa_equals_the_published_einsum_softmax():
+    """The fused attention call computes what the published prior writes out: a shared key/value head with a
+    null key in front, cosine-normalised q and k, a relative position bias, softmax in float32."""
+    import math
+
+    import torch.nn.functional as F
+
+    from models.mindeye2.prior_net import Attention, RelPosBias, Rotary
+
+    torch.manual_seed(0)
+    attn = Attention(48, 16, 3, Rotary(16)).eval()
+    x = torch.randn(2, 7, 48)
+    bias = RelPosBias(3)(7, 8, x.device)
+    with torch.no_grad():
+        h = attn.norm(x)
+        q = attn.to_q(h).reshape(2, 7, 3, -1).transpose(1, 2)
+        k, v = attn.to_kv(h).chunk(2, dim=-1)
+        q, k = attn.rotary_emb(q), attn.rotary_emb(k)
+        null_k, null_v = (t.expand(2, 1, -1) for t in attn.null_kv.unbind(dim=-2))
+        k, v = torch.cat((null_k, k), dim=-2), torch.cat((null_v, v), dim=-2)
+        root = math.sqrt(attn.scale)
+        q, k = F.normalize(q, dim=-1) * root, F.normalize(k, dim=-1) * root
+        sim = torch.einsum("bhid,bjd->bhij", q, k) + bias
+        out = torch.einsum("bhij,bjd->bhid", sim.softmax(dim=-1, dtype=torch.float32), v)
+        want = attn.to_out(out.transpose(1, 2).reshape(2, 7, -1))
+        torch.testing.assert_close(attn(x, bias), want, rtol=1e-5, atol=1e-6)

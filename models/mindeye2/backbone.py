@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from models.mindeye2.config import MindEye2Config
 
@@ -31,6 +32,7 @@ class BrainNetwork(nn.Module):
         super().__init__()
         c = config
         self.config = c
+        self.checkpointing = False  # see MindEye2.activation_checkpointing
         self.mixer_blocks1 = nn.ModuleList(
             [nn.Sequential(nn.LayerNorm(c.hidden), _mlp(c.hidden, c.drop)) for _ in range(c.n_blocks)])
         self.mixer_blocks2 = nn.ModuleList(
@@ -53,10 +55,13 @@ class BrainNetwork(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         residual1 = x
         residual2 = x.permute(0, 2, 1)
+        recompute = self.checkpointing and self.training and torch.is_grad_enabled()
         for block1, block2 in zip(self.mixer_blocks1, self.mixer_blocks2, strict=True):
-            x = block1(x) + residual1
+            # Activation checkpointing recomputes each block in backward instead of keeping its activations.
+            x = checkpoint(block1, x, use_reentrant=False) + residual1 if recompute else block1(x) + residual1
             residual1 = x
-            x = block2(x.permute(0, 2, 1)) + residual2
+            x = x.permute(0, 2, 1)
+            x = checkpoint(block2, x, use_reentrant=False) + residual2 if recompute else block2(x) + residual2
             residual2 = x
             x = x.permute(0, 2, 1)
         x = x.reshape(x.shape[0], -1)

@@ -15,6 +15,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 
 class GainNorm(nn.Module):
@@ -96,9 +97,11 @@ class Attention(nn.Module):
         k, v = torch.cat((null_k, k), dim=-2), torch.cat((null_v, v), dim=-2)
         root = math.sqrt(self.scale)
         q, k = F.normalize(q, dim=-1) * root, F.normalize(k, dim=-1) * root
-        sim = torch.einsum("bhid,bjd->bhij", q, k) + bias
-        attn = sim.softmax(dim=-1, dtype=torch.float32).type(sim.dtype)
-        out = torch.einsum("bhij,bjd->bhid", attn, v)
+        # PyTorch's fused attention (flash or memory-efficient kernels on a GPU): softmax(q k^T + bias) v, the
+        # published einsum-and-softmax written as one call. q and k carry the scale already, so scale=1.
+        h = self.heads
+        out = F.scaled_dot_product_attention(q, k[:, None].expand(b, h, -1, -1), v[:, None].expand(b, h, -1, -1),
+                                             attn_mask=bias.to(q.dtype), scale=1.0)
         return self.to_out(out.transpose(1, 2).reshape(b, n, -1))
 
 
@@ -123,14 +126,23 @@ class Transformer(nn.Module):
                                      for _ in range(depth)])
         self.norm = GainNorm(dim, stable=True)
         self.project_out = nn.Linear(dim, dim, bias=False)
+        self.checkpointing = False  # recompute each layer in backward instead of keeping its activations
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n = x.shape[1]
         bias = self.rel_pos_bias(n, n + 1, x.device)  # +1: the null key sits in front
+        recompute = self.checkpointing and self.training and torch.is_grad_enabled()
         for attn, ff in self.layers:
-            x = attn(x, bias) + x
-            x = ff(x) + x
+            if recompute:
+                x = checkpoint(_layer, attn, ff, x, bias, use_reentrant=False)
+            else:
+                x = _layer(attn, ff, x, bias)
         return self.project_out(self.norm(x))
+
+
+def _layer(attn: nn.Module, ff: nn.Module, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    x = attn(x, bias) + x
+    return ff(x) + x
 
 
 class SinusoidalTime(nn.Module):

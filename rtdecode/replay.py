@@ -64,6 +64,7 @@ def decoder_messages(decoded: str | Path) -> list[Message]:
 def evaluation_messages(trials_csv: Path, identity: dict) -> list[Message]:
     """Per-trial scores of ``rtdecode evaluate`` (its default --out), by the metric a grid ranks with."""
     import csv
+    import math
 
     from rtdecode.wire.schema import EVALUATION_METRICS
 
@@ -76,7 +77,8 @@ def evaluation_messages(trials_csv: Path, identity: dict) -> list[Message]:
         return []
     return [Message("result", {"run": int(r["run"]), "trial": int(r["trial"]), "version": r["version"],
                                "image": r["image"], "stage": "evaluation", "metric": metric,
-                               "score": float(r[metric]), **identity}) for r in rows if r.get(metric)]
+                               "score": float(r[metric]), **identity})
+            for r in rows if r.get(metric) and math.isfinite(float(r[metric]))]  # a constant image's PixCorr is nan
 
 
 def replayed(session: Path | None, decoded: Path | None) -> list[tuple[str, Message]]:

@@ -42,9 +42,8 @@ def recorded(tmp_path_factory, small_run):
     for run, series in ((1, 7), (2, 8)):
         with SideThread(cfg, n=12 - (run == DROPPED[0]), timeout=60) as st:
             for t in range(12):
-                if (run, t) != DROPPED:
+                if (run, t) != DROPPED:  # the sequencer declares the dropped one missing after missing_timeout_s
                     _put(cfg.scanner.watch_dir, format_name(PATTERN, series, t), _dicom_bytes(tmp, small_run, t, series=series))
-                    # time.sleep is not needed: the watcher orders them; missing_timeout_s declares volume 5
             st.wait(settle=0.2)
         assert st.error is None
     folder = SessionFolder(cfg.session.root, "01", "01")

@@ -157,3 +157,23 @@ def test_a_replayed_session_carries_each_trials_score_to_the_console(decoded):
     assert len(scores) == len(trials) == 24 and {m.fields["metric"] for m in scores} == {"AlexNet(5)"}
     by_key = {(r["version"], int(r["run"]), int(r["trial"])): float(r["AlexNet(5)"]) for r in trials}
     assert all(m.fields["score"] == by_key[(m.fields["version"], m.fields["run"], m.fields["trial"])] for m in scores)
+
+
+def test_readers_beside_a_live_decoder_change_nothing_in_its_folder(decoded, tmp_path):
+    """A row the decoder is writing (no newline yet) must survive a replay or an evaluation started now."""
+    import shutil
+
+    from rtdecode.replay import decoder_messages
+
+    folder, out, _, _, _ = decoded
+    live = tmp_path / "out"
+    shutil.copytree(out, live)
+    table = live / "sub-01" / "ses-01" / "results.tsv"
+    torn = table.read_bytes() + b"abc:1:2:realtime\t1"  # half a row, mid-write
+    table.write_bytes(torn)
+    keys = (live / "sub-01" / "ses-01" / "reconstructed.keys").read_bytes()
+    (live / "sub-01" / "ses-01" / "reconstructed.keys").write_bytes(keys + b"half")
+    assert len([m for m in decoder_messages(live) if m.fields.get("stage") == "retrieval"]) == 24
+    assert main(["evaluate", str(folder.path), "--decoded", str(live), "--out", str(tmp_path / "ev")]) == 0
+    assert table.read_bytes() == torn  # the torn row is the decoder's to finish, not a reader's to cut
+    assert (live / "sub-01" / "ses-01" / "reconstructed.keys").read_bytes() == keys + b"half"

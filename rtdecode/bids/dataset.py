@@ -105,23 +105,28 @@ class Stimuli:
     """The shown images in ``ROOT/stimuli/``: built-in ids are painted, others copied from ``gallery``."""
 
     def __init__(self, root: Path, gallery: Path | None = None) -> None:
+        from rtdecode.gallery.folder import gallery_files
+
         self.folder = Path(root) / "stimuli"
-        self.gallery = Path(gallery) if gallery else None
+        self.files = gallery_files(gallery) if gallery else {}  # id -> file, listed once
 
     def __call__(self, image: str) -> str | None:
         from rtdecode.gallery.builtin import StimulusSet, index_of
         from rtdecode.gallery.folder import SUFFIXES
+        from rtdecode.wire.schema import IMAGE_ID
 
+        if not IMAGE_ID.match(image):  # an id from an events table becomes a file name only when it is a plain one
+            return None
         for suffix in SUFFIXES:  # already there
             if (self.folder / f"{image}{suffix}").exists():
                 return f"{image}{suffix}"
         self.folder.mkdir(parents=True, exist_ok=True)
-        if self.gallery is not None:
-            for candidate in self.gallery.iterdir() if self.gallery.is_dir() else []:
-                if candidate.stem == image and candidate.suffix.lower() in SUFFIXES:  # listed, never built from the id
-                    shutil.copyfile(candidate, self.folder / f".{candidate.name}.tmp")
-                    (self.folder / f".{candidate.name}.tmp").replace(self.folder / candidate.name)
-                    return candidate.name
+        source = self.files.get(image)  # a listed file, never a path built from the id
+        if source is not None:
+            tmp = self.folder / f".{source.name}.tmp"
+            shutil.copyfile(source, tmp)
+            tmp.replace(self.folder / source.name)
+            return source.name
         try:
             index = index_of(image)
         except ValueError:

@@ -58,7 +58,9 @@ def _write_atomic(path: Path, write) -> None:
 class ResultStore:
     """One session's decoded results. ``identity``: subject, session and session_uid of its betas."""
 
-    def __init__(self, folder: str | Path, identity: dict[str, str] | None = None) -> None:
+    def __init__(self, folder: str | Path, identity: dict[str, str] | None = None, readonly: bool = False) -> None:
+        """``readonly``: a reader beside a live decoder (replay, evaluate) changes nothing: it neither
+        creates folders nor cuts a torn last line, which may be a row the decoder is writing right now."""
         self.folder = Path(folder)
         info = self.folder / "session.json"
         if info.exists():
@@ -74,14 +76,15 @@ class ResultStore:
             self.folder.mkdir(parents=True, exist_ok=True)
             _write_atomic(info, lambda fh: fh.write(json.dumps(identity, indent=1).encode()))
             self.identity = dict(identity)
-        (self.folder / "tokens").mkdir(parents=True, exist_ok=True)
-        (self.folder / "images").mkdir(parents=True, exist_ok=True)
         self.table = self.folder / "results.tsv"
-        repair_tail(self.table)
+        if not readonly:
+            (self.folder / "tokens").mkdir(parents=True, exist_ok=True)
+            (self.folder / "images").mkdir(parents=True, exist_ok=True)
+            repair_tail(self.table)
         # Committed rows, and betas acknowledged with a reason instead: neither is taken again.
-        self.decoded: set[str] = {r["key"] for r in read_tsv(self.table)}
+        self.decoded: set[str] = {r["key"] for r in read_tsv(self.table)}  # read_tsv skips a torn last line
         self.decoded |= {r["key"] for r in read_tsv(self.folder / "refused.tsv")}
-        self.reconstructed = Ledger(self.folder / "reconstructed.keys")
+        self.reconstructed = None if readonly else Ledger(self.folder / "reconstructed.keys")
 
     # -- writing ----------------------------------------------------------------------------------
     def record_sources(self, sources: dict[str, str]) -> None:
@@ -143,17 +146,18 @@ class ResultStore:
                 np.load(blurry, allow_pickle=False) if blurry.exists() else None)
 
 
-def session_stores(out: str | Path) -> list[ResultStore]:
+def session_stores(out: str | Path, readonly: bool = False) -> list[ResultStore]:
     """Every session folder under a decoder's output folder."""
-    return [ResultStore(p.parent) for p in sorted(Path(out).glob("sub-*/ses-*/session.json"))]
+    return [ResultStore(p.parent, readonly=readonly) for p in sorted(Path(out).glob("sub-*/ses-*/session.json"))]
 
 
 def open_results(decoded: str | Path) -> ResultStore:
-    """A session's results: ``decoded`` is the session folder itself, or a decoder --out holding exactly one."""
+    """A session's results, read only: ``decoded`` is the session folder itself, or a decoder --out holding
+    exactly one."""
     decoded = Path(decoded)
     if (decoded / "session.json").exists():
-        return ResultStore(decoded)
-    stores = session_stores(decoded)
+        return ResultStore(decoded, readonly=True)
+    stores = session_stores(decoded, readonly=True)
     if len(stores) != 1:
         found = ", ".join(str(s.folder.relative_to(decoded)) for s in stores) or "none"
         raise FileNotFoundError(f"{decoded}: expected one decoded session (sub-XX/ses-YY), found {found}")

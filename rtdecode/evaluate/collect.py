@@ -55,7 +55,7 @@ def open_decoded(decoded: str | Path, folder: SessionFolder) -> ResultStore:
     if not (here / "session.json").exists():
         raise EvaluationError(f"{decoded}: no decoded results of sub-{folder.subject} ses-{folder.session} "
                               f"(expected {here}/session.json, written by rtdecode decode)")
-    store = ResultStore(here)
+    store = ResultStore(here, readonly=True)  # the decoder may still be writing
     want, got = folder.identity["session_uid"], store.identity.get("session_uid")
     if got != want:
         raise EvaluationError(f"{here}: decoded results of session uid {got} (sub-{store.identity.get('subject')} "

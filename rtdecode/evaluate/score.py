@@ -66,12 +66,10 @@ def load_pairs(trials: list[Trial], source: ImageSource) -> tuple[dict[str, torc
     shown: dict[str, torch.Tensor] = {}
     recons: dict[str, torch.Tensor] = {}
     issues: list[str] = []
-    sizes: dict[tuple, int] = {}
     for t in trials:
         if t.image not in shown:
             try:
                 shown[t.image] = metrics.to_256(_tensor(source.load(t.image))[None])[0]
-                sizes[("shown", t.image)] = 0
             except (FileNotFoundError, OSError, ValueError) as exc:
                 issues.append(f"run {t.run} trial {t.trial}: shown image unavailable: {exc}")
                 shown[t.image] = None  # type: ignore[assignment]

@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(BIN)/rtdecode bench decoder --json | tee benchmarks/results/decoder.json
 	$(BIN)/rtdecode bench wire --json | tee benchmarks/results/wire.json
 	$(BIN)/rtdecode bench console --json | tee benchmarks/results/console.json
+	$(BIN)/rtdecode bench betas --seeds 0 1 2 --out benchmarks/results/betas
 
 # The demo's session through the full BIDS validator (Node from the system, the validator from npm).
 validate-bids: $(STAMP)

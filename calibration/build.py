@@ -63,14 +63,18 @@ def load_trial_dataset(folder: str | Path, subject: str, cache: Path | None = No
 
 
 def load_session(session: str | Path, subject: str, cache: Path | None = None, noise_model: str = "ar1",
-                 vae=None) -> SubjectData:
-    """A session recorded by rtdecode: every run's betas by the GLM's offline mode (whole-run estimates).
+                 vae=None, glm=None, train_on: str = "endofrun", tuning=None) -> SubjectData:
+    """A session recorded by rtdecode: every run's betas by the GLM's offline mode.
 
-    ``vae`` (a :class:`models.blurry.VaeTargets`) adds blurry-branch targets of the shown images."""
+    ``glm`` (GLMSettings; default Real-time MindEye's with ``noise_model``) and ``tuning`` (the session's
+    GLM tuning) say how; ``train_on`` which betas: 'endofrun' (whole run), 'realtime' (as the live GLM
+    sends them at ``glm.delay_s``) or 'both'. ``vae`` (a :class:`models.blurry.VaeTargets`) adds
+    blurry-branch targets of the shown images."""
     from rtdecode.glm.incremental import GLMSettings
-    from rtdecode.glm.offline import offline_betas, session_folder
+    from rtdecode.glm.offline import session_folder, training_betas
 
-    result = offline_betas(session_folder(session), GLMSettings(noise_model=noise_model))
+    settings = glm or GLMSettings(noise_model=noise_model)
+    result = training_betas(session_folder(session), settings, train_on, tuning)
     return SubjectData(subject, result.betas.astype(np.float32), result.images, standin_tokens(result.images, cache),
                        blur=blur_targets(result.images, vae, cache), runs=np.asarray(result.runs))
 

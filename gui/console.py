@@ -23,6 +23,7 @@ from gui.panels import (
     RunsTable,
     TrialTable,
     reconstruction_caption,
+    refinement_caption,
     to_pixmap,
 )
 from gui.state import ConsoleState
@@ -222,7 +223,8 @@ class ConsoleWindow(QtWidgets.QMainWindow):
         note = self.note.text().strip() if bad else ""
         for key in self.trials.selected_keys():
             if self.control is not None:
-                fields = {"run": key[0], "trial": key[1], "version": key[2], "bad": bad, **({"note": note} if note else {})}
+                version = self.state.trials[key].version if key[2] == "refine" else key[2]  # a refined trial: its newest
+                fields = {"run": key[0], "trial": key[1], "version": version, "bad": bad, **({"note": note} if note else {})}
                 detail = self.control("mark", fields)
                 self.reply.setText(detail)
                 if "marked bad" not in detail and "mark removed" not in detail:
@@ -283,7 +285,8 @@ class ConsoleWindow(QtWidgets.QMainWindow):
         if s.current is None:
             return
         view = s.trials[s.current]
-        self.stimulus.set(self.gallery.get(view.image), f"run {view.run} trial {view.trial}: {view.image or '?'}")
+        self.stimulus.set(self.gallery.get(view.image), f"run {view.run} trial {view.trial}: {view.image or '?'}"
+                          f" · {refinement_caption(view)}")
         self.reconstruction.set(view.reconstruction, reconstruction_caption(view, replay=s.replay))
         for i, tile in enumerate(self.retrieved):
             if i < len(view.top_ids):

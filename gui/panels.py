@@ -10,7 +10,7 @@ import pyqtgraph as pg
 from PyQt6 import QtCore, QtGui, QtWidgets
 
 from gui.quality import summary, with_gaps
-from gui.state import ConsoleState, TrialView
+from gui.state import LIVE, ConsoleState, TrialView
 
 TRANSLATION_COLOURS = ("#1f77b4", "#2ca02c", "#17becf")
 ROTATION_COLOURS = ("#d62728", "#ff7f0e", "#9467bd")
@@ -60,7 +60,16 @@ def reconstruction_caption(view: TrialView, now: float | None = None, replay: bo
     if view.reconstruction is None:
         return "reconstruction pending"
     age = "" if view.received is None or replay else f", {max(0.0, (now or time.time()) - view.received):.0f} s ago"
-    return f"{view.version}, {view.tier or 'tier not recorded'}{age}"
+    return f"{view.recon_version or view.version}, {view.tier or 'tier not recorded'}{age}"
+
+
+def refinement_caption(view: TrialView) -> str:
+    """How far into the response the estimate shown is: 'rt6.0: 6.0 of 15 s of the response'."""
+    if view.delay_s is None:
+        return view.version
+    of = f" of {view.final_delay_s:g} s" if view.final_delay_s else " s"
+    done = " (final)" if view.final_delay_s and view.delay_s >= view.final_delay_s - 1e-6 else ""
+    return f"{view.version}: {view.delay_s:g}{of} after onset{done}"
 
 
 class QAPlots(pg.GraphicsLayoutWidget):
@@ -208,7 +217,7 @@ class TrialTable(QtWidgets.QWidget):
         run = self.selected_run()
         decoded = set(self._runs)  # calibration runs, never decoded, stay out of the table
         keys = [k for k in sorted(self.state.trials) if k[0] in decoded and (run is None or k[0] == run)
-                and k[2] == "realtime"]
+                and k[2] in LIVE]  # a refined trial is one row: its newest version
         rows = []
         metric = next((v.eval_metric for k, v in sorted(self.state.trials.items()) if v.eval_metric), "")
         columns = self.COLUMNS + ((f"eval: {metric}",) if metric else ())

@@ -15,6 +15,7 @@ class RunQuality:
     run: int
     expected: int = 0  # volumes the scanner side expects per run (0: not said)
     tr_s: float | None = None
+    final_delay_s: float | None = None  # refining: the delay of each trial's last version (run_started)
     index: list[int] = field(default_factory=list)
     motion: list[list[float]] = field(default_factory=list)  # trans x/y/z mm, rot x/y/z degrees
     fd: list[float] = field(default_factory=list)

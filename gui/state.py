@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+import re
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -35,6 +36,21 @@ class LogEntry:
     text: str
 
 
+LIVE = ("realtime", "refine")  # the rows that show a trial's live estimate
+_REFINE = re.compile(r"^rt([0-9]{1,2}\.[0-9])$")
+
+
+def refine_delay(version: str) -> float | None:
+    """The delay of a refinement version (rt6.0 -> 6.0); None for realtime and endofrun."""
+    m = _REFINE.match(version)
+    return float(m.group(1)) if m else None
+
+
+def trial_key(run: int, trial: int, version: str) -> tuple[int, int, str]:
+    """Where a result lives: every refinement of a trial shares one row ('refine'), which shows the newest."""
+    return (run, trial, "refine" if refine_delay(version) is not None else version)
+
+
 @dataclass
 class TrialView:
     run: int
@@ -52,6 +68,13 @@ class TrialView:
     onset_s: float | None = None
     eval_metric: str = ""  # a score from rtdecode evaluate, when a replay carries one
     eval_score: float | None = None
+    recon_version: str = ""  # the version the reconstruction shown was drawn from (refining: may lag)
+    final_delay_s: float | None = None  # refining: the delay of a trial's last version, when the run said
+
+    @property
+    def delay_s(self) -> float | None:
+        """Seconds after onset of the version shown (refinements only)."""
+        return refine_delay(self.version)
 
     @property
     def hit(self) -> bool | None:
@@ -179,6 +202,7 @@ class ConsoleState:
         q = self.runs.setdefault(run, RunQuality(run))  # known: a repeat (late join, restarted sender): kept
         q.expected = self.volumes_expected or q.expected
         q.tr_s = float(f["tr_s"]) if "tr_s" in f else q.tr_s
+        q.final_delay_s = float(f["final_delay_s"]) if "final_delay_s" in f else q.final_delay_s
         if not known:
             voxels = f" {f['n_voxels']} voxels in the mask" if f.get("n_voxels") else ""
             self.notice(f"run {run} started (series {f['series']}):{voxels}")
@@ -257,8 +281,8 @@ class ConsoleState:
 
     def _on_mark(self, f: dict, _msg: Message) -> None:
         """The scanner side's record of an operator's mark (from this console or any other)."""
-        key = (int(f["run"]), int(f["trial"]), str(f["version"]))
-        view = self.trials.setdefault(key, TrialView(*key[:2], version=key[2]))
+        key = trial_key(int(f["run"]), int(f["trial"]), str(f["version"]))
+        view = self.trials.setdefault(key, TrialView(*key[:2], version=str(f["version"])))
         if view.bad != bool(f["bad"]) or view.note != str(f.get("note", "")):
             self.mark_bad(key, bool(f["bad"]), str(f.get("note", "")))
 
@@ -266,8 +290,9 @@ class ConsoleState:
         self._on_beta(f, msg)
 
     def _on_beta(self, f: dict, _msg: Message) -> None:
-        key = (int(f["run"]), int(f["trial"]), str(f.get("version", "realtime")))
-        view = self.trials.setdefault(key, TrialView(key[0], key[1], str(f.get("image", "")), key[2]))
+        version = str(f.get("version", "realtime"))
+        key = trial_key(int(f["run"]), int(f["trial"]), version)
+        view = self.trials.setdefault(key, TrialView(key[0], key[1], str(f.get("image", "")), version))
         if "onset" in f:
             view.onset_s = float(f["onset"])
 
@@ -282,9 +307,18 @@ class ConsoleState:
 
     # -- decoder -----------------------------------------------------------------------------------
     def _on_result(self, f: dict, msg: Message) -> None:
-        key = (int(f["run"]), int(f["trial"]), str(f.get("version", "realtime")))
-        view = self.trials.setdefault(key, TrialView(key[0], key[1], str(f.get("image", "")), key[2]))
+        version = str(f.get("version", "realtime"))
+        key = trial_key(int(f["run"]), int(f["trial"]), version)
+        view = self.trials.setdefault(key, TrialView(key[0], key[1], str(f.get("image", "")), version))
         view.image = view.image or str(f.get("image", ""))
+        delay = refine_delay(version)
+        if delay is not None:
+            q = self.runs.get(key[0])
+            view.final_delay_s = q.final_delay_s if q is not None else None
+            # A refinement older than what the row shows (a resend, a slow reconstruction) changes nothing.
+            newest = refine_delay(view.recon_version if "reconstruction" in msg.images else view.version)
+            if newest is not None and delay < newest and (view.top_ids or "reconstruction" in msg.images):
+                return
         if f.get("stage") == "evaluation":  # an offline score, not a decoder event: no timings, no "received"
             view.eval_metric, view.eval_score = str(f.get("metric", "")), float(f.get("score", 0.0))
             return
@@ -294,10 +328,12 @@ class ConsoleState:
         if f.get("stage") == "retrieval":
             view.top_ids = list(f.get("top_ids", []))
             view.top_scores = [float(s) for s in f.get("top_scores", [])]
-            if key[2] == "realtime":
+            view.version = version
+            if key[2] in ("realtime", "refine"):
                 self.current = key
         elif "reconstruction" in msg.images:
             view.reconstruction = decode_png(msg.images["reconstruction"])
+            view.recon_version = version
 
     def _on_heartbeat(self, f: dict, _msg: Message) -> None:
         if f.get("service") == "decoder":
@@ -319,16 +355,19 @@ class ConsoleState:
         return None if self.last_result is None else (now or time.time()) - self.last_result
 
     def history(self, n: int = 10) -> list[TrialView]:
-        realtime = [v for k, v in sorted(self.trials.items()) if k[2] == "realtime"]
+        """The live estimates of the latest trials (refining: each trial's newest version)."""
+        realtime = [v for k, v in sorted(self.trials.items()) if k[2] in LIVE]
         return realtime[-n:]
 
     def decoded_runs(self) -> list[int]:
         return sorted({k[0] for k, v in self.trials.items() if v.top_ids})
 
-    def hits(self, run: int | None = None, version: str = "realtime") -> list[bool]:
-        """Top-1 hits of the decoded trials that were not marked bad (one run, or all)."""
+    def hits(self, run: int | None = None, version: str | None = None) -> list[bool]:
+        """Top-1 hits of the decoded trials that were not marked bad (one run, or all); by default the
+        live estimates ('realtime', or each refined trial's newest version)."""
+        versions = LIVE if version is None else (version,)
         return [bool(v.hit) for k, v in sorted(self.trials.items())
-                if k[2] == version and v.hit is not None and not v.bad and (run is None or k[0] == run)]
+                if k[2] in versions and v.hit is not None and not v.bad and (run is None or k[0] == run)]
 
     def mark_bad(self, key: tuple[int, int, str], bad: bool = True, note: str = "") -> None:
         view = self.trials[key]

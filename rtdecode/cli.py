@@ -101,7 +101,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train even if held-out images are in the pretrained model's training images "
                         "(refused otherwise; the report then says so first)")
     p.add_argument("--no-report", action="store_true", help="skip report/report.md and its plots")
+    g = p.add_argument_group("the GLM of --session (docs/glm.md)")
+    g.add_argument("--glm-hrf", choices=("glover", "library"), default="glover",
+                   help="library: tune each voxel's HRF on the session (saved as glm_tuning.npz in --out)")
+    g.add_argument("--glm-denoise", default="off", help="off | auto | N noise components (auto: tuned on the session)")
+    g.add_argument("--train-on", choices=("endofrun", "realtime", "both"), default="endofrun",
+                   help="whole-run betas, the real-time betas at --train-delay (what the live GLM sends), or both")
+    g.add_argument("--train-delay", type=float, default=7.5, help="seconds after onset of the real-time betas")
     _training_options(p)
+
+    p = sub.add_parser("glm-tune", help="tune the GLM on a calibration session: each voxel's HRF, noise pool and count")
+    p.add_argument("session", type=Path, help="session folder (.../sub-XX/ses-YY)")
+    p.add_argument("--out", type=Path, required=True, help="folder for glm_tuning.npz and .json (the model folder)")
+    p.add_argument("--tr", type=float, default=1.5)
 
     p = sub.add_parser("pretrain", help="train a shared model over several subjects (simulated, NSD or recorded)")
     src = p.add_mutually_exclusive_group(required=True)
@@ -123,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="folder for results (resumes if it exists)")
     p.add_argument("--betas", default="tcp://127.0.0.1:5556", help="address to bind for betas")
     p.add_argument("--results", default="tcp://127.0.0.1:5557", help="address to bind for results")
-    p.add_argument("--policy", default="every", help="reconstructions: every | newest | every-N")
+    p.add_argument("--policy", default="every", help="reconstructions: every | newest | refine (one per trial: its latest version) | every-N")
     p.add_argument("--unclip", type=Path, default=None, help="converted unCLIP folder (models.unclip.pipeline.convert_unclip)")
     p.add_argument("--sd-vae", type=Path, default=None, help="the SD VAE file, for blurry images without unCLIP")
     p.add_argument("--curve-secret", type=Path, default=None, help="this host's secret key (rtdecode keys)")
@@ -166,13 +178,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folder", type=Path, default=Path("weights"), help="where weights live (default: ./weights)")
 
     p = sub.add_parser("bench", help="benchmark a stage; prints a table, or JSON with --json")
-    p.add_argument("stage", help="preprocess | endurance | simulate | glm | decoder | wire | console | calibrate | finalize | gpu")
+    p.add_argument("stage", help="preprocess | endurance | simulate | glm | betas | decoder | wire | console | calibrate | "
+                                 "finalize | gpu")
     p.add_argument("--json", action="store_true")
     p.add_argument("--volumes", type=int, default=None)
     p.add_argument("--shape", type=_shape, default=None)
     p.add_argument("--voxels", dest="n_voxels", type=int, default=None)
     p.add_argument("--hidden", type=int, default=None, help="decoder: MindEye2 hidden size (4096 or 1024)")
     p.add_argument("--unclip", action="store_true", default=None, help="decoder: also time unCLIP on the CPU")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="betas: simulated visits to average (default 0)")
+    p.add_argument("--out", type=Path, default=None, help="betas: write results.json and table.md here")
     p.add_argument("--project", action="store_true",
                    help="decoder, calibrate: count the work at full size on the meta device and project it onto "
                         "named GPUs (nothing measured)")
@@ -246,6 +261,15 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         write_offline_betas(args.session, args.out, args.noise_model, args.version, args.tr, args.delay)
         return 0
+    if args.command == "glm-tune":
+        from rtdecode.glm.tuning import describe, tune_session
+
+        try:
+            print(describe(tune_session(args.session, args.tr, out=args.out)))
+        except ValueError as exc:
+            raise ConfigError(f"rtdecode glm-tune: {exc}") from None
+        print(f"GLM tuning -> {args.out / 'glm_tuning.npz'}")
+        return 0
     if args.command in ("calibrate", "pretrain"):
         return _calibration(args)
     if args.command == "decode":
@@ -270,6 +294,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "models":
         return _models(args)
+    if args.command == "bench" and args.stage == "betas":
+        from rtdecode.betas_bench import main as bench_betas
+
+        argv = ["--seeds", *map(str, args.seeds or [0])] + (["--out", str(args.out)] if args.out else []) \
+            + (["--voxels", str(args.n_voxels)] if args.n_voxels else [])
+        return bench_betas(argv)
     if args.command == "bench":
         from rtdecode.bench import run_stage
 
@@ -367,7 +397,7 @@ def _calibration(args: argparse.Namespace) -> int:
         else:
             holdout = args.holdout
             if args.session:
-                data = load_session(args.session, args.subject, cache, vae=vae)
+                data = load_session(args.session, args.subject, cache, vae=vae, **_session_glm(args))
             elif args.nsd:
                 data = nsd(args.subject)
                 if holdout is None and (args.nsd / "wds" / f"subj0{args.subject}" / "new_test").is_dir():
@@ -406,6 +436,30 @@ def _calibration(args: argparse.Namespace) -> int:
 
         print(f"report: {write_report(out, session=args.session)}")
     return 0
+
+
+def _session_glm(args: argparse.Namespace) -> dict:
+    """calibrate --session: the GLM settings, the tuning (made on the session itself and saved into --out
+    when asked for) and which betas to train on."""
+    from rtdecode.glm.incremental import GLMSettings
+    from rtdecode.glm.tuning import describe, tune_session
+
+    denoise = args.glm_denoise
+    if not (denoise in ("off", "auto") or (denoise.isdigit() and 1 <= int(denoise) <= 10)):
+        raise ValueError(f"--glm-denoise must be off, auto or a number from 1 to 10, got {denoise!r}")
+    tuning = None
+    if args.glm_hrf != "glover" or denoise != "off":
+        tuning = tune_session(args.session, out=args.out)
+        print(describe(tuning))
+    n = 0 if denoise == "off" else (tuning.n_components if denoise == "auto" else int(denoise))
+    settings = GLMSettings(hrf=args.glm_hrf, denoise=n, delay_s=args.train_delay)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "glm.json").write_text(json.dumps({
+        "hrf": args.glm_hrf, "denoise": denoise, "denoise_components": n, "train_on": args.train_on,
+        "train_delay_s": args.train_delay,
+        "session_config": {"glm": {"hrf": args.glm_hrf, "denoise": denoise, **({"tuning": str(args.out)} if tuning else {}),
+                                   "delay_s": args.train_delay}}}, indent=2))
+    return {"glm": settings, "train_on": args.train_on, "tuning": tuning}
 
 
 def _finalize(args: argparse.Namespace) -> int:

@@ -131,6 +131,15 @@ class GLMSection:
     zscore: Literal["running", "calibration", "none"] = "running"
     zscore_stats: Path | None = None  # folder with zscore_mean.npy and zscore_std.npy (zscore = "calibration")
     average_repeats: bool = False  # send the mean over all presentations of an image so far
+    # Beyond Real-time MindEye (docs/glm.md). The calibration hour's GLM tuning (glm_tuning.npz, made by
+    # `rtdecode calibrate --glm-tune` or `rtdecode glm-tune`) is read from `tuning` (the model folder).
+    hrf: Literal["glover", "library"] = "glover"  # library: each voxel's HRF from the tuning
+    denoise: str = "off"  # "off", "auto" (the tuning's count) or a number of noise components, 1 to 10
+    denoise_min_frames: int = 30  # components only once this many volumes are in the fit
+    tuning: Path | None = None
+    refine: bool = False  # each trial re-estimated at every volume from first_delay_s to final_delay_s (rtX.X)
+    first_delay_s: float = 4.5
+    final_delay_s: float = 15.0
 
 
 @dataclass
@@ -158,7 +167,7 @@ _POSITIVE = {
     "network.max_message_mb",
 }
 _PORTS = {"network.betas_port", "network.results_port"}
-_MUST_EXIST = {"preprocess.session_reference", "preprocess.mask", "models.folder", "glm.zscore_stats",
+_MUST_EXIST = {"preprocess.session_reference", "preprocess.mask", "models.folder", "glm.zscore_stats", "glm.tuning",
                "network.curve_secret", "network.curve_decoder_key", "network.curve_allowed"}
 
 
@@ -227,6 +236,8 @@ def _coerce(dotted: str, hint: Any, value: Any, base_dir: Path, source: str) -> 
             raise ConfigError(f"{source}: {dotted} must be a number, got {value!r}")
         return float(value)
     if hint is str:
+        if dotted == "glm.denoise" and isinstance(value, int) and not isinstance(value, bool):
+            return str(value)  # denoise = 3 in TOML
         if not isinstance(value, str):
             raise ConfigError(f"{source}: {dotted} must be a string, got {value!r}")
         return value
@@ -268,6 +279,7 @@ def _validate(cfg: SessionConfig, source: str) -> None:
     _validate_network(cfg.network, source)
     if cfg.glm.zscore == "calibration" and cfg.glm.zscore_stats is None:
         raise ConfigError(f"{source}: glm.zscore = \"calibration\" needs glm.zscore_stats (the calibrated model's folder)")
+    _validate_glm(cfg.glm, source)
     if cfg.glm.events is not None:
         try:
             str(cfg.glm.events).format(run=1, series=1)
@@ -285,6 +297,20 @@ def _validate(cfg: SessionConfig, source: str) -> None:
         compile_pattern(cfg.scanner.pattern, per_slice=cfg.scanner.slices_per_volume > 0)
     except ValueError as exc:
         raise ConfigError(f"{source}: scanner.pattern: {exc}") from None
+
+
+def _validate_glm(g: GLMSection, source: str) -> None:
+    if not (g.denoise in ("off", "auto") or (g.denoise.isdigit() and 1 <= int(g.denoise) <= 10)):
+        raise ConfigError(f"{source}: glm.denoise must be \"off\", \"auto\" or a number of components from 1 to 10, "
+                          f"got {g.denoise!r}")
+    if (g.hrf != "glover" or g.denoise != "off") and g.tuning is None:
+        raise ConfigError(f"{source}: glm.hrf = {g.hrf!r} and glm.denoise = {g.denoise!r} need glm.tuning (the folder "
+                          "with glm_tuning.npz from the calibration hour: rtdecode calibrate --glm-tune)")
+    if g.denoise_min_frames < 0:
+        raise ConfigError(f"{source}: glm.denoise_min_frames must be >= 0, got {g.denoise_min_frames}")
+    if not 0 < g.first_delay_s <= g.final_delay_s < 100:
+        raise ConfigError(f"{source}: glm.first_delay_s and glm.final_delay_s must satisfy 0 < first <= final < 100 s, "
+                          f"got {g.first_delay_s:g} and {g.final_delay_s:g}")
 
 
 def _validate_network(net: NetworkSection, source: str) -> None:

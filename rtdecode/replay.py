@@ -28,7 +28,7 @@ def session_messages(session: str | Path) -> list[Message]:
         if prefix is None:
             continue
         confounds = read_rows(deriv / f"{prefix}_desc-confounds_timeseries.tsv")
-        betas = read_rows(deriv / f"{prefix}_desc-realtime_betas.tsv") + read_rows(deriv / f"{prefix}_desc-endofrun_betas.tsv")
+        betas = [row for v in ("realtime", "endofrun", "refine") for row in read_rows(deriv / f"{prefix}_desc-{v}_betas.tsv")]
         events = run_events(run, int(run_row["series"]), confounds, betas, "", len(confounds),
                             alignment_fields(deriv / f"{prefix}_desc-alignment.json"),
                             stored_tr(deriv / f"{prefix}_desc-realtime_betas.json"))

@@ -18,7 +18,7 @@ except ModuleNotFoundError:  # Python 3.10
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("rtdecode", "calibration", "gui", "models")
-TOP = {"cli", "bench", "claim", "demo", "screenshots"}  # the commands: they compose everything, the simulator included
+TOP = {"cli", "bench", "betas_bench", "claim", "demo", "screenshots"}  # the commands: they compose everything, the simulator included
 
 
 def _lint_imports(where: Path) -> subprocess.CompletedProcess:

@@ -184,3 +184,39 @@ def test_dispose_frees_a_shown_console_at_once(qtbot):
     assert views and not sip.isdeleted(window)
     dispose(window)
     assert sip.isdeleted(window) and all(sip.isdeleted(v) for v in views)
+
+
+def test_a_refined_trial_updates_in_place_and_the_history_keeps_the_newest(windows):
+    """Refinements rt4.5, rt6.0 then rt7.5 of one trial: one table row and one current trial, showing the newest
+    version and how far into the response it is; a late rt4.5 (a resend) changes nothing; the newest
+    reconstruction replaces the older one, and an older one arriving late does not."""
+    from gui.console import ConsoleWindow
+
+    stimuli = StimulusSet()
+    state = ConsoleState(fd_threshold_mm=0.5, volumes_expected=192)
+    seq = iter(range(1, 1000))
+
+    def send(source: str, m: Message) -> None:
+        m.seq = next(seq)
+        state.apply(m, source)
+
+    send("scanner", Message("run_started", {"run": 1, "series": 7, "shape": [40, 46, 36], "n_voxels": 380,
+                                            "final_delay_s": 15.0}))
+    picture = {v: encode_png(stimuli.image(i)[::4, ::4]) for i, v in enumerate(("rt4.5", "rt6.0", "rt7.5"))}
+    for version in ("rt4.5", "rt6.0", "rt7.5", "rt4.5"):
+        top = ["sim-00001"] if version == "rt7.5" else ["sim-00002"]
+        send("decoder", Message("result", {"run": 1, "trial": 0, "version": version, "image": "sim-00001",
+                                           "stage": "retrieval", "top_ids": top, "top_scores": [0.5]}))
+    send("decoder", Message("result", {"run": 1, "trial": 0, "version": "rt6.0", "image": "sim-00001",
+                                       "stage": "reconstruction"}, images={"reconstruction": picture["rt6.0"]}))
+    send("decoder", Message("result", {"run": 1, "trial": 0, "version": "rt4.5", "image": "sim-00001",
+                                       "stage": "reconstruction"}, images={"reconstruction": picture["rt4.5"]}))
+    window = windows(ConsoleWindow(state, {}))
+    window.refresh()
+    view = state.trials[(1, 0, "refine")]
+    assert state.current == (1, 0, "refine") and len(state.trials) == 1
+    assert view.version == "rt7.5" and view.hit and view.recon_version == "rt6.0"
+    assert "rt7.5: 7.5 of 15 s after onset" in window.stimulus.caption.text()
+    assert window.reconstruction.caption.text().startswith("rt6.0")
+    assert window.table.rowCount() == 1 and window.table.item(0, 5).text() == "rt7.5"
+    assert state.hits() == [True] and [v.trial for v in state.history()] == [0]

@@ -417,3 +417,46 @@ def test_exactly_once_with_a_sigkill_anywhere_on_the_write_path(tmp_path, model_
         name = f"run-{int(run):02d}_trial-{int(trial):03d}_{version}_clip.npy"
         np.testing.assert_array_equal(np.load(folder_of(killed) / "tokens" / name),
                                       np.load(folder_of(reference) / "tokens" / name))
+
+
+def test_refine_policy_reconstructs_only_the_newest_version_of_a_trial(tmp_path, model_folder, rng):
+    """Refinements of trial 0 (rt4.5, rt6.0, rt7.5) arrive before the decoder is free to draw: only rt7.5
+    is drawn, the two superseded ones are recorded as skipped (a restart does not draw them), and an older
+    version arriving late does not displace a newer one waiting; trial 1's only version is drawn."""
+    folder, gallery = model_folder
+    out = tmp_path / "out"
+    service = DecoderService(Decoder.from_folder(folder, gallery, cache=tmp_path / "cache"), out,
+                             "tcp://127.0.0.1:0", "tcp://127.0.0.1:0", policy="refine")
+    raw = zmq.Context.instance().socket(zmq.DEALER)
+    raw.setsockopt(zmq.LINGER, 0)
+    raw.connect(service.receiver.address)
+    sent = [(0, "rt4.5"), (0, "rt6.0"), (1, "rt4.5"), (0, "rt7.5"), (1, "rt5.0"), (1, "rt4.5")]
+    try:
+        for trial, version in sent[:-1]:
+            raw.send_multipart(encode(beta_message(2, trial, rng.normal(size=N_VOXELS), SESSION_A,
+                                                   image=f"sim-{trial:05d}", version=version)))
+        for _ in range(100):  # every beta in before the queue is looked at (a message always comes first)
+            service.step(timeout_ms=100)
+            if service.decoded_here == len(sent) - 1:
+                break
+        assert len(service.queue) == 2
+        # (1, rt4.5) again, after rt5.0: already decoded, so acknowledged and not queued at all; a new
+        # older version would be dropped on arrival the same way (covered by _enqueue's rank check).
+        raw.send_multipart(encode(beta_message(2, 1, rng.normal(size=N_VOXELS), SESSION_A, image="sim-00001",
+                                               version="rt4.5")))
+        for _ in range(100):
+            service.step(timeout_ms=50)
+            if not service.queue:
+                break
+    finally:
+        raw.close(linger=0)
+        service.close()
+    images = sorted(p.name for p in out.rglob("images/*.png"))
+    assert images == ["run-02_trial-000_rt7.5.png", "run-02_trial-001_rt5.0.png"]
+    assert service.superseded == 3
+    again = DecoderService(Decoder.from_folder(folder, gallery, cache=tmp_path / "cache"), out,
+                           "tcp://127.0.0.1:0", "tcp://127.0.0.1:0", policy="refine")
+    try:
+        assert not again.queue
+    finally:
+        again.close()

@@ -39,7 +39,23 @@ from rtdecode.wire.sockets import Publisher
 
 log = logging.getLogger(__name__)
 
-POLICIES = ("every", "newest")  # or "every-N": reconstruct every N-th trial
+POLICIES = ("every", "newest", "refine")  # or "every-N": reconstruct every N-th trial
+
+
+def version_rank(version: str) -> float:
+    """How late an estimate is: rtX.X by its delay, 'realtime' before any refinement past 7.5 s is not
+    known, so by its usual delay (7.5), 'endofrun' last."""
+    if version == "endofrun":
+        return float("inf")
+    if version.startswith("rt"):
+        return float(version[2:])
+    return 7.5
+
+
+def trial_of(key: str) -> tuple[str, float]:
+    """(uid:run:trial, the version's rank) of a beta key."""
+    head, version = key.rsplit(":", 1)
+    return head, version_rank(version)
 IDENTITY = ("subject", "session", "session_uid")
 
 
@@ -59,23 +75,25 @@ class DecoderService:
                  policy: str = "every", heartbeat_s: float = 1.0, curve: dict | None = None,
                  replay: int = 20, context=None, max_bytes: int = MAX_FRAME_BYTES) -> None:
         if policy not in POLICIES and not (policy.startswith("every-") and policy[6:].isdigit()):
-            raise ValueError(f"reconstruction policy must be every, newest or every-N, got {policy!r}")
+            raise ValueError(f"reconstruction policy must be every, newest, refine or every-N, got {policy!r}")
         self.decoder = decoder
         self.out = Path(out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.stores: dict[tuple[str, str], ResultStore] = {}
         self.queue: deque[tuple[ResultStore, str, dict]] = deque()
+        self.policy = policy
+        self.superseded = 0  # reconstructions dropped by the refine policy for a newer version
         for store in session_stores(self.out):
             self.stores[(store.identity["subject"], store.identity["session"])] = store
             images = {r["key"]: r["image"] for r in store.rows()}
-            self.queue.extend((store, k, {"image": images.get(k, "")}) for k in store.pending_reconstructions())
+            for k in store.pending_reconstructions():
+                self._enqueue((store, k, {"image": images.get(k, "")}))
         self.receiver = BetaReceiver(betas_address, context=context, curve=curve, max_bytes=max_bytes)
         self.publisher = Publisher(results_address, context=context, curve=curve, replay=replay, max_bytes=max_bytes,
                                    keep=keep_result)
         for store in self.stores.values():  # after a restart: every decoded trial again, for consoles that join
             for row in store.rows():
                 self.publisher.send(retrieval_message(row, store.identity))
-        self.policy = policy
         self.heartbeat_s = heartbeat_s
         self.decoded_here = 0
         self.refused = 0  # betas not decoded: another session's folder, or the model could not take them
@@ -180,10 +198,29 @@ class DecoderService:
         self.receiver.ack(peer, key)
         crash_point("acked")
         if self._wants_reconstruction(f):
-            item = (store, key, {"image": f["image"]})
-            self.queue.appendleft(item) if self.policy == "newest" else self.queue.append(item)
+            self._enqueue((store, key, {"image": f["image"]}))
         else:
             store.skip_reconstruction(key)  # skipped by policy: nothing left to do for it
+
+    def _enqueue(self, item: tuple[ResultStore, str, dict]) -> None:
+        """Queue a reconstruction as the policy says. ``refine``: a trial has at most one pending, its
+        latest version; an older one waiting is dropped (and recorded as skipped, so a restart does not
+        redo it), and one older than what waits is dropped on arrival."""
+        if self.policy == "newest":
+            self.queue.appendleft(item)
+            return
+        if self.policy == "refine":
+            store, key, _ = item
+            trial, rank = trial_of(key)
+            for waiting in [q for q in self.queue if q[0] is store and trial_of(q[1])[0] == trial]:
+                if trial_of(waiting[1])[1] >= rank:
+                    store.skip_reconstruction(key)
+                    self.superseded += 1
+                    return
+                self.queue.remove(waiting)
+                store.skip_reconstruction(waiting[1])
+                self.superseded += 1
+        self.queue.append(item)
 
     def _wants_reconstruction(self, fields: dict) -> bool:
         if not self.decoder.can_reconstruct:

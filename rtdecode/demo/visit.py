@@ -25,6 +25,28 @@ import numpy as np
 from rtdecode.demo.settings import DemoSettings
 
 
+def _tuned_glm(s: DemoSettings, session: Path, model_dir: Path):
+    """The demo's GLM (settings.GLM_BEST): tuned on the calibration hour when it needs a tuning; returns the
+    offline settings, the tuning and the scanner side's [glm] lines, and says which configuration runs."""
+    from rtdecode.demo.settings import GLM_BEST
+    from rtdecode.glm.incremental import GLMSettings
+    from rtdecode.glm.tuning import describe, tune_session
+
+    tuning = None
+    if s.glm_hrf != "glover" or s.glm_denoise != "off":
+        tuning = tune_session(session, out=model_dir)
+        _say(f"   {describe(tuning)}")
+    n = 0 if s.glm_denoise == "off" else (tuning.n_components if s.glm_denoise == "auto" else int(s.glm_denoise))
+    chosen = {"hrf": s.glm_hrf, "denoise": s.glm_denoise, "train_on": s.train_on}
+    name = GLM_BEST["name"] if all(GLM_BEST[k] == v for k, v in chosen.items()) else "as set"
+    _say(f"   GLM configuration {name}: hrf {s.glm_hrf}, denoise {s.glm_denoise} ({n} components), trained on "
+         f"{s.train_on} betas" + (f" at {s.train_delay_s:g} s" if s.train_on != "endofrun" else "")
+         + " (docs/glm.md, 'Which to use: measured')")
+    lines = {"hrf": s.glm_hrf, "denoise": s.glm_denoise, "delay_s": s.train_delay_s,
+             **({"tuning": str(model_dir)} if tuning is not None else {})}
+    return GLMSettings(hrf=s.glm_hrf, denoise=n, delay_s=s.train_delay_s), tuning, lines
+
+
 def _say(text: str) -> None:
     print(text, flush=True)
 
@@ -68,7 +90,8 @@ def run_demo(out: Path, settings: DemoSettings | None = None, cache: Path | None
     timings: dict[str, float] = {}
     t0 = time.monotonic()
 
-    spec = SubjectSpec(name="demo01", n_voxels=s.subject_voxels, seed=1, reliability=s.reliability)
+    spec = SubjectSpec(name="demo01", n_voxels=s.subject_voxels, seed=1, reliability=s.reliability,
+                       physiology=s.physiology)
     latent = LatentSpace(dim=spec.latent_dim)
     paradigm = Paradigm(volumes=s.volumes, trials=s.trials)
     # Held-out images (the hour's repeated ones, the real-time run's) come from the built-in test pool,
@@ -111,10 +134,11 @@ def run_demo(out: Path, settings: DemoSettings | None = None, cache: Path | None
     _say(f"   {side.processed} volumes watched, motion-corrected, masked and stored in {session} "
          f"({timings['calibration_scan_s']:.0f} s)")
 
-    _say("3. calibration (offline GLM over the session, then fine-tuning the shared model)")
+    _say("3. calibration (the GLM tuned on the hour, offline betas, then fine-tuning the shared model)")
     t = time.monotonic()
-    data = load_session(session, spec.name, cache / "embeddings")
     model_dir = out / "model"
+    glm_settings, tuning, glm_lines = _tuned_glm(s, session, model_dir)
+    data = load_session(session, spec.name, cache / "embeddings", glm=glm_settings, train_on=s.train_on, tuning=tuning)
     config = TrainConfig(epochs=s.calibrate_epochs, batch_size=24, max_lr=s.calibrate_lr, seed=s.seed,
                          checkpoint_s=60.0, cpu=True)
     calibrate(data, model_dir, config, pretrained=shared, progress=Progress("   calibrating"), source=str(session),
@@ -134,7 +158,8 @@ def run_demo(out: Path, settings: DemoSettings | None = None, cache: Path | None
     live.save_stimuli(gallery)
     proc, addresses = start_decoder(model_dir, gallery, decoded)
     listener = ResultListener(addresses["results"])
-    rt_cfg = config_from_dict({**base, "glm": {**base["glm"], "zscore": "calibration", "zscore_stats": str(model_dir)},
+    rt_cfg = config_from_dict({**base, "glm": {**base["glm"], "zscore": "calibration", "zscore_stats": str(model_dir),
+                                               **glm_lines},
                                "network": {**base["network"], "decoder": addresses["betas"], "drain_s": 60.0}})
     publisher = Publisher("tcp://127.0.0.1:0", replay=500)  # a console that starts late catches up
     viewer = None

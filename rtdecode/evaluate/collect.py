@@ -70,10 +70,14 @@ def shown_trials(folder: SessionFolder) -> list[Trial]:
     trials = []
     for table in sorted(folder.derivatives.glob(f"sub-{folder.subject}_ses-{folder.session}_*_betas.tsv")):
         match = BETAS_TABLE.search(table.name)
-        if not match or not VERSION.match(match.group(2)):
+        if not match:
             continue
-        run, version = int(match.group(1)), match.group(2)
+        run = int(match.group(1))
         for row in read_tsv(table):
+            # The refine table holds every refinement (rt4.5, rt6.0, ...), each row naming its own version.
+            version = row.get("version") or match.group(2)
+            if not VERSION.match(version):
+                continue
             trial = int(row["trial"])
             trials.append(Trial(run, trial, version, row["image"], f"{uid}:{run}:{trial}:{version}"))
     return sorted(trials, key=lambda t: (t.version, t.run, t.trial))

@@ -74,4 +74,44 @@ def bench_glm(make_run: RunMaker, n_voxels: int | None = None, volumes: int = 19
             result[f"{key}_per_volume_update_ms"] = float(np.median(add_ms))
             result[f"{key}_nilearn_median_ms"] = float(np.median(ref))
             result[f"{key}_speedup"] = float(np.median(ref) / s["median_ms"])
+        result.update(bench_refine(events, data, motion))
     return result
+
+
+def bench_refine(events, data: np.ndarray, motion: np.ndarray, members: int = 12, pool: int = 2000,
+                 components: int = 3, seed: int = 0) -> dict:
+    """Per-volume cost of refining: every open trial re-estimated at each volume (AR(1)), from the volume's
+    arrival (its products included) to its last estimate; Real-time MindEye's estimator, and with
+    ``members`` HRF groups and ``components`` noise components (a synthetic tuning: the cost does not
+    depend on which voxel chose which member)."""
+    from rtdecode.glm.hrf_library import library_params
+    from rtdecode.glm.incremental import GLMSettings
+    from rtdecode.glm.tuning import GLMTuning
+    from rtdecode.glm.voxelwise import make_glm
+
+    volumes, v = data.shape
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(len(library_params()), members, replace=False)
+    tuning = GLMTuning(rng.choice(chosen, v), library_params(), np.sort(rng.choice(v, min(pool, v), replace=False)),
+                       np.zeros(v), components, np.zeros(1))
+    out: dict = {}
+    for name, settings in (("refine_glover", GLMSettings(refine=True)),
+                           ("refine_library_denoise", GLMSettings(refine=True, hrf="library", denoise=components))):
+        glm = make_glm(events, v, settings, volumes, tuning)
+        per_volume, per_trial, counts = [], [], []
+        for t in range(volumes):
+            a = time.perf_counter()
+            glm.add(t, data[t], motion[t])
+            due = glm.due()
+            for j, n, version in due:
+                per_trial.append(glm.estimate(j, n, version).estimate_ms)
+            per_volume.append((time.perf_counter() - a) * 1e3)
+            counts.append(len(due))
+        busy = [ms for ms, c in zip(per_volume, counts, strict=True) if c]
+        s = summarize(busy)
+        out[f"{name}_{v}_per_volume_median_ms"] = s["median_ms"]
+        out[f"{name}_{v}_per_volume_p99_ms"] = s["p99_ms"]
+        out[f"{name}_{v}_per_volume_max_ms"] = float(max(busy))
+        out[f"{name}_{v}_trials_per_volume_max"] = int(max(counts))
+        out[f"{name}_{v}_per_trial_median_ms"] = float(np.median(per_trial))
+    return out

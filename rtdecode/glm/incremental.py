@@ -13,6 +13,7 @@ the design; the drift basis and the regressors still span every frame up to the 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,6 +39,24 @@ class GLMSettings:
     # dozen frames take more of the response than the motion (early trials' betas; docs/glm.md).
     motion_min_frames: int = 60
     bins: int = 100  # AR coefficient levels, as nilearn's run_glm
+    # Beyond Real-time MindEye (docs/glm.md): one HRF per voxel from a calibration-chosen library,
+    # noise components from the pool voxels of the current run, and refined estimates.
+    hrf: str = "glover"  # "glover" or "library" (each voxel's member, from the GLM tuning)
+    denoise: int = 0  # noise components used as confounds (0: none)
+    denoise_min_frames: int = 30  # components only once this many volumes are in the fit
+    refine: bool = False  # re-estimate each trial at every volume from first_delay_s to final_delay_s
+    first_delay_s: float = 4.5
+    final_delay_s: float = 15.0
+
+    @property
+    def plain(self) -> bool:
+        """Real-time MindEye's estimator: one HRF, no noise components."""
+        return self.hrf == "glover" and self.denoise == 0
+
+
+def refine_version(delay_s: float) -> str:
+    """The version name of an estimate taken ``delay_s`` after onset: rt4.5, rt12.0."""
+    return f"rt{round(float(delay_s), 1):.1f}"
 
 
 @dataclass
@@ -48,7 +67,7 @@ class TrialEstimate:
     beta: np.ndarray  # (n_voxels,) float32, raw units (signal_scaling=False)
     n_frames: int  # frames on the time axis (newest index + 1)
     n_used: int  # rows in the fit (frames minus missing volumes)
-    version: str  # 'realtime' or 'endofrun'
+    version: str  # 'realtime', 'endofrun' or a refinement 'rtX.X'
     noise_model: str
     rho_median: float
     estimate_ms: float
@@ -59,8 +78,14 @@ class IncrementalGLM:
     """Accumulates a run's vectors and motion; estimates trials when ready (see module docstring)."""
 
     def __init__(self, events: Events, n_voxels: int, settings: GLMSettings | None = None,
-                 expected_volumes: int = 192) -> None:
+                 expected_volumes: int = 192, kernel: np.ndarray | None = None,
+                 extra: Callable[[int], np.ndarray | None] | None = None) -> None:
+        """``kernel``: the HRF on the oversampled grid (default Glover's); ``extra``: given a frame count,
+        time-varying confounds over those frames (noise components), or None."""
         self.settings = settings or GLMSettings()
+        self.kernel = kernel
+        self.extra = extra
+        self._varying_cache: tuple | None = None
         if self.settings.hrf_model != "glover" or self.settings.drift_model != "cosine":
             raise ValueError("only hrf_model='glover' and drift_model='cosine' are implemented "
                              f"(got {self.settings.hrf_model!r}, {self.settings.drift_model!r})")
@@ -73,7 +98,10 @@ class IncrementalGLM:
         self._motion = np.zeros((0, 6))
         self._present = np.zeros(0, bool)
         self.n_frames = 0
-        self.done: set[int] = set()
+        self.done: set[int] = set()  # trials whose 'realtime' estimate went out
+        self.versions: set[tuple[int, str]] = set()  # (trial, version) refinements that went out
+        self._schedule: list[list[tuple[int, str]]] | None = None
+        self._complete: set[int] = set()
         self._work = Workspace()
         self._products: RunningProducts | None = None
         self._fast_ok = True  # volumes arrived in order: the running products are valid
@@ -92,7 +120,8 @@ class IncrementalGLM:
         self._data, self._motion, self._present, self._capacity = data, motion, present, cap
         # Regressors on nilearn's grid are causal, so the first n rows serve every shorter run.
         times = frame_times(cap, self.settings.t_r)
-        self._regressors = trial_regressors(self.events.onset, self.events.duration, times, self.settings.t_r)
+        self._regressors = trial_regressors(self.events.onset, self.events.duration, times, self.settings.t_r,
+                                            self.kernel)
         if self._products is not None:
             fixed = self._fixed_columns()
             fixed[: len(self._products.fixed)] = self._products.fixed
@@ -108,6 +137,7 @@ class IncrementalGLM:
         self._data[index] = vector
         self._motion[index] = 0.0 if motion is None else np.asarray(motion, float)
         self._present[index] = True
+        self._varying_cache = None
         if self.settings.noise_model != "ar1":
             self._fast_ok = False  # OLS is one product with the data: nothing to keep per volume
         elif self._products is None:
@@ -123,6 +153,7 @@ class IncrementalGLM:
         """Volume ``index`` will never come: its row is dropped, the time axis is unchanged."""
         self._grow(index + 1)
         self._present[index] = False
+        self._varying_cache = None
         self.n_frames = max(self.n_frames, index + 1)
 
     def _fixed_columns(self) -> np.ndarray:
@@ -146,6 +177,49 @@ class IncrementalGLM:
         """Trials not yet estimated whose response window has arrived."""
         return [j for j in range(len(self.events)) if j not in self.done and self.ready_frame(j) <= self.n_frames]
 
+    def frames_at(self, trial: int, delay_s: float) -> int:
+        """Frames needed for ``trial`` at ``delay_s`` after its onset (the frame at onset + delay, inclusive)."""
+        return int(np.ceil((self.events.onset[trial] + delay_s) / self.settings.t_r - 1e-9)) + 1
+
+    def due(self) -> list[tuple[int, int, str]]:
+        """Estimates to make now: (trial, frames, version).
+
+        Classic: each trial once, as 'realtime', when its window is in. Refining: each trial at every
+        received frame from ``first_delay_s`` to ``final_delay_s`` after onset, named by the delay of
+        that frame; a frame whose volume is missing adds nothing and is skipped, and a frame count
+        already estimated for a trial is never estimated again (after a restart too).
+        """
+        s = self.settings
+        if not s.refine:
+            return [(j, self.n_frames, "realtime") for j in self.ready()]
+        if self._schedule is None:  # each trial's (frames, version) pairs: fixed by the events and the TR
+            self._schedule = []
+            for j in range(len(self.events)):
+                first, last = self.frames_at(j, s.first_delay_s), self.frames_at(j, s.final_delay_s)
+                if (last - 1) * s.t_r - self.events.onset[j] > s.final_delay_s + 1e-9:
+                    last -= 1  # that frame comes after final_delay_s: the one before it is the last
+                self._schedule.append([(n, refine_version((n - 1) * s.t_r - self.events.onset[j]))
+                                       for n in range(first, max(first, last) + 1)])
+        out = []
+        for j, plan in enumerate(self._schedule):
+            if j in self._complete or not plan or plan[0][0] > self.n_frames:
+                continue
+            for n, version in plan:
+                if n > self.n_frames:
+                    break
+                if self._present[n - 1] and (j, version) not in self.versions:
+                    out.append((j, n, version))
+            if plan[-1][0] <= self.n_frames and not any(o[0] == j for o in out):
+                self._complete.add(j)  # every version made (or its volume missing): never looked at again
+        return out
+
+    def mark(self, trial: int, version: str) -> None:
+        """Record an estimate that went out (the runner calls it; a restart calls it from the store)."""
+        if version == "realtime":
+            self.done.add(trial)
+        elif version != "endofrun":
+            self.versions.add((trial, version))
+
     # -- estimation -------------------------------------------------------------------------------
     def estimate(self, trial: int, n_frames: int | None = None, version: str = "realtime") -> TrialEstimate:
         """Trial ``trial``'s beta from the first ``n_frames`` frames (default: all received so far)."""
@@ -161,7 +235,7 @@ class IncrementalGLM:
         rows = self._present[:n]
         use_motion = s.motion_confounds and int(rows.sum()) >= s.motion_min_frames
         confounds = self._motion[:n] if use_motion else None
-        X = lss_design(regs, probe, confounds, cosine_drift(s.high_pass, times))
+        X = lss_design(regs, probe, confounds, self._varying(n, times))
         full = bool(rows.all())
         X = X if full else X[rows]
         Y = self._data[:n] if full else self._data[:n][rows]  # a view when nothing is missing: no copy
@@ -172,8 +246,7 @@ class IncrementalGLM:
             beta, rho = ols_beta(X, Y), np.zeros(1)
         else:
             beta, rho = ar1_beta(X, Y, bins=s.bins, work=self._work)
-        if version == "realtime":
-            self.done.add(trial)
+        self.mark(trial, version)
         return TrialEstimate(trial, self.events.image[trial], float(self.events.onset[trial]),
                              np.asarray(beta, np.float32), n, int(rows.sum()), version, s.noise_model,
                              float(np.median(rho)), (time.perf_counter() - t0) * 1e3, X.astype(np.float32))
@@ -184,22 +257,38 @@ class IncrementalGLM:
         pr = self._products
         k = self._regressors.shape[1]
         motion = [k + 1 + i for i in range(6)] if use_motion else []
-        drift = cosine_drift(self.settings.high_pass, times)[rows]
+        drift = self._varying(len(times), times)[rows]
         nd = drift.shape[1]
-        # D'y, D'Ly and (LD)'y in one pass over the data: D'Ly = (D moved up a row)'y, (LD)'y = (D moved down)'y.
-        three = np.zeros((3 * nd, drift.shape[0]), np.float32)
-        three[:nd] = drift.T
-        three[nd:2 * nd, :-1] = drift[1:].T
-        three[2 * nd:, 1:] = drift[:-1].T
-        products = three @ Y
+        key = (len(times), int(rows.sum()), nd)
+        if self._varying_cache is not None and self._varying_cache[0] == key:
+            products = self._varying_cache[1]  # every trial estimated at this frame shares them
+        else:
+            # D'y, D'Ly and (LD)'y in one pass over the data: D'Ly = (D moved up a row)'y, (LD)'y = (D moved down)'y.
+            three = np.zeros((3 * nd, drift.shape[0]), np.float32)
+            three[:nd] = drift.T
+            three[nd:2 * nd, :-1] = drift[1:].T
+            three[2 * nd:, 1:] = drift[:-1].T
+            products = three @ Y
+            self._varying_cache = (key, products)
         extra = [products[:nd], products[nd:2 * nd], products[2 * nd:]]
 
         def stack(products: np.ndarray, d: np.ndarray) -> np.ndarray:
-            probe = products[trial]
-            return np.vstack([probe, products[k] - probe, products[motion], d.astype(float), products[-1]])
+            out = np.empty((3 + len(motion) + len(d), products.shape[1]))
+            out[0] = products[trial]
+            np.subtract(products[k], out[0], out=out[1])
+            out[2: 2 + len(motion)] = products[motion]
+            out[2 + len(motion): -1] = d
+            out[-1] = products[-1]
+            return out
 
         xy, x_ly, lx_y = stack(pr.f_y, extra[0]), stack(pr.f_ly, extra[1]), stack(pr.lf_y, extra[2])
         return probe_betas(X, xy, x_ly, lx_y, pr.yy, pr.y_ly, pr.prev_y, self.settings.noise_model, self.settings.bins)
+
+    def _varying(self, n: int, times: np.ndarray) -> np.ndarray:
+        """Columns that change as the run grows: the cosine drift, then any noise components."""
+        drift = cosine_drift(self.settings.high_pass, times)
+        more = self.extra(n) if self.extra is not None else None
+        return drift if more is None or more.shape[1] == 0 else np.hstack([drift, more])
 
     def end_of_run(self) -> list[TrialEstimate]:
         """Every trial re-estimated with the whole run (kept apart from the real-time betas)."""

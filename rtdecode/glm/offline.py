@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from rtdecode.events import read_events
-from rtdecode.glm.incremental import GLMSettings, IncrementalGLM
+from rtdecode.glm.incremental import GLMSettings
+from rtdecode.glm.tuning import GLMTuning
+from rtdecode.glm.voxelwise import make_glm
 from rtdecode.session import SessionFolder
 
 MOTION = ("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z")
@@ -35,10 +37,14 @@ def session_folder(path: str | Path) -> SessionFolder:
     return SessionFolder(path.parent.parent, sub[4:], ses[4:], task)
 
 
-def offline_betas(folder: SessionFolder, settings: GLMSettings, version: str = "endofrun") -> SessionBetas:
-    """Betas of every run with an events table: 'endofrun' (whole run) or 'realtime' (replayed)."""
+def offline_betas(folder: SessionFolder, settings: GLMSettings, version: str = "endofrun",
+                  tuning: GLMTuning | None = None) -> SessionBetas:
+    """Betas of every run with an events table: 'endofrun' (whole run) or 'realtime' (replayed at
+    ``settings.delay_s``, exactly as the live GLM would have made them). ``tuning``: the calibration
+    hour's GLM tuning, for ``settings.hrf = "library"`` or noise components."""
     if version not in ("endofrun", "realtime"):
         raise ValueError(f"version must be 'endofrun' or 'realtime', got {version!r}")
+    settings = replace(settings, refine=False)
     betas, images, runs, trials = [], [], [], []
     for row in folder.runs():
         run = int(row["run"])
@@ -48,7 +54,7 @@ def offline_betas(folder: SessionFolder, settings: GLMSettings, version: str = "
         rows, vectors = folder.run_store(run).load()
         if vectors.size == 0:
             continue
-        glm = IncrementalGLM(read_events(events_file), vectors.shape[1], settings, len(rows))
+        glm = make_glm(read_events(events_file), vectors.shape[1], settings, len(rows), tuning)
         k = 0
         estimates = []
         for r in rows:
@@ -69,6 +75,22 @@ def offline_betas(folder: SessionFolder, settings: GLMSettings, version: str = "
     if not betas:
         raise ValueError(f"{folder.path}: no run has both stored volumes and an events table")
     return SessionBetas(np.stack(betas), images, np.asarray(runs), np.asarray(trials))
+
+
+TRAIN_ON = ("endofrun", "realtime", "both")
+
+
+def training_betas(folder: SessionFolder, settings: GLMSettings, train_on: str = "endofrun",
+                   tuning: GLMTuning | None = None) -> SessionBetas:
+    """What calibration trains on: whole-run betas, the real-time betas at ``settings.delay_s`` (what the
+    live path will send), or both (each trial twice, one of each)."""
+    if train_on not in TRAIN_ON:
+        raise ValueError(f"train_on must be one of {TRAIN_ON}, got {train_on!r}")
+    if train_on != "both":
+        return offline_betas(folder, settings, train_on, tuning)
+    a, b = offline_betas(folder, settings, "endofrun", tuning), offline_betas(folder, settings, "realtime", tuning)
+    return SessionBetas(np.concatenate([a.betas, b.betas]), a.images + b.images, np.r_[a.runs, b.runs],
+                        np.r_[a.trials, b.trials])
 
 
 def write_offline_betas(session: Path, out: Path, noise_model: str = "ar1", version: str = "endofrun",

@@ -26,16 +26,43 @@ from rtdecode.events import Events, EventsError, read_events, write_events
 from rtdecode.glm.incremental import GLMSettings, IncrementalGLM, TrialEstimate
 from rtdecode.glm.normalize import FixedZScore, NoZScore, RepeatAverager, RunningZScore
 from rtdecode.glm.store import BetaStore
+from rtdecode.glm.tuning import GLMTuning
+from rtdecode.glm.voxelwise import VoxelwiseGLM, make_glm
 from rtdecode.session import SessionFolder
 
 log = logging.getLogger(__name__)
 
 
-def settings_from_config(config: SessionConfig) -> GLMSettings:
+def settings_from_config(config: SessionConfig, tuning: GLMTuning | None = None) -> GLMSettings:
+    """The GLM's settings; ``denoise = "auto"`` takes the count the tuning chose."""
     g = config.glm
+    if g.denoise == "off":
+        denoise = 0
+    elif g.denoise == "auto":
+        denoise = tuning.n_components if tuning is not None else 0
+    else:
+        denoise = int(g.denoise)
     return GLMSettings(t_r=config.scanner.tr_s, hrf_model=g.hrf_model, drift_model=g.drift_model,
                        high_pass=g.high_pass, noise_model=g.noise_model, delay_s=g.delay_s,
-                       motion_confounds=g.motion_confounds, motion_min_frames=g.motion_min_frames)
+                       motion_confounds=g.motion_confounds, motion_min_frames=g.motion_min_frames,
+                       hrf=g.hrf, denoise=denoise, denoise_min_frames=g.denoise_min_frames, refine=g.refine,
+                       first_delay_s=g.first_delay_s, final_delay_s=g.final_delay_s)
+
+
+def load_tuning(config: SessionConfig) -> GLMTuning | None:
+    """The calibration hour's GLM tuning when the settings need one (glm.tuning), else None."""
+    g = config.glm
+    if g.hrf == "glover" and g.denoise == "off":
+        return None
+    try:
+        return GLMTuning.load(g.tuning)
+    except ValueError as exc:
+        raise ConfigError(f"glm.tuning: {exc}") from None
+
+
+def store_name(version: str) -> str:
+    """Which store a version lives in: refinements (rtX.X) share one, as rows with their version."""
+    return version if version in ("realtime", "endofrun") else "refine"
 
 
 def events_path(config: SessionConfig, run: int, series: int) -> Path | None:
@@ -70,7 +97,7 @@ class SentBeta:
     run: int
     trial: int
     image: str
-    version: str  # "realtime" or "endofrun"
+    version: str  # "realtime", "endofrun" or a refinement "rtX.X"
     onset: float
     n_frames: int
     n_repeats: int
@@ -93,8 +120,9 @@ class TrialBetas:
         self.folder = folder
         self.emit = emit
         self.on_error = on_error
-        self.settings = settings_from_config(config)
-        self.glms: dict[int, IncrementalGLM] = {}
+        self.tuning = load_tuning(config)
+        self.settings = settings_from_config(config, self.tuning)
+        self.glms: dict[int, IncrementalGLM | VoxelwiseGLM] = {}
         self.stores: dict[int, dict[str, BetaStore]] = {}
         self._normalizers: dict[str, _Normalizer] = {}
         self._skipped: set[int] = set()
@@ -127,14 +155,22 @@ class TrialBetas:
         log.info("run %d: %d trials from %s", run, len(events), path)
         return True
 
-    def _open(self, run: int, events: Events, n_voxels: int) -> IncrementalGLM:
-        glm = IncrementalGLM(events, n_voxels, self.settings, self.config.scanner.volumes_per_run)
+    def _open(self, run: int, events: Events, n_voxels: int) -> IncrementalGLM | VoxelwiseGLM:
+        try:
+            glm = make_glm(events, n_voxels, self.settings, self.config.scanner.volumes_per_run, self.tuning)
+        except ValueError as exc:
+            raise ConfigError(f"glm.tuning: {exc}") from None
         self.glms[run] = glm
-        self.stores[run] = {v: BetaStore(self.folder, run, v) for v in ("realtime", "endofrun")}
-        for version in ("realtime", "endofrun"):
-            if version not in self._normalizers:
-                self._normalizers[version] = _Normalizer(self.config, n_voxels)
+        names = ("realtime", "endofrun", "refine") if self.settings.refine else ("realtime", "endofrun")
+        self.stores[run] = {v: BetaStore(self.folder, run, v) for v in names}
+        self._n_voxels = n_voxels
         return glm
+
+    def _normalizer(self, version: str) -> _Normalizer:
+        """One per version: a refinement at 4.5 s and one at 15 s have different scales."""
+        if version not in self._normalizers:
+            self._normalizers[version] = _Normalizer(self.config, self._n_voxels)
+        return self._normalizers[version]
 
     def resume_run(self, run: int, series: int, rows: list[dict[str, str]], vectors: np.ndarray) -> None:
         """Rebuild a run's GLM from its stored volumes and mark the trials already estimated."""
@@ -150,12 +186,12 @@ class TrialBetas:
                 k += 1
             else:
                 glm.add_missing(index)
-        for version, store in self.stores[run].items():
+        for store in self.stores[run].values():
             stored, raw, sent = store.load()
             for row, beta, vector in zip(stored, raw, sent, strict=True):
-                if version == "realtime":
-                    glm.done.add(int(row["trial"]))
-                self._normalizers[version](row["image"], beta)  # statistics as they were
+                version = row["version"]
+                glm.mark(int(row["trial"]), version)
+                self._normalizer(version)(row["image"], beta)  # statistics as they were
                 # Handed on again: the decoder's channel skips what was already acknowledged.
                 self.emit(SentBeta(run, int(row["trial"]), row["image"], version, float(row["onset"]),
                                    int(row["n_frames"]), int(row["n_repeats"]), float(row["estimate_ms"]),
@@ -177,22 +213,23 @@ class TrialBetas:
         if glm is None:
             return []
         glm.add(index, vector, motion)
-        return [self._emit(run, glm.estimate(j)) for j in glm.ready()]
+        return [self._emit(run, glm.estimate(j, n, version)) for j, n, version in glm.due()]
 
     def missing(self, run: int, index: int) -> list[TrialEstimate]:
         glm = self.glms.get(run)
         if glm is None:
             return []
         glm.add_missing(index)
-        return [self._emit(run, glm.estimate(j)) for j in glm.ready()]
+        return [self._emit(run, glm.estimate(j, n, version)) for j, n, version in glm.due()]
 
     def end_run(self, run: int) -> list[TrialEstimate]:
         """Trials whose window never came are estimated now; then every trial again, as 'endofrun'."""
         glm = self.glms.get(run)
         if glm is None or glm.n_frames == 0:
             return []
-        late = [j for j in range(len(glm.events)) if j not in glm.done
-                and glm.events.onset[j] <= (glm.n_frames - 1) * glm.settings.t_r]
+        # Refining: what came out is each trial's newest version; no late estimate under another name.
+        late = [] if self.settings.refine else [j for j in range(len(glm.events)) if j not in glm.done
+                                                and glm.events.onset[j] <= (glm.n_frames - 1) * glm.settings.t_r]
         out = [self._emit(run, glm.estimate(j)) for j in late]
         if not self.stores[run]["endofrun"].table.exists():
             out += [self._emit(run, est) for est in glm.end_of_run()]
@@ -200,8 +237,8 @@ class TrialBetas:
 
     def _emit(self, run: int, est: TrialEstimate) -> TrialEstimate:
         t_ready = time.time()
-        sent, n_repeats = self._normalizers[est.version](est.image, est.beta)
-        self.stores[run][est.version].append(est, sent, self.settings, {
+        sent, n_repeats = self._normalizer(est.version)(est.image, est.beta)
+        self.stores[run][store_name(est.version)].append(est, sent, self.settings, {
             "n_repeats": n_repeats, "t_ready": f"{t_ready - est.estimate_ms / 1e3:.3f}", "t_done": f"{time.time():.3f}"})
         self.emit(SentBeta(run, est.trial, est.image, est.version, float(est.onset), int(est.n_frames), n_repeats,
                            float(est.estimate_ms), np.asarray(sent, np.float32)), False)

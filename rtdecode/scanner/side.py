@@ -238,7 +238,7 @@ class ScannerSide:
             number = run.number
             rows = read_rows(run.store.confounds)  # the table only: the vectors stay on disk
             betas = []
-            for version in ("realtime", "endofrun"):
+            for version in ("realtime", "endofrun", "refine"):
                 betas += read_rows(self.folder.derivatives / f"{self.folder.prefix(number)}_desc-{version}_betas.tsv")
             png = run.store.alignment_png.read_bytes() if run.store.alignment_png.exists() else None
             events = run_events(number, run.series_key, rows, betas, run.end_reason if run.ended else None, expected,

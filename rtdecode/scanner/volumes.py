@@ -182,6 +182,8 @@ class VolumeStage:
                                               "n_volumes": self.config.scanner.volumes_per_run,
                                               "tr_s": self.config.scanner.tr_s,
                                               "fd_threshold_mm": self.config.preprocess.fd_threshold_mm,
+                                              **({"final_delay_s": self.config.glm.final_delay_s}
+                                                 if self.config.glm.refine else {}),
                                               **fields, **self.identity}, images=images))
             self._glm(run, "start", lambda: self.betas.start_run(run.number, run.series_key, pre.mask.n_voxels))
             held, run.held = run.held, []

@@ -1,11 +1,14 @@
 """Volume-level simulated runs: a brain on an EPI grid with task responses, drift, noise and motion.
 
 Per volume t (head frame first, then the scanner frame):
-  head(t)    = baseline * (1 + drift(t)) + baseline * sum_j beta_j * x_j(t) / 100 + ar1(t) + physio(t)
+  head(t)    = baseline * (1 + drift(t)) + baseline * sum_j beta_j * x_j(t) / 100
+               + ar1(t) + physio(t) + structured(t)
   scanner(t) = head(t) resampled through the head's rigid motion at t + thermal noise
-where x_j is trial j's 3 s boxcar convolved with the Glover HRF (the simulator's own exact
-response, :mod:`rtdecode.simulator.hrf`, not the GLM's code) and the betas are the subject's true
-responses (% signal change) in its visual region. Noise levels are set
+where x_j is trial j's 3 s boxcar convolved with the voxel's HRF (Glover everywhere for
+``physiology = "canonical"``; the simulator's own exact response, :mod:`rtdecode.simulator.hrf`, not
+the GLM's code), the betas are the subject's true responses (% signal change) in its visual region,
+and ``structured`` is a few slow components shared by every brain voxel through smooth loadings
+(none for "canonical"). Noise levels are set
 per voxel so that an ordinary LSS GLM on the whole run (the design Real-time MindEye uses) recovers
 each voxel's betas with the voxel's configured reliability: the estimator's noise and its leakage
 from neighbouring trials are computed exactly from the design and the noise covariance.
@@ -23,7 +26,7 @@ import numpy as np
 
 from rtdecode.events import Events, write_events
 from rtdecode.simulator.head import moved_volume
-from rtdecode.simulator.hrf import boxcar_responses, slow_cosines
+from rtdecode.simulator.hrf import boxcar_responses, slow_cosines, voxel_signal
 from rtdecode.simulator.phantom import brain_volume
 from rtdecode.simulator.subjects import SimulatedSubject
 
@@ -39,6 +42,9 @@ class NoiseModel:
     times: np.ndarray
     resp_hz: float
     card_hz: float
+    physio_share: float = 0.3
+    structured_share: float = 0.0
+    structured_rho: float = 0.9
 
     def white(self) -> np.ndarray:
         return np.eye(len(self.times))
@@ -51,8 +57,23 @@ class NoiseModel:
         dt = np.subtract.outer(self.times, self.times)
         return 0.5 * np.cos(2 * np.pi * self.resp_hz * dt) + 0.5 * np.cos(2 * np.pi * self.card_hz * dt)
 
+    def structured(self) -> np.ndarray:
+        lag = np.abs(np.subtract.outer(np.arange(len(self.times)), np.arange(len(self.times))))
+        return self.structured_rho ** lag
+
     def head(self) -> np.ndarray:
-        return (1 - PHYSIO_SHARE) * self.ar1() + PHYSIO_SHARE * self.physio()
+        ar = 1 - self.physio_share - self.structured_share
+        out = ar * self.ar1() + self.physio_share * self.physio()
+        return out + self.structured_share * self.structured() if self.structured_share else out
+
+    def components(self, k: int, rng: np.random.Generator) -> np.ndarray:
+        """(frames, k) unit-variance AR(1) time courses of the shared slow components."""
+        out = np.zeros((len(self.times), k))
+        rho = self.structured_rho
+        out[0] = rng.normal(0, 1, k)
+        for t in range(1, len(self.times)):
+            out[t] = rho * out[t - 1] + np.sqrt(1 - rho ** 2) * rng.normal(0, 1, k)
+        return out
 
 
 @dataclass
@@ -125,9 +146,15 @@ class BoldRun:
         self.times = np.arange(self.n_volumes) * self.tr_s  # each volume at its start (no slice timing)
         self.regressors = boxcar_responses(self.events.onset, self.events.duration, self.times)
         self.betas = self.subject.responses(self.latents, self.roi_xyz).T  # (n_roi, n_trials), %
+        self.hrf = self.subject.hrf(self.roi_xyz)
+        # (frames, n_roi) task signal in %; None: the canonical HRF's shared regressors serve every voxel.
+        self._signal = None if self.hrf.canonical else voxel_signal(
+            self.hrf, self.betas, self.events.onset, self.events.duration, self.times)
         params = self.subject.voxel_params(self.roi_xyz)
         self.reliability = params["reliability"]
-        noise = NoiseModel(self.times, rng.uniform(0.25, 0.32), rng.uniform(0.9, 1.3))
+        phys = self.subject.physiology
+        noise = NoiseModel(self.times, rng.uniform(0.25, 0.32), rng.uniform(0.9, 1.3), PHYSIO_SHARE,
+                           phys.structured_share, phys.structured_rho)
         confounds = np.c_[self.motion[:, :3], np.rad2deg(self.motion[:, 3:])]
         self.stats = estimator_stats(self.regressors, confounds, noise, self.tr_s)
         self._set_noise(params["signal"], rng)
@@ -135,6 +162,11 @@ class BoldRun:
         self._rng = np.random.default_rng([self.seed, 12])
         n_brain = len(self.brain_index)
         self._phase = rng.uniform(0, 2 * np.pi, (2, n_brain))
+        if phys.structured_components:
+            self._components = noise.components(phys.structured_components, np.random.default_rng([self.seed, 13]))
+            self._loadings = self.subject.noise_loadings(xyz[self.brain_index])
+        else:
+            self._components = self._loadings = None
         slow = slow_cosines(self.n_volumes, self.tr_s, 0.01)[:, :2] * np.sqrt(2.0 / self.n_volumes)  # unit norm; high-passed away
         self._drift = self.drift_pct / 100 * np.sqrt(self.n_volumes / 2) * (slow @ rng.normal(0, 1, slow.shape[1]))
 
@@ -161,22 +193,54 @@ class BoldRun:
     def iter_volumes(self) -> Iterator[np.ndarray]:
         """Volumes in acquisition order (float32, scanner frame); state advances, so iterate once."""
         base = self.baseline.ravel()
-        ar = self._rng.normal(0, 1, len(self.brain_index))  # stationary start
-        innov = np.sqrt(1 - AR_RHO ** 2)
-        for t in range(self.n_volumes):
+        for t, noise in enumerate(self._head_noise(np.arange(len(self.brain_index)), self._rng)):
             head = base * (1 + self._drift[t])
-            head[self.roi_index] += base[self.roi_index] * (self.betas @ self.regressors[t]) / 100
-            if t:
-                ar = AR_RHO * ar + innov * self._rng.normal(0, 1, len(ar))
-            # Two unit-amplitude sinusoids with random phases: unit variance in all.
-            phys = (np.cos(2 * np.pi * self._noise.resp_hz * self.times[t] + self._phase[0])
-                    + np.cos(2 * np.pi * self._noise.card_hz * self.times[t] + self._phase[1]))
-            head[self.brain_index] += self.head_sd * (np.sqrt(1 - PHYSIO_SHARE) * ar + np.sqrt(PHYSIO_SHARE) * phys)
+            head[self.roi_index] += base[self.roi_index] * self.task_signal(t) / 100
+            head[self.brain_index] += noise
             vol = head.reshape(self.shape)
             if np.any(self.motion[t]):
                 vol = moved_volume(vol, self.affine, self.motion[t])
             vol = vol + self._rng.normal(0, self.thermal_sd, self.shape) + 20.0
             yield np.clip(vol, 0, 4095).astype(np.float32)
+
+    def task_signal(self, t: int) -> np.ndarray:
+        """Frame ``t``'s task response (% of baseline) in every visual voxel."""
+        return self.betas @ self.regressors[t] if self._signal is None else self._signal[t]
+
+    def _head_noise(self, which: np.ndarray, rng: np.random.Generator) -> Iterator[np.ndarray]:
+        """Head-frame noise (absolute units) per frame for brain voxels ``which`` (indices into brain_index)."""
+        sd = self.head_sd[which]
+        n = self._noise
+        ar_share = 1 - n.physio_share - n.structured_share
+        ar = rng.normal(0, 1, len(which))  # stationary start
+        innov = np.sqrt(1 - AR_RHO ** 2)
+        for t in range(self.n_volumes):
+            if t:
+                ar = AR_RHO * ar + innov * rng.normal(0, 1, len(ar))
+            # Two unit-amplitude sinusoids with random phases: unit variance in all.
+            phys = (np.cos(2 * np.pi * n.resp_hz * self.times[t] + self._phase[0, which])
+                    + np.cos(2 * np.pi * n.card_hz * self.times[t] + self._phase[1, which]))
+            mix = np.sqrt(ar_share) * ar + np.sqrt(n.physio_share) * phys
+            if self._components is not None:
+                mix = mix + np.sqrt(n.structured_share) * (self._loadings[which] @ self._components[t])
+            yield sd * mix
+
+    def masked_series(self, which: np.ndarray, seed: int = 0) -> np.ndarray:
+        """(frames, len(which)) head-frame series of brain voxels ``which`` (indices into ``brain_index``),
+        with drift, task response, head noise and thermal noise but no motion: what a GLM benchmark needs
+        without writing or reading volumes."""
+        which = np.asarray(which, int)
+        rng = np.random.default_rng([self.seed, 14, seed])
+        base = self.baseline.ravel()[self.brain_index[which]]
+        roi_pos = {int(b): i for i, b in enumerate(np.searchsorted(self.brain_index, self.roi_index))}
+        task = np.array([roi_pos.get(int(w), -1) for w in which])
+        out = np.empty((self.n_volumes, len(which)), np.float32)
+        for t, noise in enumerate(self._head_noise(which, rng)):
+            frame = base * (1 + self._drift[t]) + noise + rng.normal(0, self.thermal_sd, len(which)) + 20.0
+            hit = task >= 0
+            frame[hit] += base[hit] * self.task_signal(t)[task[hit]] / 100
+            out[t] = frame
+        return out
 
     def save_truth(self, folder: str | Path, prefix: str) -> dict[str, Path]:
         """Ground truth beside the data: events, motion, true betas, voxel indices, latents, settings."""
@@ -196,6 +260,11 @@ class BoldRun:
         np.save(paths["roi"], self.roi_index.astype(np.int64))
         np.save(paths["latents"], np.asarray(self.latents, np.float32))
         np.save(paths["reliability"], self.reliability.astype(np.float32))
+        if not self.hrf.canonical:  # each visual voxel's double-gamma parameters, in roi order
+            paths["hrf"] = folder / f"{prefix}_truth_hrf.npz"
+            n = len(self.roi_index)
+            np.savez(paths["hrf"], **{k: np.broadcast_to(np.asarray(getattr(self.hrf, k), np.float32), (n,))
+                                      for k in ("peak_s", "undershoot_s", "dispersion", "ratio")})
         info = {
             "subject": self.subject.spec.to_dict(), "seed": self.seed, "tr_s": self.tr_s, "volumes": self.n_volumes,
             "shape": list(self.shape), "voxel_mm": self.voxel_mm, "affine": self.affine.tolist(),
@@ -203,7 +272,9 @@ class BoldRun:
             "roi_index": "flat C-order indices into the volume (head frame, before motion)",
             "median_reliability": float(np.median(self.reliability)), "thermal_sd": self.thermal_sd,
             "estimator": {"leakage": self.stats.leakage, "c_white": self.stats.c_white, "c_head": self.stats.c_head},
+            "physiology": self.subject.spec.physiology,
             "noise": {"ar_rho": AR_RHO, "physio_share": PHYSIO_SHARE, "thermal_share": THERMAL_SHARE,
+                      "structured_share": self._noise.structured_share, "structured_rho": self._noise.structured_rho,
                       "resp_hz": self._noise.resp_hz, "card_hz": self._noise.card_hz},
         }
         paths["info"].write_text(json.dumps(info, indent=2))

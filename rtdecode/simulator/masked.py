@@ -18,7 +18,9 @@ def masked_run(n_voxels: int, volumes: int = 192, seed: int = 0) -> tuple[Events
     baseline of 1000, and the head moves along a random trajectory (within 1 mm and 1 degree).
     """
     rng = np.random.default_rng(seed)
-    par = Paradigm(volumes=volumes)
+    base = Paradigm()
+    fit = int((volumes * base.tr_s - base.lead_in_s - base.image_s) // (base.image_s + base.gap_s)) + 1
+    par = Paradigm(volumes=volumes, trials=max(1, min(base.trials, fit)))  # a short run holds fewer trials
     events = par.events([image_id(i) for i in range(par.trials)])
     regressors = boxcar_responses(events.onset, events.duration, np.arange(volumes) * par.tr_s)
     rho = rng.uniform(0, 0.5, n_voxels)

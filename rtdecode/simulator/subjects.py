@@ -24,9 +24,34 @@ import numpy as np
 from models.standin import StandInConfig, StandInEmbedder
 from rtdecode.cache import cached_arrays
 from rtdecode.gallery.builtin import StimulusSet
+from rtdecode.simulator.hrf import DISPERSION, GLOVER, PEAK_S, RATIO, UNDERSHOOT_S, HrfShape
 from rtdecode.simulator.phantom import mni_template
 
 NSD_RELIABILITY = 0.3  # median single-trial correlation with the true response (NSD-like: noisy)
+
+
+@dataclass(frozen=True)
+class Physiology:
+    """Spreads of HRF timing and the share of structured noise (sources: docs/simulated-brain.md).
+
+    Fixed before any GLM change was measured against them (issue 20); do not tune to results.
+    """
+
+    person_peak_sd_s: float = 0.0  # between people: sd of the HRF delay (Aguirre 1998, Handwerker 2004)
+    voxel_peak_sd_s: float = 0.0  # within a person, between voxels (smooth over ~6 mm)
+    undershoot_sd_s: float = 0.0  # undershoot delay beyond the peak's shift
+    dispersion_sd: float = 0.0  # log-normal spread of the gammas' dispersion
+    ratio_sd: float = 0.0  # log-normal spread of the undershoot ratio
+    structured_share: float = 0.0  # share of head-frame noise variance in shared slow components
+    structured_components: int = 0
+    structured_rho: float = 0.9  # lag-1 autocorrelation of each component at TR 1.5 s (slow: < 0.1 Hz)
+
+
+PHYSIOLOGY = {
+    "canonical": Physiology(),
+    "varied": Physiology(person_peak_sd_s=0.8, voxel_peak_sd_s=0.6, undershoot_sd_s=1.0, dispersion_sd=0.1,
+                         ratio_sd=0.3, structured_share=0.4, structured_components=6),
+}
 
 
 @dataclass(frozen=True)
@@ -42,6 +67,13 @@ class SubjectSpec:
     evoked_pct: float = 1.0  # mean evoked response, % signal change
     signal_pct: float = 0.8  # sd of the image-specific response across images, % signal change
     map_scale_mm: float = 8.0  # spatial scale of the response maps
+    # "canonical": the Glover HRF in every voxel and noise without shared slow components (round 1);
+    # "varied": person- and voxel-specific HRF timing and shared slow noise components (see PHYSIOLOGY).
+    physiology: str = "canonical"
+
+    def __post_init__(self) -> None:
+        if self.physiology not in PHYSIOLOGY:
+            raise ValueError(f"SubjectSpec.physiology must be one of {sorted(PHYSIOLOGY)}, got {self.physiology!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -105,6 +137,11 @@ class SimulatedSubject:
         self._shared = _FourierField(rng, spec.latent_dim, scale_mm=spec.map_scale_mm)
         self._specific = _FourierField(rng, spec.latent_dim, scale_mm=spec.map_scale_mm)
         self._param_field = _FourierField(rng, 2, scale_mm=4.0)
+        # Drawn from their own stream, so the canonical subjects of round 1 are unchanged.
+        hrng = np.random.default_rng([spec.seed, 202])
+        self._hrf_field = _FourierField(hrng, 4, scale_mm=6.0)
+        self._person_peak = float(hrng.normal())
+        self._noise_field = _FourierField(hrng, max(self.physiology.structured_components, 1), scale_mm=20.0)
         self._specific_proj = rng.normal(0, 2 / np.sqrt(spec.latent_dim), (spec.latent_dim, spec.latent_dim))
         self._specific_phase = rng.uniform(0, 2 * np.pi, spec.latent_dim)
         candidates = _candidate_voxels()
@@ -122,6 +159,28 @@ class SimulatedSubject:
     @property
     def n_voxels(self) -> int:
         return len(self.xyz)
+
+    @property
+    def physiology(self) -> Physiology:
+        return PHYSIOLOGY[self.spec.physiology]
+
+    def hrf(self, xyz: np.ndarray) -> HrfShape:
+        """Each position's HRF: the Glover shape, shifted per person and per voxel under "varied"."""
+        p = self.physiology
+        if p.person_peak_sd_s == 0 and p.voxel_peak_sd_s == 0:
+            return GLOVER
+        f = self._hrf_field(xyz)  # unit-variance smooth fields
+        peak = np.clip(PEAK_S + p.person_peak_sd_s * self._person_peak + p.voxel_peak_sd_s * f[:, 0], 3.5, 10.0)
+        under = peak + (UNDERSHOOT_S - PEAK_S) + p.undershoot_sd_s * f[:, 1]
+        return HrfShape(peak, np.maximum(under, peak + 2.0), DISPERSION * np.exp(p.dispersion_sd * f[:, 2]),
+                        np.clip(RATIO * np.exp(p.ratio_sd * f[:, 3]), 0.1, 0.8))
+
+    def noise_loadings(self, xyz: np.ndarray) -> np.ndarray:
+        """(n, k) loadings of the shared slow noise components, unit norm per position (k = 0: none)."""
+        k = self.physiology.structured_components
+        if k == 0:
+            return np.zeros((len(xyz), 0))
+        return _unit_rows(self._noise_field(xyz)[:, :k])
 
     def in_roi(self, xyz: np.ndarray) -> np.ndarray:
         """Which world positions (mm, head frame) belong to this subject's visual region."""
@@ -194,7 +253,8 @@ def _candidate_voxels() -> np.ndarray:
 
 
 def default_subjects(n: int = 4, base_seed: int = 1, reliability: float = NSD_RELIABILITY,
-                     voxels: tuple[int, ...] = (1800, 1500, 2100, 1300, 1700, 1950, 1400, 1600)) -> list[SubjectSpec]:
+                     voxels: tuple[int, ...] = (1800, 1500, 2100, 1300, 1700, 1950, 1400, 1600),
+                     physiology: str = "canonical") -> list[SubjectSpec]:
     """Several subjects with different voxel counts (NSD-like spread, scaled down for a CPU)."""
     return [SubjectSpec(name=f"sim{i + 1:02d}", n_voxels=voxels[i % len(voxels)], seed=base_seed + i,
-                        reliability=reliability) for i in range(n)]
+                        reliability=reliability, physiology=physiology) for i in range(n)]

@@ -80,7 +80,8 @@ SCHEMAS: dict[str, dict[str, F]] = {
                     "tr_s": F("float", False, lo=0.05, hi=100), "fd_threshold_mm": F("float", False, lo=0, hi=1e3),
                     "shift_mm": F("float", False, lo=0, hi=1e4), "rotation_deg": F("float", False, lo=0, hi=360),
                     "in_brain": F("float", False, lo=0, hi=1), "match": F("float", False, lo=-1, hi=1),
-                    "alignment_warning": F("text", False, hi=MAX_TEXT)},
+                    "alignment_warning": F("text", False, hi=MAX_TEXT),
+                    "final_delay_s": F("float", False, lo=0, hi=99.9)},  # refining: a trial's last version
     "qa_map": {"run": _run(), "index": _index(), "median_tsnr": F("float", lo=0, hi=1e6)},
     "run_ended": {"run": _run(), "n_volumes": F("int", lo=0, hi=MAX_INDEX), "reason": F("text", False, hi=MAX_TEXT)},
     "status": {"state": F("name", pattern=WORD), "service": F("name", False, choices=("scanner", "decoder")),

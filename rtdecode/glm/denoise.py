@@ -1,0 +1,119 @@
+"""Noise regressors from a pool of voxels without task response (GLMdenoise's idea, our own code).
+
+Pure functions: a run's noise components are the leading temporal principal components of the pool
+voxels' time series once the drift and the constant are removed; :func:`choose_count` picks how many
+by how well betas of the same image agree across its presentations in different calibration runs.
+:class:`NoisePool` is the real-time shell: it keeps the current run's pool voxels and gives the
+components of the frames received so far, the same computation on fewer rows.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from rtdecode.glm.design import cosine_drift, frame_times
+from rtdecode.glm.hrf_library import residualize
+
+MAX_COMPONENTS = 10
+
+
+def noise_components(pool: np.ndarray, baseline: np.ndarray, k: int) -> np.ndarray:
+    """(frames, k) leading temporal components of ``pool`` (frames, voxels) after removing ``baseline``
+    columns (drift, constant); unit variance, sign fixed so each component's first loading is positive."""
+    n = pool.shape[0]
+    if k <= 0 or n < 2 or pool.shape[1] == 0:
+        return np.zeros((n, 0))
+    r = residualize(baseline, pool.astype(float))
+    r /= np.maximum(r.std(0), 1e-9)  # each voxel counts once, whatever its noise level (GLMdenoise normalises too)
+    # Left singular vectors from the frames x frames Gram matrix: frames are fewer than pool voxels.
+    w, u = np.linalg.eigh(r @ r.T)
+    w, u = w[::-1], u[:, ::-1]
+    k = min(k, int(np.sum(w > w[0] * 1e-12)))
+    loading = u[:, :k].T @ r[:, 0]  # sign fixed so each component's first loading is positive
+    comps = u[:, :k] * np.where(loading < 0, -1.0, 1.0)[None, :]
+    return comps * np.sqrt(n)
+
+
+def baseline_columns(n_frames: int, tr_s: float, high_pass_hz: float, rows: np.ndarray | None = None) -> np.ndarray:
+    """The cosine drift and the constant over the frames used."""
+    cols = np.c_[cosine_drift(high_pass_hz, frame_times(n_frames, tr_s)), np.ones(n_frames)]
+    return cols if rows is None else cols[rows]
+
+
+def repeat_pairs(images: list[str]) -> np.ndarray:
+    """(pairs, 2) trial indices of every two presentations of the same image."""
+    where: dict[str, list[int]] = {}
+    for i, img in enumerate(images):
+        where.setdefault(img, []).append(i)
+    pairs = [(a, b) for idx in where.values() for k, a in enumerate(idx) for b in idx[k + 1:]]
+    return np.asarray(pairs, int).reshape(-1, 2)
+
+
+def repeat_reliability(betas: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    """Per voxel: the correlation, over pairs of presentations of the same image, of their betas."""
+    if len(pairs) < 3:
+        return np.zeros(betas.shape[1])
+    a, b = betas[pairs[:, 0]], betas[pairs[:, 1]]
+    a, b = a - a.mean(0), b - b.mean(0)
+    return np.sum(a * b, 0) / np.maximum(np.sqrt(np.sum(a * a, 0) * np.sum(b * b, 0)), 1e-12)
+
+
+def choose_count(reliability: np.ndarray, weights: np.ndarray | None = None) -> tuple[int, np.ndarray]:
+    """From (counts, voxels) beta reliability with 0..K components: the first count reaching 95 % of the
+    best gain in the (weighted) mean over voxels (later components add little and cost rows), and that
+    mean for every count. ``weights``: how much each voxel responds (voxels without a response have
+    reliabilities that move with the noise model and should not decide)."""
+    w = np.ones(reliability.shape[1]) if weights is None else np.asarray(weights, float) + 1e-12
+    score = reliability @ w / w.sum()
+    gain = score - score[0]
+    if gain.max() <= 0:
+        return 0, score
+    return int(np.flatnonzero(gain >= 0.95 * gain.max())[0]), score
+
+
+class NoisePool:
+    """The current run's pool voxels, fed volume by volume; :meth:`components` for the first n frames."""
+
+    def __init__(self, pool: np.ndarray, k: int, tr_s: float, high_pass_hz: float, min_frames: int,
+                 capacity: int = 192) -> None:
+        self.pool = np.asarray(pool, int)
+        self.k, self.tr_s, self.high_pass_hz, self.min_frames = k, tr_s, high_pass_hz, min_frames
+        self._data = np.zeros((capacity, len(self.pool)), np.float32)
+        self._present = np.zeros(capacity, bool)
+        self._cache: tuple[tuple, np.ndarray] | None = None
+
+    def _grow(self, frames: int) -> None:
+        if frames > len(self._data):
+            cap = max(frames, int(len(self._data) * 1.5))
+            data = np.zeros((cap, len(self.pool)), np.float32)
+            data[: len(self._data)] = self._data
+            present = np.zeros(cap, bool)
+            present[: len(self._present)] = self._present
+            self._data, self._present = data, present
+
+    def add(self, index: int, vector: np.ndarray) -> None:
+        self._grow(index + 1)
+        self._data[index] = vector[self.pool]
+        self._present[index] = True
+        self._cache = None
+
+    def add_missing(self, index: int) -> None:
+        self._grow(index + 1)
+        self._present[index] = False
+        self._cache = None
+
+    def components(self, n_frames: int) -> np.ndarray | None:
+        """(n_frames, k) components from the frames received among the first ``n_frames`` (zero rows
+        where a volume is missing), or None while fewer than ``min_frames`` are in."""
+        rows = self._present[:n_frames]
+        if self.k <= 0 or int(rows.sum()) < max(self.min_frames, self.k + 2):
+            return None
+        key = (n_frames, int(rows.sum()))
+        if self._cache is not None and self._cache[0] == key:
+            return self._cache[1]
+        base = baseline_columns(n_frames, self.tr_s, self.high_pass_hz, rows)
+        out = np.zeros((n_frames, self.k))
+        comps = noise_components(self._data[:n_frames][rows], base, self.k)
+        out[rows, : comps.shape[1]] = comps
+        self._cache = (key, out)
+        return out

@@ -54,6 +54,18 @@ class GLMSettings:
         return self.hrf == "glover" and self.denoise == 0
 
 
+def _median(rho: np.ndarray, bins: int) -> float:
+    """The median AR coefficient; rho is binned to 1/bins, so counting beats sorting 15,000 values."""
+    level = np.rint(np.asarray(rho, float) * bins).astype(np.int64)
+    if level.size == 0 or level.min() < -bins or level.max() > bins:
+        return float(np.median(rho)) if np.size(rho) else 0.0
+    cum = np.cumsum(np.bincount(level + bins, minlength=2 * bins + 1))
+    n = cum[-1]
+    lo = int(np.searchsorted(cum, (n - 1) // 2, side="right"))
+    hi = int(np.searchsorted(cum, n // 2, side="right"))
+    return float((lo + hi) / 2 - bins) / bins
+
+
 def refine_version(delay_s: float) -> str:
     """The version name of an estimate taken ``delay_s`` after onset: rt4.5, rt12.0."""
     return f"rt{round(float(delay_s), 1):.1f}"
@@ -249,7 +261,7 @@ class IncrementalGLM:
         self.mark(trial, version)
         return TrialEstimate(trial, self.events.image[trial], float(self.events.onset[trial]),
                              np.asarray(beta, np.float32), n, int(rows.sum()), version, s.noise_model,
-                             float(np.median(rho)), (time.perf_counter() - t0) * 1e3, X.astype(np.float32))
+                             _median(rho, s.bins), (time.perf_counter() - t0) * 1e3, X.astype(np.float32))
 
     def _from_products(self, trial: int, X: np.ndarray, Y: np.ndarray, times: np.ndarray, rows: np.ndarray,
                        use_motion: bool) -> tuple[np.ndarray, np.ndarray]:

@@ -69,7 +69,7 @@ def probe_betas(X: np.ndarray, xy: np.ndarray, x_ly: np.ndarray, lx_y: np.ndarra
     m1 = X.T @ lagged  # X'LX
     x_lag = x_ly + lx_y  # X'Ly + (LX)'y
     r0 = (yy - np.einsum("pv,pv->v", b, xy)) / n
-    r1 = (y_ly - np.einsum("pv,pv->v", b, x_lag) + np.einsum("pv,pv->v", b, m1 @ b)) / max(n - 1, 1)
+    r1 = (y_ly - np.einsum("pv,pv->v", b, x_lag - m1 @ b)) / max(n - 1, 1)
     with np.errstate(invalid="ignore", divide="ignore"):
         rho = np.where(r0 > 0, r1 / r0, 0.0)
     level = np.trunc(rho * bins).astype(np.int64)  # nilearn's binning, as integers: no sort needed
@@ -84,13 +84,15 @@ def probe_betas(X: np.ndarray, xy: np.ndarray, x_ly: np.ndarray, lx_y: np.ndarra
     gram = g0 + r ** 2 * g2 - r * (m1 + m1.T)
     e0 = np.zeros((len(levels), p, 1))
     e0[:, 0] = 1.0
-    g = _solve_batched(gram, e0)[which].T  # (p, V): each voxel's level's weights
-    # Xw'yw = X'y - rho (X'Ly + (LX)'y) + rho^2 (LX)'Ly, and (LX)'Ly is X'y without the last row.
-    whitened = x_lag
-    whitened *= -rho
-    whitened += xy
-    whitened += rho ** 2 * (xy - np.outer(X[-1], y_last))
-    beta = np.einsum("pv,pv->v", g, whitened)
+    weights = _solve_batched(gram, e0)  # (levels, p): each level's weights
+    g = weights[which]  # (V, p), contiguous
+    # Xw'yw = X'y - rho (X'Ly + (LX)'y) + rho^2 (LX)'Ly, and (LX)'Ly is X'y without the last row, so
+    # beta = (1 + rho^2) g.X'y - rho g.(X'Ly + (LX)'y) - rho^2 y_last g.x_last: no (p, V) temporaries.
+    gxy = np.einsum("vp,pv->v", g, xy)
+    glag = np.einsum("vp,pv->v", g, x_lag)
+    glast = (weights @ X[-1])[which]
+    rho2 = rho * rho
+    beta = (1 + rho2) * gxy - rho * glag - rho2 * y_last * glast
     return beta, rho
 
 

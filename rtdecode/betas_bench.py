@@ -143,18 +143,6 @@ def _unit(a: np.ndarray) -> np.ndarray:
     return a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-9)
 
 
-def top1(pred: np.ndarray, target: np.ndarray, ways: int, draws: int, seed: int) -> float:
-    """Mean top-1 of brain-to-image retrieval among ``ways`` trials, over ``draws`` random subsets."""
-    rng = np.random.default_rng(seed)
-    sim = _unit(pred) @ _unit(target).T
-    hits = []
-    for _ in range(draws):
-        pick = rng.choice(len(pred), ways, replace=False)
-        s = sim[np.ix_(pick, pick)]
-        hits.append(np.mean(np.argmax(s, 1) == np.arange(ways)))
-    return float(np.mean(hits))
-
-
 def truth_correlation(est: np.ndarray, truth: np.ndarray) -> float:
     """Median over voxels of the correlation across trials between estimated and true betas."""
     e, t = est - est.mean(0), truth - truth.mean(0)
@@ -176,6 +164,7 @@ def hrf_recovery(tuning, runs: list[RunData], roi_cols: np.ndarray, tolerance: i
 
 
 def measure_seed(setup: BetasSetup, seed: int, configs: str = "abcde", log=print) -> dict:
+    from models.retrieval import n_way_top1
     from rtdecode.glm.incremental import GLMSettings
     from rtdecode.glm.tuning import TuningRun, tune
 
@@ -216,7 +205,7 @@ def measure_seed(setup: BetasSetup, seed: int, configs: str = "abcde", log=print
             train_on = d if c["matched"] else None
             w, alpha = fit_ridge(zscore(cal_b[train_on]), y_cal, groups)
             pred = zscore(live_b[d]) @ w
-            row[tier] = {"top1": top1(pred, y_live, setup.ways, setup.draws, seed),
+            row[tier] = {"top1": n_way_top1(pred, y_live, setup.ways, setup.draws, seed)[0],
                          "truth_r": truth_correlation(live_b[d][:, roi_cols], truth), "alpha": alpha}
         rows[key] = row
         log(f"   ({key}) " + "  ".join(f"{tier}: {row[tier]['top1']:.1%} r={row[tier]['truth_r']:.3f}" for tier, _ in TIERS))

@@ -182,8 +182,7 @@ class IncrementalGLM:
     # -- readiness --------------------------------------------------------------------------------
     def ready_frame(self, trial: int) -> int:
         """Number of frames needed before ``trial`` is estimated (the frame at onset + delay, inclusive)."""
-        need = self.events.onset[trial] + self.settings.delay_s
-        return int(np.ceil(need / self.settings.t_r - 1e-9)) + 1
+        return self.frames_at(trial, self.settings.delay_s)
 
     def ready(self) -> list[int]:
         """Trials not yet estimated whose response window has arrived."""

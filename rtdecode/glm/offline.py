@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from rtdecode.events import read_events
+from rtdecode.events import Events, read_events
 from rtdecode.glm.incremental import GLMSettings
 from rtdecode.glm.tuning import GLMTuning
 from rtdecode.glm.voxelwise import make_glm
@@ -37,6 +38,18 @@ def session_folder(path: str | Path) -> SessionFolder:
     return SessionFolder(path.parent.parent, sub[4:], ses[4:], task)
 
 
+def recorded_runs(folder: SessionFolder) -> Iterator[tuple[int, Events, list[dict[str, str]], np.ndarray]]:
+    """Each run with an events table and stored volumes: (run, events, confounds rows, ok vectors)."""
+    for row in folder.runs():
+        run = int(row["run"])
+        events_file = folder.path / "func" / f"{folder.prefix(run)}_events.tsv"
+        if not events_file.exists():
+            continue
+        rows, vectors = folder.run_store(run).load()
+        if vectors.size:
+            yield run, read_events(events_file), rows, vectors
+
+
 def offline_betas(folder: SessionFolder, settings: GLMSettings, version: str = "endofrun",
                   tuning: GLMTuning | None = None) -> SessionBetas:
     """Betas of every run with an events table: 'endofrun' (whole run) or 'realtime' (replayed at
@@ -46,15 +59,8 @@ def offline_betas(folder: SessionFolder, settings: GLMSettings, version: str = "
         raise ValueError(f"version must be 'endofrun' or 'realtime', got {version!r}")
     settings = replace(settings, refine=False)
     betas, images, runs, trials = [], [], [], []
-    for row in folder.runs():
-        run = int(row["run"])
-        events_file = folder.path / "func" / f"{folder.prefix(run)}_events.tsv"
-        if not events_file.exists():
-            continue
-        rows, vectors = folder.run_store(run).load()
-        if vectors.size == 0:
-            continue
-        glm = make_glm(read_events(events_file), vectors.shape[1], settings, len(rows), tuning)
+    for run, events, rows, vectors in recorded_runs(folder):
+        glm = make_glm(events, vectors.shape[1], settings, len(rows), tuning)
         k = 0
         estimates = []
         for r in rows:

@@ -10,6 +10,7 @@ glm_tuning.json   n_voxels, n_components, the fractions per member, the source s
 from __future__ import annotations
 
 import json
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -86,13 +87,22 @@ class GLMTuning:
         if not path.exists() or not meta_path.exists():
             raise ValueError(f"{folder}: no GLM tuning (glm_tuning.npz and .json); make one with "
                              "`rtdecode glm-tune SESSION --out FOLDER` or `rtdecode calibrate --glm-hrf library`")
-        meta = json.loads(meta_path.read_text())
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"{meta_path}: format {meta.get('format')!r}, this rtdecode reads {FORMAT}")
-        with np.load(path, allow_pickle=False) as z:
-            t = cls(z["hrf_index"].astype(int), z["library"].astype(float), z["pool"].astype(int),
-                    z["reliability"].astype(float), int(meta["n_components"]), z["component_scores"].astype(float),
-                    str(meta.get("source", "")), list(meta.get("notes", [])), z["hrf_gain"].astype(float))
+        try:
+            meta = json.loads(meta_path.read_text())
+            if not isinstance(meta, dict):
+                raise ValueError(f"expected a JSON object, got {type(meta).__name__}")
+            fmt = meta.get("format")
+            if fmt == FORMAT:
+                with np.load(path, allow_pickle=False) as z:
+                    t = cls(z["hrf_index"].astype(int), z["library"].astype(float), z["pool"].astype(int),
+                            z["reliability"].astype(float), int(meta["n_components"]),
+                            z["component_scores"].astype(float), str(meta.get("source", "")),
+                            list(meta.get("notes", [])), z["hrf_gain"].astype(float))
+        # np.load of a file that is not a zip raises a ValueError (it refuses the pickle fallback)
+        except (OSError, KeyError, TypeError, ValueError, zipfile.BadZipFile) as exc:
+            raise ValueError(f"{folder}: glm_tuning.npz/.json unreadable ({type(exc).__name__}: {exc})") from None
+        if fmt != FORMAT:
+            raise ValueError(f"{meta_path}: format {fmt!r}, this rtdecode reads {FORMAT}")
         n = t.n_voxels
         if meta.get("n_voxels") != n or len(t.reliability) != n or (len(t.pool) and (t.pool.min() < 0 or t.pool.max() >= n)) \
                 or t.hrf_index.min(initial=0) < 0 or t.hrf_index.max(initial=0) >= len(t.library):
@@ -185,31 +195,19 @@ def tune(runs: list[TuningRun], tr_s: float, high_pass_hz: float = 0.01, max_com
 
 def session_runs(folder) -> list[tuple[int, TuningRun]]:
     """Every run of a session folder with stored volumes and an events table, as tuning input."""
-    from rtdecode.events import read_events
-    from rtdecode.glm.offline import MOTION
+    from rtdecode.glm.offline import MOTION, recorded_runs
 
     out = []
-    for row in folder.runs():
-        run = int(row["run"])
-        events_file = folder.path / "func" / f"{folder.prefix(run)}_events.tsv"
-        if not events_file.exists():
-            continue
-        rows, vectors = folder.run_store(run).load()
-        if vectors.size == 0:
-            continue
-        n = max(int(r["volume"]) for r in rows) + 1
-        present = np.zeros(n, bool)
-        order, motion = [], []
-        for r in rows:
-            if r["status"] == "ok":
-                present[int(r["volume"])] = True
-                order.append(int(r["volume"]))
-                motion.append([float(r[c]) for c in MOTION])
-        data = np.zeros((n, vectors.shape[1]), np.float32)
+    for run, ev, rows, vectors in recorded_runs(folder):
+        ok = [r for r in rows if r["status"] == "ok"]  # in the order their vectors were stored
+        order = np.array([int(r["volume"]) for r in ok])
+        present = np.zeros(max(int(r["volume"]) for r in rows) + 1, bool)
+        present[order] = True
+        data = np.zeros((len(present), vectors.shape[1]), np.float32)
         data[order] = vectors
-        ev = read_events(events_file)
-        out.append((run, TuningRun(ev.onset, ev.duration, data[present], np.asarray(motion)[np.argsort(order)], present,
-                                   tuple(ev.image))))
+        motion = np.zeros((len(present), 6))
+        motion[order] = [[float(r[c]) for c in MOTION] for r in ok]
+        out.append((run, TuningRun(ev.onset, ev.duration, data[present], motion[present], present, tuple(ev.image))))
     return out
 
 

@@ -98,13 +98,12 @@ def bench_calibrate(hidden: int | None = None, n_voxels: int = 15724, steps: int
         sync()
         ms.append((time.perf_counter() - t0) * 1e3)
     s = summarize(ms[1:])  # the first step allocates the optimiser state
-    recipe_steps = RECIPE_STEPS
     result = {"stage": "calibrate", "device": torch.cuda.get_device_name() if cuda else "cpu", "hidden": hidden,
               "params": sum(p.numel() for p in model.parameters()), "batch": batch,
               "step_median_ms": s["median_ms"], "steps_per_s": 1000 / s["median_ms"],
-              "one_hour_recipe_steps": recipe_steps,
+              "one_hour_recipe_steps": RECIPE_STEPS,
               # at batch 24; a smaller measured batch is scaled up linearly (an optimistic bound on a CPU)
-              "one_hour_recipe_projected_min": recipe_steps * s["median_ms"] * (24 / batch) / 60000}
+              "one_hour_recipe_projected_min": RECIPE_STEPS * s["median_ms"] * (24 / batch) / 60000}
     if cuda:
         result["peak_gpu_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
     return result

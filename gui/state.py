@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import bisect
 import logging
-import re
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ import numpy as np
 
 from gui.quality import RunQuality, episodes
 from rtdecode.wire.protocol import Message, decode_png
+from rtdecode.wire.schema import refine_delay
 
 log = logging.getLogger(__name__)
 SOURCE_NAMES = {"scanner": "scanner side", "decoder": "decoder"}
@@ -37,13 +37,6 @@ class LogEntry:
 
 
 LIVE = ("realtime", "refine")  # the rows that show a trial's live estimate
-_REFINE = re.compile(r"^rt([0-9]{1,2}\.[0-9])$")
-
-
-def refine_delay(version: str) -> float | None:
-    """The delay of a refinement version (rt6.0 -> 6.0); None for realtime and endofrun."""
-    m = _REFINE.match(version)
-    return float(m.group(1)) if m else None
 
 
 def trial_key(run: int, trial: int, version: str) -> tuple[int, int, str]:
@@ -329,7 +322,7 @@ class ConsoleState:
             view.top_ids = list(f.get("top_ids", []))
             view.top_scores = [float(s) for s in f.get("top_scores", [])]
             view.version = version
-            if key[2] in ("realtime", "refine"):
+            if key[2] in LIVE:
                 self.current = key
         elif "reconstruction" in msg.images:
             view.reconstruction = decode_png(msg.images["reconstruction"])

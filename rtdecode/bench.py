@@ -140,10 +140,8 @@ def bench_gpu(out: Path | str = "benchmarks/results", calibrate_steps: int = 50,
         calibrate = bench_calibrate(hidden=hidden, batch=24, steps=calibrate_steps)
         report.update(decoder=decoder, calibrate=calibrate)
         lines += [f"## Measured on {decoder['device']}", "", "| figure | value |", "| --- | --- |"]
-        lines += [f"| decoder: {k} | {v:.2f} |" if isinstance(v, float) else f"| decoder: {k} | {v} |"
-                  for k, v in decoder.items()]
-        lines += [f"| calibrate: {k} | {v:.2f} |" if isinstance(v, float) else f"| calibrate: {k} | {v} |"
-                  for k, v in calibrate.items()]
+        lines += [f"| {name}: {k} | {v:.2f} |" if isinstance(v, float) else f"| {name}: {k} | {v} |"
+                  for name, measured in (("decoder", decoder), ("calibrate", calibrate)) for k, v in measured.items()]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "gpu.json").write_text(json.dumps(report, indent=1, default=str))

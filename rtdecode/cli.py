@@ -18,6 +18,25 @@ def _shape(text: str) -> tuple[int, int, int]:
     return parts  # type: ignore[return-value]
 
 
+def _denoise(text: str) -> str:
+    from rtdecode.config import check_denoise
+
+    try:
+        return check_denoise(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _delay(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < 100:
+        raise argparse.ArgumentTypeError(f"must be seconds after onset, more than 0 and under 100, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rtdecode", description="Real-time fMRI-to-image decoding at the scanner.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -104,10 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("the GLM of --session (docs/glm.md)")
     g.add_argument("--glm-hrf", choices=("glover", "library"), default="glover",
                    help="library: tune each voxel's HRF on the session (saved as glm_tuning.npz in --out)")
-    g.add_argument("--glm-denoise", default="off", help="off | auto | N noise components (auto: tuned on the session)")
+    g.add_argument("--glm-denoise", type=_denoise, default="off", help="off | auto | N noise components (auto: tuned on the session)")
     g.add_argument("--train-on", choices=("endofrun", "realtime", "both"), default="endofrun",
                    help="whole-run betas, the real-time betas at --train-delay (what the live GLM sends), or both")
-    g.add_argument("--train-delay", type=float, default=7.5, help="seconds after onset of the real-time betas")
+    g.add_argument("--train-delay", type=_delay, default=7.5, help="seconds after onset of the real-time betas")
     _training_options(p)
 
     p = sub.add_parser("glm-tune", help="tune the GLM on a calibration session: each voxel's HRF, noise pool and count")
@@ -441,17 +460,16 @@ def _calibration(args: argparse.Namespace) -> int:
 def _session_glm(args: argparse.Namespace) -> dict:
     """calibrate --session: the GLM settings, the tuning (made on the session itself and saved into --out
     when asked for) and which betas to train on."""
+    from rtdecode.config import denoise_count, needs_tuning
     from rtdecode.glm.incremental import GLMSettings
     from rtdecode.glm.tuning import describe, tune_session
 
-    denoise = args.glm_denoise
-    if not (denoise in ("off", "auto") or (denoise.isdigit() and 1 <= int(denoise) <= 10)):
-        raise ValueError(f"--glm-denoise must be off, auto or a number from 1 to 10, got {denoise!r}")
+    denoise = args.glm_denoise  # checked by argparse (_denoise)
     tuning = None
-    if args.glm_hrf != "glover" or denoise != "off":
+    if needs_tuning(args.glm_hrf, denoise):
         tuning = tune_session(args.session, out=args.out)
         print(describe(tuning))
-    n = 0 if denoise == "off" else (tuning.n_components if denoise == "auto" else int(denoise))
+    n = denoise_count(denoise, tuning.n_components if tuning is not None else None)
     settings = GLMSettings(hrf=args.glm_hrf, denoise=n, delay_s=args.train_delay)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "glm.json").write_text(json.dumps({

@@ -299,11 +299,31 @@ def _validate(cfg: SessionConfig, source: str) -> None:
         raise ConfigError(f"{source}: scanner.pattern: {exc}") from None
 
 
+def check_denoise(value: str) -> str:
+    """A denoise setting (glm.denoise, calibrate --glm-denoise): "off", "auto" or a count from 1 to 10."""
+    if not (value in ("off", "auto") or (value.isdigit() and 1 <= int(value) <= 10)):
+        raise ValueError(f"must be \"off\", \"auto\" or a number of components from 1 to 10, got {value!r}")
+    return value
+
+
+def denoise_count(value: str, tuned: int | None) -> int:
+    """Noise components to use: none for "off", the tuning's count (``tuned``) for "auto", else the number."""
+    if value == "off":
+        return 0
+    return (tuned or 0) if value == "auto" else int(value)
+
+
+def needs_tuning(hrf: str, denoise: str) -> bool:
+    """Whether a GLM configuration reads the calibration hour's tuning (glm_tuning.npz)."""
+    return hrf != "glover" or denoise != "off"
+
+
 def _validate_glm(g: GLMSection, source: str) -> None:
-    if not (g.denoise in ("off", "auto") or (g.denoise.isdigit() and 1 <= int(g.denoise) <= 10)):
-        raise ConfigError(f"{source}: glm.denoise must be \"off\", \"auto\" or a number of components from 1 to 10, "
-                          f"got {g.denoise!r}")
-    if (g.hrf != "glover" or g.denoise != "off") and g.tuning is None:
+    try:
+        check_denoise(g.denoise)
+    except ValueError as exc:
+        raise ConfigError(f"{source}: glm.denoise {exc}") from None
+    if needs_tuning(g.hrf, g.denoise) and g.tuning is None:
         raise ConfigError(f"{source}: glm.hrf = {g.hrf!r} and glm.denoise = {g.denoise!r} need glm.tuning (the folder "
                           "with glm_tuning.npz from the calibration hour: rtdecode calibrate --glm-tune)")
     if g.denoise_min_frames < 0:

@@ -12,7 +12,14 @@ import numpy as np
 from PIL import Image
 
 from rtdecode.decoder.results import open_results, retrieval_message
-from rtdecode.scanner.history import alignment_fields, mark_events, read_rows, run_events, stored_tr
+from rtdecode.scanner.history import (
+    alignment_fields,
+    mark_events,
+    read_rows,
+    run_events,
+    stored_betas,
+    stored_tr,
+)
 from rtdecode.wire.protocol import Message, encode_png
 
 
@@ -28,7 +35,7 @@ def session_messages(session: str | Path) -> list[Message]:
         if prefix is None:
             continue
         confounds = read_rows(deriv / f"{prefix}_desc-confounds_timeseries.tsv")
-        betas = [row for v in ("realtime", "endofrun", "refine") for row in read_rows(deriv / f"{prefix}_desc-{v}_betas.tsv")]
+        betas = stored_betas(deriv, prefix)
         events = run_events(run, int(run_row["series"]), confounds, betas, "", len(confounds),
                             alignment_fields(deriv / f"{prefix}_desc-alignment.json"),
                             stored_tr(deriv / f"{prefix}_desc-realtime_betas.json"))

@@ -430,7 +430,8 @@ def test_refine_policy_reconstructs_only_the_newest_version_of_a_trial(tmp_path,
     raw = zmq.Context.instance().socket(zmq.DEALER)
     raw.setsockopt(zmq.LINGER, 0)
     raw.connect(service.receiver.address)
-    sent = [(0, "rt4.5"), (0, "rt6.0"), (1, "rt4.5"), (0, "rt7.5"), (1, "rt5.0"), (1, "rt4.5")]
+    # Trial 1's rt4.5 comes after its rt5.0 (a slow path): dropped on arrival, rt5.0 keeps its place.
+    sent = [(0, "rt4.5"), (0, "rt6.0"), (1, "rt5.0"), (0, "rt7.5"), (1, "rt4.5"), (1, "rt4.5")]
     try:
         for trial, version in sent[:-1]:
             raw.send_multipart(encode(beta_message(2, trial, rng.normal(size=N_VOXELS), SESSION_A,
@@ -440,8 +441,7 @@ def test_refine_policy_reconstructs_only_the_newest_version_of_a_trial(tmp_path,
             if service.decoded_here == len(sent) - 1:
                 break
         assert len(service.queue) == 2
-        # (1, rt4.5) again, after rt5.0: already decoded, so acknowledged and not queued at all; a new
-        # older version would be dropped on arrival the same way (covered by _enqueue's rank check).
+        # (1, rt4.5) again: already decoded, so acknowledged and not queued at all.
         raw.send_multipart(encode(beta_message(2, 1, rng.normal(size=N_VOXELS), SESSION_A, image="sim-00001",
                                                version="rt4.5")))
         for _ in range(100):

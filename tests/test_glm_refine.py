@@ -225,6 +225,19 @@ def test_glm_settings_are_checked(glm, message):
         config_from_dict({"glm": glm})
 
 
+@pytest.mark.parametrize("option, value, message", [
+    ("--glm-denoise", "11", "--glm-denoise: must be \"off\", \"auto\" or a number of components from 1 to 10, got '11'"),
+    ("--train-delay", "-2", "--train-delay: must be seconds after onset, more than 0 and under 100, got -2"),
+    ("--train-delay", "soon", "--train-delay: must be seconds after onset, more than 0 and under 100, got soon"),
+])
+def test_calibrate_glm_options_are_checked_on_the_command_line(capsys, option, value, message):
+    from rtdecode.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["calibrate", "--session", "s", "--subject", "x", "--out", "o", option, value])
+    assert message in capsys.readouterr().err
+
+
 def _recorded_session(root, runs) -> SessionFolder:
     """A session folder as the scanner side leaves it: each run's masked vectors, confounds and events."""
     folder = SessionFolder(root, "01", "01").create()

@@ -35,6 +35,7 @@ from rtdecode.decoder.results import (
 )
 from rtdecode.wire.protocol import MAX_FRAME_BYTES, Message, encode_png
 from rtdecode.wire.reliable import BetaReceiver, beta_key
+from rtdecode.wire.schema import refine_delay
 from rtdecode.wire.sockets import Publisher
 
 log = logging.getLogger(__name__)
@@ -43,19 +44,20 @@ POLICIES = ("every", "newest", "refine")  # or "every-N": reconstruct every N-th
 
 
 def version_rank(version: str) -> float:
-    """How late an estimate is: rtX.X by its delay, 'realtime' before any refinement past 7.5 s is not
-    known, so by its usual delay (7.5), 'endofrun' last."""
+    """How far into a trial's response an estimate was made: a refinement by its delay, 'realtime' as
+    Real-time MindEye's fast tier (7.5 s: its own delay is not in the key), 'endofrun' after every other."""
     if version == "endofrun":
         return float("inf")
-    if version.startswith("rt"):
-        return float(version[2:])
-    return 7.5
+    delay = refine_delay(version)
+    return 7.5 if delay is None else delay
 
 
 def trial_of(key: str) -> tuple[str, float]:
     """(uid:run:trial, the version's rank) of a beta key."""
     head, version = key.rsplit(":", 1)
     return head, version_rank(version)
+
+
 IDENTITY = ("subject", "session", "session_uid")
 
 

@@ -28,15 +28,16 @@ from rtdecode.demo.settings import DemoSettings
 def _tuned_glm(s: DemoSettings, session: Path, model_dir: Path):
     """The demo's GLM (settings.GLM_BEST): tuned on the calibration hour when it needs a tuning; returns the
     offline settings, the tuning and the scanner side's [glm] lines, and says which configuration runs."""
+    from rtdecode.config import denoise_count, needs_tuning
     from rtdecode.demo.settings import GLM_BEST
     from rtdecode.glm.incremental import GLMSettings
     from rtdecode.glm.tuning import describe, tune_session
 
     tuning = None
-    if s.glm_hrf != "glover" or s.glm_denoise != "off":
+    if needs_tuning(s.glm_hrf, s.glm_denoise):
         tuning = tune_session(session, out=model_dir)
         _say(f"   {describe(tuning)}")
-    n = 0 if s.glm_denoise == "off" else (tuning.n_components if s.glm_denoise == "auto" else int(s.glm_denoise))
+    n = denoise_count(s.glm_denoise, tuning.n_components if tuning is not None else None)
     chosen = {"hrf": s.glm_hrf, "denoise": s.glm_denoise, "train_on": s.train_on}
     name = GLM_BEST["name"] if all(GLM_BEST[k] == v for k, v in chosen.items()) else "as set"
     _say(f"   GLM configuration {name}: hrf {s.glm_hrf}, denoise {s.glm_denoise} ({n} components), trained on "

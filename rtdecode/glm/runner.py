@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rtdecode.config import SessionConfig
+from rtdecode.config import SessionConfig, denoise_count, needs_tuning
 from rtdecode.errors import ConfigError
 from rtdecode.events import Events, EventsError, read_events, write_events
 from rtdecode.glm.incremental import GLMSettings, IncrementalGLM, TrialEstimate
@@ -36,12 +36,7 @@ log = logging.getLogger(__name__)
 def settings_from_config(config: SessionConfig, tuning: GLMTuning | None = None) -> GLMSettings:
     """The GLM's settings; ``denoise = "auto"`` takes the count the tuning chose."""
     g = config.glm
-    if g.denoise == "off":
-        denoise = 0
-    elif g.denoise == "auto":
-        denoise = tuning.n_components if tuning is not None else 0
-    else:
-        denoise = int(g.denoise)
+    denoise = denoise_count(g.denoise, tuning.n_components if tuning is not None else None)
     return GLMSettings(t_r=config.scanner.tr_s, hrf_model=g.hrf_model, drift_model=g.drift_model,
                        high_pass=g.high_pass, noise_model=g.noise_model, delay_s=g.delay_s,
                        motion_confounds=g.motion_confounds, motion_min_frames=g.motion_min_frames,
@@ -52,7 +47,7 @@ def settings_from_config(config: SessionConfig, tuning: GLMTuning | None = None)
 def load_tuning(config: SessionConfig) -> GLMTuning | None:
     """The calibration hour's GLM tuning when the settings need one (glm.tuning), else None."""
     g = config.glm
-    if g.hrf == "glover" and g.denoise == "off":
+    if not needs_tuning(g.hrf, g.denoise):
         return None
     try:
         return GLMTuning.load(g.tuning)

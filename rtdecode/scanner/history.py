@@ -27,6 +27,12 @@ def read_rows(path: Path) -> list[dict]:
         return list(csv.DictReader(fh, delimiter="\t"))
 
 
+def stored_betas(derivatives: Path, prefix: str) -> list[dict]:
+    """Every beta row of a run as stored: the real-time, end-of-run and refinement tables, in that order."""
+    return [row for version in ("realtime", "endofrun", "refine")
+            for row in read_rows(derivatives / f"{prefix}_desc-{version}_betas.tsv")]
+
+
 def keep_event(msg: Message) -> tuple[str, Message] | None:
     """The key under which a late joiner gets this event (the latest per key), and the copy to keep."""
     f = msg.fields

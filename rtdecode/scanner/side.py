@@ -29,7 +29,13 @@ from rtdecode.ingest.naming import compile_pattern, parse_name
 from rtdecode.ingest.reader import Volume, read_volume
 from rtdecode.ingest.slices import Slice, assemble, read_slice
 from rtdecode.preprocess.pipeline import Mask
-from rtdecode.scanner.history import alignment_fields, mark_events, read_rows, run_events
+from rtdecode.scanner.history import (
+    alignment_fields,
+    mark_events,
+    read_rows,
+    run_events,
+    stored_betas,
+)
 from rtdecode.scanner.network import ScannerNetwork
 from rtdecode.scanner.runs import RunBook, RunState
 from rtdecode.scanner.volumes import VolumeEvent, VolumeStage
@@ -237,9 +243,7 @@ class ScannerSide:
         for run in sorted(self.book.runs.values(), key=lambda r: r.number):
             number = run.number
             rows = read_rows(run.store.confounds)  # the table only: the vectors stay on disk
-            betas = []
-            for version in ("realtime", "endofrun", "refine"):
-                betas += read_rows(self.folder.derivatives / f"{self.folder.prefix(number)}_desc-{version}_betas.tsv")
+            betas = stored_betas(self.folder.derivatives, self.folder.prefix(number))
             png = run.store.alignment_png.read_bytes() if run.store.alignment_png.exists() else None
             events = run_events(number, run.series_key, rows, betas, run.end_reason if run.ended else None, expected,
                                 alignment_fields(run.store.alignment), self.config.scanner.tr_s)

@@ -234,10 +234,10 @@ class BoldRun:
         base = self.baseline.ravel()[self.brain_index[which]]
         roi_pos = {int(b): i for i, b in enumerate(np.searchsorted(self.brain_index, self.roi_index))}
         task = np.array([roi_pos.get(int(w), -1) for w in which])
+        hit = task >= 0
         out = np.empty((self.n_volumes, len(which)), np.float32)
         for t, noise in enumerate(self._head_noise(which, rng)):
             frame = base * (1 + self._drift[t]) + noise + rng.normal(0, self.thermal_sd, len(which)) + 20.0
-            hit = task >= 0
             frame[hit] += base[hit] * self.task_signal(t)[task[hit]] / 100
             out[t] = frame
         return out

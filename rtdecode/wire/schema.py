@@ -24,6 +24,13 @@ IMAGE_ID = re.compile(r"^[A-Za-z0-9._-]{0,128}$")
 EVALUATION_METRICS = ("CLIP", "AlexNet(5)", "InceptionV3", "AlexNet(2)", "PixCorr")
 # Beta versions: whole-run, the classic real-time estimate, and refinements at a delay (rt4.5, rt12.0).
 VERSION = re.compile(r"^(realtime|endofrun|rt[0-9]{1,2}\.[0-9])$")
+
+
+def refine_delay(version: str) -> float | None:
+    """Seconds after onset of a refinement version (rt6.0 -> 6.0); None for anything else."""
+    return float(version[2:]) if version.startswith("rt") and VERSION.match(version) else None
+
+
 WORD = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 KEY = re.compile(r"^[0-9a-f]{32}:[0-9]{1,4}:[0-9]{1,5}:[a-z0-9.]{1,16}$")  # uid:run:trial:version
 MAX_TEXT = 2000

@@ -90,6 +90,9 @@ def main(argv: list[str] | None = None, display: bool = False, replay: Replay | 
     parser.add_argument("--screenshot", type=Path, default=None, help="save a PNG of the window and exit")
     parser.add_argument("--tab", choices=("trials", "runs", "log", "alignment"), default="trials",
                         help="the console tab shown first (with --screenshot: the one pictured)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="numpy and BLAS threads of this process (set by the rtdecode command before Qt loads; "
+                             "default 1, 0: every core)")
     parser.add_argument("--fd-threshold", type=float, default=0.5,
                         help="FD alarm threshold (mm) until the scanner side says its own")
     parser.add_argument("--curve-secret", type=Path, default=None,

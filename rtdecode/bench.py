@@ -102,6 +102,13 @@ def bench_finalize(volumes: int = 192, shape: tuple[int, int, int] = SHAPE, n_vo
     return bench(volumes_as_read, pool.affine, volumes=volumes, n_voxels=n_voxels)
 
 
+def bench_contention(**kwargs) -> dict:
+    """The scanner side, the decoder and a competing load on one machine (rtdecode/demo/contention.py)."""
+    from rtdecode.demo.contention import bench_contention as bench
+
+    return bench(**kwargs)
+
+
 def run_projection(stage: str, as_json: bool = False, **kwargs) -> dict:
     """``rtdecode bench decoder|calibrate --project``: counted on the meta device, projected onto named GPUs."""
     from calibration.bench import project_calibrate
@@ -153,7 +160,7 @@ def bench_gpu(out: Path | str = "benchmarks/results", calibrate_steps: int = 50,
 STAGES: dict[str, Callable[..., dict]] = {
     "preprocess": bench_preprocess, "endurance": bench_endurance, "simulate": bench_simulate, "glm": bench_glm,
     "decoder": bench_decoder, "wire": bench_wire, "console": bench_console, "calibrate": bench_calibrate,
-    "finalize": bench_finalize, "gpu": bench_gpu,
+    "finalize": bench_finalize, "gpu": bench_gpu, "contention": bench_contention,
 }
 
 
@@ -171,5 +178,9 @@ def run_stage(name: str, as_json: bool = False, **kwargs) -> dict:
     if name not in STAGES:
         raise SystemExit(f"rtdecode bench: unknown stage {name!r}; available: {', '.join(STAGES)}")
     result = STAGES[name](**{k: v for k, v in kwargs.items() if v is not None})
-    print(json.dumps(result) if as_json else format_table(result), flush=True)
+    if "markdown" in result:  # a stage with its own table (contention)
+        print(json.dumps({k: v for k, v in result.items() if k != "markdown"}) if as_json else result["markdown"],
+              flush=True)
+    else:
+        print(json.dumps(result) if as_json else format_table(result), flush=True)
     return result

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from rtdecode.errors import ConfigError, RtdecodeError
+from rtdecode.threads import DEFAULTS, MAX_THREADS
 
 
 def _shape(text: str) -> tuple[int, int, int]:
@@ -35,6 +36,12 @@ def _delay(text: str) -> float:
     if not 0 < value < 100:
         raise argparse.ArgumentTypeError(f"must be seconds after onset, more than 0 and under 100, got {text}")
     return value
+
+
+def _threads(text: str) -> int:
+    if not (text.isdigit() and int(text) <= MAX_THREADS):
+        raise argparse.ArgumentTypeError(f"must be 0 (every core) to {MAX_THREADS} threads, got {text!r}")
+    return int(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -157,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy", default="every", help="reconstructions: every | newest | refine (one per trial: its latest version) | every-N")
     p.add_argument("--unclip", type=Path, default=None, help="converted unCLIP folder (models.unclip.pipeline.convert_unclip)")
     p.add_argument("--sd-vae", type=Path, default=None, help="the SD VAE file, for blurry images without unCLIP")
+    p.add_argument("--threads", type=_threads, default=DEFAULTS.decoder,
+                   help=f"torch, OpenMP and BLAS threads (default {DEFAULTS.decoder}: cores left to the scanner side; "
+                        "0: every core)")
     p.add_argument("--curve-secret", type=Path, default=None, help="this host's secret key (rtdecode keys)")
     p.add_argument("--curve-allowed", type=Path, default=None, help="folder of client public keys to accept")
     p.add_argument("--allow-plaintext", action="store_true",
@@ -198,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="benchmark a stage; prints a table, or JSON with --json")
     p.add_argument("stage", help="preprocess | endurance | simulate | glm | betas | decoder | wire | console | calibrate | "
-                                 "finalize | gpu")
+                                 "finalize | gpu | contention")
     p.add_argument("--json", action="store_true")
     p.add_argument("--volumes", type=int, default=None)
     p.add_argument("--shape", type=_shape, default=None)
@@ -207,6 +217,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--unclip", action="store_true", default=None, help="decoder: also time unCLIP on the CPU")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="betas: simulated visits to average (default 0)")
     p.add_argument("--out", type=Path, default=None, help="betas: write results.json and table.md here")
+    p.add_argument("--tr", type=float, default=None, help="contention: the TR the run is written at (default 1.5 s)")
+    p.add_argument("--threads", type=_threads, default=None,
+                   help="contention: threads of the scanner side and the decoder (default: [threads]; 0: every core)")
+    p.add_argument("--load", type=int, default=None, help="contention: competing busy processes (default 1)")
     p.add_argument("--project", action="store_true",
                    help="decoder, calibrate: count the work at full size on the meta device and project it onto "
                         "named GPUs (nothing measured)")
@@ -233,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
             from rtdecode.screenshots import main as screenshots_main
 
             return screenshots_main(argv[1:])
+        _gui_threads(argv[0], argv[1:])
         from gui.app import main as gui_main
         from rtdecode.replay import replayed
 
@@ -247,6 +262,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+def _gui_threads(command: str, argv: list[str]) -> None:
+    """The console's or display's threads (``--threads``, read again by gui.app for its help), set before Qt
+    and numpy load."""
+    from rtdecode.threads import apply_role
+
+    parser = argparse.ArgumentParser(prog=f"rtdecode {command}", add_help=False)
+    parser.add_argument("--threads", type=_threads, default=DEFAULTS.console)
+    known, _ = parser.parse_known_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    apply_role(command, known.threads)
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -290,8 +317,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"GLM tuning -> {args.out / 'glm_tuning.npz'}")
         return 0
     if args.command in ("calibrate", "pretrain"):
+        from rtdecode.threads import apply_role
+
+        apply_role("calibration", args.threads, torch=True)
         return _calibration(args)
     if args.command == "decode":
+        from rtdecode.threads import apply_role
+
+        apply_role("decoder", args.threads, torch=True)
         from rtdecode.decoder.service import run_decoder
 
         try:
@@ -330,6 +363,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         extra = {"hidden": args.hidden, "unclip": args.unclip} if args.stage == "decoder" else {}
         if args.stage == "calibrate":
             extra = {"hidden": args.hidden}
+        if args.stage == "contention":
+            extra = {"hidden": args.hidden, "tr_s": args.tr, "threads": args.threads, "load": args.load}
         if args.stage not in ("decoder", "wire", "console", "calibrate", "gpu"):
             extra.update({"volumes": args.volumes, "shape": args.shape})
         run_stage(args.stage, as_json=args.json, n_voxels=args.n_voxels, **extra)
@@ -346,6 +381,9 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _training_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=_threads, default=DEFAULTS.calibration,
+                   help=f"torch, OpenMP and BLAS threads (default {DEFAULTS.calibration}; 0: every core; fewer beside "
+                        "a live session)")
     p.add_argument("--checkpoint-s", type=float, default=300.0, help="seconds between checkpoints")
     p.add_argument("--hidden", type=int, default=128, help="width of a model trained from scratch")
     p.add_argument("--seed", type=int, default=0)

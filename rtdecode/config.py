@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from rtdecode.errors import ConfigError
+from rtdecode.threads import ThreadsSection
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -152,6 +153,7 @@ class SessionConfig:
     glm: GLMSection = field(default_factory=GLMSection)
     network: NetworkSection = field(default_factory=NetworkSection)
     models: ModelsSection = field(default_factory=ModelsSection)
+    threads: ThreadsSection = field(default_factory=ThreadsSection)  # per process (rtdecode/threads.py)
 
     @property
     def session_dir(self) -> Path:
@@ -277,6 +279,7 @@ def _validate(cfg: SessionConfig, source: str) -> None:
     if cfg.network.decoder and not re.match(r"^(tcp|ipc)://\S+$", cfg.network.decoder):
         raise ConfigError(f"{source}: network.decoder must be an address like tcp://127.0.0.1:5556, got {cfg.network.decoder!r}")
     _validate_network(cfg.network, source)
+    cfg.threads.check(source)
     if cfg.glm.zscore == "calibration" and cfg.glm.zscore_stats is None:
         raise ConfigError(f"{source}: glm.zscore = \"calibration\" needs glm.zscore_stats (the calibrated model's folder)")
     _validate_glm(cfg.glm, source)

@@ -6,6 +6,7 @@ import numpy as np
 
 from rtdecode.config import SessionConfig
 from rtdecode.scanner import ScannerSide, VolumeEvent
+from rtdecode.threads import apply_role
 
 
 class LiveSummary:
@@ -44,6 +45,7 @@ class LiveSummary:
 def run_scanner_side(config: SessionConfig, idle_timeout: float | None = None, quiet: bool = False,
                      until=None) -> ScannerSide:
     """Watch, preprocess and publish until interrupted (or idle); print the summary at the end."""
+    apply_role("scanner", config.threads.scanner)  # before the first volume: a core left to the decoder
     summary = LiveSummary(config, quiet=quiet)
     side = ScannerSide(config, on_volume=summary)  # its events socket replays recent events to late consoles
     net = side.net

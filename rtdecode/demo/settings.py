@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
+
+from rtdecode.threads import ThreadsSection
 
 # The best row of `rtdecode bench betas` (docs/glm.md, 3 seeds): (b), per-voxel HRFs, had the best held-out
 # top-1 at every tier; noise components and matched training did not add to it. What the demo runs and says.
@@ -54,6 +56,9 @@ class DemoSettings:
     glm_denoise: str = GLM_BEST["denoise"]
     train_on: str = GLM_BEST["train_on"]
     train_delay_s: float = 7.5  # the real-time betas' delay (Real-time MindEye's fast tier)
+    # Threads per process: pretraining and calibration on every core; in the real-time run this process
+    # (the scanner side) and the decoder one each, so neither waits on the other's threads (issue 27).
+    threads: ThreadsSection = field(default_factory=ThreadsSection)
 
     @classmethod
     def short(cls) -> DemoSettings:

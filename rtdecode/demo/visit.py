@@ -79,6 +79,7 @@ def run_demo(out: Path, settings: DemoSettings | None = None, cache: Path | None
     from rtdecode.simulator.paradigm import Paradigm
     from rtdecode.simulator.subjects import LatentSpace, SubjectSpec
     from rtdecode.simulator.visit import Visit
+    from rtdecode.threads import apply_role, thread_env
     from rtdecode.wire.sockets import Publisher
 
     s = settings or DemoSettings()
@@ -103,6 +104,7 @@ def run_demo(out: Path, settings: DemoSettings | None = None, cache: Path | None
     live = Visit(spec, n_runs=s.realtime_runs, n_repeated=0, paradigm=paradigm, shape=s.shape, voxel_mm=s.voxel_mm,
                  seed=s.seed + 1000, latent=latent, exclude=calib.shown, unique_from=pool)
 
+    apply_role("calibration", s.threads.calibration, torch=True)  # nothing else runs yet: every core
     _say("1. shared model: a small MindEye2 pretrained on simulated subjects")
     t = time.monotonic()
     shared, built = shared_model(s, cache, latent, log=_say)
@@ -157,7 +159,9 @@ def run_demo(out: Path, settings: DemoSettings | None = None, cache: Path | None
          "faster than the TR; decoder in its own process")
     gallery, decoded = out / "gallery", out / "decoded"
     live.save_stimuli(gallery)
-    proc, addresses = start_decoder(model_dir, gallery, decoded)
+    # From here two processes share the cores: this one as the scanner side, the decoder (issue 27).
+    scanner_threads = apply_role("scanner", s.threads.scanner)
+    proc, addresses = start_decoder(model_dir, gallery, decoded, threads=s.threads.decoder)
     listener = ResultListener(addresses["results"])
     rt_cfg = config_from_dict({**base, "glm": {**base["glm"], "zscore": "calibration", "zscore_stats": str(model_dir),
                                                **glm_lines},
@@ -166,7 +170,9 @@ def run_demo(out: Path, settings: DemoSettings | None = None, cache: Path | None
     viewer = None
     if console if console is not None else _has_display():
         viewer = subprocess.Popen([sys.executable, "-m", "rtdecode.cli", "console", "--events", publisher.address,
-                                   "--results", addresses["results"], "--gallery", str(gallery)])
+                                   "--results", addresses["results"], "--gallery", str(gallery),
+                                   "--threads", str(s.threads.console)],
+                                  env={**os.environ, **thread_env(s.threads.console)})
         time.sleep(3.0)  # let the window come up before the first volume
     t = time.monotonic()
     try:
@@ -182,6 +188,7 @@ def run_demo(out: Path, settings: DemoSettings | None = None, cache: Path | None
         listener.close()
         publisher.close()
     timings["realtime_s"] = time.monotonic() - t
+    apply_role("calibration", s.threads.calibration)  # the live part is over: every core for the rest
     run_number = runs_before + 1
     scores = realtime_retrieval(decoded, run_number, seed=s.seed)
     stages = latencies(session, run_number, decoded, listener)
@@ -199,7 +206,7 @@ def run_demo(out: Path, settings: DemoSettings | None = None, cache: Path | None
                "held_out_calibration": ev, "scratch": summary_cal.get("scratch"),
                "evaluation": [r for r in evaluation.summary if r["run"] == run_number],
                "latency_ms": [{"stage": n, "median": m, "p99": p, "n": c} for n, m, p, c in stages],
-               "timings_s": timings, "tr_s": paradigm.tr_s, "realtime_dropped": [i for i in s.realtime_dropped if i < s.volumes],
+               "timings_s": timings, "tr_s": paradigm.tr_s, "scanner_threads": scanner_threads, "realtime_dropped": [i for i in s.realtime_dropped if i < s.volumes],
                "paths": {"session": str(session), "model": str(model_dir), "decoded": str(decoded),
                          "calibration_report": str(cal_report), "grid": str(grid),
                          "evaluation": str(eval_paths["summary_md"]),

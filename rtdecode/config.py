@@ -160,7 +160,7 @@ class SessionConfig:
         return self.session.root / f"sub-{self.session.subject}" / f"ses-{self.session.session}"
 
 
-_LABEL = re.compile(r"^[A-Za-z0-9]+$")
+_LABEL = re.compile(r"\A[A-Za-z0-9]{1,32}\Z")  # the wire's labels (rtdecode.wire.schema.LABEL)
 _POSITIVE = {
     "scanner.poll_interval_s", "scanner.tr_s", "scanner.volumes_per_run", "scanner.partial_timeout_s",
     "scanner.missing_timeout_s", "preprocess.fd_threshold_mm", "preprocess.max_iterations",
@@ -249,8 +249,8 @@ def _coerce(dotted: str, hint: Any, value: Any, base_dir: Path, source: str) -> 
 def _validate(cfg: SessionConfig, source: str) -> None:
     for name in ("subject", "session", "task"):
         value = getattr(cfg.session, name)
-        if not _LABEL.match(value):
-            raise ConfigError(f"{source}: session.{name} must be letters and digits only, got {value!r}")
+        if not _LABEL.fullmatch(value):
+            raise ConfigError(f"{source}: session.{name} must be letters and digits only (1 to 32), got {value!r}")
     for dotted in _POSITIVE:
         value = _get(cfg, dotted)
         if value <= 0:
@@ -276,7 +276,7 @@ def _validate(cfg: SessionConfig, source: str) -> None:
         raise ConfigError(
             f"{source}: preprocess.mask_threshold must be between 0 and 1, got {cfg.preprocess.mask_threshold}"
         )
-    if cfg.network.decoder and not re.match(r"^(tcp|ipc)://\S+$", cfg.network.decoder):
+    if cfg.network.decoder and not re.fullmatch(r"(tcp|ipc)://\S+", cfg.network.decoder):
         raise ConfigError(f"{source}: network.decoder must be an address like tcp://127.0.0.1:5556, got {cfg.network.decoder!r}")
     _validate_network(cfg.network, source)
     cfg.threads.check(source)

@@ -11,7 +11,7 @@ import numpy as np
 
 from rtdecode.errors import RtdecodeError
 
-IMAGE_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+IMAGE_ID = re.compile(r"\A[A-Za-z0-9._-]{1,128}\Z")
 REQUIRED = ("onset", "duration", "image")
 
 
@@ -57,7 +57,7 @@ def events_from_records(records: list[dict], source: str = "events", run_duratio
         image = str(rec["image"]).strip()
         if not image or image.lower() in ("nan", "n/a", "none"):
             raise EventsError(f"{source}: row {row}, column image: expected an image id, got {rec['image']!r}")
-        if not IMAGE_ID.match(image):  # ids travel on the wire and name files: letters, digits, . _ - only
+        if not IMAGE_ID.fullmatch(image):  # ids travel on the wire and name files: letters, digits, . _ - only
             raise EventsError(f"{source}: row {row}, column image: expected at most 128 letters, digits, '.', '_' "
                               f"or '-', got {image!r}")
         images.append(image)

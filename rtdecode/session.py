@@ -24,10 +24,10 @@ hand; :meth:`RunStore.load` trims a half-written last row and the run resumes wh
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import time
+import re
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +44,7 @@ CONFOUND_COLUMNS = (
 def append_tsv(path: Path, columns: tuple[str, ...], row: dict, fsync: bool = False) -> None:
     """Append one row (and the header to a new file); ``fsync``: on disk before returning."""
     new = not path.exists() or path.stat().st_size == 0
-    with open(path, "a", newline="") as fh:
+    with open(path, "a", newline="", encoding="utf-8") as fh:
         if new:
             fh.write("\t".join(columns) + "\n")
         fh.write("\t".join(_fmt(row.get(c, "n/a")) for c in columns) + "\n")
@@ -54,23 +54,48 @@ def append_tsv(path: Path, columns: tuple[str, ...], row: dict, fsync: bool = Fa
 
 
 def _fmt(value: object) -> str:
+# A field is written so it reads back equal: backslash, tab, newline, carriage return and every other
+# control, line-separator or lone-surrogate character as an escape (\\, \t, \n, \r, \uXXXX), so a
+# row is one line of UTF-8 whatever it holds; nothing is quoted.
+_UNSAFE = re.compile(r"[\\\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+_ESCAPES = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
+_ESCAPED = re.compile(r"\\(?:([\\tnr])|u([0-9a-f]{4}))")
+_PLAIN = {"\\": "\\", "t": "\t", "n": "\n", "r": "\r"}
+
+
+def escape_field(text: str) -> str:
+    """``text`` as one TSV field (see :func:`unescape_field`)."""
+    return _UNSAFE.sub(lambda m: _ESCAPES.get(m[0]) or f"\\u{ord(m[0]):04x}", text)
+
+
+def unescape_field(field: str) -> str:
+    """The text :func:`escape_field` wrote; a backslash before anything else is itself."""
+    return _ESCAPED.sub(lambda m: _PLAIN[m[1]] if m[1] else chr(int(m[2], 16)), field)
+
+
     if isinstance(value, float):
         return "n/a" if np.isnan(value) else f"{value:.6g}"
-    return str(value).replace("\t", " ").replace("\n", " ")
+    return escape_field(str(value))
 
 
 def read_tsv(path: Path) -> list[dict[str, str]]:
-    """Rows of a TSV written by this module; a final line cut by a crash is dropped."""
+    """Rows of a TSV written by this module, fields unescaped; a final line cut by a crash is dropped.
+    A row with fewer fields than the header has None for the rest (as csv.DictReader)."""
     if not path.exists():
         return []
-    text = path.read_text()
+    text = path.read_text(encoding="utf-8", errors="replace")
     lines = text.split("\n")
     if not text.endswith("\n"):
         lines = lines[:-1]  # the last line was being written when the process died
     lines = [ln for ln in lines if ln]
     if not lines:
         return []
-    return list(csv.DictReader(lines, delimiter="\t"))
+    header = lines[0].split("\t")
+    rows = []
+    for line in lines[1:]:
+        cells = [unescape_field(c) for c in line.split("\t")]
+        rows.append(dict(zip(header, cells + [None] * (len(header) - len(cells)), strict=False)))
+    return rows
 
 
 def repair_tail(path: Path) -> None:

@@ -23,6 +23,7 @@ BIDSIGNORE = """# rtdecode's live record (docs/session-folder.md): crash-safe, a
 sub-*/ses-*/session.json
 sub-*/ses-*/operator.tsv
 sub-*/ses-*/runs.tsv
+sub-*/ses-*/run_ends.tsv
 sub-*/ses-*/rejected.tsv
 sub-*/ses-*/marks.tsv
 sub-*/ses-*/config.toml
@@ -115,7 +116,7 @@ class Stimuli:
         from rtdecode.gallery.folder import SUFFIXES
         from rtdecode.wire.schema import IMAGE_ID
 
-        if not IMAGE_ID.match(image):  # an id from an events table becomes a file name only when it is a plain one
+        if not IMAGE_ID.fullmatch(image):  # an id from an events table becomes a file name only when it is a plain one
             return None
         for suffix in SUFFIXES:  # already there
             if (self.folder / f"{image}{suffix}").exists():

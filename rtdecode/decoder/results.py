@@ -19,15 +19,20 @@ acknowledged. No ledger can disagree with the rows, because the rows are the led
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from pathlib import Path
 
 import numpy as np
 
+from rtdecode.errors import ProtocolError
 from rtdecode.session import append_tsv, read_tsv, repair_tail
 from rtdecode.wire.protocol import Message
 from rtdecode.wire.reliable import Ledger
+from rtdecode.wire.schema import check_fields, check_identity
+
+log = logging.getLogger(__name__)
 
 COLUMNS = ("key", "run", "trial", "version", "image", "top_ids", "top_scores", "backbone_ms", "retrieval_ms",
            "prior_ms", "t_received", "t_done")
@@ -64,7 +69,7 @@ class ResultStore:
         self.folder = Path(folder)
         info = self.folder / "session.json"
         if info.exists():
-            self.identity = json.loads(info.read_text())
+            self.identity = _stored_identity(info)
             if identity is not None and identity.get("session_uid") != self.identity.get("session_uid"):
                 raise SessionMismatch(
                     f"{self.folder} holds session uid {self.identity.get('session_uid')}; a beta of "
@@ -132,6 +137,20 @@ class ResultStore:
     def rows(self) -> list[dict[str, str]]:
         return read_tsv(self.table)
 
+    def retrieval_messages(self) -> list[Message]:
+        """Every stored row as its retrieval result. A row that would not pass the wire schema (written
+        by an older rtdecode, or edited by hand) is skipped with one line: a restart never fails on it."""
+        out = []
+        for row in self.rows():
+            try:
+                msg = retrieval_message(row, self.identity)
+                check_fields(msg.type, msg.fields)
+            except (ProtocolError, ValueError, TypeError, AttributeError, KeyError) as exc:
+                log.warning("%s: row %s not published again: %s", self.table, row.get("key"), exc)
+                continue
+            out.append(msg)
+        return out
+
     def image_path(self, key: str) -> Path:
         return self.folder / "images" / f"{stem(key)}.png"
 
@@ -146,9 +165,27 @@ class ResultStore:
                 np.load(blurry, allow_pickle=False) if blurry.exists() else None)
 
 
+def _stored_identity(info: Path) -> dict[str, str]:
+    """A session folder's identity as stored; SessionMismatch when it is not one a beta could carry."""
+    try:
+        identity = json.loads(info.read_text(encoding="utf-8"))
+        check_identity(identity if isinstance(identity, dict) else {}, str(info))
+    except (ValueError, ProtocolError) as exc:
+        raise SessionMismatch(f"{info}: not a session's identity ({exc}); no beta is decoded into that folder. "
+                              "Move it away") from None
+    return {k: identity[k] for k in ("subject", "session", "session_uid")}
+
+
 def session_stores(out: str | Path, readonly: bool = False) -> list[ResultStore]:
-    """Every session folder under a decoder's output folder."""
-    return [ResultStore(p.parent, readonly=readonly) for p in sorted(Path(out).glob("sub-*/ses-*/session.json"))]
+    """Every session folder under a decoder's output folder; one whose session.json is unusable is
+    left alone with one line (a beta of its labels is then refused, never decoded into it)."""
+    stores = []
+    for info in sorted(Path(out).glob("sub-*/ses-*/session.json")):
+        try:
+            stores.append(ResultStore(info.parent, readonly=readonly))
+        except SessionMismatch as exc:
+            log.error("decoder: %s", exc)
+    return stores
 
 
 def open_results(decoded: str | Path) -> ResultStore:

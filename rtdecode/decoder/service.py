@@ -28,7 +28,6 @@ from rtdecode.decoder.core import Decoder
 from rtdecode.decoder.results import (
     ResultStore,
     SessionMismatch,
-    retrieval_message,
     session_folder,
     session_stores,
     stem,
@@ -94,8 +93,8 @@ class DecoderService:
         self.publisher = Publisher(results_address, context=context, curve=curve, replay=replay, max_bytes=max_bytes,
                                    keep=keep_result)
         for store in self.stores.values():  # after a restart: every decoded trial again, for consoles that join
-            for row in store.rows():
-                self.publisher.send(retrieval_message(row, store.identity))
+            for msg in store.retrieval_messages():  # rows that fail the schema are skipped with one line
+                self.publisher.send(msg)
         self.heartbeat_s = heartbeat_s
         self.decoded_here = 0
         self.refused = 0  # betas not decoded: another session's folder, or the model could not take them

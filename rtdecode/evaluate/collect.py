@@ -20,7 +20,7 @@ from rtdecode.glm.offline import session_folder as open_session
 from rtdecode.session import SessionFolder, read_tsv
 from rtdecode.wire.schema import VERSION
 
-BETAS_TABLE = re.compile(r"_run-(\d{2,4})_desc-([a-z0-9.]+)_betas\.tsv$")
+BETAS_TABLE = re.compile(r"_run-(\d{2,4})_desc-([a-z0-9.]+)_betas\.tsv\Z")
 
 
 class EvaluationError(ValueError):
@@ -76,7 +76,7 @@ def shown_trials(folder: SessionFolder) -> list[Trial]:
         for row in read_tsv(table):
             # The refine table holds every refinement (rt4.5, rt6.0, ...), each row naming its own version.
             version = row.get("version") or match.group(2)
-            if not VERSION.match(version):
+            if not VERSION.fullmatch(version):
                 continue
             trial = int(row["trial"])
             trials.append(Trial(run, trial, version, row["image"], f"{uid}:{run}:{trial}:{version}"))

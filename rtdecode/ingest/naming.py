@@ -43,7 +43,7 @@ def compile_pattern(pattern: str, per_slice: bool = False) -> re.Pattern[str]:
     if "{" in _PLACEHOLDER.sub("", pattern) or "}" in _PLACEHOLDER.sub("", pattern):
         raise ValueError(f"pattern has an unknown placeholder: {pattern!r} (allowed: {{run}}, {{volume}}, {{slice}}, "
                          "{instance})")
-    return re.compile("^" + "".join(out) + "$")
+    return re.compile("\\A" + "".join(out) + "\\Z")  # the whole name: "$" lets a final newline in
 
 
 def _literal(text: str) -> str:

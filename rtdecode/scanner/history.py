@@ -10,21 +10,24 @@ new subscriber; after a restart of the scanner side they are rebuilt from the se
 
 from __future__ import annotations
 
-import csv
 import json
+import logging
 from pathlib import Path
 
+from rtdecode.errors import ProtocolError
+from rtdecode.session import read_tsv
 from rtdecode.wire.protocol import Message
+from rtdecode.wire.schema import check_fields
+
+log = logging.getLogger(__name__)
 
 MOTION = ("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z")
 MARK_COLUMNS = ("time", "run", "trial", "version", "bad", "note")
 
 
 def read_rows(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh, delimiter="\t"))
+    """A session table's rows, read as rtdecode.session wrote them (fields unescaped)."""
+    return read_tsv(path)
 
 
 def stored_betas(derivatives: Path, prefix: str) -> list[dict]:
@@ -85,13 +88,22 @@ def run_events(run: int, series: int, confounds: list[dict], betas: list[dict], 
 
 
 def mark_events(rows: list[dict]) -> list[Message]:
-    """The latest mark of each trial, from the session's marks.tsv."""
+    """The latest mark of each trial, from the session's marks.tsv. A row that does not make a valid
+    mark (written by an older rtdecode, or edited by hand) is skipped with one line, never fatal."""
     latest: dict[tuple, dict] = {}
     for r in rows:
         latest[(r["run"], r["trial"], r["version"])] = r
-    return [Message("mark", {"run": int(r["run"]), "trial": int(r["trial"]), "version": r["version"],
-                             "bad": r["bad"] == "1", **({"note": r["note"]} if r.get("note") else {})})
-            for r in latest.values()]
+    out = []
+    for r in latest.values():
+        try:
+            fields = {"run": int(r["run"]), "trial": int(r["trial"]), "version": r["version"], "bad": r["bad"] == "1",
+                      **({"note": r["note"]} if r.get("note") else {})}
+            check_fields("mark", fields)
+        except (ProtocolError, ValueError, TypeError) as exc:
+            log.warning("marks.tsv: row %r skipped: %s", r, exc)
+            continue
+        out.append(Message("mark", fields))
+    return out
 
 
 def stored_tr(path: Path) -> float | None:

@@ -15,7 +15,8 @@ log = logging.getLogger(__name__)
 
 
 class ControlServer:
-    """Answers each valid ``command`` with a ``reply``; anything else is logged, counted and dropped."""
+    """Answers each valid ``command`` with a ``reply``; anything else is logged, counted and answered
+    with a ``reply`` of action ``refused`` naming the field at fault, so a console shows why."""
 
     def __init__(self, address: str, context: zmq.Context | None = None, curve: dict | None = None,
                  max_bytes: int = 64 * 1024) -> None:
@@ -39,6 +40,10 @@ class ControlServer:
             except ProtocolError as exc:
                 self.refused += 1
                 log.warning("control: rejected message: %s", exc)
+                refusal = Message("reply", {"action": "refused", "ok": False, "detail": f"refused: {exc}"[:2000]},
+                                  boot=self.boot)
+                self._sock.send_multipart([peer, *encode(refusal)])
+                did = True
                 continue
             action = msg.fields["action"]
             ok, detail = handle(action, {k: v for k, v in msg.fields.items() if k != "action"})

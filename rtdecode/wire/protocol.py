@@ -149,7 +149,7 @@ def decode(frames: Sequence[bytes | memoryview]) -> Message:
         raise ProtocolError(f"{mtype}: envelope seq must be an integer in [0, 2**53), got {seq!r}")
     if isinstance(sent, bool) or not isinstance(sent, (int, float)) or not math.isfinite(sent):
         raise ProtocolError(f"{mtype}: envelope time must be a finite number, got {sent!r}")
-    if not isinstance(boot, str) or not BOOT.match(boot):
+    if not isinstance(boot, str) or not BOOT.fullmatch(boot):
         raise ProtocolError(f"{mtype}: envelope boot must be 16 hex digits, got {boot!r}")
     fields = {k: v for k, v in header.items() if k not in ENVELOPE_FIELDS}
     _check_fields(mtype, fields)

@@ -3,7 +3,10 @@
 Every receiver validates through :func:`check_fields` (called by :func:`rtdecode.wire.protocol.decode`)
 before it touches a field, so a handler downstream can trust ``int(f["run"])`` and friends. Strings
 that could ever name a file (image ids, versions, session labels) are matched against allow-listed
-patterns here; a file name is then built from validated integers and those strings only.
+patterns here; a file name is then built from validated integers and those strings only. A pattern
+matches the whole field (``fullmatch`` on ``\\A...\\Z``: ``$`` would let a final newline through), and
+a text field must be writable as UTF-8 (JSON can carry lone surrogates), so whatever passes can be
+stored and read back through this schema unchanged.
 """
 
 from __future__ import annotations
@@ -16,23 +19,23 @@ from typing import Any
 
 from rtdecode.errors import ProtocolError
 
-LABEL = re.compile(r"^[A-Za-z0-9]{1,32}$")  # BIDS subject / session labels
-UID = re.compile(r"^[0-9a-f]{32}$")  # a session's uid (uuid4 hex)
-BOOT = re.compile(r"^[0-9a-f]{16}$")  # a process start's id
-IMAGE_ID = re.compile(r"^[A-Za-z0-9._-]{0,128}$")
+LABEL = re.compile(r"\A[A-Za-z0-9]{1,32}\Z")  # BIDS subject / session labels
+UID = re.compile(r"\A[0-9a-f]{32}\Z")  # a session's uid (uuid4 hex)
+BOOT = re.compile(r"\A[0-9a-f]{16}\Z")  # a process start's id
+IMAGE_ID = re.compile(r"\A[A-Za-z0-9._-]{0,128}\Z")
 # What a trial's evaluation score can be (rtdecode.evaluate.report.ranking_metric picks one).
 EVALUATION_METRICS = ("CLIP", "AlexNet(5)", "InceptionV3", "AlexNet(2)", "PixCorr")
 # Beta versions: whole-run, the classic real-time estimate, and refinements at a delay (rt4.5, rt12.0).
-VERSION = re.compile(r"^(realtime|endofrun|rt[0-9]{1,2}\.[0-9])$")
+VERSION = re.compile(r"\A(realtime|endofrun|rt[0-9]{1,2}\.[0-9])\Z")
 
 
 def refine_delay(version: str) -> float | None:
     """Seconds after onset of a refinement version (rt6.0 -> 6.0); None for anything else."""
-    return float(version[2:]) if version.startswith("rt") and VERSION.match(version) else None
+    return float(version[2:]) if version.startswith("rt") and VERSION.fullmatch(version) else None
 
 
-WORD = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
-KEY = re.compile(r"^[0-9a-f]{32}:[0-9]{1,4}:[0-9]{1,5}:[a-z0-9.]{1,16}$")  # uid:run:trial:version
+WORD = re.compile(r"\A[a-z][a-z0-9_]{0,31}\Z")
+KEY = re.compile(r"\A[0-9a-f]{32}:[0-9]{1,4}:[0-9]{1,5}:[a-z0-9.]{1,16}\Z")  # uid:run:trial:version
 MAX_TEXT = 2000
 MAX_RUN = 9999
 MAX_INDEX = 100_000
@@ -147,6 +150,14 @@ def check_fields(mtype: str, fields: Mapping[str, Any]) -> None:
         _check(f"{mtype}.{name}", spec, fields[name])
 
 
+def check_identity(fields: Mapping[str, Any], where: str = "identity") -> None:
+    """Raise ProtocolError unless ``fields`` holds a valid subject, session and session_uid."""
+    for name, spec in IDENTITY.items():
+        if name not in fields:
+            raise ProtocolError(f"{where}: missing field {name!r}")
+        _check(f"{where}.{name}", spec, fields[name])
+
+
 def _check(where: str, spec: F, value: Any) -> None:
     kind = spec.kind
     if kind in ("ints", "floats", "names"):
@@ -183,11 +194,16 @@ def _check(where: str, spec: F, value: Any) -> None:
     if kind == "text":
         if len(value) > spec.hi:
             raise ProtocolError(f"{where}: at most {spec.hi:g} characters, got {len(value)}")
+        if not value.isascii():
+            try:  # a lone surrogate passes JSON but cannot be written to any file
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ProtocolError(f"{where}: expected text in UTF-8, got {_show(value)}") from None
         return
     if spec.choices and value not in spec.choices:
         raise ProtocolError(f"{where}: expected one of {list(spec.choices)}, got {_show(value)}")
-    if spec.pattern is not None and not spec.pattern.match(value):
-        raise ProtocolError(f"{where}: expected a value matching {spec.pattern.pattern}, got {_show(value)}")
+    if spec.pattern is not None and not spec.pattern.fullmatch(value):
+        raise ProtocolError(f"{where}: expected a value matching {shown(spec.pattern)} (the whole field), got {_show(value)}")
 
 
 def check_array(mtype: str, name: str, dtype: str, shape: list[int]) -> tuple[int, frozenset[str], int]:
@@ -205,6 +221,12 @@ def check_array(mtype: str, name: str, dtype: str, shape: list[int]) -> tuple[in
 def check_image(mtype: str, name: str) -> None:
     if name not in IMAGES.get(mtype, frozenset()):
         raise ProtocolError(f"{mtype}: unexpected image frame {name!r}; allowed: {sorted(IMAGES.get(mtype, ()))}")
+
+
+def shown(pattern: re.Pattern) -> str:
+    """A whole-value pattern as an operator reads it (``\\A[0-9a-f]{16}\\Z`` -> ``[0-9a-f]{16}``)."""
+    text = pattern.pattern
+    return text[2:-2] if text.startswith("\\A") and text.endswith("\\Z") else text
 
 
 def _show(value: Any) -> str:

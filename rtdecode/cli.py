@@ -178,6 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=int, nargs="*", default=None, help="only these runs (default: all in runs.tsv)")
     p.add_argument("--tr", type=float, default=None, help="repetition time in s, for sessions recorded without it")
     p.add_argument("--gallery", type=Path, default=None, help="the shown images, copied into the dataset's stimuli/")
+    p.add_argument("--config", type=Path, default=None,
+                   help="the configuration rtdecode run ran with, to close a run it left open (default: the "
+                        "session folder's config.toml)")
 
     p = sub.add_parser("evaluate", help="score a decoded session as MindEye2 and Real-time MindEye do "
                                         "(docs/evaluation.md)")
@@ -528,6 +531,7 @@ def _finalize(args: argparse.Namespace) -> int:
         raise ConfigError(f"rtdecode session finalize: {exc}") from None
     if not (folder.path / "session.json").exists():
         raise ConfigError(f"rtdecode session finalize: {folder.path}: not a session folder (no session.json)")
+    _close_runs(folder, args.config)
     done = finalize_session(folder, args.runs, args.tr, gallery=args.gallery)
     failed = 0
     for run, what in done.items():
@@ -538,6 +542,23 @@ def _finalize(args: argparse.Namespace) -> int:
             print(f"run {run}: {len(what)} files")
     print(f"BIDS dataset: {folder.root} (derivatives in {folder.root / 'derivatives' / 'rtdecode'})")
     return 1 if failed else 0
+
+
+def _close_runs(folder, config_path: Path | None) -> None:
+    """A run that ``rtdecode run`` left open (killed) is closed first: its end-of-run betas, its end on record."""
+    from rtdecode.scanner.close import close_runs, session_config
+    from rtdecode.storage import FolderInUse, FolderLock
+
+    try:
+        lock = FolderLock(folder.path, "rtdecode session finalize").acquire()
+    except FolderInUse as exc:
+        print(f"open runs not closed: {exc}")
+        return
+    try:
+        for run, line in close_runs(folder, session_config(folder, config_path)).items():
+            print(f"run {run}: {line}")
+    finally:
+        lock.release()
 
 
 def _evaluate(args: argparse.Namespace) -> int:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import signal
+import threading
+from contextlib import contextmanager
+
 import numpy as np
 
 from rtdecode.config import SessionConfig
@@ -42,6 +46,30 @@ class LiveSummary:
         return "\n".join(lines)
 
 
+@contextmanager
+def _signals_end_the_day(side: ScannerSide):
+    """Ctrl-C or SIGTERM: the scanner side stores what is on disk and closes a run whose series has ended
+    (:meth:`ScannerSide.shutdown`); a second one stops it at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signals reach the main thread only
+        return
+
+    def at_once(signum, frame) -> None:
+        raise KeyboardInterrupt
+
+    def end_the_day(signum, frame) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, at_once)
+        side.shutdown()  # no printing here: the main thread may be inside a print
+
+    before = {sig: signal.signal(sig, end_the_day) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
 def run_scanner_side(config: SessionConfig, idle_timeout: float | None = None, quiet: bool = False,
                      until=None) -> ScannerSide:
     """Watch, preprocess and publish until interrupted (or idle); print the summary at the end."""
@@ -55,7 +83,8 @@ def run_scanner_side(config: SessionConfig, idle_timeout: float | None = None, q
           f"watching {config.scanner.watch_dir} ({config.scanner.mode}); events on {where}, control on {control}"
           f"{' (CURVE)' if net.secure else ''}", flush=True)
     try:
-        side.run(until=until, idle_timeout=idle_timeout)
+        with _signals_end_the_day(side):
+            side.run(until=until, idle_timeout=idle_timeout)
     except KeyboardInterrupt:
         side.stop()
     print(summary.report(side), flush=True)

@@ -6,6 +6,7 @@
         marks.tsv                           operator's marks on trials (bad, note; the latest row counts)
         operator.tsv                        operator commands taken (stop_run, start_run), with the run
         runs.tsv                            run number <-> scanner series, start time
+        run_ends.tsv                        each run's end: why, and how many volumes it kept
         rejected.tsv                        every file set aside, with the reason
         func/sub-XX_ses-YY_task-T_run-NN_bold/vol-000000.nii
                                             each volume as received (no patient fields)
@@ -26,8 +27,8 @@ from __future__ import annotations
 
 import json
 import os
-import time
 import re
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,7 +54,6 @@ def append_tsv(path: Path, columns: tuple[str, ...], row: dict, fsync: bool = Fa
             os.fsync(fh.fileno())
 
 
-def _fmt(value: object) -> str:
 # A field is written so it reads back equal: backslash, tab, newline, carriage return and every other
 # control, line-separator or lone-surrogate character as an escape (\\, \t, \n, \r, \uXXXX), so a
 # row is one line of UTF-8 whatever it holds; nothing is quoted.
@@ -73,6 +73,7 @@ def unescape_field(field: str) -> str:
     return _ESCAPED.sub(lambda m: _PLAIN[m[1]] if m[1] else chr(int(m[2], 16)), field)
 
 
+def _fmt(value: object) -> str:
     if isinstance(value, float):
         return "n/a" if np.isnan(value) else f"{value:.6g}"
     return escape_field(str(value))
@@ -170,6 +171,17 @@ class SessionFolder:
             self.path / "runs.tsv", ("run", "series", "series_uid", "started"),
             {"run": run, "series": series_key, "series_uid": series_uid, "started": time.strftime("%Y-%m-%dT%H:%M:%S")},
         )
+
+    def log_run_end(self, run: int, reason: str, n_volumes: int) -> None:
+        """A run ended (complete, new series, stopped, closed): written before its end-of-run betas, so a
+        restart never takes a closed run up again."""
+        append_tsv(self.path / "run_ends.tsv", ("time", "run", "reason", "volumes"),
+                   {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "run": run, "reason": reason,
+                    "volumes": n_volumes}, fsync=True)
+
+    def run_ends(self) -> dict[int, str]:
+        """Run -> why it ended, for the runs that did (the latest row of a run counts)."""
+        return {int(r["run"]): r["reason"] for r in read_tsv(self.path / "run_ends.tsv") if r["run"].isdigit()}
 
     def reject(self, file: str, reason: str) -> None:
         append_tsv(self.path / "rejected.tsv", ("time", "file", "reason"),

@@ -7,6 +7,7 @@ file of series S go?" and remembers the operator's decisions across restarts (``
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 
 from rtdecode.preprocess.pipeline import RunPreprocessor
@@ -14,6 +15,9 @@ from rtdecode.sequencer import RunSequencer
 from rtdecode.session import RunStore, SessionFolder
 
 log = logging.getLogger(__name__)
+
+CLOSED_AT_SHUTDOWN = "series ended; closed at shutdown"  # rtdecode run stopped (Ctrl-C, SIGTERM) after its last volume
+CLOSED_BY_FINALIZE = "closed by session finalize"  # a run left open (the process killed) closed afterwards
 
 
 @dataclass
@@ -28,7 +32,9 @@ class RunState:
     slices: dict = field(default_factory=dict)  # per-slice exports: volume index -> {file name: Slice}
     n_ok: int = 0
     ended: bool = False
-    end_reason: str = ""  # "" while open; "complete", "new series" or "stopped by operator"
+    end_reason: str = ""  # "" while open; "complete", "new series", "stopped by operator", or closed (CLOSED_*)
+    last_file: float = field(default_factory=time.monotonic)  # when a file of this run was last read (monotonic s)
+    held_back: set = field(default_factory=set)  # newer series told to wait for this run (logged once each)
 
     def release(self) -> None:
         """Drop what only an open run needs (reference, QA history, held volumes): ended runs cost ~nothing."""
@@ -42,7 +48,8 @@ class RunBook:
 
     ``armed`` starts true, so a scanner that simply starts the next series gets a new run. An operator's
     ``stop_run`` ends the current run and disarms: files of a new series then wait (kept, unread) until
-    ``start_run`` arms again, and later files of the stopped series are set aside.
+    ``start_run`` arms again, and later files of the stopped series are set aside. Every run's end is
+    recorded (``run_ends.tsv``), so a restart resumes only the run that was still open.
     """
 
     def __init__(self, folder: SessionFolder, missing_timeout_s: float) -> None:
@@ -52,14 +59,62 @@ class RunBook:
         self.current: RunState | None = None
         log_rows = folder.operator_log()
         self._stopped_at_start = {int(r["run"]) for r in log_rows if r["action"] == "stop_run" and r["run"].isdigit()}
+        self._ends = folder.run_ends()
         actions = [r["action"] for r in log_rows if r["action"] in ("stop_run", "start_run")]
         self.armed = not actions or actions[-1] == "start_run"
 
     def new_state(self, number: int, key: int, uid: str) -> RunState:
         run = RunState(number, key, uid, self.folder.run_store(number), RunSequencer(self.missing_timeout_s))
-        if number in self._stopped_at_start:
+        if number in self._ends:
+            run.ended, run.end_reason = True, self._ends[number]
+        elif number in self._stopped_at_start:
             run.ended, run.end_reason = True, "stopped by operator"
         return run
+
+    def resumed_state(self, row: dict[str, str], last: bool) -> RunState:
+        """A run of ``runs.tsv`` as a restart finds it; a run before the last one ended when the next began
+        (sessions recorded before run_ends.tsv say no more)."""
+        run = self.new_state(int(row["run"]), int(row["series"]), row.get("series_uid", ""))
+        if not run.ended and not last:
+            run.ended, run.end_reason = True, "new series"
+        return run
+
+    def record_end(self, run: RunState, reason: str) -> None:
+        """Write the run's end before anything else is done for it (a crash then resumes it as ended)."""
+        self.folder.log_run_end(run.number, reason, run.n_ok)
+        self._ends[run.number] = reason
+
+    def recorded(self, number: int) -> bool:
+        return number in self._ends
+
+    def busy(self, run: RunState, pending_series: set[int]) -> bool:
+        """Whether files of ``run``'s series wait to be read, or read volumes wait for a gap to be declared."""
+        return bool(run.sequencer.pending) or run.series_key in pending_series
+
+    def holds_back(self, series_key: int, now: float, pending_series: set[int]) -> bool:
+        """Whether a new series' file waits: the open run first takes every file of its own on disk (after a
+        restart or a burst), and a last volume landing up to ``missing_timeout_s`` after its newest one."""
+        run = self.open_run
+        if run is None or self.stray(series_key) is not None:
+            return False
+        if not self.busy(run, pending_series) and now - run.last_file >= self.missing_timeout_s:
+            return False
+        if series_key not in run.held_back:
+            run.held_back.add(series_key)
+            log.info("series %d waits until run %d (series %d) has taken its volumes", series_key, run.number,
+                     run.series_key)
+        return True
+
+    def stray(self, series_key: int) -> str | None:
+        """Why a file of a series no run has yet must not start one now; None when it may.
+
+        Series numbers rise through a session: a lower one while a run is open is a stray (a file copied in,
+        an older series exported late), never the next run."""
+        run = self.open_run
+        if run is None or series_key > run.series_key:
+            return None
+        return (f"series {series_key} is older than series {run.series_key} of run {run.number}, which is in "
+                "progress: not a new run (if the scanner restarted its numbering: stop run, then start run)")
 
     def add_resumed(self, run: RunState) -> None:
         self.runs[run.series_key] = run

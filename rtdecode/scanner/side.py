@@ -29,6 +29,7 @@ from rtdecode.ingest.naming import compile_pattern, parse_name
 from rtdecode.ingest.reader import Volume, read_volume
 from rtdecode.ingest.slices import Slice, assemble, read_slice
 from rtdecode.preprocess.pipeline import Mask
+from rtdecode.scanner.close import keep_config
 from rtdecode.scanner.history import (
     alignment_fields,
     mark_events,
@@ -37,7 +38,7 @@ from rtdecode.scanner.history import (
     stored_betas,
 )
 from rtdecode.scanner.network import ScannerNetwork
-from rtdecode.scanner.runs import RunBook, RunState
+from rtdecode.scanner.runs import CLOSED_AT_SHUTDOWN, RunBook, RunState
 from rtdecode.scanner.volumes import VolumeEvent, VolumeStage
 from rtdecode.session import SessionFolder
 from rtdecode.watcher import FolderWatcher
@@ -67,6 +68,8 @@ class ScannerSide:
         on_beta: optional callback for each single-trial beta (a :class:`rtdecode.glm.runner.SentBeta`).
     """
 
+    _closing = False  # set by shutdown(): the loop's end is the end of the day
+
     def __init__(self, config: SessionConfig, publisher=None, on_volume: Callable[[VolumeEvent], None] | None = None,
                  on_beta: Callable | None = None) -> None:
         self.config = config
@@ -75,6 +78,7 @@ class ScannerSide:
         self.folder = SessionFolder(config.session.root, config.session.subject, config.session.session,
                                     config.session.task).create()
         self.identity = self.folder.identity
+        keep_config(self.folder, config)  # for rtdecode session finalize, should this process be killed
         self.quarantine = sc.quarantine_dir or (sc.watch_dir / "rtdecode-rejected")
         mask, reference = self._load_mask(), self._load_session_reference()
         self.net = ScannerNetwork(config, self.folder, publisher)
@@ -142,10 +146,13 @@ class ScannerSide:
             raise ConfigError(f"preprocess.session_reference: cannot read {path} ({exc})") from None
 
     def _resume_runs(self) -> None:
-        for row in self.folder.runs():
-            run = self.book.new_state(int(row["run"]), int(row["series"]), row.get("series_uid", ""))
+        rows = self.folder.runs()
+        for i, row in enumerate(rows):
+            run = self.book.resumed_state(row, last=i == len(rows) - 1)
             self.stage.resume(run)
             self.book.add_resumed(run)
+            if run.ended and not self.book.recorded(run.number):
+                self.book.record_end(run, run.end_reason)  # complete before a crash, or an older session
             log.info("resuming run %d (series %d): %d volumes already stored%s", run.number, run.series_key,
                      run.n_ok, f"; {run.end_reason}" if run.ended else "")
             if run.ended and self._finalizer is not None and not is_finalized(self.folder, run.number):
@@ -176,6 +183,8 @@ class ScannerSide:
                     last_activity = time.monotonic()
                 elif idle_timeout is not None and time.monotonic() - last_activity > idle_timeout:
                     break
+            if self._closing:
+                self._close_day()
         finally:
             self.stop()
             self.net.close()
@@ -271,6 +280,9 @@ class ScannerSide:
                 self._status("waiting_for_start")
             pend.retry_at = now + 0.5
             return False
+        if run is None and self.book.holds_back(key.run, now, self._pending_series()):
+            pend.retry_at = now  # unread, in place, looked at again each step until the open run has taken its files
+            return False
         sc = self.config.scanner
         try:
             before = path.stat()
@@ -302,9 +314,15 @@ class ScannerSide:
         self._pending.pop(path.name, None)
         volume.meta["t_file"] = before.st_mtime
         index = volume.volume if sc.slices_per_volume else key.volume
+        if index >= sc.volumes_per_run:  # never a gap of hundreds of "missing" volumes in a run
+            self._reject(path, f"volume index {index} is beyond scanner.volumes_per_run ({sc.volumes_per_run}): "
+                               f"a run has volumes 0 to {sc.volumes_per_run - 1}")
+            return True
         run = self._run_for(key.run, index, volume, path)
         if run is None:
             return True
+        if not run.sequencer.holds(index):
+            run.last_file = now
         if sc.slices_per_volume:
             volume = self._gather(run, volume, path, now)
             if volume is None:
@@ -351,6 +369,10 @@ class ScannerSide:
     def _run_for(self, series_key: int, index: int, volume: Volume, path: Path) -> RunState | None:
         run = self.book.get(series_key)
         if run is None:
+            stray = self.book.stray(series_key)
+            if stray is not None:
+                self._reject(path, stray)
+                return None
             if self.book.open_run is not None:
                 self._end_run(self.book.open_run, "new series")
             return self.book.open(series_key, volume.series)
@@ -384,7 +406,41 @@ class ScannerSide:
             self._end_run(run, "complete")
         return did
 
+    def _pending_series(self) -> set[int]:
+        """The series of the files that wait to be read."""
+        keys = (parse_name(self.regex, name) for name in self._pending)
+        return {k.run for k in keys if k is not None}
+
+    def shutdown(self) -> None:
+        """The end of the day (Ctrl-C, SIGTERM; safe in a signal handler): :meth:`run` stores what is on disk,
+        closes the open run if its series has ended, and returns."""
+        self._closing = True
+        self._stop.set()
+
+    def _close_day(self) -> None:
+        """Close the open run at shutdown when no file of its series comes for ``missing_timeout_s``; a run
+        whose files are still arriving stays open for the next start."""
+        sc = self.config.scanner
+        log.info("stopping: the volumes on disk first (Ctrl-C again to stop at once)")
+        self._watcher.scan()
+        while self.step(0.02):
+            pass  # what is already on disk first
+        run = self.book.open_run
+        if run is None:
+            return
+        seen, deadline = run.last_file, time.monotonic() + sc.missing_timeout_s + sc.partial_timeout_s + 1.0
+        log.info("run %d: closing unless series %d goes on within %g s", run.number, run.series_key, sc.missing_timeout_s)
+        while not run.ended and run.last_file == seen and time.monotonic() < deadline:
+            if time.monotonic() - run.last_file >= sc.missing_timeout_s and not self.book.busy(run, self._pending_series()):
+                self._end_run(run, CLOSED_AT_SHUTDOWN)
+                return
+            self.step(0.05)
+        if not run.ended:
+            log.warning("run %d left open: series %d was still arriving; the next start resumes it "
+                        "(rtdecode session finalize closes it)", run.number, run.series_key)
+
     def _end_run(self, run: RunState, reason: str) -> None:
+        self.book.record_end(run, reason)
         for index, (volume, _t) in sorted(run.sequencer.take_buffered().items()):
             # Read but not yet in order when the run ended: kept in quarantine with the reason.
             self._reject(Path(volume.source), f"volume {index} arrived but run {run.number} ended ({reason})")

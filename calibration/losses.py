@@ -6,6 +6,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from models.devices import to_device
+
 
 def mixco(voxels: torch.Tensor, rng: np.random.Generator, beta: float = 0.15,
           s_thresh: float = 0.5) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -17,10 +19,10 @@ def mixco(voxels: torch.Tensor, rng: np.random.Generator, beta: float = 0.15,
     The draws come from ``rng`` so that every process of a distributed run mixes the same global batch.
     """
     n = voxels.shape[0]
-    perm = torch.from_numpy(rng.permutation(n)).to(voxels.device)
+    perm = to_device(torch.from_numpy(rng.permutation(n)), voxels.device)
     lam = rng.beta(beta, beta, size=n)
     lam = np.where(rng.random(n) <= s_thresh, lam, 1.0)
-    lam = torch.as_tensor(lam, dtype=voxels.dtype, device=voxels.device)
+    lam = to_device(torch.from_numpy(lam), voxels.device, voxels.dtype)
     return mix_rows(voxels, perm, lam), perm, lam
 
 

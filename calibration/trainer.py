@@ -43,11 +43,13 @@ from calibration.losses import (
     soft_clip_loss,
     soft_temperatures,
 )
+from models.devices import generator_on, to_device
 from models.mindeye2.model import MindEye2
 from rtdecode.crash import crash_point
 
 log = logging.getLogger(__name__)
 BLUR_SHAPE = (4, 28, 28)  # the backbone's low-level latent
+DEVICE_TABLE_GB = 16.0  # training tables up to this size are held on the device (see device_tables)
 
 
 @dataclass
@@ -66,6 +68,9 @@ class TrainConfig:
     cpu: bool = False  # train on the CPU even where a GPU is present
     fused_adam: bool = False  # one fused AdamW kernel instead of foreach (the same update)
     checkpoint_activations: bool = False  # recompute blocks in backward: batch 24 at full size in less memory
+    # Losses are read back to the host every ``log_every`` steps (0: every step on a CPU, every 50 on a GPU,
+    # where each read-back would make the host wait for the device); checkpoints are decided there too.
+    log_every: int = 0
 
     @classmethod
     def fast(cls, cuda: bool, **changes) -> TrainConfig:
@@ -150,7 +155,7 @@ def train(model: MindEye2, subjects: list[SubjectData], config: TrainConfig, out
         raise ValueError(f"batch size {config.batch_size} is larger than a subject's training set ({min(sizes)} trials)")
     total = steps_per_epoch * config.epochs
     mix_steps = int(total * config.mixup_pct)
-    temps = soft_temperatures(total - mix_steps)
+    temps = soft_temperatures(total - mix_steps).tolist()  # host numbers: reading one makes no device wait
     kernel = {"fused": True} if config.fused_adam else {"foreach": True}
     opt = torch.optim.AdamW(model.parameters(), lr=config.max_lr, weight_decay=config.weight_decay, **kernel)
     model.activation_checkpointing(config.checkpoint_activations)
@@ -173,39 +178,19 @@ def train(model: MindEye2, subjects: list[SubjectData], config: TrainConfig, out
         log.info("resumed at step %d of %d (epoch %d)", step, total, epoch0)
     runner, opt = accelerator.prepare(_TrainStep(model, config), opt)
     device = accelerator.device
-    tensors = [(torch.from_numpy(s.betas), torch.from_numpy(s.tokens.astype(np.float32)),
-                torch.from_numpy(s.blur.astype(np.float32)) if use_blur else None) for s in subjects]
+    feed = StepFeeder(device_tables(subjects, use_blur, device), index, model.diffusion_prior, config.seed, mix_steps,
+                      temps, rank, world, device)
+    log_every = config.log_every or (1 if device.type == "cpu" else 50)
+    pending: list[torch.Tensor] = []  # each step's (clip, prior, blurry) losses, still on the device
     last_save = time.monotonic()
     model.train()
     for epoch in range(epoch0, config.epochs):
         plan = _batches(sizes, config.batch_size, np.random.default_rng([config.seed, epoch]))
         for batch in plan[max(step - epoch * steps_per_epoch, 0):]:  # a resumed epoch skips its done steps
-            draw = np.random.default_rng([config.seed, epoch, step])
-            mine, local, order = _share(batch, rank, world)
-            inputs, mixing, perms, lams, blurs, offset = [], None, [], [], [], 0
-            for s, rows in batch:
-                x = tensors[s][0][rows]
-                blur = tensors[s][2][rows] if use_blur else None
-                if step < mix_steps:  # mix the whole subject block, then keep this process's rows
-                    x, perm, lam = mixco(x, draw)
-                    perms.append(perm + offset)  # offsets keep each subject's permutation inside its block
-                    lams.append(lam)
-                    if blur is not None:  # the target of a mixed input is the same mix of targets
-                        blur = mix_rows(blur, perm, lam)
-                inputs.append((index[s], x[mine].to(device)))
-                if blur is not None:
-                    blurs.append(blur[mine])
-                offset += len(rows)
-            target_all = torch.cat([tensors[s][1][rows] for s, rows in batch]).to(device)
-            if step < mix_steps:
-                mixing = (torch.cat(perms).to(device), torch.cat(lams).to(device))
-            generator = torch.Generator().manual_seed(int(draw.integers(2**62)))
-            draws = model.diffusion_prior.draw(len(order), tuple(target_all.shape[1:]), generator)[local]
-            temp = float(temps[step - mix_steps]) if step >= mix_steps else 0.0
+            inputs, target_local, target_all, order, mixing, temp, draws, blur = feed(batch, epoch, step)
             with accelerator.autocast():
-                loss, loss_clip, loss_prior, loss_blur = runner(
-                    inputs, target_all[local], target_all, torch.from_numpy(order) if world > 1 else None,
-                    mixing, temp, draws, torch.cat(blurs).to(device) if use_blur else None)
+                loss, loss_clip, loss_prior, loss_blur = runner(inputs, target_local, target_all, order, mixing, temp,
+                                                                draws, blur)
             opt.zero_grad(set_to_none=True)
             accelerator.backward(loss)
             opt.step()
@@ -214,23 +199,108 @@ def train(model: MindEye2, subjects: list[SubjectData], config: TrainConfig, out
             if world > 1:
                 loss_prior = accelerator.reduce(loss_prior, "mean")
                 loss_blur = accelerator.reduce(loss_blur, "mean")
-            history["clip"].append(loss_clip.item())
-            history["prior"].append(loss_prior.item())
-            history["blurry"].append(loss_blur.item())
-            history["loss"].append(config.prior_scale * history["prior"][-1] + config.clip_scale * history["clip"][-1]
-                                   + config.blur_scale * history["blurry"][-1])
-            if progress is not None and accelerator.is_main_process:
-                progress(step, total, history["loss"][-1])
-            if ckpt is not None and _due(time.monotonic() - last_save >= config.checkpoint_s, world):
-                _save(ckpt, model, opt, sched, step, epoch, history, accelerator)
-                last_save = time.monotonic()
+            pending.append(torch.stack([loss_clip.float(), loss_prior.float(), loss_blur.float()]))
+            if step % log_every == 0 or step == total:  # between these the host queues steps without waiting
+                _flush(pending, history, config, step, total, progress if accelerator.is_main_process else None)
+                if ckpt is not None and _due(time.monotonic() - last_save >= config.checkpoint_s, world):
+                    _save(ckpt, model, opt, sched, step, epoch, history, accelerator)
+                    last_save = time.monotonic()
             crash_point("train_step")  # the resume tests kill a process here (RTDECODE_CRASH_AT)
         epoch0 = epoch + 1
+    _flush(pending, history, config, step, total, progress if accelerator.is_main_process else None)
     if ckpt is not None:
         _save(ckpt, model, opt, sched, step, config.epochs, history, accelerator)
     accelerator.wait_for_everyone()
     model.eval()
     return {"steps": step, "total_steps": total, "processes": world, **history}
+
+
+def _flush(pending: list[torch.Tensor], history: dict, config: TrainConfig, step: int, total: int, progress) -> None:
+    """The steps' losses read back in one transfer (the only host sync of the loop), into the history."""
+    if not pending:
+        return
+    rows = torch.stack(pending).tolist()
+    first = step - len(rows) + 1
+    pending.clear()
+    for i, (clip, prior, blurry) in enumerate(rows):
+        history["clip"].append(clip)
+        history["prior"].append(prior)
+        history["blurry"].append(blurry)
+        history["loss"].append(config.prior_scale * prior + config.clip_scale * clip + config.blur_scale * blurry)
+        if progress is not None:
+            progress(first + i, total, history["loss"][-1])
+
+
+def device_tables(subjects: list[SubjectData], use_blur: bool, device: torch.device,
+                  budget_gb: float = DEVICE_TABLE_GB) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+    """Each subject's betas, target tokens and blurry targets as tensors: on ``device`` when they fit
+    ``budget_gb`` together (one session's 750 trials at full size: 1.3 GB), so each step gathers its batch
+    there; else on the host (pinned on a GPU machine: NSD pretraining's 27,750 trials take 47 GB)."""
+    host = [(torch.from_numpy(s.betas), torch.from_numpy(s.tokens.astype(np.float32)),
+             torch.from_numpy(s.blur.astype(np.float32)) if use_blur else None) for s in subjects]
+    if device.type == "cpu":
+        return host
+    size = sum(t.numel() * t.element_size() for row in host for t in row if t is not None)
+    if size > budget_gb * 1e9:
+        log.info("training tables (%.1f GB) stay on the host, over the %.0f GB device budget", size / 1e9, budget_gb)
+        return [tuple(t.pin_memory() if t is not None and device.type == "cuda" else t for t in row) for row in host]
+    return [tuple(to_device(t, device) if t is not None else None for t in row) for row in host]
+
+
+@dataclass
+class StepFeeder:
+    """What one step feeds the network, gathered and drawn on the device from (seed, epoch, step): the same
+    batches, mixing and prior noise in every process and after a resume. Only the index plan and MixCo's
+    few numbers are made on the host (``project_calibrate`` times this on the meta device)."""
+
+    tables: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]
+    index: list[int]
+    prior: nn.Module
+    seed: int
+    mix_steps: int
+    temps: list[float]
+    rank: int = 0
+    world: int = 1
+    device: torch.device | None = None
+
+    def __post_init__(self) -> None:
+        self.device = self.device or next(self.prior.parameters()).device
+
+    def _rows(self, table: torch.Tensor, rows: np.ndarray) -> torch.Tensor:
+        """Rows of a table, gathered where it lives, on the device."""
+        return to_device(table[to_device(torch.from_numpy(rows), table.device)], self.device)
+
+    def __call__(self, batch: list[tuple[int, np.ndarray]], epoch: int, step: int) -> tuple:
+        draw = np.random.default_rng([self.seed, epoch, step])
+        mine, local, order = _share(batch, self.rank, self.world)
+        mine_t = to_device(torch.from_numpy(mine), self.device)
+        inputs, perms, lams, blurs, offset = [], [], [], [], 0
+        mixing = step < self.mix_steps
+        for s, rows in batch:
+            x = self._rows(self.tables[s][0], rows)
+            blur = self._rows(self.tables[s][2], rows) if self.tables[s][2] is not None else None
+            if mixing:  # mix the whole subject block, then keep this process's rows
+                x, perm, lam = mixco(x, draw)
+                perms.append(perm + offset)  # offsets keep each subject's permutation inside its block
+                lams.append(lam)
+                if blur is not None:  # the target of a mixed input is the same mix of targets
+                    blur = mix_rows(blur, perm, lam)
+            inputs.append((self.index[s], x[mine_t]))
+            if blur is not None:
+                blurs.append(blur[mine_t])
+            offset += len(rows)
+        target_all = torch.cat([self._rows(self.tables[s][1], rows) for s, rows in batch])
+        generator = generator_on(self.device, int(draw.integers(2**62)))
+        draws = self.prior.draw(len(order), tuple(target_all.shape[1:]), generator, device=self.device)
+        target_local = target_all
+        if self.world > 1:
+            local_t = to_device(torch.from_numpy(local), self.device)
+            draws, target_local = draws[local_t], target_all[local_t]
+        temp = float(self.temps[step - self.mix_steps]) if not mixing else 0.0
+        return (inputs, target_local, target_all,
+                to_device(torch.from_numpy(order), self.device) if self.world > 1 else None,
+                (torch.cat(perms), torch.cat(lams)) if mixing else None, temp, draws,
+                torch.cat(blurs) if blurs else None)
 
 
 def _blurry_on(model: MindEye2, subjects: list[SubjectData]) -> bool:

@@ -123,38 +123,11 @@ def run_projection(stage: str, as_json: bool = False, **kwargs) -> dict:
     return result
 
 
-def bench_gpu(out: Path | str = "benchmarks/results", calibrate_steps: int = 50, hidden: int = 4096) -> dict:
-    """Everything that needs a GPU, in one go: the decoder at full size (random weights, bf16, batch 1,
-    unCLIP 38 steps at 768 px, peak memory) and 50 timed training steps of the recipe at full size; with
-    the projections beside them. Writes gpu.json and gpu.md into ``out``. Without CUDA: says so in one
-    line and prints the projections only."""
-    import torch
+def bench_gpu(**kwargs) -> dict:
+    """Every GPU figure at once, beside the projections (rtdecode/gpu_bench.py)."""
+    from rtdecode.gpu_bench import bench_gpu as bench
 
-    from calibration.bench import bench_calibrate, project_calibrate
-    from rtdecode.decoder.bench import bench_decoder
-    from rtdecode.decoder.project import project_decoder
-
-    projected = {"decoder": project_decoder(hidden=hidden), "calibrate": project_calibrate(hidden=hidden)}
-    lines = ["## Projected (counted on the meta device; not measured)", ""]
-    for name, result in projected.items():
-        lines += [f"### {name}", "", result["markdown"], ""]
-    report: dict = {"cuda": torch.cuda.is_available(),
-                    "projected": {k: {kk: vv for kk, vv in v.items() if kk != "markdown"} for k, v in projected.items()}}
-    if not torch.cuda.is_available():
-        print("rtdecode bench gpu: no CUDA device here; the projections only (nothing measured)", flush=True)
-    else:
-        decoder = bench_decoder(hidden=hidden, unclip=True, repeats=3)
-        calibrate = bench_calibrate(hidden=hidden, batch=24, steps=calibrate_steps)
-        report.update(decoder=decoder, calibrate=calibrate)
-        lines += [f"## Measured on {decoder['device']}", "", "| figure | value |", "| --- | --- |"]
-        lines += [f"| {name}: {k} | {v:.2f} |" if isinstance(v, float) else f"| {name}: {k} | {v} |"
-                  for name, measured in (("decoder", decoder), ("calibrate", calibrate)) for k, v in measured.items()]
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "gpu.json").write_text(json.dumps(report, indent=1, default=str))
-    (out / "gpu.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines), flush=True)
-    return {"cuda": report["cuda"], "written": f"{out / 'gpu.json'}, {out / 'gpu.md'}"}
+    return bench(**kwargs)
 
 
 STAGES: dict[str, Callable[..., dict]] = {

@@ -363,6 +363,11 @@ def _dispatch(args: argparse.Namespace) -> int:
 
             run_projection(args.stage, as_json=args.json, hidden=args.hidden, n_voxels=args.n_voxels)
             return 0
+        if args.stage == "gpu":  # prints its own JSON object and tables, and writes them under --out
+            from rtdecode.gpu_bench import bench_gpu
+
+            bench_gpu(out=args.out or Path("benchmarks/results"), hidden=args.hidden, n_voxels=args.n_voxels)
+            return 0
         extra = {"hidden": args.hidden, "unclip": args.unclip} if args.stage == "decoder" else {}
         if args.stage == "calibrate":
             extra = {"hidden": args.hidden}

@@ -301,7 +301,7 @@ def test_scanner_side_to_decoder_to_two_subscribers(tmp_path, small_visit):
 def test_decoder_reconstructs_with_unclip_or_else_the_blurry_image(tmp_path, rng):
     from test_unclip import TINY, TINY_VAE
 
-    from models.blurry import blurry_image, build_sd_vae
+    from models.blurry import build_sd_vae
     from models.unclip.convert import to_sgm_unet, to_sgm_vae
     from models.unclip.pipeline import UnclipSettings, build_modules, convert_unclip, load_converted
 
@@ -316,16 +316,14 @@ def test_decoder_reconstructs_with_unclip_or_else_the_blurry_image(tmp_path, rng
     model = MindEye2(config).eval()
     gallery = rng.normal(size=(7, 5, 24)).astype(np.float32)
     ids = [f"g{i}" for i in range(7)]
-    with_unclip = Decoder(model, "s", None, ids, gallery,
-                          reconstruct=lambda t: rec(torch.as_tensor(t)[None])[0].permute(1, 2, 0).numpy())
+    with_unclip = Decoder(model, "s", None, ids, gallery, unclip=rec)
     beta = rng.normal(size=N_VOXELS).astype(np.float32)
     ret = with_unclip.retrieve(beta)
     assert ret.tokens.shape == (5, 24) and len(ret.ids) == 5 and ret.blurry_latent.shape == (4, 28, 28)
     image, _ = with_unclip.reconstruct(ret.tokens, ret.blurry_latent)
     assert image.shape == (64, 64, 3) and image.dtype == np.uint8
     sd = build_sd_vae((32, 32, 64, 64), device="cpu").eval()
-    blurry_only = Decoder(model, "s", None, ids, gallery,
-                          blurry=lambda z: blurry_image(sd, torch.as_tensor(z)[None])[0].permute(1, 2, 0).numpy())
+    blurry_only = Decoder(model, "s", None, ids, gallery, vae=sd)
     image, _ = blurry_only.reconstruct(ret.tokens, ret.blurry_latent)
     assert image.shape == (224, 224, 3)
     assert blurry_only.can_reconstruct and blurry_only.reconstruct(ret.tokens, None)[0] is None

@@ -86,18 +86,23 @@ class BrainDiffusionPrior(nn.Module):
         self.noise_scheduler = NoiseSchedule(timesteps)
         self.cond_drop_prob = cond_drop_prob
 
-    def draw(self, batch: int, shape: tuple[int, ...], generator: torch.Generator | None = None) -> PriorDraws:
-        """The random draws of one training batch (on the CPU, so any process can repeat them from a seed)."""
-        return PriorDraws(torch.randint(0, self.noise_scheduler.num_timesteps, (batch,), generator=generator),
-                          torch.randn((batch, *shape), generator=generator),
-                          torch.rand(batch, generator=generator) >= self.cond_drop_prob,
-                          torch.rand(batch, generator=generator) >= self.cond_drop_prob)
+    def draw(self, batch: int, shape: tuple[int, ...], generator: torch.Generator | None = None,
+             device: torch.device | str | None = None) -> PriorDraws:
+        """The random draws of one training batch, made on ``device`` (the generator's, else the CPU): every
+        process repeats them from a seed, and on a GPU 10 M normals a step cost no host time or copy."""
+        device = device if device is not None else generator.device if generator is not None else "cpu"
+        kw = {"generator": generator, "device": device}
+        return PriorDraws(torch.randint(0, self.noise_scheduler.num_timesteps, (batch,), **kw),
+                          torch.randn((batch, *shape), **kw),
+                          torch.rand(batch, **kw) >= self.cond_drop_prob,
+                          torch.rand(batch, **kw) >= self.cond_drop_prob)
 
     def loss(self, image_embed: torch.Tensor, brain_embed: torch.Tensor, generator: torch.Generator | None = None,
              draws: PriorDraws | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Training: MSE between the predicted and the true clean tokens; returns (loss, prediction)."""
         if draws is None:
-            draws = self.draw(len(image_embed), tuple(image_embed.shape[1:]), generator)
+            draws = self.draw(len(image_embed), tuple(image_embed.shape[1:]), generator,
+                              device=generator.device if generator is not None else image_embed.device)
         d = draws.to(image_embed.device, image_embed.dtype)
         noisy = self.noise_scheduler.q_sample(image_embed, d.t, d.noise)
         pred = self.net(noisy, d.t, brain_embed, d.keep_brain, d.keep_image)

@@ -54,9 +54,10 @@ class UnclipReconstructor:
         levels = ddpm_alphas_cumprod()
         self.levels = torch.tensor(((1 - levels) / levels) ** 0.5, dtype=torch.float32)  # ascending
 
-    def _denoise(self, x: torch.Tensor, sigma: torch.Tensor, tokens: torch.Tensor, time_ids: torch.Tensor) -> torch.Tensor:
-        idx = (sigma - self.levels.to(sigma.device)[:, None]).abs().argmin(dim=0)  # nearest training level
-        sigma = self.levels.to(sigma.device)[idx]
+    def _denoise(self, x: torch.Tensor, sigma: torch.Tensor, tokens: torch.Tensor, time_ids: torch.Tensor,
+                 levels: torch.Tensor) -> torch.Tensor:
+        idx = (sigma - levels[:, None]).abs().argmin(dim=0)  # nearest training level
+        sigma = levels[idx]
         c_in = 1 / (sigma ** 2 + 1) ** 0.5
         dtype = next(self.unet.parameters()).dtype
         eps = self.unet((x * c_in[:, None, None, None]).to(dtype), idx, encoder_hidden_states=tokens.to(dtype),
@@ -66,7 +67,8 @@ class UnclipReconstructor:
 
     @torch.no_grad()
     def __call__(self, tokens: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """tokens (B, 256, 1664) -> images (B, 3, size, size) in [0, 1]."""
+        """tokens (B, 256, 1664) -> images (B, 3, size, size) in [0, 1]. Every draw is made on the tokens'
+        device from ``generator``, which must sit there too (a CUDA kernel refuses a CPU generator)."""
         s = self.settings
         b, device = len(tokens), tokens.device
         side = s.size // 8
@@ -75,14 +77,15 @@ class UnclipReconstructor:
         z = torch.randn((b, 4, side, side), generator=generator, device=device)
         noise = torch.randn(z.shape, generator=generator, device=device)
         noise = noise + s.offset_noise * torch.randn(b, generator=generator, device=device)[:, None, None, None]
-        sigmas = sampling_sigmas(s.steps).to(device)
+        sigmas = sampling_sigmas(s.steps).to(device)  # schedules are computed on the host and cross over once
+        levels = self.levels.to(device)
         x = z + noise * sigmas[0]
         cs = s.conditioning_size
         time_ids = torch.tensor([cs, cs, 0, 0], device=device, dtype=torch.float32).repeat(2 * b, 1)
         both = torch.cat([uncond, tokens])
         for i in range(len(sigmas) - 1):
             sigma = sigmas[i].expand(2 * b)
-            den = self._denoise(torch.cat([x, x]), sigma, both, time_ids)
+            den = self._denoise(torch.cat([x, x]), sigma, both, time_ids, levels)
             den_u, den_c = den.chunk(2)
             denoised = den_u + s.guidance * (den_c - den_u)
             x = x + (x - denoised) / sigmas[i] * (sigmas[i + 1] - sigmas[i])  # Euler step

@@ -12,17 +12,8 @@ import time
 import numpy as np
 import torch
 
+from models.devices import build_on_device
 from rtdecode.timing import summarize
-
-
-def _random_init_(module: torch.nn.Module, device: torch.device, dtype: torch.dtype, seed: int = 0) -> None:
-    """Materialise meta parameters with small random values (fast: no per-layer init schemes)."""
-    module.to_empty(device=device)
-    g = torch.Generator(device="cpu").manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_((torch.randn(p.shape, generator=g) * 0.02).to(p.dtype))
-    module.to(dtype)
 
 
 def _timed(fn, repeats: int, sync) -> list[float]:
@@ -48,15 +39,8 @@ def bench_decoder(hidden: int = 4096, n_voxels: int = 15724, repeats: int = 3, u
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     unclip = cuda if unclip is None else unclip
     config = MindEye2Config(subjects=["subj01"], voxels=[n_voxels], hidden=hidden, blurry=hidden >= 4096)
-    with torch.device("meta"):
-        model = MindEye2(config)
     t0 = time.perf_counter()
-    _random_init_(model, device, dtype, seed)
-    model.eval()
-    # Schedule buffers are computed, not random: rebuild them on the device.
-    from models.mindeye2.prior import NoiseSchedule
-
-    model.diffusion_prior.noise_scheduler = NoiseSchedule(config.prior_timesteps).to(device)
+    model = build_on_device(lambda: MindEye2(config), device, dtype, seed).eval()  # made on the device, not the host
     setup_s = time.perf_counter() - t0
     voxels = torch.randn(1, n_voxels, device=device, dtype=dtype)
     out: dict = {}
@@ -83,10 +67,9 @@ def bench_decoder(hidden: int = 4096, n_voxels: int = 15724, repeats: int = 3, u
         from models.unclip.convert import UNetLayout
         from models.unclip.pipeline import UnclipReconstructor, build_modules
 
-        unet, vae = build_modules(UNetLayout(), device="meta")
+        unet, vae = build_on_device(lambda: torch.nn.ModuleList(build_modules(UNetLayout(), device=device)), device,
+                                    dtype, seed + 1)
         vae.encoder, vae.quant_conv = None, None
-        _random_init_(unet, device, dtype, seed + 1)
-        _random_init_(vae, device, dtype, seed + 2)
         rec = UnclipReconstructor(unet, vae)
         image_ms = _timed(lambda: rec(out["tokens"].float()), max(1, repeats - 1), sync)
         result["tokens_to_image_median_ms"] = summarize(image_ms)["median_ms"]

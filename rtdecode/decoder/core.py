@@ -4,6 +4,11 @@ brain -> (backbone tokens, retrieval tokens, blurry latent) -> prior tokens (20 
 retrieval tokens vs the gallery -> top-k; prior tokens -> image (unCLIP when its weights are loaded,
 else the stand-in's inversion when the token space is the stand-in), blurry latent -> image when the
 SD VAE is loaded.
+
+Everything up to the image runs on the model's device: the gallery is held there, the generator that
+the prior and unCLIP draw from is made there (a CUDA kernel refuses a CPU generator), and only the
+results (tokens, similarity row, image) come back to the host. ``decode_on_device`` is that device
+part alone; tests/test_device_discipline.py runs it on the meta device and fails any op that mixes devices.
 """
 
 from __future__ import annotations
@@ -15,9 +20,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
+from models.devices import generator_on, to_device
 from models.folder import read_model_folder
-from models.retrieval import similarity, top_k
+from models.retrieval import top_k
 from rtdecode.gallery.folder import read_folder
 
 
@@ -31,22 +38,42 @@ class Retrieval:
     clip: np.ndarray | None = None  # retrieval-head tokens (T, D): what retrieval compares with images
 
 
+@dataclass
+class OnDevice:
+    """One beta's results while they are still on the model's device."""
+
+    tokens: torch.Tensor  # prior tokens (1, T, D), the model's dtype
+    clip: torch.Tensor  # retrieval-head tokens (1, T, D)
+    blurry: torch.Tensor | None  # blurry latent (1, 4, 28, 28), for a model with the branch
+    similarity: torch.Tensor  # (1, gallery) cosine similarity, float32
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
 class Decoder:
-    """A calibrated model, its subject's ridge, a gallery in the model's token space, a reconstructor."""
+    """A calibrated model, its subject's ridge, a gallery in the model's token space, a reconstructor.
+
+    ``unclip``: an ``UnclipReconstructor`` on the model's device; ``vae``: the SD VAE for the blurry
+    image; ``invert``: the stand-in's inversion (host arrays in and out). The first present is used.
+    """
 
     def __init__(self, model, subject: str, embedder, gallery_ids: list[str], gallery_tokens: np.ndarray,
-                 reconstruct=None, blurry=None, top: int = 5, seed: int = 0, tier: str | None = None) -> None:
+                 unclip=None, vae=None, invert=None, top: int = 5, seed: int = 0, tier: str | None = None) -> None:
         self.model, self.subject, self.embedder = model.eval(), subject, embedder
         self.name = subject  # the model folder's name once loaded from one (shown by consoles)
         self.sources: dict[str, str] = {}  # model and gallery folders, for rtdecode evaluate
+        self.unclip, self.vae, self.invert = unclip, vae, invert
         # What reconstructions are made with, for captions: unclip, blurry (SD VAE), standin, or none.
-        self.tier = tier or ("blurry" if blurry is not None else "standin" if reconstruct is not None else "none")
-        self.gallery_ids, self.gallery_tokens = gallery_ids, gallery_tokens
-        self.reconstruct_fn, self.blurry_fn = reconstruct, blurry
+        self.tier = tier or ("unclip" if unclip is not None else "blurry" if vae is not None
+                             else "standin" if invert is not None else "none")
         self.top = top
-        self.generator = torch.Generator().manual_seed(seed)
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
+        self.generator = generator_on(self.device, seed)  # the prior's and unCLIP's draws, on the device
+        self.gallery_ids = gallery_ids
+        # Unit rows, on the device once: a trial's retrieval is then one product there. Float32 whatever the
+        # model's dtype, so scores and their order are those MindEye2's evaluation computes.
+        flat = to_device(np.asarray(gallery_tokens, np.float32).reshape(len(gallery_ids), -1), self.device)
+        self.gallery = F.normalize(flat, dim=1, eps=1e-12)
 
     @classmethod
     def from_folder(cls, folder: str | Path, gallery: str | Path, cache: str | Path | None = None,
@@ -54,7 +81,8 @@ class Decoder:
                     sd_vae: str | Path | None = None) -> Decoder:
         """Load a model folder and a gallery. Reconstruction, in order of preference: unCLIP (a folder
         written by ``models.unclip.pipeline.convert_unclip``), the blurry image (the SD VAE file, for a
-        model with the blurry branch), the stand-in's inversion (stand-in token space)."""
+        model with the blurry branch), the stand-in's inversion (stand-in token space). The model and the
+        reconstructor sit on ``device`` (CUDA when present) in bf16 there."""
         from models.clip import EmbeddingCache
 
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -63,60 +91,98 @@ class Decoder:
         model, subject, embedder = read_model_folder(folder, device=device, dtype=dtype)
         ids, images = read_folder(gallery)
         tokens = EmbeddingCache(embedder, cache or folder / "embedding-cache", dtype=np.float32).embed(images)
-        reconstruct, blurry, tier = None, None, None
+        rec, vae, invert = None, None, None
         if unclip is not None:
-            tier = "unclip"
             from models.unclip.pipeline import load_converted
 
             rec = load_converted(unclip, dtype=dtype or torch.float32, device=device)
-
-            def reconstruct(t: np.ndarray) -> np.ndarray:
-                image = rec(torch.as_tensor(t, device=device)[None].float())[0]
-                return image.permute(1, 2, 0).float().cpu().numpy()
         elif sd_vae is not None and model.config.blurry:
-            from models.blurry import blurry_image, load_sd_vae
+            from models.blurry import load_sd_vae
 
-            vae = load_sd_vae(sd_vae).to(device)
-
-            def blurry(latent: np.ndarray) -> np.ndarray:
-                image = blurry_image(vae, torch.as_tensor(latent, device=device)[None])[0]
-                return image.permute(1, 2, 0).cpu().numpy()
+            vae = load_sd_vae(sd_vae).to(device, dtype or torch.float32)
         elif hasattr(embedder, "invert"):
-            reconstruct = lambda t: embedder.invert(t, size=128)  # noqa: E731 - the stand-in's "reconstruction"
-        decoder = cls(model, subject, embedder, ids, tokens, reconstruct=reconstruct, blurry=blurry, tier=tier)
+            invert = lambda t: embedder.invert(t, size=128)  # noqa: E731 - the stand-in's "reconstruction"
+        decoder = cls(model, subject, embedder, ids, tokens, unclip=rec, vae=vae, invert=invert)
         decoder.name = re.sub(r"[^A-Za-z0-9._-]", "_", folder.resolve().name)[:64]  # for captions: a label, never a path
         decoder.sources = {"model": str(folder.resolve()), "gallery": str(gallery.resolve())}
         return decoder
 
+    def _clock(self) -> float:
+        """Now, after the device's queued work (so stage times are the device's, not the launches')."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
     @torch.no_grad()
-    def retrieve(self, beta: np.ndarray) -> Retrieval:
-        t0 = time.perf_counter()
-        x = torch.tensor(np.array(beta, np.float32), device=self.device, dtype=self.dtype)[None]  # a copy: wire arrays are read-only
+    def retrieve_on_device(self, beta: np.ndarray) -> OnDevice:
+        """Ridge, backbone, similarity to the gallery and the prior's 20 DDIM steps, all on the device."""
+        t0 = self._clock()
+        x = to_device(np.array(beta, np.float32), self.device, self.dtype)[None]  # a copy: wire arrays are read-only
         backbone, clip, (blur, _) = self.model(x, self.subject)
-        t1 = time.perf_counter()
-        sim = similarity(clip.float().cpu().numpy(), self.gallery_tokens)
-        idx, scores = top_k(sim, self.top)
-        t2 = time.perf_counter()
+        t1 = self._clock()
+        similarity = F.normalize(clip.float().flatten(1), dim=1, eps=1e-12) @ self.gallery.T
+        t2 = self._clock()
         prior = self.model.diffusion_prior.sample(backbone, steps=20, generator=self.generator)
-        t3 = time.perf_counter()
-        return Retrieval(prior[0].float().cpu().numpy(), [self.gallery_ids[i] for i in idx[0]],
-                         [float(s) for s in scores[0]],
-                         {"backbone_ms": (t1 - t0) * 1e3, "retrieval_ms": (t2 - t1) * 1e3, "prior_ms": (t3 - t2) * 1e3},
-                         blur[0].float().cpu().numpy() if blur.ndim == 4 else None, clip[0].float().cpu().numpy())
+        t3 = self._clock()
+        return OnDevice(prior, clip, blur if blur.ndim == 4 else None, similarity,
+                        {"backbone_ms": (t1 - t0) * 1e3, "retrieval_ms": (t2 - t1) * 1e3, "prior_ms": (t3 - t2) * 1e3})
+
+    def retrieve(self, beta: np.ndarray) -> Retrieval:
+        """One beta to its prior tokens and top-k gallery items (host arrays)."""
+        d = self.retrieve_on_device(beta)
+        idx, scores = top_k(d.similarity.cpu().numpy(), self.top)
+        return Retrieval(_host(d.tokens[0]), [self.gallery_ids[i] for i in idx[0]], [float(s) for s in scores[0]],
+                         d.timings_ms, None if d.blurry is None else _host(d.blurry[0]), _host(d.clip[0]))
 
     @property
     def can_reconstruct(self) -> bool:
-        return self.reconstruct_fn is not None or self.blurry_fn is not None
+        return self.unclip is not None or self.vae is not None or self.invert is not None
+
+    @torch.no_grad()
+    def reconstruct_on_device(self, tokens: torch.Tensor, blurry: torch.Tensor | None = None) -> torch.Tensor | None:
+        """Prior tokens (T, D) (or, without unCLIP, the blurry latent (4, 28, 28)) on the device -> image
+        (3, H, W) in [0, 1] on the device; None where this decoder cannot make one there."""
+        if self.unclip is not None:
+            return self.unclip(tokens[None].float(), generator=self.generator)[0]
+        if self.vae is not None and blurry is not None:
+            from models.blurry import blurry_image
+
+            return blurry_image(self.vae, blurry[None].float())[0]
+        return None
 
     def reconstruct(self, tokens: np.ndarray, blurry_latent: np.ndarray | None = None) -> tuple[np.ndarray | None, float]:
         """Prior tokens (or, without unCLIP, the blurry latent) -> uint8 image (H, W, 3); and the time taken."""
-        t0 = time.perf_counter()
-        if self.reconstruct_fn is not None:
-            image = np.asarray(self.reconstruct_fn(tokens))
-        elif self.blurry_fn is not None and blurry_latent is not None:
-            image = np.asarray(self.blurry_fn(blurry_latent))
+        t0 = self._clock()
+        if self.unclip is None and self.vae is None:
+            if self.invert is None:
+                return None, 0.0
+            image = np.asarray(self.invert(tokens))  # the stand-in's inversion: host arrays
         else:
-            return None, 0.0
+            on_device = self.reconstruct_on_device(
+                to_device(tokens, self.device), None if blurry_latent is None else to_device(blurry_latent, self.device))
+            if on_device is None:
+                return None, 0.0
+            image = _host(on_device.permute(1, 2, 0))
         if image.dtype != np.uint8:
             image = (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
         return image, (time.perf_counter() - t0) * 1e3
+
+    def decode(self, beta: np.ndarray) -> tuple[Retrieval, np.ndarray | None]:
+        """One beta end to end, as the service runs it: retrieval, then the reconstruction of its tokens."""
+        ret = self.retrieve(beta)
+        image, ms = self.reconstruct(ret.tokens, ret.blurry_latent) if self.can_reconstruct else (None, 0.0)
+        ret.timings_ms["reconstruction_ms"] = ms
+        return ret, image
+
+    @torch.no_grad()
+    def decode_on_device(self, beta: np.ndarray) -> tuple[OnDevice, torch.Tensor | None]:
+        """``decode`` without the host at the end: every tensor stays on the model's device."""
+        d = self.retrieve_on_device(beta)
+        t0 = self._clock()
+        image = self.reconstruct_on_device(d.tokens[0].float(), None if d.blurry is None else d.blurry[0].float())
+        d.timings_ms["reconstruction_ms"] = (self._clock() - t0) * 1e3
+        return d, image
+
+
+def _host(t: torch.Tensor) -> np.ndarray:
+    return t.float().cpu().numpy()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from models.projection import count_flops, param_bytes, table
+from models.projection import GPUS, count_flops, param_bytes, project_seconds, table
 
 TARGETS = {"brain_to_tokens_s": 0.2, "tokens_to_image_s": 2.0, "memory_gb": 24.0}
 
@@ -50,5 +50,6 @@ def project_decoder(hidden: int = 4096, n_voxels: int = 15724, steps: int = 38, 
             "voxels": n_voxels, "mindeye2_params": mindeye_bytes // 2, "unet_params": unet_bytes // 2,
             "vae_decoder_params": vae_bytes // 2, "weights_bf16_gb": weights_gb,
             "flops": {name: flops for name, flops, _ in rows}, "targets": TARGETS,
+            "ms": {g.name: {name: 1e3 * project_seconds(f, b, g) for name, f, b in rows} for g in GPUS},
             "markdown": table(rows, memory_gb=weights_gb) + "\n\nMemory: the bf16 weights only (activations at "
                         "batch 1 are small beside them; `rtdecode bench gpu` measures the peak)."}

@@ -1,0 +1,241 @@
+"""``rtdecode bench gpu``: every GPU figure at once, measured so the numbers can be trusted, beside the projections.
+
+- Weights are made and initialised on the device (``build_on_device``): no 4.8 billion parameters
+  initialised on the host first.
+- The live decode path is timed as the decoder runs it: ``Decoder.decode`` with its own generator on the
+  device, end to end, and its stages (the decoder's own stage clocks, synchronised), median of
+  ``repeats`` after ``warmup`` untimed runs.
+- Calibration is the real trainer loop (``calibration.trainer.train``, the fast path) on one session's
+  worth of random data; the steady step is timed between the loop's own read-backs, after the first.
+- The peak memory is reset before each stage and read after it.
+
+Without CUDA and without ``device``: the projections only, said so in one line. With ``device="cpu"`` and
+small ``sizes``, every line that does not need CUDA runs (tests/test_gpu_bench.py).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models.devices import build_on_device
+from models.mindeye2.config import MindEye2Config
+
+TARGETS = {"brain_to_tokens_ms": 200.0, "tokens_to_image_ms": 2000.0, "decoder_memory_gb": 24.0, "recipe_min": 10.0}
+
+
+@dataclass
+class Sizes:
+    """What is built: the published sizes by default; a test passes tiny ones."""
+
+    config: MindEye2Config = field(default_factory=MindEye2Config)  # 4096 hidden, 15,724 voxels, blurry branch
+    unet: object = None  # a models.unclip.convert.UNetLayout; None: the published layout
+    vae_channels: tuple[int, ...] = (128, 256, 512, 512)
+    unclip_steps: int = 38
+    image_size: int = 768
+    gallery: int = 300
+    trials: int = 750  # one session: 31 steps an epoch at batch 24, as the one-hour recipe
+    batch: int = 24
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        gc.collect()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _peak_gb(device: torch.device) -> float | None:
+    return torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None
+
+
+def _mindeye2(config: MindEye2Config, device: torch.device, dtype: torch.dtype, seed: int):
+    from models.mindeye2.model import MindEye2
+
+    return build_on_device(lambda: MindEye2(config), device, dtype, seed)
+
+
+def bench_decode(sizes: Sizes, device: torch.device, dtype: torch.dtype, repeats: int = 5, warmup: int = 2,
+                 seed: int = 0) -> dict:
+    """``Decoder.decode`` end to end (brain -> retrieval and prior tokens -> unCLIP image) and its stages."""
+    from models.unclip.convert import UNetLayout
+    from models.unclip.pipeline import UnclipReconstructor, UnclipSettings, build_modules
+    from rtdecode.decoder.core import Decoder
+
+    _reset_peak(device)
+    t0 = time.perf_counter()
+    model = _mindeye2(sizes.config, device, dtype, seed)
+    unet, vae = build_on_device(lambda: torch.nn.ModuleList(build_modules(sizes.unet or UNetLayout(), sizes.vae_channels,
+                                                                          device=device)), device, dtype, seed + 1)
+    vae.encoder, vae.quant_conv = None, None  # reconstruction only decodes
+    rec = UnclipReconstructor(unet, vae, UnclipSettings(steps=sizes.unclip_steps, size=sizes.image_size))
+    rng = np.random.default_rng(seed)
+    c = sizes.config
+    gallery = rng.standard_normal((sizes.gallery, c.clip_tokens, c.clip_dim), dtype=np.float32)
+    decoder = Decoder(model, c.subjects[0], None, [f"g{i}" for i in range(sizes.gallery)], gallery, unclip=rec,
+                      seed=seed)
+    del gallery
+    _sync(device)
+    setup_s = time.perf_counter() - t0
+    beta = rng.standard_normal(c.voxels[0], dtype=np.float32)
+    for _ in range(warmup):
+        decoder.decode(beta)
+    stages: dict[str, list[float]] = {}
+    for _ in range(repeats):
+        _sync(device)
+        t = time.perf_counter()
+        ret, image = decoder.decode(beta)
+        _sync(device)
+        stages.setdefault("decode_ms", []).append((time.perf_counter() - t) * 1e3)
+        for name, ms in ret.timings_ms.items():
+            stages.setdefault(name, []).append(ms)
+    medians = {f"{name}_median": float(np.median(v)) for name, v in stages.items()}
+    brain = [sum(v) for v in zip(stages["backbone_ms"], stages["retrieval_ms"], stages["prior_ms"], strict=True)]
+    result = {"setup_s": setup_s, "repeats": repeats, "warmup": warmup, "image_shape": list(image.shape),
+              "params": sum(p.numel() for m in (model, unet, vae) for p in m.parameters()), **medians,
+              "brain_to_tokens_ms_median": float(np.median(brain)),
+              "tokens_to_image_ms_median": medians["reconstruction_ms_median"], "peak_memory_gb": _peak_gb(device)}
+    del decoder, model, unet, vae, rec
+    return result
+
+
+def bench_train(sizes: Sizes, device: torch.device, steps: int = 50, log_every: int = 10, seed: int = 0) -> dict:
+    """The calibration trainer's own loop (fast path) for about ``steps`` steps on random data of one session;
+    the steady step is the time between the loop's read-backs, after the first (optimiser state, autotuning)."""
+    from calibration.data import SubjectData
+    from calibration.trainer import TrainConfig, train
+
+    _reset_peak(device)
+    c = sizes.config
+    t0 = time.perf_counter()
+    model = _mindeye2(c, device, torch.float32, seed)
+    rng = np.random.default_rng(seed)
+    n = sizes.trials
+    data = SubjectData(c.subjects[0], rng.standard_normal((n, c.voxels[0]), dtype=np.float32),
+                       [f"i{i}" for i in range(n)], rng.standard_normal((n, c.clip_tokens, c.clip_dim), dtype=np.float32),
+                       blur=rng.standard_normal((n, 4, 28, 28), dtype=np.float32) if c.blurry else None)
+    per_epoch = n // sizes.batch
+    log_every = min(log_every, max(steps // 3, 1))
+    epochs = max(math.ceil((steps + log_every) / per_epoch), 1)
+    cuda = device.type == "cuda"
+    config = TrainConfig.fast(cuda, epochs=epochs, batch_size=sizes.batch, checkpoint_s=1e12, log_every=log_every,
+                              cpu=not cuda, seed=seed)
+    _sync(device)
+    setup_s = time.perf_counter() - t0
+    marks: list[tuple[int, float]] = []
+
+    def progress(step: int, total: int, loss: float) -> None:
+        if step % log_every == 0:  # the loop has just read its losses back: the device is done to here
+            marks.append((step, time.perf_counter()))
+
+    t1 = time.perf_counter()
+    history = train(model, [data], config, progress=progress)
+    loop_s = time.perf_counter() - t1
+    intervals = [(t - s_t) * 1e3 / (step - s) for (s, s_t), (step, t) in zip(marks[:-1], marks[1:], strict=True)][1:]
+    if not intervals:
+        raise ValueError(f"bench gpu: {history['steps']} steps leave no timed interval after the first; ask for more")
+    step_ms = float(np.median(intervals))
+    result = {"setup_s": setup_s, "params": sum(p.numel() for p in model.parameters()), "batch": sizes.batch,
+              "steps_run": history["steps"], "log_every": log_every, "timed_intervals": len(intervals),
+              "loop_s": loop_s, "step_ms_median": step_ms, "recipe_min": 4650 * step_ms / 60000,
+              "finite_losses": bool(np.all(np.isfinite(history["loss"]))), "peak_memory_gb": _peak_gb(device)}
+    del model, data
+    return result
+
+
+def _gpu_named(device_name: str) -> str | None:
+    """The projected GPU (models.projection.GPUS) a measured device corresponds to, if any."""
+    for key, name in (("H200", "H200"), ("H100", "H100 SXM"), ("A100", "A100 80 GB"), ("L40S", "L40S"),
+                      ("4090", "RTX 4090")):
+        if key in device_name:
+            return name
+    return None
+
+
+def beside(measured: dict, projected: dict, device_name: str) -> str:
+    """Markdown: each measured figure beside its projection for the same GPU (where there is one) and its target."""
+    gpu = _gpu_named(device_name)
+    dec, cal = projected.get("decoder", {}), projected.get("calibrate", {})
+    ms = dec.get("ms", {}).get(gpu, {}) if gpu else {}
+
+    def proj(value, fmt: str) -> str:
+        return fmt.format(value) if value is not None else "-"
+
+    d, t = measured.get("decoder", {}), measured.get("calibrate", {})
+    rows = [
+        ("brain -> tokens (ridge, backbone, retrieval, 20 prior steps)", d.get("brain_to_tokens_ms_median"), "ms",
+         proj(ms.get("brain -> tokens (both above)"), "{:,.1f} ms"), f"{TARGETS['brain_to_tokens_ms']:.0f} ms"),
+        ("tokens -> image (unCLIP + VAE decode)", d.get("tokens_to_image_ms_median"), "ms",
+         proj(next((v for k, v in ms.items() if k.startswith("tokens -> image")), None), "{:,.1f} ms"),
+         f"{TARGETS['tokens_to_image_ms']:.0f} ms"),
+        ("Decoder.decode end to end", d.get("decode_ms_median"), "ms", "-", "-"),
+        ("peak memory, decoder", d.get("peak_memory_gb"), "GB", proj(dec.get("weights_bf16_gb"), "{:.1f} GB (weights)"),
+         f"{TARGETS['decoder_memory_gb']:.0f} GB"),
+        ("training step, trainer loop (steady)", t.get("step_ms_median"), "ms",
+         proj(cal.get("step_ms", {}).get(gpu), "{:,.1f} ms"), "-"),
+        ("one-hour recipe (4,650 steps)", t.get("recipe_min"), "min", proj(cal.get("recipe_minutes", {}).get(gpu), "{:.1f} min"),
+         f"{TARGETS['recipe_min']:.0f} min"),
+        ("peak memory, training", t.get("peak_memory_gb"), "GB", proj(cal.get("memory_gb"), "{:.1f} GB"), "-"),
+    ]
+    lines = [f"| figure | measured on {device_name} | projected ({gpu or 'no matching GPU'}) | target |",
+             "| --- | --- | --- | --- |"]
+    for name, value, unit, projected_cell, target in rows:
+        cell = "-" if value is None else f"{value:,.1f} {unit}"
+        lines.append(f"| {name} | {cell} | {projected_cell} | {target} |")
+    return "\n".join(lines)
+
+
+def bench_gpu(out: Path | str = "benchmarks/results", calibrate_steps: int = 50, hidden: int | None = None,
+              n_voxels: int | None = None, device: str | None = None, sizes: Sizes | None = None, repeats: int = 5,
+              warmup: int = 2, project: bool = True, seed: int = 0) -> dict:
+    """Measure the decoder and the trainer on ``device`` (CUDA when present), beside the projections; print one
+    JSON object and the tables; write gpu.json and gpu.md into ``out``. Returns the JSON object."""
+    if sizes is None:
+        hidden = hidden or 4096
+        sizes = Sizes(config=MindEye2Config(hidden=hidden, voxels=[n_voxels or 15724], blurry=hidden >= 4096))
+    c = sizes.config
+    dev = torch.device(device) if device else torch.device("cuda") if torch.cuda.is_available() else None
+    projected: dict = {}
+    if project:
+        from calibration.bench import project_calibrate
+        from rtdecode.decoder.project import project_decoder
+
+        projected = {"decoder": project_decoder(hidden=c.hidden, n_voxels=c.voxels[0], steps=sizes.unclip_steps),
+                     "calibrate": project_calibrate(hidden=c.hidden, n_voxels=c.voxels[0], batch=sizes.batch,
+                                                    trials=sizes.trials)}
+    lines = []
+    if projected:
+        lines += ["## Projected (counted on the meta device; not measured)", ""]
+        lines += [line for name, result in projected.items() for line in (f"### {name}", "", result["markdown"], "")]
+    report: dict = {"cuda": dev is not None and dev.type == "cuda", "device": None,
+                    "projected": {k: {kk: vv for kk, vv in v.items() if kk != "markdown"} for k, v in projected.items()}}
+    if dev is None:
+        print("rtdecode bench gpu: no CUDA device here; the projections only (nothing measured)", flush=True)
+    else:
+        name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else dev.type
+        dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+        report["device"] = name
+        report["decoder"] = bench_decode(sizes, dev, dtype, repeats=repeats, warmup=warmup, seed=seed)
+        gc.collect()
+        report["calibrate"] = bench_train(sizes, dev, steps=calibrate_steps, seed=seed)
+        lines += [f"## Measured on {name} beside the projections", "",
+                  beside({"decoder": report["decoder"], "calibrate": report["calibrate"]}, report["projected"], name), ""]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "gpu.json").write_text(json.dumps(report, indent=1, default=str))
+    (out / "gpu.md").write_text("\n".join(lines) + "\n")
+    print(json.dumps(report, default=str), flush=True)
+    print("\n".join(lines), flush=True)
+    return report

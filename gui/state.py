@@ -116,6 +116,7 @@ class ConsoleState:
     alignment: dict[int, AlignmentView] = field(default_factory=dict)
     model: str = ""  # the decoder's model folder name, from its heartbeat
     gallery_size: int = 0  # images the decoder retrieves among (top-1 chance is 1 / this); 0: not said
+    run_warnings: dict[int, str] = field(default_factory=dict)  # run -> why it gives no betas (shown on its row)
 
     def apply(self, msg: Message, source: str = "scanner") -> bool:
         """Update from one message; False for a repeat (a late-joiner replay already seen) or a refusal."""
@@ -187,6 +188,7 @@ class ConsoleState:
                 self.trials.clear()
                 self.runs.clear()
                 self.alignment.clear()
+                self.run_warnings.clear()
                 self.current = None
             self.identity = {k: f[k] for k in ("subject", "session", "session_uid") if k in f}
             self.add_log("info", f"session sub-{f.get('subject')} ses-{f.get('session')}")
@@ -261,10 +263,16 @@ class ConsoleState:
 
     def _on_status(self, f: dict, _msg: Message) -> None:
         state = f.get("state")
-        if state == "glm_error":
+        if state in ("glm_error", "no_betas"):  # no_betas: known at run start (no events table), a warning
             text = f"run {f.get('run')}: no betas ({f.get('reason', '')})"
+            if "run" in f:
+                self.run_warnings[int(f["run"])] = f"no betas: {f.get('reason', '')}"
             if not any(e.text == text for e in self.log):  # once, though a late joiner hears it again
-                self.notice(text, "error")
+                self.notice(text, "error" if state == "glm_error" else "warning")
+        elif state in ("storage_low", "storage_error"):  # free space short, or the disk stopped a process
+            text = str(f.get("reason", state))
+            if not any(e.text == text for e in self.log):
+                self.notice(text, "warning" if state == "storage_low" else "error")
         elif state in ("disarmed", "armed", "waiting_for_start"):
             self.notice({"disarmed": "stopped by the operator: a new series waits for start run",
                          "armed": "armed: the next series starts a new run",

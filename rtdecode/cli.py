@@ -292,7 +292,16 @@ def _dispatch(args: argparse.Namespace) -> int:
             return 0
         if args.path is None:
             raise SystemExit("rtdecode config check: give the configuration file to check")
-        load_config(args.path)
+        cfg = load_config(args.path)
+        from rtdecode.storage import SpaceWatch
+
+        space = SpaceWatch(cfg.session_dir, cfg.session.min_free_gb, 0, cfg.scanner.volumes_per_run).at_start()
+        if space is not None:
+            print(f"warning: {space}")
+        from rtdecode.glm.runner import events_warnings
+
+        for line in events_warnings(cfg):  # a run without its events table gives no betas
+            print(f"warning: {line}")
         print(f"{args.path}: ok")
         return 0
     if args.command == "run":

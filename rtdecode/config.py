@@ -32,6 +32,11 @@ class SessionSection:
     session: str = "01"
     task: str = "rt"
     bids: bool = True  # each finished run also written as BIDS (docs/session-folder.md), in the background
+    # Free space (docs/session-folder.md): a warning at start, in `config check` and every space_check_every
+    # volumes (0: at start only) when the session folder's disk has less than min_free_gb, or less than 2.5
+    # times a run's raw volumes once a volume's size is known.
+    min_free_gb: float = 2.0
+    space_check_every: int = 20
 
 
 @dataclass
@@ -268,6 +273,9 @@ def _validate(cfg: SessionConfig, source: str) -> None:
         value = _get(cfg, dotted)
         if value is not None and not Path(value).exists():
             raise ConfigError(f"{source}: {dotted} names a file that does not exist: {value}")
+    for name in ("min_free_gb", "space_check_every"):
+        if getattr(cfg.session, name) < 0:
+            raise ConfigError(f"{source}: session.{name} must be >= 0 (0: off), got {getattr(cfg.session, name)!r}")
     if cfg.preprocess.reference_volume < 0:
         raise ConfigError(
             f"{source}: preprocess.reference_volume must be >= 0, got {cfg.preprocess.reference_volume}"

@@ -32,6 +32,7 @@ from rtdecode.decoder.results import (
     session_stores,
     stem,
 )
+from rtdecode.storage import FolderLock, is_storage, storage_error
 from rtdecode.wire.protocol import MAX_FRAME_BYTES, Message, encode_png
 from rtdecode.wire.reliable import BetaReceiver, beta_key
 from rtdecode.wire.schema import refine_delay
@@ -78,12 +79,35 @@ class DecoderService:
         if policy not in POLICIES and not (policy.startswith("every-") and policy[6:].isdigit()):
             raise ValueError(f"reconstruction policy must be every, newest, refine or every-N, got {policy!r}")
         self.decoder = decoder
-        self.out = Path(out)
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.stores: dict[tuple[str, str], ResultStore] = {}
-        self.queue: deque[tuple[ResultStore, str, dict]] = deque()
         self.policy = policy
         self.superseded = 0  # reconstructions dropped by the refine policy for a newer version
+        self.out = Path(out)
+        # One decoder per --out, before anything is read, written or bound (rtdecode.storage).
+        self._lock = FolderLock(self.out, "rtdecode decode").acquire()
+        try:
+            self._open(betas_address, results_address, curve, replay, context, max_bytes)
+        except OSError as exc:
+            self._lock.release()
+            if is_storage(exc, self.out):
+                raise storage_error(exc, self.out, "the decoder") from None
+            raise
+        except BaseException:
+            self._lock.release()
+            raise
+        self.heartbeat_s = heartbeat_s
+        self.decoded_here = 0
+        self.refused = 0  # betas not decoded: another session's folder, or the model could not take them
+        self._mismatch_logged: set[tuple[str, str, str]] = set()
+        self._stop = threading.Event()
+        self._last_beat = 0.0
+        if self.queue:
+            log.info("resuming: %d reconstruction(s) still to do", len(self.queue))
+
+    def _open(self, betas_address: str, results_address: str, curve: dict | None, replay: int, context,
+              max_bytes: int) -> None:
+        """The stores already in --out (and their unfinished reconstructions), then the two sockets."""
+        self.stores: dict[tuple[str, str], ResultStore] = {}
+        self.queue: deque[tuple[ResultStore, str, dict]] = deque()
         for store in session_stores(self.out):
             self.stores[(store.identity["subject"], store.identity["session"])] = store
             images = {r["key"]: r["image"] for r in store.rows()}
@@ -95,14 +119,6 @@ class DecoderService:
         for store in self.stores.values():  # after a restart: every decoded trial again, for consoles that join
             for msg in store.retrieval_messages():  # rows that fail the schema are skipped with one line
                 self.publisher.send(msg)
-        self.heartbeat_s = heartbeat_s
-        self.decoded_here = 0
-        self.refused = 0  # betas not decoded: another session's folder, or the model could not take them
-        self._mismatch_logged: set[tuple[str, str, str]] = set()
-        self._stop = threading.Event()
-        self._last_beat = 0.0
-        if self.queue:
-            log.info("resuming: %d reconstruction(s) still to do", len(self.queue))
 
     @property
     def store(self) -> ResultStore | None:
@@ -119,6 +135,16 @@ class DecoderService:
         try:
             while not self._stop.is_set() and not (until and until(self)):
                 self.step(timeout_ms=20 if self.queue else 100)
+        except OSError as exc:
+            if not is_storage(exc, self.out):
+                raise
+            # Full or read-only --out: one line, and stop. A beta is acknowledged only after its row is on
+            # disk, so the scanner side still holds every beta not decoded, and a restart takes them.
+            failure = storage_error(exc, self.out, "the decoder")
+            log.debug("storage failure", exc_info=True)
+            self.publisher.send(Message("status", {"state": "storage_error", "service": "decoder",
+                                                   "reason": str(failure)[:2000]}))
+            raise failure from None
         finally:
             self.close()
 
@@ -247,8 +273,10 @@ class DecoderService:
                                     images={"reconstruction": encode_png(image)}))
 
     def close(self) -> None:
+        """Close the sockets and let the next decoder use --out."""
         self.receiver.close()
         self.publisher.close()
+        self._lock.release()
 
 
 def run_decoder(model: Path, out: Path, gallery: Path, betas: str, results: str, policy: str = "every",
@@ -266,9 +294,13 @@ def run_decoder(model: Path, out: Path, gallery: Path, betas: str, results: str,
     try:
         service = DecoderService(decoder, out, betas, results, policy=policy, curve=server.options,
                                  context=server.context)
-        (Path(out) / "decoder.json").write_text(json.dumps({
-            "betas": service.receiver.address, "results": service.publisher.address, "model": str(model),
-            "gallery": str(gallery), "curve": server.secure, "pid": os.getpid()}))
+        try:
+            (Path(out) / "decoder.json").write_text(json.dumps({
+                "betas": service.receiver.address, "results": service.publisher.address, "model": str(model),
+                "gallery": str(gallery), "curve": server.secure, "pid": os.getpid()}))
+        except OSError as exc:
+            service.close()
+            raise storage_error(exc, out, "the decoder") from None
         log.info("decoder: betas on %s, results on %s%s, gallery of %d images", service.receiver.address,
                  service.publisher.address, " (CURVE)" if server.secure else "", len(decoder.gallery_ids))
         service.run(until)

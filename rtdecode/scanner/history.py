@@ -53,8 +53,8 @@ def keep_event(msg: Message) -> tuple[str, Message] | None:
         fields = {k: f[k] for k in ("run", "trial", "image", "version", "onset", "subject", "session", "session_uid")
                   if k in f}
         return f"trial:{f['run']}:{f['trial']}:{f['version']}", Message("trial", fields)
-    if msg.type == "status" and f.get("state") == "glm_error":
-        return f"glm_error:{f.get('run')}", msg
+    if msg.type == "status" and f.get("state") in ("glm_error", "no_betas", "storage_low", "storage_error"):
+        return f"{f['state']}:{f.get('run')}", msg
     return None
 
 

@@ -39,8 +39,15 @@ from rtdecode.scanner.history import (
 )
 from rtdecode.scanner.network import ScannerNetwork
 from rtdecode.scanner.runs import CLOSED_AT_SHUTDOWN, RunBook, RunState
-from rtdecode.scanner.volumes import VolumeEvent, VolumeStage
+from rtdecode.scanner.volumes import VolumeEvent, VolumeStage, open_space
 from rtdecode.session import SessionFolder
+from rtdecode.storage import (
+    FolderLock,
+    SpaceWatch,
+    is_storage,
+    storage_error,
+    unique_path,
+)
 from rtdecode.watcher import FolderWatcher
 from rtdecode.wire.protocol import Message
 from rtdecode.wire.reliable import beta_message
@@ -72,6 +79,22 @@ class ScannerSide:
 
     def __init__(self, config: SessionConfig, publisher=None, on_volume: Callable[[VolumeEvent], None] | None = None,
                  on_beta: Callable | None = None) -> None:
+        s = config.session
+        # One writer per session folder, taken before anything is written or bound (rtdecode.storage).
+        self._lock = FolderLock(SessionFolder(s.root, s.subject, s.session, s.task).path, "rtdecode run").acquire()
+        try:
+            self._setup(config, publisher, on_volume, on_beta)
+        except OSError as exc:
+            self._lock.release()
+            if is_storage(exc, self._lock.folder):
+                raise storage_error(exc, self._lock.folder, "the scanner side") from None
+            raise
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def _setup(self, config: SessionConfig, publisher, on_volume: Callable[[VolumeEvent], None] | None,
+               on_beta: Callable | None) -> None:
         self.config = config
         sc = config.scanner
         self.regex = compile_pattern(sc.pattern, per_slice=sc.slices_per_volume > 0)
@@ -81,10 +104,15 @@ class ScannerSide:
         keep_config(self.folder, config)  # for rtdecode session finalize, should this process be killed
         self.quarantine = sc.quarantine_dir or (sc.watch_dir / "rtdecode-rejected")
         mask, reference = self._load_mask(), self._load_session_reference()
+        voxel_space = open_space(config, self.folder, mask, reference)  # the session's one voxel set, once made
         self.net = ScannerNetwork(config, self.folder, publisher)
         self._on_beta = on_beta
-        self.betas = TrialBetas(config, self.folder, self._beta_out, self._glm_error)
-        self.stage = VolumeStage(config, self.betas, mask, reference, self._send, self._reject, on_volume, self.identity)
+        self.betas = TrialBetas(config, self.folder, self._beta_out, self._glm_error, self._no_betas)
+        self._on_volume = on_volume
+        self.space = SpaceWatch(self.folder.path, config.session.min_free_gb, config.session.space_check_every,
+                                sc.volumes_per_run)
+        self.stage = VolumeStage(config, self.betas, mask, reference, self._send, self._reject, self._volume_done,
+                                 self.identity, space=voxel_space)
         self.book = RunBook(self.folder, sc.missing_timeout_s)
         self._pending: dict[str, _Pending] = {}
         self._watcher = FolderWatcher(sc.watch_dir, self.regex, sc.mode, sc.poll_interval_s)
@@ -165,6 +193,7 @@ class ScannerSide:
         self._started = True
         self._watcher.start()
         self._status("watching" if self.book.armed else "disarmed")
+        self._space_low(self.space.at_start(), None)
         return self
 
     def stop(self) -> None:
@@ -185,11 +214,29 @@ class ScannerSide:
                     break
             if self._closing:
                 self._close_day()
+        except OSError as exc:
+            if not is_storage(exc, self.folder.path):
+                raise
+            # Full or read-only storage: one line, and stop; every row stored so far is whole (a torn
+            # last row is cut on the next start), and what was not stored is still in the watch folder.
+            failure = storage_error(exc, self.folder.path, "the scanner side")
+            log.debug("storage failure", exc_info=True)
+            self._send(Message("status", {"state": "storage_error", "service": "scanner",
+                                          "reason": str(failure)[:2000], **self.identity}))
+            raise failure from None
         finally:
-            self.stop()
+            self.close()
+
+    def close(self) -> None:
+        """Stop watching, close the sockets, finish the BIDS copies and let the next writer in."""
+        self.stop()
+        try:
             self.net.close()
-            if self._finalizer is not None:
-                self._finalizer.wait()  # a run that just ended is written as BIDS before the process goes
+        except OSError as exc:  # the disk filled as the last acknowledgements were recorded: resent next start
+            log.warning("betas acknowledged at shutdown not recorded (%s); they are sent again on the next start", exc)
+        if self._finalizer is not None:
+            self._finalizer.wait()  # a run that just ended is written as BIDS before the process goes
+        self._lock.release()
 
     def step(self, timeout: float) -> bool:
         """Take what arrived within ``timeout`` s; return True if anything was done."""
@@ -457,7 +504,7 @@ class ScannerSide:
         try:
             if path.exists():
                 self.quarantine.mkdir(parents=True, exist_ok=True)
-                target = self.quarantine / f"{time.strftime('%Y%m%dT%H%M%S')}_{path.name}"
+                target = unique_path(self.quarantine, path.name)  # two rejections of one name keep two copies
                 shutil.move(str(path), target)
                 moved = f" (moved to {target})"
         except OSError:
@@ -467,6 +514,19 @@ class ScannerSide:
 
     def _send(self, message: Message) -> None:
         self.net.publish(message)
+
+    def _volume_done(self, ev: VolumeEvent) -> None:
+        """After each stored volume: the free-space look (every few volumes), then the caller's callback."""
+        stored = self.folder.path / "func" / f"{self.folder.prefix(ev.run)}_bold" / f"vol-{ev.index:06d}.nii"
+        self._space_low(self.space.after_volume(ev.run, ev.index, stored), ev.run)
+        if self._on_volume is not None:
+            self._on_volume(ev)
+
+    def _space_low(self, line: str | None, run: int | None) -> None:
+        if line is not None:
+            log.warning("%s", line)
+            self._send(Message("status", {"state": "storage_low", "service": "scanner", "reason": line[:2000],
+                                          **({"run": run} if run is not None else {}), **self.identity}))
 
     def _beta_out(self, beta: SentBeta, resumed: bool) -> None:
         """The GLM stage's beta as a message: published when new, and handed to the decoder's channel
@@ -480,6 +540,11 @@ class ScannerSide:
             self.net.deliver(message, resumed=resumed)
         if not resumed and self._on_beta is not None:
             self._on_beta(beta)
+
+    def _no_betas(self, run: int, reason: str) -> None:
+        """A run that will give no betas (no events table): a warning every console shows on that run."""
+        self._send(Message("status", {"state": "no_betas", "service": "scanner", "run": run, "reason": reason[:2000],
+                                      **self.identity}))
 
     def _glm_error(self, run: int, reason: str) -> None:
         self._send(Message("status", {"state": "glm_error", "service": "scanner", "run": run, "reason": reason,

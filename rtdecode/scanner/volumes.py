@@ -4,6 +4,10 @@
 one bad volume: a volume that cannot serve as the run's reference or cannot be processed is set aside
 with its reason and counted missing, and a GLM failure ends that run's betas with a ``glm_error``
 status while its volumes go on being stored.
+
+Every run of a session is sampled in one voxel space (:mod:`rtdecode.preprocess.space`): the first
+run's mask, on its reference (or on ``preprocess.session_reference``), stored in the session folder;
+later runs are registered to that reference once at their start.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from rtdecode.config import SessionConfig
-from rtdecode.errors import IngestError
+from rtdecode.errors import ConfigError, IngestError, VoxelSpaceError
 from rtdecode.glm.runner import TrialBetas
 from rtdecode.ingest.reader import Volume
 from rtdecode.preprocess.alignment import (
@@ -29,7 +33,10 @@ from rtdecode.preprocess.alignment import (
     volume_of,
 )
 from rtdecode.preprocess.pipeline import Mask, RunPreprocessor
+from rtdecode.preprocess.space import SpaceFiles, VoxelSpace, config_conflict, same_mask
 from rtdecode.scanner.runs import RunState
+from rtdecode.session import SessionFolder
+from rtdecode.storage import FULL
 from rtdecode.wire.protocol import Message, encode_png
 
 log = logging.getLogger(__name__)
@@ -73,27 +80,89 @@ def _reason(exc: Exception) -> str:
     return exc.reason if isinstance(exc, IngestError) else f"{type(exc).__name__}: {exc}"
 
 
+def space_files(folder: SessionFolder) -> SpaceFiles:
+    """Where this session's voxel space is kept (beside the runs' own references and masks)."""
+    return SpaceFiles(folder.derivatives, f"sub-{folder.subject}_ses-{folder.session}_task-{folder.task}")
+
+
+def open_space(config: SessionConfig, folder: SessionFolder, mask: Mask | None,
+               reference: Volume | None) -> VoxelSpace | None:
+    """The session's stored voxel space (None before its first run), checked against the configured mask
+    and session reference: a different one is a :class:`ConfigError` in one line, before any file is read.
+
+    A session whose runs began before the space was stored (or that stopped between the first run's
+    reference and the space) takes its first stored run's mask, as that run was sampled.
+    """
+    files = space_files(folder)
+    space = files.load()
+    if space is None:
+        for row in sorted(folder.runs(), key=lambda r: int(r["run"])):
+            stored = folder.run_store(int(row["run"])).load_reference()
+            if stored is None:
+                continue
+            boldref, mask_img = stored
+            own = Volume(np.asarray(boldref.dataobj, np.float32), np.asarray(boldref.affine, float))
+            space = VoxelSpace(reference if reference is not None else own,
+                               Mask(np.asarray(mask_img.dataobj) > 0, np.asarray(mask_img.affine, float)),
+                               {"reference": f"run {row['run']}'s reference", "mask": f"run {row['run']}'s mask"})
+            files.save(space)
+            log.info("session voxel space taken from run %s: %d voxels", row["run"], space.n_voxels)
+            break
+    if space is None:
+        return None
+    pp = config.preprocess
+    conflict = config_conflict(space, files.mask, mask, pp.mask, reference, pp.session_reference)
+    if conflict is not None:
+        raise ConfigError(conflict)
+    return space
+
+
 class VolumeStage:
     """Reference, preprocessing, storage and GLM for the volumes of each run, in order."""
 
     def __init__(self, config: SessionConfig, betas: TrialBetas, mask: Mask | None, session_reference: Volume | None,
                  send: Callable[[Message], None], reject: Callable[[Path, str], None],
-                 on_volume: Callable[[VolumeEvent], None] | None = None, identity: dict | None = None) -> None:
+                 on_volume: Callable[[VolumeEvent], None] | None = None, identity: dict | None = None,
+                 space: VoxelSpace | None = None) -> None:
         self.config = config
         self.betas = betas
-        self.mask = mask
+        self.mask = mask  # configured; until the session has its space (then ``space.mask``)
         self.session_reference = session_reference
+        self.space = space  # the session's one voxel space; None until its first run starts
+        self.space_files = space_files(betas.folder)
         self.send = send
         self.reject = reject
         self.on_volume = on_volume
         self.identity = identity or {}
         self.processed = 0
 
-    def make_preprocessor(self, reference: Volume, mask: Mask | None) -> RunPreprocessor:
+    def make_preprocessor(self, reference: Volume, mask: Mask | None, session_reference: Volume | None) -> RunPreprocessor:
         pp = self.config.preprocess
-        return RunPreprocessor(reference, mask=mask, session_reference=self.session_reference,
+        return RunPreprocessor(reference, mask=mask, session_reference=session_reference,
                                mask_threshold=pp.mask_threshold, sample_stride=pp.sample_stride,
                                max_iterations=pp.max_iterations)
+
+    def start_preprocessor(self, reference: Volume) -> RunPreprocessor:
+        """A run's preprocessor in the session's voxel space (the first run's: as configured)."""
+        if True:
+            return self.make_preprocessor(reference, self.mask, self.session_reference)
+        return self.make_preprocessor(reference, self.space.mask, self.space.reference)
+
+    def keep_space(self, run: RunState, reference: Volume, pre: RunPreprocessor) -> None:
+        """The first run's mask (on the session reference, or on this run's reference) becomes the session's."""
+        if self.space is not None:
+            return
+        pp = self.config.preprocess
+        base = self.session_reference if self.session_reference is not None else reference
+        origin = {"reference": str(pp.session_reference) if pp.session_reference else f"run {run.number}'s reference",
+                  "mask": str(pp.mask) if pp.mask else f"intensity mask at {pp.mask_threshold:g} of the reference"}
+        self.space = VoxelSpace(Volume(np.asarray(base.data, np.float32), np.asarray(base.affine, float)), pre.mask,
+                                origin)
+        try:
+            self.space_files.save(self.space)
+        except OSError:  # a restart takes it from this run's stored mask instead (open_space)
+            log.exception("run %d: could not store the session's voxel space", run.number)
+        log.info("run %d: the session's voxel space: %d voxels", run.number, self.space.n_voxels)
 
     def alignment(self, reference: Volume, pre: RunPreprocessor, run: RunState) -> tuple[dict, dict[str, bytes]]:
         """Run-start figures, warning and mosaic of where the mask landed, also stored beside the run's
@@ -102,7 +171,9 @@ class VolumeStage:
         limits = AlignmentLimits(pp.alignment_max_shift_mm, pp.alignment_max_rotation_deg, pp.alignment_min_in_brain,
                                  pp.alignment_min_match, pp.alignment_min_voxels)
         try:
-            session = None if self.session_reference is None else self.session_reference.data
+            base = self.space.reference if self.space is not None else self.session_reference
+            # The mask's own values on that reference need the mask on its grid (a configured mask may not be).
+            session = base.data if base is not None and base.data.shape == pre.mask.data.shape else None
             found = check_alignment(reference.data, reference.affine, pre.mask.data, pre.mask.affine,
                                     pre.registration, session, pp.mask_threshold)
         except Exception:
@@ -151,8 +222,11 @@ class VolumeStage:
         if not run.ended:
             boldref, mask_img = ref
             reference = Volume(np.asarray(boldref.dataobj, np.float32), np.asarray(boldref.affine), series=run.series_uid)
-            run.preprocessor = self.make_preprocessor(reference, Mask(np.asarray(mask_img.dataobj) > 0,
-                                                                      np.asarray(mask_img.affine)))
+            mask = Mask(np.asarray(mask_img.dataobj) > 0, np.asarray(mask_img.affine))
+            if self.space is not None and same_mask(mask, self.space.mask):
+                run.preprocessor = self.make_preprocessor(reference, self.space.mask, self.space.reference)
+            else:  # a run recorded before its session kept one voxel space: resumed as it began
+                run.preprocessor = self.make_preprocessor(reference, mask, self.session_reference)
             params = np.array([[float(r[c]) for c in MOTION_COLUMNS] for r in rows if r["status"] == "ok"])
             params[:, 3:] = np.deg2rad(params[:, 3:])
             run.preprocessor.resume(params, vectors)
@@ -167,13 +241,14 @@ class VolumeStage:
                 run.held.append((index, volume))
                 return
             try:
-                run.preprocessor = self.make_preprocessor(volume, self.mask)
+                run.preprocessor = self.start_preprocessor(volume)
             except Exception as exc:  # any volume, however odd, must not stop the run
                 self.reject(Path(volume.source), f"cannot serve as the run's reference: {_reason(exc)}")
                 self.missing(run, index)
                 return
             pre = run.preprocessor
             run.store.save_reference(volume.data, volume.affine, pre.mask.data, pre.mask.affine)
+            self.keep_space(run, volume, pre)
             run.store.save_acquisition(volume.meta, self.config.scanner.tr_s)
             fields, images = self.alignment(volume, pre, run)
             self.send(Message("run_started", {"run": run.number, "series": run.series_key,
@@ -243,8 +318,16 @@ class VolumeStage:
         """Run a GLM step; a failure ends this run's betas with one line and a status, never the scanner side."""
         try:
             call()
+        except (VoxelSpaceError, ConfigError) as exc:  # a refusal that says all in its line: no traceback
+            log.error("run %d: no betas: %s", run.number, exc)
+            self._glm_failed(run, str(exc))
         except Exception as exc:
+            if isinstance(exc, OSError) and exc.errno in FULL:
+                raise  # the disk, not the GLM: the scanner side stops in one line, and a restart redoes the betas
             log.exception("run %d: GLM failed at %s; volumes go on, no more betas this run", run.number, what)
-            self.betas.abandon(run.number)
-            self.send(Message("status", {"state": "glm_error", "service": "scanner", "run": run.number,
-                                         "reason": f"{what}: {type(exc).__name__}: {exc}"[:2000]}))
+            self._glm_failed(run, f"{what}: {type(exc).__name__}: {exc}")
+
+    def _glm_failed(self, run: RunState, reason: str) -> None:
+        self.betas.abandon(run.number)
+        self.send(Message("status", {"state": "glm_error", "service": "scanner", "run": run.number,
+                                     "reason": reason[:2000], **self.identity}))

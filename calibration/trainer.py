@@ -244,7 +244,7 @@ def device_tables(subjects: list[SubjectData], use_blur: bool, device: torch.dev
     if size > budget_gb * 1e9:
         log.info("training tables (%.1f GB) stay on the host, over the %.0f GB device budget", size / 1e9, budget_gb)
         return [tuple(t.pin_memory() if t is not None and device.type == "cuda" else t for t in row) for row in host]
-    return [tuple(to_device(t, device) if t is not None else None for t in row) for row in host]
+    return [tuple(t.to(device) if t is not None else None for t in row) for row in host]  # once, at the start
 
 
 @dataclass

@@ -23,6 +23,8 @@ def generator_on(device: torch.device | str, seed: int) -> torch.Generator | Non
 def to_device(x: np.ndarray | torch.Tensor, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
     """A host array on ``device``. To a GPU the copy goes through pinned memory without blocking, so the host
     does not wait for the device's queued work (a pageable copy waits for the stream to drain)."""
+    if isinstance(x, np.ndarray) and not x.flags.writeable:
+        x = np.array(x)  # torch refuses to share a read-only buffer (wire arrays, memory maps)
     t = torch.as_tensor(x)
     if device.type == "cuda" and t.device.type == "cpu":
         return t.pin_memory().to(device=device, dtype=dtype, non_blocking=True)

@@ -7,7 +7,7 @@
   ``repeats`` after ``warmup`` untimed runs.
 - Calibration is the real trainer loop (``calibration.trainer.train``, the fast path) on one session's
   worth of random data; the steady step is timed between the loop's own read-backs, after the first.
-- The peak memory is reset before each stage and read after it.
+- The peak memory is reset before each stage's timed part and read after it.
 
 Without CUDA and without ``device``: the projections only, said so in one line. With ``device="cpu"`` and
 small ``sizes``, every line that does not need CUDA runs (tests/test_gpu_bench.py).
@@ -89,6 +89,7 @@ def bench_decode(sizes: Sizes, device: torch.device, dtype: torch.dtype, repeats
     del gallery
     _sync(device)
     setup_s = time.perf_counter() - t0
+    _reset_peak(device)  # from here: the weights held plus what decoding needs, not the fp32 build before the cast
     beta = rng.standard_normal(c.voxels[0], dtype=np.float32)
     for _ in range(warmup):
         decoder.decode(beta)

@@ -96,7 +96,7 @@ class FolderWatcher:
                 self._offer(Path(entry.path))
 
     def _offer(self, path: Path) -> None:
-        if not self.regex.match(path.name):
+        if not self.regex.fullmatch(path.name):
             return
         try:
             st = path.stat()

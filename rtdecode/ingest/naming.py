@@ -52,7 +52,7 @@ def _literal(text: str) -> str:
 
 def parse_name(regex: re.Pattern[str], name: str) -> FileKey | None:
     """Return the run and volume a file name announces, or None when it does not match."""
-    m = regex.match(name)
+    m = regex.fullmatch(name)
     if m is None:
         return None
     groups = m.groupdict()

@@ -29,6 +29,7 @@ from rtdecode.wire.schema import (
     check_array,
     check_fields,
     check_image,
+    sendable_text,
 )
 
 PROTOCOL_VERSION = 2  # 2: typed fields (rtdecode.wire.schema) and a boot id in every envelope
@@ -77,7 +78,8 @@ class Message:
 def encode(message: Message) -> list[bytes]:
     """Encode a message to ZeroMQ frames ``[topic, header, *raw]``."""
     _check_type(message.type)
-    _check_fields(message.type, message.fields)
+    fields = sendable_text(message.type, message.fields)
+    _check_fields(message.type, fields)
     _check_required_arrays(message)
     frames_desc: list[dict[str, Any]] = []
     raw: list[bytes] = []
@@ -106,7 +108,7 @@ def encode(message: Message) -> list[bytes]:
         "time": float(message.time or time.time()),
         "boot": message.boot or _PROCESS_BOOT,
         "frames": frames_desc,
-        **message.fields,
+        **fields,
     }
     try:
         header_bytes = json.dumps(header, separators=(",", ":"), allow_nan=False).encode()

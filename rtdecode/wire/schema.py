@@ -150,6 +150,25 @@ def check_fields(mtype: str, fields: Mapping[str, Any]) -> None:
         _check(f"{mtype}.{name}", spec, fields[name])
 
 
+def sendable_text(mtype: str, fields: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``fields`` with our own free text made UTF-8 (a file name's undecodable bytes become visible
+    escapes), so a sender never fails on a name the OS gave it; receivers still refuse such text."""
+    schema = SCHEMAS.get(mtype, {})
+    bad = [k for k, v in fields.items() if isinstance(v, str) and k in schema and schema[k].kind == "text"
+           and not v.isascii() and not _is_utf8(v)]
+    if not bad:
+        return fields
+    return {k: v.encode("utf-8", "backslashreplace").decode("utf-8") if k in bad else v for k, v in fields.items()}
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def check_identity(fields: Mapping[str, Any], where: str = "identity") -> None:
     """Raise ProtocolError unless ``fields`` holds a valid subject, session and session_uid."""
     for name, spec in IDENTITY.items():
@@ -194,11 +213,8 @@ def _check(where: str, spec: F, value: Any) -> None:
     if kind == "text":
         if len(value) > spec.hi:
             raise ProtocolError(f"{where}: at most {spec.hi:g} characters, got {len(value)}")
-        if not value.isascii():
-            try:  # a lone surrogate passes JSON but cannot be written to any file
-                value.encode("utf-8")
-            except UnicodeEncodeError:
-                raise ProtocolError(f"{where}: expected text in UTF-8, got {_show(value)}") from None
+        if not value.isascii() and not _is_utf8(value):  # a lone surrogate passes JSON, and breaks a Qt label
+            raise ProtocolError(f"{where}: expected text in UTF-8, got {_show(value)}")
         return
     if spec.choices and value not in spec.choices:
         raise ProtocolError(f"{where}: expected one of {list(spec.choices)}, got {_show(value)}")

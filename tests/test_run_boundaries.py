@@ -22,6 +22,8 @@ from rtdecode.simulator.scanner import format_name, simulate_run
 
 from conftest import SMALL_SHAPE
 
+pytestmark = pytest.mark.slow  # real processes, about a minute in all
+
 RTDECODE = str(Path(sys.executable).with_name("rtdecode"))
 N = 32  # volumes per run
 ONSETS = (0.0, 6.0, 12.0)  # three trials in the first 16 volumes (TR 1.5 s)

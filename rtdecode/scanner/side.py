@@ -10,6 +10,7 @@ file holds stops the loop: any failure to read or use a file sets that file asid
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import threading
 import time
@@ -62,6 +63,8 @@ class _Pending:
     path: Path
     first_seen: float
     retry_at: float
+    volume: Volume | None = None  # read, and waiting for the open run (a newer series); reused while unchanged
+    stamp: tuple[int, int] = (0, 0)  # (size, mtime_ns) of the file as it was read
 
 
 class ScannerSide:
@@ -327,22 +330,9 @@ class ScannerSide:
                 self._status("waiting_for_start")
             pend.retry_at = now + 0.5
             return False
-        if run is None and self.book.holds_back(key.run, now, self._pending_series()):
-            pend.retry_at = now  # unread, in place, looked at again each step until the open run has taken its files
-            return False
         sc = self.config.scanner
         try:
-            before = path.stat()
-            if sc.slices_per_volume:
-                volume = read_slice(path, sc.slices_per_volume, sc.slice_grouping)
-            else:
-                volume = read_volume(path, sc.format)
-            after = path.stat()
-            if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns):
-                raise PartialFileError(path, "file changed while it was read")
-            if not sc.slices_per_volume and (volume.data.ndim != 3 or min(volume.data.shape) < 2):
-                raise IngestError(path, f"not a volume: image of shape {tuple(volume.data.shape)} "
-                                        "(a single slice or a 2-D image; one-file-per-slice series are not assembled)")
+            volume, before = self._read(pend)
         except FileNotFoundError:
             self._pending.pop(path.name, None)
             return False
@@ -358,13 +348,17 @@ class ScannerSide:
         except Exception as exc:  # a reader bug or an odd file: set aside, never the end of the session
             self._reject(path, f"cannot read: {type(exc).__name__}: {exc}")
             return True
-        self._pending.pop(path.name, None)
         volume.meta["t_file"] = before.st_mtime
         index = volume.volume if sc.slices_per_volume else key.volume
         if index >= sc.volumes_per_run:  # never a gap of hundreds of "missing" volumes in a run
             self._reject(path, f"volume index {index} is beyond scanner.volumes_per_run ({sc.volumes_per_run}): "
                                f"a run has volumes 0 to {sc.volumes_per_run - 1}")
             return True
+        if run is None and self.book.holds_back(key.run, now, self._pending_series()):
+            # A newer series: kept (read, file in place) until the open run has taken its own files.
+            pend.volume, pend.stamp, pend.retry_at = volume, (before.st_size, before.st_mtime_ns), now
+            return False
+        self._pending.pop(path.name, None)
         run = self._run_for(key.run, index, volume, path)
         if run is None:
             return True
@@ -381,6 +375,24 @@ class ScannerSide:
         elif status == "late":
             self._reject(path, f"volume {key.volume} arrived after it was declared missing")
         return True
+
+    def _read(self, pend: _Pending) -> tuple[Volume, os.stat_result]:
+        """The file as a volume (or a slice), and its stat before reading; raises what the readers raise."""
+        sc, path = self.config.scanner, pend.path
+        before = path.stat()
+        if pend.volume is not None and pend.stamp == (before.st_size, before.st_mtime_ns):
+            return pend.volume, before
+        if sc.slices_per_volume:
+            volume = read_slice(path, sc.slices_per_volume, sc.slice_grouping)
+        else:
+            volume = read_volume(path, sc.format)
+        after = path.stat()
+        if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns):
+            raise PartialFileError(path, "file changed while it was read")
+        if not sc.slices_per_volume and (volume.data.ndim != 3 or min(volume.data.shape) < 2):
+            raise IngestError(path, f"not a volume: image of shape {tuple(volume.data.shape)} "
+                                    "(a single slice or a 2-D image; one-file-per-slice series are not assembled)")
+        return volume, before
 
     def _gather(self, run: RunState, piece: Slice, path: Path, now: float) -> Volume | None:
         """Keep a slice until its volume has all its slices; then the assembled volume."""

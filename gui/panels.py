@@ -280,14 +280,18 @@ class RunsTable(QtWidgets.QTableWidget):
         self._rows: list[dict] = []
 
     def draw(self) -> None:
-        rows = [summary(q, self.state.hits(r)) for r, q in sorted(self.state.runs.items())]
+        rows = [{**summary(q, self.state.hits(r)), "warning": self.state.run_warnings.get(r, "")}
+                for r, q in sorted(self.state.runs.items())]
         if rows == self._rows:
             return
         self._rows = rows
         self.setRowCount(len(rows))
         for r, row in enumerate(rows):
             for c, name in enumerate(self.COLUMNS):
-                self.setItem(r, c, QtWidgets.QTableWidgetItem(row[name]))
+                warn = row["warning"] if name == "state" else ""  # "ended (complete)" alone would hide it
+                item = QtWidgets.QTableWidgetItem(row[name] + ("; NO BETAS" if warn else ""))
+                item.setToolTip(warn)
+                self.setItem(r, c, item)
         self.resizeColumnsToContents()
 
 

@@ -15,6 +15,10 @@ class ConfigError(RtdecodeError, ValueError):
     """A session configuration key is unknown, missing or holds a bad value."""
 
 
+class VoxelSpaceError(RtdecodeError, ValueError):
+    """Arrays of two voxel sets met (a run's mask against the session's, a beta against saved statistics)."""
+
+
 class IngestError(RtdecodeError):
     """A scanner file cannot be turned into a volume (truncated, wrong shape, unreadable)."""
 

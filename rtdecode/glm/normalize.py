@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from rtdecode.errors import VoxelSpaceError
+
 EPS = 1e-6
 
 
@@ -23,8 +25,15 @@ class RunningZScore:
         self._sum = np.zeros(n_voxels)
         self._sumsq = np.zeros(n_voxels)
 
+    @property
+    def n_voxels(self) -> int:
+        return self._sum.size
+
     def update(self, beta: np.ndarray) -> None:
         b = np.asarray(beta, float)
+        if b.shape != self._sum.shape:  # never a broadcast error, never voxels of two masks in one sum
+            raise VoxelSpaceError(f"beta has {b.size} voxels but the session's running z-score has "
+                                  f"{self._sum.size}")
         self.n += 1
         self._sum += b
         self._sumsq += b * b
@@ -60,9 +69,14 @@ class FixedZScore:
         np.save(folder / "zscore_mean.npy", self.mean.astype(np.float32))
         np.save(folder / "zscore_std.npy", self.std.astype(np.float32))
 
+    @property
+    def n_voxels(self) -> int:
+        return self.mean.size
+
     def __call__(self, beta: np.ndarray) -> np.ndarray:
         if np.shape(beta) != self.mean.shape:
-            raise ValueError(f"beta has {np.size(beta)} voxels but the saved z-score statistics have {self.mean.size}")
+            raise VoxelSpaceError(f"beta has {np.size(beta)} voxels but the saved z-score statistics have "
+                                  f"{self.mean.size}")
         return ((np.asarray(beta, float) - self.mean) / (self.std + EPS)).astype(np.float32)
 
 

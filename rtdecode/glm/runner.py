@@ -1,8 +1,10 @@
 """The scanner side's GLM stage: per-run incremental GLMs, session z-scoring, storage and hand-off.
 
 Owned by the scanner side's single loop (no threads here). For each run it looks up the events table
-named by ``glm.events``; a run without one is processed for volumes only, with one log line saying
-where the table was looked for. Every beta is stored (raw and as sent) before it is handed on, and a
+named by ``glm.events``; a run without one is processed for volumes only, with one log line and a
+warning (``on_warning``) saying where the table was looked for. Every run of a session gives betas of
+one voxel count (the session's voxel space); a run of another count, or saved statistics (calibration
+z-scores, a GLM tuning) of another size, is refused in one :class:`VoxelSpaceError` line naming both. Every beta is stored (raw and as sent) before it is handed on, and a
 restarted scanner side rebuilds each run's GLM and the session's z-score statistics from the session
 folder, so no trial is estimated or sent twice.
 
@@ -12,7 +14,10 @@ side (``rtdecode.scanner``) turns it into a message for the events socket and th
 
 from __future__ import annotations
 
+import glob
 import logging
+import re
+import string
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from rtdecode.config import SessionConfig, denoise_count, needs_tuning
-from rtdecode.errors import ConfigError
+from rtdecode.errors import ConfigError, VoxelSpaceError
 from rtdecode.events import Events, EventsError, read_events, write_events
 from rtdecode.glm.incremental import GLMSettings, IncrementalGLM, TrialEstimate
 from rtdecode.glm.normalize import FixedZScore, NoZScore, RepeatAverager, RunningZScore
@@ -66,6 +71,54 @@ def events_path(config: SessionConfig, run: int, series: int) -> Path | None:
     return Path(str(config.glm.events).format(run=run, series=series))
 
 
+class _Kept:
+    """A placeholder left as written when the others are filled in (``{series:03d}`` stays)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __format__(self, spec: str) -> str:
+        return "{" + self.name + (f":{spec}" if spec else "") + "}"
+
+
+def _tables_on_disk(template: str) -> list[dict[str, int]]:
+    """The placeholders' values of every file that matches an events template (``{run}``, ``{series}``)."""
+    globs, regex, seen = [], [], []
+    for literal, name, _spec, _conv in string.Formatter().parse(template):
+        globs.append(glob.escape(literal))
+        regex.append(re.escape(literal))
+        if name:
+            globs.append("*")
+            regex.append(f"(?P={name})" if name in seen else f"(?P<{name}>[0-9]+)")
+            seen.append(name)
+    pattern = re.compile("".join(regex))
+    found = (pattern.fullmatch(p) for p in glob.glob("".join(globs)))
+    return [{k: int(v) for k, v in m.groupdict().items()} for m in found if m]
+
+
+def events_warnings(config: SessionConfig) -> list[str]:
+    """One line per run that can be told before the session to have no events table (so no betas)."""
+    g = config.glm
+    if not g.enabled:
+        return []
+    if g.events is None:
+        return ["glm.events is not set: every run gives volumes only, no betas"]
+    template = str(g.events)
+    names = {name for _, name, _, _ in string.Formatter().parse(template) if name}
+    if not names:
+        return [] if Path(template).exists() else [
+            f"glm.events: no events table at {template}: every run gives volumes only, no betas"]
+    found = _tables_on_disk(template)
+    if "run" in names:
+        runs = {t["run"] for t in found}
+        return [f"glm.events: run {n} has no events table (expected {template.format(run=n, series=_Kept('series'))}): "
+                "it gives volumes only, no betas" for n in range(1, max(runs, default=1) + 1) if n not in runs]
+    if not found:  # {series} only: which series the scanner numbers run 1 is not known before the session
+        return [f"glm.events: no events table for any series (expected e.g. {template.format(series=1)}): "
+                "every run gives volumes only, no betas"]
+    return []
+
+
 class _Normalizer:
     """z-scoring (running over the session, or fixed) then optional repeat averaging."""
 
@@ -107,14 +160,19 @@ class TrialBetas:
         emit: called with each stored beta and ``resumed``: False when it was just estimated, True
             when a restart reads it back from the session folder (to re-deliver what was not acknowledged).
         on_error: called with a run and the reason when its events table cannot be used.
+        on_warning: called with a run and where its events table was looked for when there is none.
     """
 
     def __init__(self, config: SessionConfig, folder: SessionFolder, emit: Callable[[SentBeta, bool], None],
-                 on_error: Callable[[int, str], None] | None = None) -> None:
+                 on_error: Callable[[int, str], None] | None = None,
+                 on_warning: Callable[[int, str], None] | None = None) -> None:
         self.config = config
         self.folder = folder
         self.emit = emit
         self.on_error = on_error
+        self.on_warning = on_warning
+        self.n_voxels: int | None = None  # the session's, from its first run with betas
+        self._stats_voxels: int | None = None
         self.tuning = load_tuning(config)
         self.settings = settings_from_config(config, self.tuning)
         self.glms: dict[int, IncrementalGLM | VoxelwiseGLM] = {}
@@ -132,7 +190,10 @@ class TrialBetas:
             where = "glm.events is not set" if path is None else f"no events table at {path}"
             log.warning("run %d: %s; volumes only, no betas", run, where)
             self._skipped.add(run)
+            if self.on_warning is not None:
+                self.on_warning(run, f"{where}; volumes only, no betas")
             return False
+        self.check_voxels(run, n_voxels)
         duration = self.config.scanner.volumes_per_run * self.config.scanner.tr_s
         try:
             events = read_events(path, run_duration_s=duration)
@@ -158,13 +219,30 @@ class TrialBetas:
         self.glms[run] = glm
         names = ("realtime", "endofrun", "refine") if self.settings.refine else ("realtime", "endofrun")
         self.stores[run] = {v: BetaStore(self.folder, run, v) for v in names}
-        self._n_voxels = n_voxels
+        self.n_voxels = n_voxels if self.n_voxels is None else self.n_voxels
         return glm
+
+    def check_voxels(self, run: int, n_voxels: int) -> None:
+        """Refuse a run whose voxel count is not the session's, the tuning's or the saved z-scores'."""
+        if self.n_voxels is not None and n_voxels != self.n_voxels:
+            raise VoxelSpaceError(f"run {run} has {n_voxels} voxels, but this session's betas have {self.n_voxels} "
+                                  "(a session keeps one voxel space: docs/session-folder.md)")
+        if self.tuning is not None and self.tuning.n_voxels != n_voxels:
+            raise VoxelSpaceError(f"glm.tuning ({self.config.glm.tuning}) holds {self.tuning.n_voxels} voxels, but "
+                                  f"run {run} has {n_voxels}; the tuning and the session need the same mask "
+                                  "(preprocess.mask)")
+        if self.config.glm.zscore == "calibration":
+            if self._stats_voxels is None:
+                self._stats_voxels = _Normalizer(self.config, n_voxels).z.n_voxels
+            if self._stats_voxels != n_voxels:
+                raise VoxelSpaceError(f"glm.zscore_stats ({self.config.glm.zscore_stats}) holds statistics of "
+                                      f"{self._stats_voxels} voxels, but run {run} has {n_voxels}; they need the "
+                                      "same mask (preprocess.mask)")
 
     def _normalizer(self, version: str) -> _Normalizer:
         """One per version: a refinement at 4.5 s and one at 15 s have different scales."""
         if version not in self._normalizers:
-            self._normalizers[version] = _Normalizer(self.config, self._n_voxels)
+            self._normalizers[version] = _Normalizer(self.config, self.n_voxels)
         return self._normalizers[version]
 
     def resume_run(self, run: int, series: int, rows: list[dict[str, str]], vectors: np.ndarray) -> None:

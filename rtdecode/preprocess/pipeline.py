@@ -37,6 +37,12 @@ def intensity_mask(data: np.ndarray, threshold: float) -> np.ndarray:
     return data > threshold * np.percentile(data, 98)
 
 
+def same_volume(a: Volume, b: Volume) -> bool:
+    """Whether two volumes are the same image on the same grid (then no registration is needed)."""
+    return (a.data.shape == b.data.shape and np.allclose(a.affine, b.affine, atol=1e-4)
+            and np.array_equal(np.asarray(a.data, np.float32), np.asarray(b.data, np.float32)))
+
+
 @dataclass
 class Processed:
     """What preprocessing yields for one volume."""
@@ -73,7 +79,8 @@ class RunPreprocessor:
         self._rigid = RigidReference(reference.data, reference.affine, stride=sample_stride)
         # Registration: maps session-reference world points into the run reference's world.
         self.registration = np.eye(4)
-        if session_reference is not None:
+        if session_reference is not None and not same_volume(session_reference, reference):
+            # (The run that made the session's space is its own reference: nothing to register.)
             session_rigid = RigidReference(session_reference.data, session_reference.affine, stride=sample_stride)
             self.registration = session_rigid.register(reference.data, reference.affine, max_iterations=30)
         if mask is None:

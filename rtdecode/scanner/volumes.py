@@ -144,7 +144,7 @@ class VolumeStage:
 
     def start_preprocessor(self, reference: Volume) -> RunPreprocessor:
         """A run's preprocessor in the session's voxel space (the first run's: as configured)."""
-        if True:
+        if self.space is None:
             return self.make_preprocessor(reference, self.mask, self.session_reference)
         return self.make_preprocessor(reference, self.space.mask, self.space.reference)
 

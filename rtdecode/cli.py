@@ -545,8 +545,14 @@ def _finalize(args: argparse.Namespace) -> int:
         raise ConfigError(f"rtdecode session finalize: {exc}") from None
     if not (folder.path / "session.json").exists():
         raise ConfigError(f"rtdecode session finalize: {folder.path}: not a session folder (no session.json)")
-    _close_runs(folder, args.config)
-    done = finalize_session(folder, args.runs, args.tr, gallery=args.gallery)
+    from rtdecode.storage import FolderLock
+
+    lock = FolderLock(folder.path, "rtdecode session finalize").acquire()  # a live rtdecode run: one line, no start
+    try:
+        _close_runs(folder, args.config)
+        done = finalize_session(folder, args.runs, args.tr, gallery=args.gallery)
+    finally:
+        lock.release()
     failed = 0
     for run, what in done.items():
         if isinstance(what, str):
@@ -561,18 +567,9 @@ def _finalize(args: argparse.Namespace) -> int:
 def _close_runs(folder, config_path: Path | None) -> None:
     """A run that ``rtdecode run`` left open (killed) is closed first: its end-of-run betas, its end on record."""
     from rtdecode.scanner.close import close_runs, session_config
-    from rtdecode.storage import FolderInUse, FolderLock
 
-    try:
-        lock = FolderLock(folder.path, "rtdecode session finalize").acquire()
-    except FolderInUse as exc:
-        print(f"open runs not closed: {exc}")
-        return
-    try:
-        for run, line in close_runs(folder, session_config(folder, config_path)).items():
-            print(f"run {run}: {line}")
-    finally:
-        lock.release()
+    for run, line in close_runs(folder, session_config(folder, config_path)).items():
+        print(f"run {run}: {line}")
 
 
 def _evaluate(args: argparse.Namespace) -> int:

@@ -242,6 +242,15 @@ def test_session_finalize_closes_a_killed_short_run_with_its_end_of_run_betas(tm
                                       f"{_folder(tmp_path).prefix(1)}_desc-realtime_betas.tsv")) == 3, 30, scanner)
     scanner.stop(signal.SIGKILL)
     assert _endofrun(tmp_path, 1) == []
+    live = Scanner(tmp_path, config)  # while an rtdecode run holds the session, finalize refuses in one line
+    try:
+        assert _wait(lambda: "session sub-01" in live.output(), 60, live), live.output()
+        refused = subprocess.run([RTDECODE, "session", "finalize", str(_folder(tmp_path).path)], capture_output=True,
+                                 text=True, timeout=300)
+    finally:
+        live.stop(signal.SIGKILL)
+    assert refused.returncode == 2 and "in use by another writer" in refused.stderr, refused.stdout + refused.stderr
+    assert _endofrun(tmp_path, 1) == [] and not _bids_bold(tmp_path, 1).exists()
     done = subprocess.run([RTDECODE, "session", "finalize", str(_folder(tmp_path).path)], capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr

@@ -248,9 +248,9 @@ class VolumeStage:
                 return
             pre = run.preprocessor
             run.store.save_reference(volume.data, volume.affine, pre.mask.data, pre.mask.affine)
-            self.keep_space(run, volume, pre)
             run.store.save_acquisition(volume.meta, self.config.scanner.tr_s)
             fields, images = self.alignment(volume, pre, run)
+            self.keep_space(run, volume, pre)  # (after the check: the first run is not compared with itself)
             self.send(Message("run_started", {"run": run.number, "series": run.series_key,
                                               "shape": [int(n) for n in volume.data.shape],
                                               "n_voxels": int(pre.mask.n_voxels),

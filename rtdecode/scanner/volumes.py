@@ -158,10 +158,9 @@ class VolumeStage:
                   "mask": str(pp.mask) if pp.mask else f"intensity mask at {pp.mask_threshold:g} of the reference"}
         self.space = VoxelSpace(Volume(np.asarray(base.data, np.float32), np.asarray(base.affine, float)), pre.mask,
                                 origin)
-        try:
-            self.space_files.save(self.space)
-        except OSError:  # a restart takes it from this run's stored mask instead (open_space)
-            log.exception("run %d: could not store the session's voxel space", run.number)
+        # A full disk stops the scanner side here as anywhere (one line); a restart then takes the space
+        # from this run's stored mask (open_space).
+        self.space_files.save(self.space)
         log.info("run %d: the session's voxel space: %d voxels", run.number, self.space.n_voxels)
 
     def alignment(self, reference: Volume, pre: RunPreprocessor, run: RunState) -> tuple[dict, dict[str, bytes]]:

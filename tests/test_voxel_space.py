@@ -156,6 +156,11 @@ def test_a_mask_or_saved_statistics_of_another_voxel_set_is_refused_in_one_line(
     finally:
         scanner.stop()
     n = int(_mask(folder.run_store(1).mask).sum())
+    # A session recorded before the space was stored (or stopped between run 1's mask and the space):
+    # the next start takes run 1's stored mask as the session's.
+    space = folder.derivatives / "sub-01_ses-01_task-rt_desc-brain_mask"
+    for name in (".json", ".nii"):
+        space.with_suffix(name).unlink()
     # A mask file given in the middle of the session: the scanner side does not start, and says why in one line.
     box = np.zeros((32, 36, 28), np.uint8)
     box[10:30, 10:30, 10:20] = 1
@@ -170,6 +175,7 @@ def test_a_mask_or_saved_statistics_of_another_voxel_set_is_refused_in_one_line(
     assert len(errors) == 1 and "Traceback" not in out.stderr, out.stderr
     assert f"preprocess.mask: {tmp_path / 'roi.nii'} selects 4000 voxels, but this session's voxel space has {n}" \
         in errors[0]
+    np.testing.assert_array_equal(_mask(space.with_suffix(".nii")), _mask(folder.run_store(1).mask))
     # Calibration z-scores of another size: that run gives no betas, in one line naming both counts.
     stats = tmp_path / "model"
     stats.mkdir()

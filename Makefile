@@ -35,6 +35,8 @@ bench: $(STAMP)
 	$(BIN)/rtdecode bench decoder --json | tee benchmarks/results/decoder.json
 	$(BIN)/rtdecode bench wire --json | tee benchmarks/results/wire.json
 	$(BIN)/rtdecode bench console --json | tee benchmarks/results/console.json
+	# the scanner side, the decoder and a busy process together, at TR pace (about 4 minutes)
+	$(BIN)/rtdecode bench contention --json | tee benchmarks/results/contention.json
 	$(BIN)/rtdecode bench betas --seeds 0 1 2 --out benchmarks/results/betas
 
 # The demo's session through the full BIDS validator (Node from the system, the validator from npm).

@@ -270,6 +270,10 @@ def _lines(summary: dict) -> list[str]:
     for row in summary["latency_ms"]:
         ok = "within" if row["p99"] <= tr * 1e3 else "over"
         lines.append(f"| {row['stage']} | {row['median']:.0f} | {row['p99']:.0f} | {row['n']} | {ok} |")
+    threads = summary["settings"].get("threads")
+    if threads:
+        lines += ["", f"Threads (torch, OpenMP, BLAS) in the real-time run: scanner side {threads['scanner']}, decoder "
+                      f"{threads['decoder']} (0: every core; docs/real-scanner.md, one machine)."]
     dropped = summary.get("realtime_dropped") or []
     if dropped:
         lines += ["", f"Volume(s) {', '.join(str(i + 1) for i in dropped)} of the real-time run were withheld on purpose "

@@ -302,6 +302,9 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         for line in events_warnings(cfg):  # a run without its events table gives no betas
             print(f"warning: {line}")
+        if not cfg.scanner.watch_dir.is_dir():  # `rtdecode run` refuses to start without it
+            print(f"warning: scanner.watch_dir: folder does not exist: {cfg.scanner.watch_dir} (create it, or "
+                  "point it at the folder the scanner exports to)")
         print(f"{args.path}: ok")
         return 0
     if args.command == "run":

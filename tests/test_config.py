@@ -51,3 +51,24 @@ def test_bad_settings_give_one_clear_error(tmp_path, text, expected):
 def test_missing_config_file(tmp_path):
     with pytest.raises(ConfigError, match="configuration file not found"):
         load_config(tmp_path / "absent.toml")
+
+
+def test_a_missing_watch_folder_is_one_line_before_anything_is_written(tmp_path):
+    """The template's own watch_dir ("incoming") is not made for you: config check warns, and
+    `rtdecode run` refuses in one line without leaving a half-made session folder."""
+    import subprocess
+    import sys
+
+    cfg = tmp_path / "session.toml"
+    subprocess.run([sys.executable, "-m", "rtdecode.cli", "config", "template", str(cfg)], check=True, timeout=60)
+    check = subprocess.run([sys.executable, "-m", "rtdecode.cli", "config", "check", str(cfg)], capture_output=True,
+                           text=True, timeout=60)
+    assert check.returncode == 0
+    assert "warning: scanner.watch_dir: folder does not exist" in check.stdout
+    run = subprocess.run([sys.executable, "-m", "rtdecode.cli", "run", "--config", str(cfg)], capture_output=True,
+                         text=True, timeout=60, env={**__import__("os").environ, "QT_QPA_PLATFORM": "offscreen"})
+    assert run.returncode == 2, run.stderr
+    assert "Traceback" not in run.stderr
+    errors = [line for line in run.stderr.splitlines() if "scanner.watch_dir" in line]
+    assert len(errors) == 1 and "folder does not exist" in errors[0], run.stderr
+    assert not (tmp_path / "sessions").exists()

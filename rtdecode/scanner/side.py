@@ -83,6 +83,9 @@ class ScannerSide:
     def __init__(self, config: SessionConfig, publisher=None, on_volume: Callable[[VolumeEvent], None] | None = None,
                  on_beta: Callable | None = None) -> None:
         s = config.session
+        if not config.scanner.watch_dir.is_dir():  # before the session folder is made: nothing half set up
+            raise ConfigError(f"scanner.watch_dir: folder does not exist: {config.scanner.watch_dir} (create it, or "
+                              "point it at the folder the scanner exports to)")
         # One writer per session folder, taken before anything is written or bound (rtdecode.storage).
         self._lock = FolderLock(SessionFolder(s.root, s.subject, s.session, s.task).path, "rtdecode run").acquire()
         try:

@@ -1,6 +1,7 @@
 """From recorded data to a model folder the decoder loads as it is.
 
-Model folder: ``model.safetensors`` + ``config.json`` (MindEye2), ``subject.json`` (whose ridge),
+Model folder: ``model.safetensors`` + ``config.json`` (MindEye2), ``subject.json`` (whose ridge, and,
+calibrated from a recorded session, whose brain: the session's participant label and voxel set),
 ``embedder.json`` (the token space), ``zscore_mean.npy`` / ``zscore_std.npy`` (the subject's training
 statistics, for ``glm.zscore = "calibration"``) and ``training.json`` (settings, losses, held-out
 retrieval).
@@ -9,6 +10,7 @@ retrieval).
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -102,6 +104,19 @@ def new_model(subjects: list[SubjectData], hidden: int) -> MindEye2:
                                    blurry=blurry))
 
 
+def session_participant(source: str | Path | None) -> tuple[str | None, str]:
+    """(participant label, voxel-set fingerprint) of a session folder recorded by rtdecode; (None, "")
+    for any other source (a simulated dataset, NSD), whose subject names no scanner participant."""
+    if source is None or not (Path(source) / "session.json").is_file():
+        return None, ""
+    info = json.loads((Path(source) / "session.json").read_text(encoding="utf-8"))
+    # The session's one voxel space (rtdecode.preprocess.space), not a run's own mask.
+    masks = [m for m in sorted((Path(source) / "derivatives" / "rtdecode" / "func").glob("*_desc-brain_mask.nii"))
+             if "_run-" not in m.name]
+    space = f"sha256:{hashlib.sha256(masks[0].read_bytes()).hexdigest()}" if masks else ""
+    return str(info["subject"]), space
+
+
 def _is_main() -> bool:
     from accelerate import PartialState
 
@@ -122,7 +137,8 @@ def _write_folder(model: MindEye2, out: Path, subject: str, data: SubjectData | 
 
 def _write(model: MindEye2, out: Path, subject: str, data: SubjectData | None, config: TrainConfig, history: dict,
            evaluation: dict, embedder: dict | None, extra: dict | None) -> None:
-    write_model_folder(model, out, subject, embedder)
+    participant, space = session_participant((extra or {}).get("source"))
+    write_model_folder(model, out, subject, embedder, participant=participant, voxel_space=space)
     if data is not None and data.mean is not None:
         np.save(out / "zscore_mean.npy", data.mean)
         np.save(out / "zscore_std.npy", data.std)

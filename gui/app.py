@@ -136,6 +136,8 @@ def main(argv: list[str] | None = None, display: bool = False, replay: Replay | 
     from PyQt6 import QtCore
 
     state.replay = bool(args.replay or args.decoded)
+    # Who names the session shown: the scanner side, or for a display (results only) the newest result.
+    state.sessions.follow = "scanner" if args.events or args.replay else "decoder"
     gallery = load_gallery(args.gallery)
     state.gallery_size = len(gallery)  # top-1 chance until the decoder says its own gallery
     # The layout is remembered between sessions; a --screenshot run neither reads nor changes it.

@@ -19,6 +19,8 @@ def capture(out: Path, messages: list[tuple[str, Message]], stimuli: Path, note:
 
     app = QtWidgets.QApplication.instance() or QtWidgets.QApplication([])
     state = ConsoleState(volumes_expected=0)
+    # Without the scanner side's messages (a decoder folder alone) the results name the session shown.
+    state.sessions.follow = "scanner" if any(source == "scanner" for source, _ in messages) else "decoder"
     for source, msg in messages:
         state.apply(msg, source)
     if note:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from gui.quality import RunQuality, episodes
+from gui.sessions import SessionFilter
 from rtdecode.wire.protocol import Message, decode_png
 from rtdecode.wire.schema import refine_delay
 
@@ -109,6 +110,7 @@ class ConsoleState:
     last_refused: str = ""
     log: deque = field(default_factory=lambda: deque(maxlen=5000))  # LogEntry, oldest first
     identity: dict[str, str] = field(default_factory=dict)  # subject, session, session_uid of the session shown
+    sessions: SessionFilter = field(default_factory=SessionFilter)  # one session shown (gui/sessions.py)
     decoder_queue: int | None = None
     decoder_decoded: int | None = None
     last_result: float | None = None  # wall time of the newest decoder result
@@ -132,8 +134,8 @@ class ConsoleState:
         seen.add(msg.seq)
         self.last_seen[source] = time.time()
         uid = msg.fields.get("session_uid") if isinstance(msg.fields, dict) else None
-        if source != "scanner" and uid and self.identity.get("session_uid") not in (None, uid):
-            return False  # another participant's result (a decoder serves the whole day): not this session's
+        if source != "scanner" and uid and not self.sessions.admit(self, msg, source, str(uid)):
+            return False  # another session's result (a decoder serves the whole day), or held until it is named
         handler = getattr(self, f"_on_{msg.type}", None)
         if handler is not None:
             try:
@@ -184,13 +186,7 @@ class ConsoleState:
         if "fd_threshold_mm" in f:
             self.fd_threshold_mm = float(f["fd_threshold_mm"])
         if "session_uid" in f and f["session_uid"] != self.identity.get("session_uid"):
-            if self.identity:  # the scanner side now serves another participant: start a clean page
-                self.trials.clear()
-                self.runs.clear()
-                self.alignment.clear()
-                self.run_warnings.clear()
-                self.current = None
-            self.identity = {k: f[k] for k in ("subject", "session", "session_uid") if k in f}
+            self.sessions.switch(self, {k: f[k] for k in ("subject", "session", "session_uid") if k in f})
             self.add_log("info", f"session sub-{f.get('subject')} ses-{f.get('session')}")
         self.run = run
         known = run in self.runs
@@ -294,6 +290,7 @@ class ConsoleState:
         version = str(f.get("version", "realtime"))
         key = trial_key(int(f["run"]), int(f["trial"]), version)
         view = self.trials.setdefault(key, TrialView(key[0], key[1], str(f.get("image", "")), version))
+        view.image = str(f.get("image") or view.image)  # what this session showed, as its scanner side says
         if "onset" in f:
             view.onset_s = float(f["onset"])
 

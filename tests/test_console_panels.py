@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from test_scanner_side import PATTERN, _dicom_bytes, _put
 
+from gui.sessions import SessionFilter
 from gui.state import ConsoleState
 from rtdecode.preprocess.alignment import AlignmentLimits, alignment_warnings, check_alignment
 from rtdecode.preprocess.pipeline import intensity_mask
@@ -332,7 +333,7 @@ def test_a_console_that_starts_late_gets_every_decoded_trial_also_after_a_decode
                     sender.pump(timeout_ms=50)
                 sender.close()
                 assert not sender.outbox
-            late = ConsoleState()
+            late = ConsoleState(sessions=SessionFilter("decoder"))  # results only: the newest result's session
             _console_until(qtbot, late, windows, service.publisher.address,
                            lambda: sum(bool(v.top_ids) for v in late.trials.values()) >= n, source="results")  # noqa: B023
             assert sorted(k[1] for k, v in late.trials.items() if v.top_ids) == list(range(n))

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from models.devices import generator_on, to_device
-from models.folder import read_model_folder
+from models.folder import ModelIdentity, model_identity, read_model_folder
 from models.retrieval import top_k
 from rtdecode.gallery.folder import read_folder
 
@@ -60,6 +60,8 @@ class Decoder:
                  unclip=None, vae=None, invert=None, top: int = 5, seed: int = 0, tier: str | None = None) -> None:
         self.model, self.subject, self.embedder = model.eval(), subject, embedder
         self.name = subject  # the model folder's name once loaded from one (shown by consoles)
+        # Whose brain: a model built here names no participant; from_folder reads the folder's.
+        self.identity = ModelIdentity(subject, None, model.config.voxels[model.config.subject_index(subject)])
         self.sources: dict[str, str] = {}  # model and gallery folders, for rtdecode evaluate
         self.unclip, self.vae, self.invert = unclip, vae, invert
         # What reconstructions are made with, for captions: unclip, blurry (SD VAE), standin, or none.
@@ -105,7 +107,22 @@ class Decoder:
         decoder = cls(model, subject, embedder, ids, tokens, unclip=rec, vae=vae, invert=invert)
         decoder.name = re.sub(r"[^A-Za-z0-9._-]", "_", folder.resolve().name)[:64]  # for captions: a label, never a path
         decoder.sources = {"model": str(folder.resolve()), "gallery": str(gallery.resolve())}
+        decoder.identity = model_identity(folder, model)
         return decoder
+
+    def refusal(self, participant: str, n_voxels: int) -> str | None:
+        """Why this model is not the one for a beta of ``participant`` with ``n_voxels`` values (None: it is).
+
+        A folder that names its participant takes only that participant's betas; one that does not (older
+        folders) takes any beta of its voxel count, and the service warns about it."""
+        ident = self.identity
+        if ident.participant is not None and participant != ident.participant:
+            return (f"model {self.name} is for sub-{ident.participant}; a beta of sub-{participant} came. Not "
+                    f"acknowledged: the scanner side keeps it until a decoder with sub-{participant}'s model takes it")
+        if n_voxels != ident.voxels:
+            return (f"model {self.name} takes {ident.voxels} voxels; a beta of sub-{participant} has {n_voxels}. Not "
+                    "acknowledged: the scanner side keeps it until a decoder with a model of that voxel set takes it")
+        return None
 
     def _clock(self) -> float:
         """Now, after the device's queued work (so stage times are the device's, not the launches')."""

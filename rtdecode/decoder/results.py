@@ -7,7 +7,8 @@
         tokens/<stem>.npy       prior tokens; <stem>_clip.npy retrieval tokens; <stem>_blurry.npy
         images/<stem>.png       reconstructions (written to a temporary name, fsynced, renamed)
         reconstructed.keys      betas whose reconstruction is done or skipped by policy
-        refused.tsv             betas acknowledged but not decodable (wrong voxel count, ...), with the reason
+        refused.tsv             betas the model failed on, with the reason (a record: never acknowledged,
+                                so the scanner side resends them and a decoder with another model retries)
 
 ``<stem>`` is ``run-RR_trial-TTT_<version>``, built from validated integers and an allow-listed version
 (rtdecode.wire.schema), never from received text. Write order: tokens (fsynced, renamed into place),
@@ -86,9 +87,9 @@ class ResultStore:
             (self.folder / "tokens").mkdir(parents=True, exist_ok=True)
             (self.folder / "images").mkdir(parents=True, exist_ok=True)
             repair_tail(self.table)
-        # Committed rows, and betas acknowledged with a reason instead: neither is taken again.
+        # Committed rows are never taken again. A refused.tsv row is not among them: a refusal is the model's,
+        # so a resend after a model change is decoded (rows an older rtdecode acknowledged included).
         self.decoded: set[str] = {r["key"] for r in read_tsv(self.table)}  # read_tsv skips a torn last line
-        self.decoded |= {r["key"] for r in read_tsv(self.folder / "refused.tsv")}
         self.reconstructed = None if readonly else Ledger(self.folder / "reconstructed.keys")
 
     # -- writing ----------------------------------------------------------------------------------
@@ -125,9 +126,9 @@ class ResultStore:
         self.reconstructed.add(key)
 
     def refuse(self, key: str, reason: str) -> None:
+        """Record why the model failed on a beta; it stays undecoded (not acknowledged: it comes again)."""
         append_tsv(self.folder / "refused.tsv", ("time", "key", "reason"),
                    {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "key": key, "reason": reason}, fsync=True)
-        self.decoded.add(key)  # acknowledged with its reason on disk; a resend is not tried again
 
     # -- reading ----------------------------------------------------------------------------------
     def pending_reconstructions(self) -> list[str]:

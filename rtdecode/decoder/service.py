@@ -8,8 +8,10 @@ each beta exactly once and finishes any reconstruction it had not done. One ``--
 day: each session (subject, session label, uid) has its own folder under it.
 
 Nothing received can stop the loop: a message that fails validation is counted and logged by the
-receiver; a beta of a session whose folder holds another uid is left unacknowledged (the scanner side
-keeps it) with one line; a beta the model cannot take is acknowledged with its reason in refused.tsv.
+receiver. A beta is acknowledged only once decoded: one of a session whose folder holds another uid, one
+of a participant the model is not for (another participant, another voxel count: models.folder's
+identity) and one the model fails on (recorded in refused.tsv) are left unacknowledged with one line,
+so the scanner side keeps them and resends them to the decoder restarted with the right model.
 """
 
 from __future__ import annotations
@@ -97,7 +99,9 @@ class DecoderService:
         self.heartbeat_s = heartbeat_s
         self.decoded_here = 0
         self.refused = 0  # betas not decoded: another session's folder, or the model could not take them
-        self._mismatch_logged: set[tuple[str, str, str]] = set()
+        self._mismatch_logged: set[tuple[str, str]] = set()  # (uid, reason) already logged
+        self._failed: set[str] = set()  # keys the model failed on, recorded once per process
+        self._sourced: set[Path] = set()  # session folders whose sources.json this process has written
         self._stop = threading.Event()
         self._last_beat = 0.0
         if self.queue:
@@ -189,35 +193,49 @@ class DecoderService:
             return None
         return store
 
-    def _refuse_session(self, label: tuple[str, str], uid: str, reason: str) -> None:
+    def _refuse_session(self, label: tuple[str, str], uid: str, reason: str, level: int = logging.ERROR) -> None:
         self.refused += 1
-        if (*label, uid) not in self._mismatch_logged:  # the scanner side resends: one line, not one per resend
-            self._mismatch_logged.add((*label, uid))
-            log.error("decoder: %s", reason)
+        if (uid, reason) not in self._mismatch_logged:  # the scanner side resends: one line, not one per resend
+            self._mismatch_logged.add((uid, reason))
+            log.log(level, "decoder: %s", reason)
 
     def _on_beta(self, peer: bytes, msg: Message) -> None:
-        store = self._store_for(msg.fields)
+        f = msg.fields
+        label = (f["subject"], f["session"])
+        reason = self.decoder.refusal(f["subject"], int(msg.arrays["beta"].size))
+        if reason is not None:  # not this model's participant: before any folder is made for the session
+            self._refuse_session(label, f["session_uid"], reason)
+            return  # not acknowledged: the scanner side keeps the beta until a decoder can take it
+        if self.decoder.identity.participant is None and (f["session_uid"], "unnamed") not in self._mismatch_logged:
+            self._mismatch_logged.add((f["session_uid"], "unnamed"))
+            log.warning("decoder: model %s names no participant (written before rtdecode recorded it); decoding "
+                        "sub-%s ses-%s because the voxel count matches", self.decoder.name, *label)
+        store = self._store_for(f)
         if store is None:
             return  # not acknowledged: the scanner side keeps the beta until a decoder can take it
-        key = beta_key(msg.fields)
+        key = beta_key(f)
         if key in store.decoded:
             self.receiver.ack(peer, key)  # a resend after a restart: acknowledged, not decoded again
             return
+        if store.folder not in self._sourced:  # a session decoded after a model change names the model now used
+            self._sourced.add(store.folder)
+            store.record_sources(self.decoder.sources)
         t_received = time.time()
         try:
             ret = self.decoder.retrieve(msg.arrays["beta"])
-        except Exception as exc:  # e.g. a voxel count the model's ridge does not take
+        except Exception as exc:  # the model failed on a beta it is for: kept by the scanner side, retried
             self.refused += 1
-            log.error("beta %s cannot be decoded: %s: %s", key, type(exc).__name__, exc)
-            store.refuse(key, f"{type(exc).__name__}: {exc}")
-            self.receiver.ack(peer, key)
+            why = f"model {self.decoder.name}: {type(exc).__name__}: {exc}"
+            if key not in self._failed:
+                self._failed.add(key)
+                log.error("beta %s cannot be decoded (not acknowledged): %s", key, why)
+                store.refuse(key, why)
             return
         crash_point("retrieved")
         store.save_retrieval(key, msg.fields, ret.tokens, ret.ids, ret.scores, ret.timings_ms, t_received,
                              ret.blurry_latent, ret.clip, crash_point=crash_point)
         crash_point("committed")
         self.decoded_here += 1
-        f = msg.fields
         self.publisher.send(Message("result", {
             "run": f["run"], "trial": f["trial"], "version": f["version"], "image": f["image"], "stage": "retrieval",
             "top_ids": ret.ids, "top_scores": ret.scores, "timings_ms": ret.timings_ms, "tier": self.decoder.tier,

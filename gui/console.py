@@ -2,12 +2,13 @@
 
 Top: a REPLAY banner when drawing a finished session, the status line, connection lights (with the
 decoder's queue, decoded count and last-result age) and the run controls. Left: the QA plots
-(gui.panels.QAPlots). Right: the current trial, recent reconstructions, and tabs for the trial
+(gui.plots.QAPlots). Right: the current trial, recent reconstructions, and tabs for the trial
 table, the runs table and the event log. Splitters between them; the layout is remembered.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,23 +16,24 @@ import numpy as np
 import pyqtgraph as pg
 from PyQt6 import QtCore, QtGui, QtWidgets
 
+from gui.display import DisplayWindow
 from gui.panels import (
     AlignmentPanel,
+    ElidedLabel,
     EventLog,
     ImageTile,
-    QAPlots,
     RunsTable,
     TrialTable,
     reconstruction_caption,
     refinement_caption,
     to_pixmap,
 )
+from gui.plots import QAPlots
 from gui.state import ConsoleState
 
 __all__ = ["ConsoleWindow", "DisplayWindow", "dispose", "to_pixmap"]
 
 STALE_S = 3.0  # a service silent for longer than this shows amber; never heard from, grey
-SILENT_S = 5.0  # the display dims when the decoder has been silent this long
 SHORTCUTS = (("Ctrl+B", "mark the selected trial(s) bad"), ("Ctrl+U", "remove the mark"),
              ("Ctrl+R", "start run (arm)"), ("Ctrl+.", "stop run"), ("Ctrl+L", "show the event log"),
              ("Ctrl+T", "show the trial table"), ("Ctrl+G", "show the alignment"), ("F1", "this help"))
@@ -47,16 +49,27 @@ def ask(parent: QtWidgets.QWidget) -> Confirm:
     return confirm
 
 
+def scrolling(widget: QtWidgets.QWidget) -> QtWidgets.QScrollArea:
+    """``widget`` in a frameless scroll area that fits it to the width and scrolls what does not fit."""
+    area = QtWidgets.QScrollArea()
+    area.setWidget(widget)
+    area.setWidgetResizable(True)
+    area.setFrameShape(QtWidgets.QFrame.Shape.NoFrame)
+    return area
+
+
 class ConsoleWindow(QtWidgets.QMainWindow):
     def __init__(self, state: ConsoleState, gallery: dict[str, np.ndarray] | None = None,
                  control: Callable[..., str] | None = None, confirm: Confirm | None = None,
-                 settings: QtCore.QSettings | None = None) -> None:
+                 settings: QtCore.QSettings | None = None, clock: Callable[[], float] = time.time) -> None:
         """``control(action, fields=None) -> str`` sends start_run, stop_run and marks to the scanner
         side (None: no run buttons, and marks stay in this window only).
         ``confirm(title, text) -> bool`` asks the operator (default: a dialog). ``settings`` keeps the
-        window's layout between sessions (None: not kept)."""
+        window's layout between sessions (None: not kept). ``clock``: the wall time that ages are
+        measured to (tests give a fixed one)."""
         super().__init__()
         self.state = state
+        self.clock = clock
         self.control = control
         self.confirm = confirm or ask(self)
         self.settings = settings
@@ -70,14 +83,16 @@ class ConsoleWindow(QtWidgets.QMainWindow):
         self.banner.setVisible(state.replay)
         outer.addWidget(self.banner)
         self.alignment_warning = QtWidgets.QLabel("")
+        self.alignment_warning.setWordWrap(True)  # a long warning wraps rather than widening the window
         self.alignment_warning.setStyleSheet("background: #701818; color: white; font-weight: bold; padding: 4px;")
         self.alignment_warning.setVisible(False)
         outer.addWidget(self.alignment_warning)
         top = QtWidgets.QHBoxLayout()
-        self.status = QtWidgets.QLabel(state.status)
+        # The status row shortens with the window (each label elides; the full text in its tooltip).
+        self.status = ElidedLabel(state.status)
         self.status.setObjectName("status")
         top.addWidget(self.status, 1)
-        self.lights = {name: QtWidgets.QLabel(name) for name in ("scanner", "decoder")}
+        self.lights = {name: ElidedLabel(name) for name in ("scanner", "decoder")}
         for light in self.lights.values():
             top.addWidget(light)
         self.start_button = QtWidgets.QPushButton("start run")
@@ -91,7 +106,7 @@ class ConsoleWindow(QtWidgets.QMainWindow):
             button.setToolTip("" if control is not None else NO_CONTROL)
             top.addWidget(button)
         top.addWidget(self.help_button)
-        self.reply = QtWidgets.QLabel("")
+        self.reply = ElidedLabel("")
         top.addWidget(self.reply)
         outer.addLayout(top)
 
@@ -141,11 +156,12 @@ class ConsoleWindow(QtWidgets.QMainWindow):
         self.tabs.addTab(trial_tab, "trials")
         self.tabs.addTab(self.runs, "runs")
         self.tabs.addTab(self.log, "event log")
-        self.tabs.addTab(self.alignment, "alignment")
+        self.tabs.addTab(scrolling(self.alignment), "alignment")  # two mosaics: taller than a laptop screen
 
         right = QtWidgets.QSplitter(QtCore.Qt.Orientation.Vertical)
-        right.addWidget(trial_box)
-        right.addWidget(strip_box)
+        # Scrollable, so the splitter can shrink any of them on a small screen and each stays reachable.
+        right.addWidget(scrolling(trial_box))
+        right.addWidget(scrolling(strip_box))
         right.addWidget(self.tabs)
         right.setStretchFactor(2, 1)
         self.splitter = QtWidgets.QSplitter(QtCore.Qt.Orientation.Horizontal)
@@ -159,7 +175,8 @@ class ConsoleWindow(QtWidgets.QMainWindow):
         self.help.setStyleSheet("background: rgba(20, 20, 20, 230); color: white; padding: 16px; font-size: 14px;")
         self.help.setVisible(False)
         self._shortcuts()
-        self.resize(1400, 950)
+        screen = self.screen().availableGeometry() if self.screen() is not None else None
+        self.resize(min(1400, screen.width()) if screen else 1400, min(950, screen.height()) if screen else 950)
         self._restore()
 
     # -- controls ------------------------------------------------------------------------------------
@@ -168,7 +185,7 @@ class ConsoleWindow(QtWidgets.QMainWindow):
                    "Ctrl+R": self.start_run, "Ctrl+.": self.stop_run, "F1": self.toggle_help,
                    "Ctrl+L": lambda: self.tabs.setCurrentWidget(self.log),
                    "Ctrl+T": lambda: self.tabs.setCurrentIndex(0),
-                   "Ctrl+G": lambda: self.tabs.setCurrentWidget(self.alignment)}
+                   "Ctrl+G": lambda: self.tabs.setCurrentIndex(3)}
         for keys, slot in actions.items():
             # Application-wide: the console is its process's only window, and keys then work whichever
             # panel or dialog-free widget has the focus.
@@ -239,6 +256,7 @@ class ConsoleWindow(QtWidgets.QMainWindow):
     # -- drawing ---------------------------------------------------------------------------------
     def refresh(self) -> None:
         s = self.state
+        now = self.clock()
         q = s.current_run
         who = " ".join(f"{k} {s.identity[k]}" for k in ("subject", "session") if k in s.identity)
         self.setWindowTitle("rtdecode console" + (f": {who}" if who else "") + (f", model {s.model}" if s.model else "")
@@ -249,26 +267,28 @@ class ConsoleWindow(QtWidgets.QMainWindow):
         extra += f"; {alarms} FD alarm(s)" if alarms else ""
         extra += f"; {s.refused} message(s) refused" if s.refused else ""
         self.status.setText((f"[{who}] " if who else "") + s.status + extra)
-        self.status.setToolTip(s.last_refused)
+        # Shortened on a narrow screen: the whole line (and the last refusal) in the tooltip.
+        self.status.setToolTip("\n".join(t for t in (self.status.text(), s.last_refused) if t))
         self.status.setStyleSheet("color: #ff5050;" if alarms or q.missing or s.refused else "")
         for name, light in self.lights.items():
             if s.replay:  # ages and liveness mean nothing in a replay
                 light.setText(f"● {name} (replay)")
                 light.setStyleSheet("color: #808080;")
                 continue
-            age = s.heartbeat_age(name)
+            age = s.heartbeat_age(name, now)
             colour = "#808080" if age is None else ("#40c040" if age < STALE_S else "#e0a020")
             restarted = f" (restarted {s.restarts[name]}x)" if s.restarts.get(name) else ""
             extra = ""
             if name == "decoder":
                 extra += f" queue {s.decoder_queue}" if s.decoder_queue is not None else ""
                 extra += f", {s.decoder_decoded} decoded" if s.decoder_decoded is not None else ""
-                result_age = s.result_age()
+                result_age = s.result_age(now)
                 extra += f", last result {result_age:.0f}s ago" if result_age is not None else ""
             light.setText(f"● {name}" + ("" if age is None else f" {age:.0f}s") + extra + restarted)
+            light.setToolTip(light.text())
             light.setStyleSheet(f"color: {colour};")
         self.plots.draw(s)
-        self._draw_trial()
+        self._draw_trial(now)
         self._draw_history()
         self.trials.draw()
         self.runs.draw()
@@ -280,14 +300,14 @@ class ConsoleWindow(QtWidgets.QMainWindow):
         self.alignment_warning.setVisible(bool(warning))
         self.tabs.setTabText(3, "alignment ⚠" if warning else "alignment")
 
-    def _draw_trial(self) -> None:
+    def _draw_trial(self, now: float) -> None:
         s = self.state
         if s.current is None:
             return
         view = s.trials[s.current]
         self.stimulus.set(self.gallery.get(view.image), f"run {view.run} trial {view.trial}: {view.image or '?'}"
                           f" · {refinement_caption(view)}")
-        self.reconstruction.set(view.reconstruction, reconstruction_caption(view, replay=s.replay))
+        self.reconstruction.set(view.reconstruction, reconstruction_caption(view, now, replay=s.replay))
         for i, tile in enumerate(self.retrieved):
             if i < len(view.top_ids):
                 hit = " ✓" if view.top_ids[i] == view.image else ""
@@ -334,39 +354,6 @@ class ConsoleWindow(QtWidgets.QMainWindow):
     def closeEvent(self, event: QtGui.QCloseEvent) -> None:  # noqa: N802 (Qt's name)
         self.save_layout()
         super().closeEvent(event)
-
-
-class DisplayWindow(QtWidgets.QWidget):
-    """The live display for a second screen: the latest reconstruction; dimmed, with a line saying so,
-    when the decoder has gone silent (a stale picture must not pass for a live one)."""
-
-    def __init__(self, state: ConsoleState) -> None:
-        super().__init__()
-        self.state = state
-        self.setWindowTitle("rtdecode display")
-        self.setStyleSheet("background: black;")
-        layout = QtWidgets.QVBoxLayout(self)
-        self.picture = QtWidgets.QLabel()
-        self.picture.setAlignment(QtCore.Qt.AlignmentFlag.AlignCenter)
-        self.dim = QtWidgets.QGraphicsOpacityEffect(self.picture)
-        self.dim.setOpacity(1.0)
-        self.picture.setGraphicsEffect(self.dim)
-        self.silent = QtWidgets.QLabel("")
-        self.silent.setAlignment(QtCore.Qt.AlignmentFlag.AlignCenter)
-        self.silent.setStyleSheet("color: #e0a020; font-size: 20px;")
-        layout.addWidget(self.picture, 1)
-        layout.addWidget(self.silent)
-        self.resize(800, 800)
-
-    def refresh(self) -> None:
-        latest = [v for v in self.state.history(50) if v.reconstruction is not None]
-        if latest:
-            side = max(64, min(self.width(), self.height()) - 60)
-            self.picture.setPixmap(to_pixmap(latest[-1].reconstruction, side, self.devicePixelRatioF()))
-        age = self.state.heartbeat_age("decoder")
-        silent = latest and not self.state.replay and age is not None and age > SILENT_S
-        self.dim.setOpacity(0.3 if silent else 1.0)
-        self.silent.setText(f"decoder silent for {age:.0f} s" if silent else "")
 
 
 def dispose(*windows: QtWidgets.QWidget) -> None:

@@ -1,19 +1,17 @@
-"""The console's panels, each drawing one part of :class:`gui.state.ConsoleState`: image tiles, the QA
-plots, the trial table, the runs table and the event log."""
+"""The console's panels, each drawing one part of :class:`gui.state.ConsoleState`: image tiles, the
+trial table, the runs table, the event log and the alignment (the QA plots: gui.plots)."""
 
 from __future__ import annotations
 
 import time
+from collections import deque
 
 import numpy as np
-import pyqtgraph as pg
 from PyQt6 import QtCore, QtGui, QtWidgets
 
-from gui.quality import summary, with_gaps
-from gui.state import LIVE, ConsoleState, TrialView
+from gui.quality import summary
+from gui.state import LIVE, ConsoleState, LogEntry, TrialView
 
-TRANSLATION_COLOURS = ("#1f77b4", "#2ca02c", "#17becf")
-ROTATION_COLOURS = ("#d62728", "#ff7f0e", "#9467bd")
 SEVERITY_COLOURS = {"info": "#c8c8c8", "warning": "#e0a020", "error": "#ff5050"}
 HIT, MISS = QtGui.QColor("#1e5a28"), QtGui.QColor("#5a1e1e")
 
@@ -33,6 +31,26 @@ def to_pixmap(image: np.ndarray | None, side: int, dpr: float = 1.0) -> QtGui.QP
                                                 QtCore.Qt.TransformationMode.SmoothTransformation)
     pix.setDevicePixelRatio(dpr)
     return pix
+
+
+class ElidedLabel(QtWidgets.QLabel):
+    """A one-line label that shortens with '…' when its row is narrow, so a long status never sets
+    the window's minimum width; ``text()`` stays whole, and the tooltip shows it when shortened."""
+
+    def minimumSizeHint(self) -> QtCore.QSize:  # noqa: N802 (Qt's name)
+        return QtCore.QSize(self.fontMetrics().horizontalAdvance("xxxx…"), super().minimumSizeHint().height())
+
+    def paintEvent(self, _event: QtGui.QPaintEvent) -> None:  # noqa: N802 (Qt's name)
+        rect = self.contentsRect()
+        text = self.fontMetrics().elidedText(self.text(), QtCore.Qt.TextElideMode.ElideRight, rect.width())
+        painter = QtGui.QPainter(self)
+        self.style().drawItemText(painter, rect, int(self.alignment()), self.palette(), self.isEnabled(), text,
+                                  self.foregroundRole())
+        painter.end()
+
+    def elided(self) -> bool:
+        """Whether the text is shortened at the label's present width."""
+        return self.fontMetrics().horizontalAdvance(self.text()) > self.contentsRect().width()
 
 
 class ImageTile(QtWidgets.QWidget):
@@ -70,91 +88,6 @@ def refinement_caption(view: TrialView) -> str:
     of = f" of {view.final_delay_s:g} s" if view.final_delay_s else " s"
     done = " (final)" if view.final_delay_s and view.delay_s >= view.final_delay_s - 1e-6 else ""
     return f"{view.version}: {view.delay_s:g}{of} after onset{done}"
-
-
-class QAPlots(pg.GraphicsLayoutWidget):
-    """Translation (mm) and rotation (degrees) apart, with legends; FD with the scanner side's threshold,
-    alarms and shaded trial windows; DVARS; latency with the TR line. Gaps break every curve."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.translation = self.addPlot(row=0, col=0, title="translation (mm)")
-        self.rotation = self.addPlot(row=1, col=0, title="rotation (degrees)")
-        self.translation.addLegend(offset=(5, 5))
-        self.rotation.addLegend(offset=(5, 5))
-        self.motion_curves = [self.translation.plot(pen=pg.mkPen(c, width=1), name=n, connect="finite")
-                              for c, n in zip(TRANSLATION_COLOURS, "xyz", strict=True)]
-        self.motion_curves += [self.rotation.plot(pen=pg.mkPen(c, width=1), name=n, connect="finite")
-                               for c, n in zip(ROTATION_COLOURS, ("pitch (x)", "roll (y)", "yaw (z)"), strict=True)]
-        self.fd_plot = self.addPlot(row=2, col=0, title="framewise displacement (mm)")
-        self.fd_curve = self.fd_plot.plot(pen=pg.mkPen("#dddddd", width=1), connect="finite")
-        self.fd_alarm = self.fd_plot.plot(pen=None, symbol="o", symbolSize=5, symbolBrush="#ff3030")
-        self.fd_line = pg.InfiniteLine(pos=0.5, angle=0, pen=pg.mkPen("#ff3030", style=QtCore.Qt.PenStyle.DashLine))
-        self.fd_plot.addItem(self.fd_line)
-        self.dvars_plot = self.addPlot(row=3, col=0, title="DVARS")
-        self.dvars_curve = self.dvars_plot.plot(pen=pg.mkPen("#e0c060", width=1), connect="finite")
-        self.latency_plot = self.addPlot(row=4, col=0, title="latency per volume (ms); dashed: the TR")
-        self.latency_plot.addLegend(offset=(5, 5))
-        self.latency_curve = self.latency_plot.plot(pen=pg.mkPen("#60c0e0", width=1), connect="finite", name="total")
-        self.read_curve = self.latency_plot.plot(pen=pg.mkPen("#a0a0a0", width=1), connect="finite", name="to read")
-        self.preprocess_curve = self.latency_plot.plot(pen=pg.mkPen("#e070e0", width=1), connect="finite",
-                                                       name="motion + mask")
-        self.tr_line = pg.InfiniteLine(angle=0, pen=pg.mkPen("#60c0e0", style=QtCore.Qt.PenStyle.DashLine))
-        self.tr_line.setVisible(False)
-        self.latency_plot.addItem(self.tr_line)
-        for p in (self.rotation, self.fd_plot, self.dvars_plot, self.latency_plot):
-            p.setXLink(self.translation)
-        for p in (self.translation, self.rotation, self.fd_plot, self.dvars_plot):
-            p.hideAxis("bottom")  # one volume axis, under the last plot: the x axes are linked
-        self.latency_plot.setLabel("bottom", "volume")
-        self.gap_lines: list[pg.InfiniteLine] = []
-        self.trial_regions: list[pg.LinearRegionItem] = []
-        self._drawn: tuple = ()
-
-    def draw(self, state: ConsoleState) -> None:
-        q = state.current_run
-        self.fd_line.setValue(state.fd_threshold_mm)
-        if q.tr_s:
-            self.tr_line.setValue(1000 * q.tr_s)
-        self.tr_line.setVisible(bool(q.tr_s))
-        x, motion = with_gaps(q.index, np.asarray(q.motion, float).reshape(-1, 6), q.missing)
-        for i, curve in enumerate(self.motion_curves):
-            curve.setData(x, motion[:, i]) if len(x) else curve.setData([], [])
-        _, fd = with_gaps(q.index, np.asarray(q.fd), q.missing)
-        self.fd_curve.setData(x, fd)
-        alarm = np.asarray(q.alarm, bool)
-        self.fd_alarm.setData(np.asarray(q.index, float)[alarm], np.asarray(q.fd, float)[alarm])
-        self.dvars_curve.setData(*with_gaps(q.index, np.asarray(q.dvars), q.missing))
-        self.latency_curve.setData(*with_gaps(q.index, np.asarray(q.latency_ms), q.missing))
-        for curve, values in ((self.read_curve, q.read_ms), (self.preprocess_curve, q.preprocess_ms)):
-            values = np.asarray(values, float)
-            # Not said (a replay, an older scanner side): no curve, rather than an all-NaN one that upsets the axis.
-            curve.setData(*with_gaps(q.index, values, q.missing)) if np.isfinite(values).any() else curve.setData([], [])
-        trials = sorted((v.onset_s, v.trial) for k, v in state.trials.items()
-                        if k[0] == q.run and k[2] == "realtime" and v.onset_s is not None)
-        key = (q.run, tuple(q.missing), tuple(trials), q.tr_s)
-        if key != self._drawn:  # markers change rarely: rebuilt only then
-            self._drawn = key
-            self._markers(q.missing, [t for t, _ in trials], q.tr_s)
-
-    def _markers(self, missing: list[int], onsets: list[float], tr_s: float | None) -> None:
-        for item in self.gap_lines:
-            item.getViewBox() and item.getViewBox().removeItem(item)
-        for item in self.trial_regions:
-            self.fd_plot.removeItem(item)
-        self.gap_lines, self.trial_regions = [], []
-        for index in sorted(set(missing)):
-            for plot in (self.translation, self.rotation, self.fd_plot, self.dvars_plot, self.latency_plot):
-                line = pg.InfiniteLine(pos=index, angle=90, pen=pg.mkPen("#ff5050", width=1, style=QtCore.Qt.PenStyle.DotLine))
-                plot.addItem(line)
-                self.gap_lines.append(line)
-        if tr_s:
-            for onset in onsets:
-                region = pg.LinearRegionItem((onset / tr_s, onset / tr_s + 3.0 / tr_s), movable=False,
-                                             brush=pg.mkBrush(90, 140, 220, 25), pen=pg.mkPen(None))
-                region.setZValue(-10)
-                self.fd_plot.addItem(region)
-                self.trial_regions.append(region)
 
 
 def _eval_text(v) -> str:
@@ -242,17 +175,27 @@ class TrialTable(QtWidgets.QWidget):
         selected = self.selected_keys()
         bar = self.table.verticalScrollBar()
         following = bar.value() >= bar.maximum()  # at the newest row: keep following new trials
+        old = [] if force else self._rows
+        moved = keys[:len(self.keys)] != self.keys
         self.keys, self._rows = keys, rows
         self.table.setRowCount(len(rows))
-        for r, row in enumerate(rows):
+        # In place: only the rows that changed get new items (a new trial is one row, not the whole table).
+        changed = [r for r, row in enumerate(rows) if r >= len(old) or old[r] != row]
+        for r in changed:
+            row = rows[r]
             colour = HIT if row[3] == "hit" else MISS if row[3] == "miss" else None
             for col, text in enumerate(row):
                 item = QtWidgets.QTableWidgetItem(text)
                 if colour is not None:
                     item.setBackground(colour)
                 self.table.setItem(r, col, item)
-        self.table.resizeColumnsToContents()
+        if not old:
+            self.table.resizeColumnsToContents()
+        else:
+            self._widen(rows, changed)
         if selected:  # the operator's selection stays selected and in view
+            if moved:
+                self.table.clearSelection()
             rows_sel = [keys.index(k) for k in selected if k in keys]
             for i in rows_sel:
                 self.table.selectRow(i)
@@ -260,6 +203,14 @@ class TrialTable(QtWidgets.QWidget):
                 self.table.scrollToItem(self.table.item(rows_sel[0], 0))
         if following:
             self.table.scrollToBottom()
+
+    def _widen(self, rows: list[tuple], changed: list[int]) -> None:
+        """Widen a column for a changed row's longer text (measuring only those rows, not the table)."""
+        fm = self.table.fontMetrics()
+        for col in range(self.table.columnCount()):
+            need = max((fm.horizontalAdvance(rows[r][col]) + 16 for r in changed if col < len(rows[r])), default=0)
+            if need > self.table.columnWidth(col):
+                self.table.setColumnWidth(col, need)
 
     def selected_keys(self) -> list[tuple[int, int, str]]:
         return [self.keys[r] for r in sorted({i.row() for i in self.table.selectedIndexes()}) if r < len(self.keys)]
@@ -278,9 +229,21 @@ class RunsTable(QtWidgets.QTableWidget):
         self.verticalHeader().setVisible(False)
         self.setEditTriggers(QtWidgets.QAbstractItemView.EditTrigger.NoEditTriggers)
         self._rows: list[dict] = []
+        self._summaries: dict[int, tuple[tuple, dict]] = {}  # run -> (what it was made from, its row)
+
+    def _summary(self, run: int, q) -> dict:
+        """A run's row, recomputed only when its volumes, counts, end or hits changed (an ended run's
+        2,000 volumes are not summed again at every redraw)."""
+        hits = self.state.hits(run)
+        made_of = (q.received, len(q.missing), q.rejected, q.ended, q.expected, tuple(hits),
+                   sum(q.fd), sum(q.tsnr), sum(q.latency_ms))  # the sums: a volume replaced in place
+        kept = self._summaries.get(run)
+        if kept is None or kept[0] != made_of:
+            kept = self._summaries[run] = (made_of, summary(q, hits))
+        return kept[1]
 
     def draw(self) -> None:
-        rows = [{**summary(q, self.state.hits(r)), "warning": self.state.run_warnings.get(r, "")}
+        rows = [{**self._summary(r, q), "warning": self.state.run_warnings.get(r, "")}
                 for r, q in sorted(self.state.runs.items())]
         if rows == self._rows:
             return
@@ -296,7 +259,10 @@ class RunsTable(QtWidgets.QTableWidget):
 
 
 class EventLog(QtWidgets.QWidget):
-    """Timestamped lines, coloured by severity, filtered by the lowest severity shown."""
+    """Timestamped lines, coloured by severity, filtered by the lowest severity shown.
+
+    Drawn incrementally: new lines are appended and lines that rolled out of the state's log are taken
+    from the top, so a redraw with a full log (5,000 lines) costs what the new lines cost."""
 
     def __init__(self, state: ConsoleState) -> None:
         super().__init__()
@@ -309,31 +275,68 @@ class EventLog(QtWidgets.QWidget):
         self.filter.currentIndexChanged.connect(lambda _i: self.draw(force=True))
         layout.addWidget(self.filter)
         self.list = QtWidgets.QListWidget()
+        self.list.setUniformItemSizes(True)  # one line each: scrolling need not measure every row
         layout.addWidget(self.list)
-        self._shown = 0
-        self._first: object = None
+        self._mirror: list[LogEntry] = []  # the state's log at the last draw, shown or not
+        self._shown: deque[LogEntry] = deque()  # the entry behind each item of the list, oldest first
 
     def lines(self) -> list[str]:
         return [self.list.item(i).text() for i in range(self.list.count())]
 
+    def _appended(self, entries: list[LogEntry]) -> tuple[list[LogEntry], set[int]] | None:
+        """The entries appended since the last draw and the ids of those that rolled out at the front;
+        None when the log changed in any other way (cleared, rewritten): then everything is redrawn."""
+        old = self._mirror
+        if not entries or not old:
+            return (entries, set()) if not old else None
+        start = next((i for i, e in enumerate(old) if e is entries[0]), None)
+        if start is None:
+            return None
+        kept = len(old) - start
+        if len(entries) < kept or any(entries[i] is not old[start + i] for i in range(kept)):
+            return None
+        return entries[kept:], {id(e) for e in old[:start]}
+
     def draw(self, force: bool = False) -> None:
         entries = list(self.state.log)
-        first = entries[0] if entries else None
-        if force or first is not self._first:  # filter changed, or the oldest lines rolled out
+        change = None if force else self._appended(entries)
+        if change is None:
             self.list.clear()
-            self._shown, self._first = 0, first
+            self._shown.clear()
+            change = (entries, set())
+        new, gone = change
+        self._mirror = entries
+        while self._shown and id(self._shown[0]) in gone:
+            self._shown.popleft()
+            self.list.takeItem(0)
+        if not new:
+            return
         levels = ("info", "warning", "error")
         lowest = levels.index(self.filter.currentData() or "info")
-        following = self.list.verticalScrollBar().value() >= self.list.verticalScrollBar().maximum()
-        for entry in entries[self._shown:]:
+        bar = self.list.verticalScrollBar()
+        following = bar.value() >= bar.maximum()
+        for entry in new:
             if levels.index(entry.severity) >= lowest:
                 stamp = time.strftime("%H:%M:%S", time.localtime(entry.time))
                 item = QtWidgets.QListWidgetItem(f"{stamp}  {entry.severity:7s}  {entry.text}")
                 item.setForeground(QtGui.QColor(SEVERITY_COLOURS[entry.severity]))
                 self.list.addItem(item)
-        self._shown = len(entries)
+                self._shown.append(entry)
         if following:
             self.list.scrollToBottom()
+
+
+def registration_text(view) -> str:
+    """What the run was registered to and how far that moved it; for a run that was not registered
+    (no session reference: the session's first run is where its mask is made) that it was not."""
+    f = view.figures
+    if "shift_mm" not in f:
+        return ("not registered: no session reference is configured, so this run's own reference is the"
+                " session's (runs after it are registered to it)") if f else "registration not reported"
+    moved = f"shift {f['shift_mm']:.1f} mm, rotation {f.get('rotation_deg', 0):.1f} deg"
+    if view.registered_to:
+        return f"registered to {view.registered_to}: {moved}"
+    return f"registration: {moved} (an older scanner side, which did not say to what)"
 
 
 class AlignmentPanel(QtWidgets.QWidget):
@@ -367,9 +370,7 @@ class AlignmentPanel(QtWidgets.QWidget):
             return
         f = view.figures
         parts = [f"run {view.run}"]
-        if "shift_mm" in f:
-            parts.append(f"registration to the session reference: shift {f['shift_mm']:.1f} mm, "
-                         f"rotation {f.get('rotation_deg', 0):.1f} deg")
+        parts.append(registration_text(view))
         if "in_brain" in f:
             parts.append(f"mask voxels on brain: {100 * f['in_brain']:.0f} %")
         if "match" in f:

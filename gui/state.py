@@ -27,6 +27,7 @@ from rtdecode.wire.schema import refine_delay
 log = logging.getLogger(__name__)
 SOURCE_NAMES = {"scanner": "scanner side", "decoder": "decoder"}
 SEVERITIES = ("info", "warning", "error")
+STOPPED_BY_OPERATOR = "run stopped by operator"  # the scanner side's reason for a stopped series' later files
 RESPONSE_S = 15.0  # a trial's response window for its FD: the HRF has risen and fallen within ~15 s
 
 
@@ -90,6 +91,7 @@ class AlignmentView:
     tsnr: np.ndarray | None = None  # the latest temporal-SNR mosaic of the run
     tsnr_at: int = 0  # the volume it was made at
     median_tsnr: float | None = None
+    registered_to: str = ""  # what the run was registered to ("": not registered; its figures say no shift)
 
 
 @dataclass
@@ -201,6 +203,7 @@ class ConsoleState:
         figures = {k: float(f[k]) for k in ("shift_mm", "rotation_deg", "in_brain", "match") if k in f}
         if figures or not known:
             view.figures, view.warning = figures, str(f.get("alignment_warning", ""))
+            view.registered_to = str(f.get("registered_to", ""))
         if "alignment" in msg.images:
             view.mosaic = decode_png(msg.images["alignment"])
         if view.warning and not known:
@@ -245,7 +248,9 @@ class ConsoleState:
         run = int(f["run"]) if "run" in f else self.run
         if run is not None:
             self._quality(run).rejected += 1
-        self.notice(f"file set aside: {f['path']}: {f['reason']}", "error")
+        # Files of a series the operator stopped are expected to be set aside: a plain line, not an error.
+        expected = str(f["reason"]).startswith(STOPPED_BY_OPERATOR)
+        self.notice(f"file set aside: {f['path']}: {f['reason']}", "info" if expected else "error")
 
     def _on_run_ended(self, f: dict, _msg: Message) -> None:
         run = int(f["run"])

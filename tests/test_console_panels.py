@@ -104,7 +104,7 @@ def test_the_event_log_keeps_a_rejected_file_a_missing_volume_and_a_restart(qtbo
     window.log.filter.setCurrentIndex(2)  # errors only
     assert window.log.lines() and all("  error  " in line for line in window.log.lines())
     x, y = window.plots.fd_curve.getOriginalDataset()
-    assert np.isnan(y[list(x).index(3.0)])  # the gap is drawn as a gap
+    assert np.isnan(y[list(x).index(4.0)])  # the gap is drawn as a gap, at volume 4 as the log says
     q = state.runs[1]
     assert all(0 <= r and 0 < p for r, p in zip(q.read_ms, q.preprocess_ms, strict=True))  # latency by stage
     assert len(window.plots.preprocess_curve.getOriginalDataset()[0]) == len(window.plots.latency_curve.getOriginalDataset()[0])
@@ -154,7 +154,7 @@ def test_runs_table_alarm_episodes_and_truthful_counts(qtbot, windows):
     assert window.table.item(hit_row, 3).background().color().name() != window.table.item(hit_row + 1, 3).background().color().name()
 
 
-def test_display_dims_when_the_decoder_goes_silent_and_captions_say_tier_and_version(qtbot, windows):
+def test_captions_say_tier_and_version_and_the_title_the_model(qtbot, windows):
     from gui.console import ConsoleWindow, DisplayWindow
     from rtdecode.wire.protocol import encode_png
 
@@ -174,14 +174,7 @@ def test_display_dims_when_the_decoder_goes_silent_and_captions_say_tier_and_ver
                 "decoder")
     console.refresh()
     assert console.windowTitle() == "rtdecode console, model sub04-model"
-    state.last_seen["decoder"] -= 30  # thirty seconds without a word from the decoder
-    state.last_result -= 30
-    state.trials[(1, 0, "realtime")].received -= 30
-    display.refresh()
-    console.refresh()
-    assert display.silent.text() == "decoder silent for 30 s" and display.dim.opacity() < 1.0
-    assert "last result 30s ago" in console.lights["decoder"].text()
-    assert console.reconstruction.caption.text() == "realtime, unclip, 30 s ago"
+    # The silence itself: tests/test_console_screens.py, measured to an injected clock.
 
 
 def test_replay_is_labelled_and_counts_each_run_on_its_own(tmp_path, qtbot, windows):

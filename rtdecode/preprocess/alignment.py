@@ -4,8 +4,11 @@ Each run's reference is registered to the session reference once and the mask is
 that registration (rtdecode/preprocess/pipeline.py). If that goes wrong the mask misses visual cortex
 and decoding falls to chance with no other sign, so at run start the scanner side sends these:
 
+- ``registered_to``: what the run reference was registered to, in words ("the session reference",
+  "run 1's reference"); absent when nothing was: the session's first run without a configured session
+  reference is where the session's mask is made, and its registration is the identity;
 - ``shift_mm`` and ``rotation_deg``: how far the registration moved (large values: the participant
-  moved between runs, or the registration failed);
+  moved between runs, or the registration failed); sent only with ``registered_to``;
 - ``in_brain``: the fraction of mask voxels that land on brain tissue of the run reference;
 - ``match``: the correlation, over the mask, between the session reference and the registered run
   reference (only with a session reference);
@@ -43,10 +46,15 @@ class Alignment:
     match: float | None
     n_voxels: int
     mosaic: np.ndarray  # (H, W, 3) uint8
+    registered_to: str = ""  # what the run reference was registered to, in words; "": not registered
 
     def fields(self) -> dict:
-        out = {"shift_mm": round(self.shift_mm, 3), "rotation_deg": round(self.rotation_deg, 3),
-               "in_brain": round(self.in_brain, 4)}
+        """The figures as run_started carries them: no shift or rotation for a run that was not registered
+        (an identity would read as a registration that found nothing to correct)."""
+        out: dict = {"in_brain": round(self.in_brain, 4)}
+        if self.registered_to:
+            out.update(registered_to=self.registered_to, shift_mm=round(self.shift_mm, 3),
+                       rotation_deg=round(self.rotation_deg, 3))
         return out if self.match is None else {**out, "match": round(self.match, 4)}
 
 
@@ -58,9 +66,10 @@ def rotation_angle_deg(matrix: np.ndarray) -> float:
 
 def check_alignment(reference: np.ndarray, reference_affine: np.ndarray, mask: np.ndarray, mask_affine: np.ndarray,
                     registration: np.ndarray, session_reference: np.ndarray | None = None,
-                    brain_threshold: float = 0.3, n_slices: int = 8) -> Alignment:
+                    brain_threshold: float = 0.3, n_slices: int = 8, registered_to: str = "") -> Alignment:
     """Figures and mosaic for a mask (on its own grid) carried into a run reference by ``registration``
-    (the 4x4 matrix mapping mask-grid world points into the run reference's world)."""
+    (the 4x4 matrix mapping mask-grid world points into the run reference's world). ``registered_to``
+    names what the run reference was registered to ("": nothing, the registration is the identity)."""
     reference = np.asarray(reference, np.float32)
     mask = np.asarray(mask, bool)
     ijk = np.argwhere(mask)
@@ -79,7 +88,7 @@ def check_alignment(reference: np.ndarray, reference_affine: np.ndarray, mask: n
     shift = float(np.linalg.norm(np.asarray(registration, float)[:3, 3]))
     carried = _mask_on_reference(reference.shape, reference_affine, mask, mask_affine, registration)
     return Alignment(shift, rotation_angle_deg(registration), in_brain, match, int(mask.sum()),
-                     mosaic(reference, carried, n_slices))
+                     mosaic(reference, carried, n_slices), registered_to)
 
 
 def alignment_warnings(alignment: Alignment, limits: AlignmentLimits) -> list[str]:

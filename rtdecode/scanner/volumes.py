@@ -163,6 +163,14 @@ class VolumeStage:
         self.space_files.save(self.space)
         log.info("run %d: the session's voxel space: %d voxels", run.number, self.space.n_voxels)
 
+    def registered_to(self) -> str:
+        """What a starting run's reference is registered to, in words; "" for nothing (the session's first
+        run without a configured session reference: its own reference becomes the session's)."""
+        if self.space is not None:
+            own = str(self.space.origin.get("reference", ""))
+            return own if own.startswith("run ") else "the session reference"  # a configured file: not its path
+        return "the session reference" if self.session_reference is not None else ""
+
     def alignment(self, reference: Volume, pre: RunPreprocessor, run: RunState) -> tuple[dict, dict[str, bytes]]:
         """Run-start figures, warning and mosaic of where the mask landed, also stored beside the run's
         reference (never fatal: a failure is logged)."""
@@ -174,7 +182,7 @@ class VolumeStage:
             # The mask's own values on that reference need the mask on its grid (a configured mask may not be).
             session = base.data if base is not None and base.data.shape == pre.mask.data.shape else None
             found = check_alignment(reference.data, reference.affine, pre.mask.data, pre.mask.affine,
-                                    pre.registration, session, pp.mask_threshold)
+                                    pre.registration, session, pp.mask_threshold, registered_to=self.registered_to())
         except Exception:
             log.exception("alignment check failed; the run goes on without it")
             return {}, {}

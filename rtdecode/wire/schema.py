@@ -88,6 +88,7 @@ SCHEMAS: dict[str, dict[str, F]] = {
     "run_started": {"run": _run(), "series": F("int", lo=0, hi=2**31), "shape": F("ints", lo=0, hi=100_000, max_items=4),
                     "n_voxels": F("int", lo=0, hi=10**8), "n_volumes": F("int", False, lo=1, hi=MAX_INDEX),
                     "tr_s": F("float", False, lo=0.05, hi=100), "fd_threshold_mm": F("float", False, lo=0, hi=1e3),
+                    "registered_to": F("text", False, hi=200),  # what the run was registered to; absent: nothing
                     "shift_mm": F("float", False, lo=0, hi=1e4), "rotation_deg": F("float", False, lo=0, hi=360),
                     "in_brain": F("float", False, lo=0, hi=1), "match": F("float", False, lo=-1, hi=1),
                     "alignment_warning": F("text", False, hi=MAX_TEXT),

@@ -187,6 +187,7 @@ def test_two_participants_one_decoder_each_console_shows_its_own(tmp_path, small
         feeds += [console, display]
         _wait(lambda: console.heard["decoder"] >= 6 and display.heard["decoder"] >= 6, 240,
               "the decoder's replay of participant 01's results")
+        assert console.shown() == {}, "the console shows 01's trials before 02's session is named"
         _scan(tmp_path, "02", small_run)
         # -- 02's betas reach a decoder holding 01's model: refused, not acknowledged, kept by the scanner side
         refusal = "is for sub-01; a beta of sub-02 came"

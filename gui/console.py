@@ -16,7 +16,7 @@ import numpy as np
 import pyqtgraph as pg
 from PyQt6 import QtCore, QtGui, QtWidgets
 
-from gui.display import DisplayWindow
+from gui.display import SILENT_S, DisplayWindow
 from gui.panels import (
     AlignmentPanel,
     ElidedLabel,
@@ -257,6 +257,7 @@ class ConsoleWindow(QtWidgets.QMainWindow):
     def refresh(self) -> None:
         s = self.state
         now = self.clock()
+        s.check_silence(SILENT_S, now)  # a silence changes a light and leaves a line in the log
         q = s.current_run
         who = " ".join(f"{k} {s.identity[k]}" for k in ("subject", "session") if k in s.identity)
         self.setWindowTitle("rtdecode console" + (f": {who}" if who else "") + (f", model {s.model}" if s.model else "")

@@ -121,6 +121,8 @@ class ConsoleState:
     model: str = ""  # the decoder's model folder name, from its heartbeat
     gallery_size: int = 0  # images the decoder retrieves among (top-1 chance is 1 / this); 0: not said
     run_warnings: dict[int, str] = field(default_factory=dict)  # run -> why it gives no betas (shown on its row)
+    silent: set[str] = field(default_factory=set)  # services whose silence is logged and not yet over
+    _at: float | None = None  # while a message is applied: when its sender produced it (the log's time)
 
     def apply(self, msg: Message, source: str = "scanner") -> bool:
         """Update from one message; False for a repeat (a late-joiner replay already seen) or a refusal."""
@@ -138,14 +140,30 @@ class ConsoleState:
         uid = msg.fields.get("session_uid") if isinstance(msg.fields, dict) else None
         if source != "scanner" and uid and not self.sessions.admit(self, msg, source, str(uid)):
             return False  # another session's result (a decoder serves the whole day), or held until it is named
+        if source in self.silent:
+            self.silent.discard(source)
+            self.add_log("info", f"{SOURCE_NAMES.get(source, source)} heard from again")
         handler = getattr(self, f"_on_{msg.type}", None)
         if handler is not None:
+            self._at = msg.time or None  # a replayed or re-sent event is logged at the time it happened
             try:
                 handler(msg.fields, msg)
             except Exception as exc:  # a field no handler expected: counted and shown, never fatal
+                self._at = None
                 self.refuse(f"{msg.type} from {source}: {type(exc).__name__}: {exc}")
                 return False
+            finally:
+                self._at = None
         return True
+
+    def check_silence(self, limit_s: float, now: float | None = None) -> list[str]:
+        """Log each service silent for longer than ``limit_s`` once per silence; returns the silent ones."""
+        now = now or time.time()
+        for service, last in self.last_seen.items():
+            if service not in self.silent and now - last > limit_s and not self.replay:
+                self.silent.add(service)
+                self.add_log("warning", f"{SOURCE_NAMES.get(service, service)} silent for {now - last:.0f} s", now)
+        return sorted(self.silent)
 
     def refuse(self, reason: str, count: int = 1) -> None:
         self.refused += count
@@ -153,8 +171,10 @@ class ConsoleState:
         log.warning("console: refused a message: %s", reason)
         self.add_log("error", f"refused: {reason}")
 
-    def add_log(self, severity: str, text: str) -> None:
-        self.log.append(LogEntry(time.time(), severity if severity in SEVERITIES else "info", text))
+    def add_log(self, severity: str, text: str, when: float | None = None) -> None:
+        """A log line at ``when``, else at the time the message being applied was produced, else now."""
+        when = when if when is not None else (self._at if self._at is not None else time.time())
+        self.log.append(LogEntry(when, severity if severity in SEVERITIES else "info", text))
 
     def notice(self, text: str, severity: str = "info") -> None:
         """A line in the event log that also becomes the status line."""
@@ -327,7 +347,9 @@ class ConsoleState:
             return
         view.timings_ms.update({k: float(v) for k, v in f.get("timings_ms", {}).items()})
         view.tier = str(f.get("tier", view.tier))
-        view.received = self.last_result = time.time()
+        # When the decoder produced it (a result re-sent after a restart keeps its stored time), not now.
+        view.received = msg.time or time.time()
+        self.last_result = max(self.last_result or 0.0, view.received)
         if f.get("stage") == "retrieval":
             view.top_ids = list(f.get("top_ids", []))
             view.top_scores = [float(s) for s in f.get("top_scores", [])]

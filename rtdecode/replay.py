@@ -12,41 +12,38 @@ import numpy as np
 from PIL import Image
 
 from rtdecode.decoder.results import open_results, retrieval_message
-from rtdecode.scanner.history import (
-    alignment_fields,
-    mark_events,
-    read_rows,
-    run_events,
-    stored_betas,
-    stored_tr,
-)
+from rtdecode.scanner.history import session_events, session_settings
 from rtdecode.wire.protocol import Message, encode_png
 
 
 def session_messages(session: str | Path) -> list[Message]:
-    """Scanner-side messages of a finished session folder (``.../sub-XX/ses-YY``), in order: each run
-    counted on its own, every trial, the operator's marks, the alignment figures where stored."""
+    """Scanner-side messages of a finished session folder (``.../sub-XX/ses-YY``), in the order they
+    happened: each run with its end reason and the count it expected, every trial, the files set
+    aside, the operator's newest marks, the session's FD threshold, the alignment figures where stored."""
     session = Path(session)
-    deriv = session / "derivatives" / "rtdecode" / "func"
-    out: list[Message] = []
-    for run_row in read_rows(session / "runs.tsv"):
-        run = int(run_row["run"])
-        prefix = next((p.name.split("_desc-confounds")[0] for p in deriv.glob(f"*_run-{run:02d}_desc-confounds_timeseries.tsv")), None)
-        if prefix is None:
-            continue
-        confounds = read_rows(deriv / f"{prefix}_desc-confounds_timeseries.tsv")
-        betas = stored_betas(deriv, prefix)
-        events = run_events(run, int(run_row["series"]), confounds, betas, "", len(confounds),
-                            alignment_fields(deriv / f"{prefix}_desc-alignment.json"),
-                            stored_tr(deriv / f"{prefix}_desc-realtime_betas.json"))
-        png = deriv / f"{prefix}_desc-alignment.png"
-        if png.exists():
-            events[0].images["alignment"] = png.read_bytes()
-        out += events
-    out += mark_events(read_rows(session / "marks.tsv"))
+    out = session_events(session, session_settings(session / "config.toml"))
+    identity = _identity(session)
     for seq, msg in enumerate(out, start=1):
         msg.seq = seq
+        if msg.type == "run_started":  # whose session it is, as the live run_started says
+            msg.fields.update(identity)
     return out
+
+
+def _identity(session: Path) -> dict[str, str]:
+    """The session's subject, session and uid (its folder names and session.json); {} if it has none."""
+    import json
+
+    from rtdecode.errors import ProtocolError
+    from rtdecode.wire.schema import check_identity
+
+    try:
+        identity = {"subject": session.parent.name.removeprefix("sub-"), "session": session.name.removeprefix("ses-"),
+                    "session_uid": json.loads((session / "session.json").read_text(encoding="utf-8"))["uid"]}
+        check_identity(identity, str(session / "session.json"))
+    except (OSError, ValueError, KeyError, TypeError, ProtocolError):
+        return {}
+    return identity
 
 
 def decoder_messages(decoded: str | Path) -> list[Message]:
@@ -61,7 +58,8 @@ def decoder_messages(decoded: str | Path) -> list[Message]:
         if png.exists():
             with Image.open(png) as im:
                 image = np.asarray(im.convert("RGB"))
-            out.append(Message("result", {**fields, "stage": "reconstruction"}, images={"reconstruction": encode_png(image)}))
+            out.append(Message("result", {**fields, "stage": "reconstruction"}, images={"reconstruction": encode_png(image)},
+                               time=png.stat().st_mtime))  # when it was drawn
     out += evaluation_messages(store.folder / "evaluation" / "trials.csv", store.identity)
     for seq, msg in enumerate(out, start=1):
         msg.seq = seq

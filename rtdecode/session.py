@@ -42,6 +42,12 @@ CONFOUND_COLUMNS = (
 )
 
 
+def local_stamp() -> str:
+    """Now as local ISO time to the millisecond: a console rebuilding the session orders its events by it."""
+    now = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(now)) + f".{int(now % 1 * 1000):03d}"
+
+
 def append_tsv(path: Path, columns: tuple[str, ...], row: dict, fsync: bool = False) -> None:
     """Append one row (and the header to a new file); ``fsync``: on disk before returning."""
     new = not path.exists() or path.stat().st_size == 0
@@ -169,14 +175,14 @@ class SessionFolder:
     def add_run(self, run: int, series_key: int, series_uid: str) -> None:
         append_tsv(
             self.path / "runs.tsv", ("run", "series", "series_uid", "started"),
-            {"run": run, "series": series_key, "series_uid": series_uid, "started": time.strftime("%Y-%m-%dT%H:%M:%S")},
+            {"run": run, "series": series_key, "series_uid": series_uid, "started": local_stamp()},
         )
 
     def log_run_end(self, run: int, reason: str, n_volumes: int) -> None:
         """A run ended (complete, new series, stopped, closed): written before its end-of-run betas, so a
         restart never takes a closed run up again."""
         append_tsv(self.path / "run_ends.tsv", ("time", "run", "reason", "volumes"),
-                   {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "run": run, "reason": reason,
+                   {"time": local_stamp(), "run": run, "reason": reason,
                     "volumes": n_volumes}, fsync=True)
 
     def run_ends(self) -> dict[int, str]:
@@ -185,7 +191,7 @@ class SessionFolder:
 
     def reject(self, file: str, reason: str) -> None:
         append_tsv(self.path / "rejected.tsv", ("time", "file", "reason"),
-                    {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "file": file, "reason": reason})
+                    {"time": local_stamp(), "file": file, "reason": reason})
 
     def rejected(self) -> list[dict[str, str]]:
         return read_tsv(self.path / "rejected.tsv")

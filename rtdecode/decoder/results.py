@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from pathlib import Path
@@ -152,6 +153,16 @@ class ResultStore:
             out.append(msg)
         return out
 
+    def reconstruction_messages(self, n: int) -> list[Message]:
+        """The newest ``n`` stored reconstructions as they were published (at the time each was drawn),
+        so a console that joins after a restart shows pictures, not only retrievals."""
+        out = []
+        for row in self.rows():
+            png = self.image_path(row.get("key", ""))
+            if png.is_file():
+                out.append((row, png))
+        return [reconstruction_message(row, self.identity, png) for row, png in out[-n:]] if n > 0 else []
+
     def image_path(self, key: str) -> Path:
         return self.folder / "images" / f"{stem(key)}.png"
 
@@ -203,8 +214,26 @@ def open_results(decoded: str | Path) -> ResultStore:
 
 
 def retrieval_message(row: dict, identity: dict) -> Message:
-    """A stored results row as the retrieval result it was published as."""
+    """A stored results row as the retrieval result it was published as, at the time it was produced
+    (its t_done: a console shows a re-sent result's age from then, not from the restart)."""
     scores = [float(v) for v in row["top_scores"].split(",") if v]
     return Message("result", {"run": int(row["run"]), "trial": int(row["trial"]), "version": row["version"],
                               "image": row["image"], "stage": "retrieval", "top_ids": [i for i in row["top_ids"].split(",") if i],
-                              "top_scores": scores, "timings_ms": {"prior_ms": float(row["prior_ms"] or 0)}, **identity})
+                              "top_scores": scores, "timings_ms": {"prior_ms": float(row["prior_ms"] or 0)}, **identity},
+                   time=_stored_time(row.get("t_done")))
+
+
+def reconstruction_message(row: dict, identity: dict, png: Path) -> Message:
+    """A stored reconstruction as the result it was published as, at the time its image was written."""
+    fields = {"run": int(row["run"]), "trial": int(row["trial"]), "version": row["version"], "image": row["image"],
+              "stage": "reconstruction", **identity}
+    return Message("result", fields, images={"reconstruction": png.read_bytes()}, time=_stored_time(str(png.stat().st_mtime)))
+
+
+def _stored_time(value: str | None) -> float:
+    """A stored t_done as a message time; 0 (stamped at sending) when it is missing or not a finite time."""
+    try:
+        t = float(value or 0.0)
+    except ValueError:
+        return 0.0
+    return t if math.isfinite(t) and t > 0 else 0.0

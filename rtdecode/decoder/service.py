@@ -123,6 +123,8 @@ class DecoderService:
         for store in self.stores.values():  # after a restart: every decoded trial again, for consoles that join
             for msg in store.retrieval_messages():  # rows that fail the schema are skipped with one line
                 self.publisher.send(msg)
+            for msg in store.reconstruction_messages(replay // 2):  # the newest pictures, for the recent replay
+                self.publisher.send(msg)
 
     @property
     def store(self) -> ResultStore | None:

@@ -5,19 +5,26 @@ the whole session: every volume's QA, every missing volume, every trial, every m
 publisher keeps the latest copy of each such event by key (:func:`keep_event`) and sends them to each
 new subscriber; after a restart of the scanner side they are rebuilt from the session folder
 (:func:`run_events`, :func:`mark_events`) before the first new file is read. ``rtdecode console
---replay`` uses the same builders for a finished session.
+--replay`` uses the same builders for a finished session. Every rebuilt event carries the time it
+happened (from the folder's tables), so a late console's log and ages read as a console's open all day.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 
 from rtdecode.errors import ProtocolError
 from rtdecode.session import read_tsv
 from rtdecode.wire.protocol import Message
 from rtdecode.wire.schema import check_fields
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 
 log = logging.getLogger(__name__)
 
@@ -59,32 +66,118 @@ def keep_event(msg: Message) -> tuple[str, Message] | None:
 
 
 def run_events(run: int, series: int, confounds: list[dict], betas: list[dict], ended: str | None,
-               expected: int | None = None, alignment: dict | None = None, tr_s: float | None = None) -> list[Message]:
+               expected: int | None = None, alignment: dict | None = None, tr_s: float | None = None,
+               fd_threshold_mm: float | None = None, times: dict[str, float | None] | None = None) -> list[Message]:
     """One run's events from its stored rows: start, every volume or missing volume, every trial, and
-    its end when ``ended`` is not None (the reason, or "" when unknown)."""
+    its end when ``ended`` is not None (the reason, or "" when unknown). Each carries the time it
+    happened where the folder says (``times``: 'started', 'ended'; a volume's own t_done), so a
+    late console logs it then."""
+    times = times or {}
     started = {"run": run, "series": series, "shape": [], "n_voxels": 0, **(alignment or {})}
     if expected:
         started["n_volumes"] = expected
     if tr_s:
         started["tr_s"] = float(tr_s)
-    out = [Message("run_started", started)]
-    n_ok = 0
+    if fd_threshold_mm is not None:
+        started["fd_threshold_mm"] = float(fd_threshold_mm)
+    # Sent just before its first volume was (runs.tsv's time is earlier, before the first volume was read):
+    # a file set aside in between came before the run on every console that was open.
+    first = next((epoch(r.get("t_done")) for r in confounds if r["status"] == "ok" and epoch(r.get("t_done"))), None)
+    out = [Message("run_started", started, time=(first - 1e-3) if first else (times.get("started") or 0.0))]
+    n_ok, last = 0, out[0].time
     for r in confounds:
         if r["status"] == "ok":
             n_ok += 1
-            out.append(Message("volume", {"run": run, "index": int(r["volume"]), "motion": [float(r[c]) for c in MOTION],
-                                          "fd": float(r["framewise_displacement"] or 0), "dvars": float(r["dvars"] or 0),
-                                          "tsnr": float(r["tsnr"] or 0), "latency_ms": float(r["latency_ms"] or 0)}))
-        else:
-            out.append(Message("volume_missing", {"run": run, "index": int(r["volume"])}))
+            fd = float(r["framewise_displacement"] or 0)
+            fields = {"run": run, "index": int(r["volume"]), "motion": [float(r[c]) for c in MOTION], "fd": fd,
+                      "dvars": float(r["dvars"] or 0), "tsnr": float(r["tsnr"] or 0),
+                      "latency_ms": float(r["latency_ms"] or 0)}
+            if fd_threshold_mm is not None:
+                fields["fd_alarm"] = fd > fd_threshold_mm  # as it was sent: the session's threshold, not the console's
+            last = epoch(r.get("t_done")) or last
+            out.append(Message("volume", fields, time=last))
+        else:  # a missing volume's row has no time of its own: the volume before it is the nearest
+            out.append(Message("volume_missing", {"run": run, "index": int(r["volume"])}, time=last))
     for r in betas:
         fields = {"run": run, "trial": int(r["trial"]), "image": r["image"], "version": r.get("version") or "realtime"}
         if r.get("onset"):
             fields["onset"] = float(r["onset"])
-        out.append(Message("trial", fields))
+        out.append(Message("trial", fields, time=last))
     if ended is not None:
-        out.append(Message("run_ended", {"run": run, "n_volumes": n_ok, **({"reason": ended} if ended else {})}))
+        when = max(epoch(times.get("ended")) or 0.0, last)  # run_ends.tsv counts whole seconds
+        out.append(Message("run_ended", {"run": run, "n_volumes": n_ok, **({"reason": ended} if ended else {})},
+                           time=when))
     return out
+
+
+def epoch(value: object) -> float | None:
+    """A stored time as seconds since the epoch: a number, or a local ``%Y-%m-%dT%H:%M:%S[.fff]``; None if neither."""
+    if isinstance(value, (int, float)):
+        return float(value)
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    whole, _, fraction = value.partition(".")  # rtdecode.session.local_stamp: milliseconds since round 3
+    try:
+        return time.mktime(time.strptime(whole, "%Y-%m-%dT%H:%M:%S")) + (float(f"0.{fraction}") if fraction else 0.0)
+    except (ValueError, OverflowError):
+        return None
+
+
+def rejected_events(rows: list[dict]) -> list[Message]:
+    """Every file set aside (the session's rejected.tsv), as it was announced, at the time it was."""
+    out = []
+    for r in rows:
+        fields = {"path": str(r.get("file", ""))[:255], "reason": announced_reason(str(r.get("reason", "")))[:2000]}
+        try:
+            check_fields("volume_rejected", fields)
+        except ProtocolError as exc:
+            log.warning("rejected.tsv: row %r skipped: %s", r, exc)
+            continue
+        out.append(Message("volume_rejected", fields, time=epoch(r.get("time")) or 0.0))
+    return out
+
+
+def announced_reason(stored: str) -> str:
+    """A rejected.tsv reason as it was sent: without the note of where the file went (rtdecode.scanner.side)."""
+    for note in (" (moved to ", " (left in place: watch folder not writable)"):
+        head, found, _ = stored.rpartition(note)
+        if found:
+            return head
+    return stored
+
+
+def in_time_order(messages: list[Message]) -> list[Message]:
+    """Rebuilt events in the order they happened (a message without a time stays after the one before it)."""
+    last, keyed = 0.0, []
+    for i, msg in enumerate(messages):
+        last = msg.time or last
+        keyed.append((last, i, msg))
+    return [m for _, _, m in sorted(keyed, key=lambda k: (k[0], k[1]))]
+
+
+def session_settings(path: Path) -> dict[str, float | None]:
+    """What a console needs of the configuration a session ran with (its ``config.toml``):
+    ``fd_threshold_mm``, ``volumes_per_run``, ``tr_s``; None for what the file does not say (a
+    session recorded before rtdecode kept it: the console's own threshold, each run's stored count)."""
+    raw: dict = {}
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError) as exc:
+        log.warning("%s: not read (%s); a replay shows no session thresholds", path, exc)
+    pre, scanner = raw.get("preprocess", {}), raw.get("scanner", {})
+    try:
+        return {"fd_threshold_mm": float(pre["fd_threshold_mm"]) if "fd_threshold_mm" in pre else None,
+                "volumes_per_run": int(scanner["volumes_per_run"]) if "volumes_per_run" in scanner else None,
+                "tr_s": float(scanner["tr_s"]) if "tr_s" in scanner else None}
+    except (TypeError, ValueError) as exc:
+        log.warning("%s: not read (%s); a replay shows no session thresholds", path, exc)
+        return {"fd_threshold_mm": None, "volumes_per_run": None, "tr_s": None}
 
 
 def mark_events(rows: list[dict]) -> list[Message]:
@@ -102,7 +195,7 @@ def mark_events(rows: list[dict]) -> list[Message]:
         except (ProtocolError, ValueError, TypeError) as exc:
             log.warning("marks.tsv: row %r skipped: %s", r, exc)
             continue
-        out.append(Message("mark", fields))
+        out.append(Message("mark", fields, time=epoch(r.get("time")) or 0.0))
     return out
 
 
@@ -120,3 +213,38 @@ def alignment_fields(path: Path) -> dict:
         return {k: v for k, v in json.loads(path.read_text()).items() if k != "alignment_png"}
     except (OSError, ValueError):
         return {}
+
+
+def session_events(session: Path, settings: dict[str, float | None], ends: dict[int, str | None] | None = None) -> list[Message]:
+    """A session folder's whole history, in the order it happened: each run (started, volumes, trials,
+    its end with the reason and the expected count), every file set aside, the newest mark of each
+    trial. ``ends``: run -> its end reason, or None for a run still open (default: run_ends.tsv, and
+    "" for a run that ended before it was kept)."""
+    deriv = session / "derivatives" / "rtdecode" / "func"
+    ended_at: dict[int, str] = {}
+    recorded: dict[int, str] = {}
+    for row in read_rows(session / "run_ends.tsv"):
+        if row.get("run", "").isdigit():
+            recorded[int(row["run"])], ended_at[int(row["run"])] = row.get("reason", ""), row.get("time", "")
+    out: list[Message] = []
+    for run_row in read_rows(session / "runs.tsv"):
+        run = int(run_row["run"])
+        prefix = next((p.name.split("_desc-confounds")[0]
+                       for p in deriv.glob(f"*_run-{run:02d}_desc-confounds_timeseries.tsv")), None)
+        if prefix is None:
+            continue
+        ended = ends.get(run) if ends is not None else recorded.get(run, "")
+        confounds = read_rows(deriv / f"{prefix}_desc-confounds_timeseries.tsv")
+        events = run_events(run, int(run_row["series"]), confounds, stored_betas(deriv, prefix), ended,
+                            settings.get("volumes_per_run") or len(confounds),  # not kept: the run's own count
+                            alignment_fields(deriv / f"{prefix}_desc-alignment.json"),
+                            stored_tr(deriv / f"{prefix}_desc-realtime_betas.json") or settings.get("tr_s"),
+                            settings.get("fd_threshold_mm"),
+                            {"started": epoch(run_row.get("started")), "ended": epoch(ended_at.get(run))})
+        png = deriv / f"{prefix}_desc-alignment.png"
+        if png.exists():
+            events[0].images["alignment"] = png.read_bytes()
+        out += events
+    out += rejected_events(read_rows(session / "rejected.tsv"))
+    out += mark_events(read_rows(session / "marks.tsv"))
+    return in_time_order(out)

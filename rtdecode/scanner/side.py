@@ -31,13 +31,7 @@ from rtdecode.ingest.reader import Volume, read_volume
 from rtdecode.ingest.slices import Slice, assemble, read_slice
 from rtdecode.preprocess.pipeline import Mask
 from rtdecode.scanner.close import keep_config
-from rtdecode.scanner.history import (
-    alignment_fields,
-    mark_events,
-    read_rows,
-    run_events,
-    stored_betas,
-)
+from rtdecode.scanner.history import session_events
 from rtdecode.scanner.network import ScannerNetwork
 from rtdecode.scanner.runs import CLOSED_AT_SHUTDOWN, RunBook, RunState
 from rtdecode.scanner.volumes import VolumeEvent, VolumeStage, open_space
@@ -298,25 +292,16 @@ class ScannerSide:
         return True, f"run {f['run']} trial {f['trial']} {what}"
 
     def _publish_history(self) -> None:
-        """After a restart: the session so far, from its folder, so consoles that join get all of it."""
+        """After a restart: the session so far, from its folder and in the order it happened (files set
+        aside, end reasons, marks included), so consoles that join get all of it."""
         if self.net.publisher is None:
             return
-        expected = self.config.scanner.volumes_per_run
-        for run in sorted(self.book.runs.values(), key=lambda r: r.number):
-            number = run.number
-            rows = read_rows(run.store.confounds)  # the table only: the vectors stay on disk
-            betas = stored_betas(self.folder.derivatives, self.folder.prefix(number))
-            png = run.store.alignment_png.read_bytes() if run.store.alignment_png.exists() else None
-            events = run_events(number, run.series_key, rows, betas, run.end_reason if run.ended else None, expected,
-                                alignment_fields(run.store.alignment), self.config.scanner.tr_s)
-            events[0].fields["fd_threshold_mm"] = self.config.preprocess.fd_threshold_mm
-            if png is not None:
-                events[0].images["alignment"] = png
-            for msg in events:
-                self._send(msg if msg.type in ("volume", "volume_missing") else
-                           Message(msg.type, {**msg.fields, **self.identity}, images=msg.images))
-        for msg in mark_events(self.folder.marks()):
-            self._send(msg)
+        settings = {"fd_threshold_mm": self.config.preprocess.fd_threshold_mm, "tr_s": self.config.scanner.tr_s,
+                    "volumes_per_run": self.config.scanner.volumes_per_run}
+        ends = {run.number: run.end_reason if run.ended else None for run in self.book.runs.values()}
+        for msg in session_events(self.folder.path, settings, ends):
+            self._send(msg if msg.type in ("volume", "volume_missing", "volume_rejected", "mark") else
+                       Message(msg.type, {**msg.fields, **self.identity}, images=msg.images, time=msg.time))
 
     def _take(self, pend: _Pending, now: float) -> bool:
         path = pend.path

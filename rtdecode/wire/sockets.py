@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 
@@ -21,6 +22,7 @@ from rtdecode.wire.protocol import MAX_FRAME_BYTES, Message, decode, encode, new
 log = logging.getLogger(__name__)
 
 LOOPBACK_HOSTS = ("localhost", "::1", "[::1]")
+NEVER_REPLAYED = frozenset({"heartbeat"})  # liveness: a replayed one would only crowd out history
 
 
 def is_local(address: str) -> bool:
@@ -57,7 +59,9 @@ class Publisher:
     With ``replay`` > 0 it is an XPUB that keeps its last ``replay`` messages and sends them again
     when a subscriber joins, so a display that starts late shows the current state at once. Replayed
     messages keep their sequence numbers; subscribers already connected see them twice and can drop
-    repeats by ``seq``. Each publisher has its own boot id, so a receiver tells a restarted sender
+    repeats by ``seq``. A replay is one history in send order: the kept copies and the recent
+    messages merged by ``seq``, a recent message left out when a newer one of its key was kept (a
+    removed mark never comes back), heartbeats never among them (liveness, not history). Each publisher has its own boot id, so a receiver tells a restarted sender
     (new boot id, ``seq`` from 1 again) from a repeat. Call :meth:`serve` from the sending loop to
     notice new subscribers.
     """
@@ -78,9 +82,9 @@ class Publisher:
         self.replay_skip = frozenset(replay_skip)  # types not worth replaying (bulky, and in the session folder)
         self._seq = 0
         self._lock = threading.Lock()
-        self._recent: deque[list] = deque(maxlen=replay) if replay else deque(maxlen=0)
+        self._recent: deque[tuple[int, str | None, list]] = deque(maxlen=replay) if replay else deque(maxlen=0)
         self._keep = keep
-        self._kept: OrderedDict[str, list] = OrderedDict()
+        self._kept: OrderedDict[str, tuple[int, list]] = OrderedDict()  # key -> (seq, frames) of its newest
         self._keep_limit = keep_limit
         self.replayed = 0
 
@@ -90,16 +94,18 @@ class Publisher:
             self._seq += 1
             message.seq = self._seq
             message.boot = self.boot
+            message.time = message.time or time.time()  # a re-sent message keeps the time it was produced
             frames = encode(message)
             self._sock.send_multipart(frames, copy=False)
-            if self._recent.maxlen and message.type not in self.replay_skip:
-                self._recent.append(frames)
             kept = self._keep(message) if self._keep is not None else None
+            key = kept[0] if kept is not None else None
+            if self._recent.maxlen and message.type not in self.replay_skip and message.type not in NEVER_REPLAYED:
+                self._recent.append((message.seq, key, frames))
             if kept is not None:
-                key, copy = kept
+                copy = kept[1]
                 copy.seq, copy.boot, copy.time = message.seq, message.boot, message.time
                 self._kept.pop(key, None)
-                self._kept[key] = frames if copy is message else encode(copy)
+                self._kept[key] = (message.seq, frames if copy is message else encode(copy))
                 while len(self._kept) > self._keep_limit:
                     self._kept.popitem(last=False)
         self.serve()
@@ -114,10 +120,19 @@ class Publisher:
                 event = self._sock.recv()  # subscriptions only: XPUB takes no messages
                 if event[:1] == b"\x01":  # a subscription (0 is an unsubscription)
                     joins += 1
-                    for frames in (*self._kept.values(), *self._recent):
+                    for frames in self._history():
                         self._sock.send_multipart(frames, copy=False)
                         self.replayed += 1
         return joins
+
+    def _history(self) -> list[list]:
+        """What a joiner gets: kept and recent merged in send order, each key at its newest only."""
+        merged = dict(self._kept.values())
+        for seq, key, frames in self._recent:
+            newest = self._kept.get(key) if key is not None else None
+            if newest is None or newest[0] == seq:  # an older value of a kept key would undo the newer one
+                merged.setdefault(seq, frames)
+        return [merged[seq] for seq in sorted(merged)]
 
     def close(self) -> None:
         self._sock.close(linger=0)

@@ -283,6 +283,7 @@ class ConsoleWindow(QtWidgets.QMainWindow):
             if name == "decoder":
                 extra += f" queue {s.decoder_queue}" if s.decoder_queue is not None else ""
                 extra += f", {s.decoder_decoded} decoded" if s.decoder_decoded is not None else ""
+                extra += f", {s.decoder_refused} refused" if s.decoder_refused else ""
                 result_age = s.result_age(now)
                 extra += f", last result {result_age:.0f}s ago" if result_age is not None else ""
             light.setText(f"● {name}" + ("" if age is None else f" {age:.0f}s") + extra + restarted)

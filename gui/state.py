@@ -27,6 +27,7 @@ from rtdecode.wire.schema import refine_delay
 log = logging.getLogger(__name__)
 SOURCE_NAMES = {"scanner": "scanner side", "decoder": "decoder"}
 SEVERITIES = ("info", "warning", "error")
+REFUSAL_LOG_S = 60.0  # a rising refusal count is logged at most this often
 STOPPED_BY_OPERATOR = "run stopped by operator"  # the scanner side's reason for a stopped series' later files
 RESPONSE_S = 15.0  # a trial's response window for its FD: the HRF has risen and fallen within ~15 s
 
@@ -115,6 +116,8 @@ class ConsoleState:
     sessions: SessionFilter = field(default_factory=SessionFilter)  # one session shown (gui/sessions.py)
     decoder_queue: int | None = None
     decoder_decoded: int | None = None
+    decoder_refused: int | None = None  # the decoder's heartbeat: betas and messages it did not take
+    _refusal_logged: float | None = None
     last_result: float | None = None  # wall time of the newest decoder result
     replay: bool = False  # drawn from a finished session's folders, not live
     alignment: dict[int, AlignmentView] = field(default_factory=dict)
@@ -365,6 +368,19 @@ class ConsoleState:
             self.decoder_queue, self.decoder_decoded = f.get("queue"), f.get("decoded")
             self.model = str(f.get("model", self.model))
             self.gallery_size = int(f.get("gallery", self.gallery_size))
+            self._note_refusals(f.get("refused"), _msg.time or time.time())
+
+    def _note_refusals(self, refused: int | None, when: float) -> None:
+        """A rising refusal count in the log, at most once a minute (a beta the decoder holds no model for
+        is resent every few seconds, and refused each time until the right model is loaded)."""
+        before, self.decoder_refused = self.decoder_refused, refused
+        if refused is None or before is None or refused <= before:
+            return
+        if self._refusal_logged is None or when - self._refusal_logged >= REFUSAL_LOG_S:
+            self._refusal_logged = when
+            self.add_log("warning", f"the decoder is refusing betas or messages ({refused} since it started): its "
+                                    "log says why (another participant's model, another voxel count, or a folder "
+                                    "of another session)", when)
 
     # -- views -------------------------------------------------------------------------------------
     @property

@@ -86,7 +86,19 @@ def evaluation_messages(trials_csv: Path, identity: dict) -> list[Message]:
             for r in rows if r.get(metric) and math.isfinite(float(r[metric]))]  # a constant image's PixCorr is nan
 
 
+def decoded_for(decoded: Path, session: Path | None) -> Path:
+    """The results folder of ``session`` (``.../sub-XX/ses-YY``): a decoder --out kept for the whole day holds
+    one folder per session, so the replayed session's own is taken; otherwise ``decoded`` as given."""
+    if session is not None and not (decoded / "session.json").exists():
+        own = decoded / session.parent.name / session.name
+        if (own / "session.json").exists():
+            return own
+    return decoded
+
+
 def replayed(session: Path | None, decoded: Path | None) -> list[tuple[str, Message]]:
     """``(source, message)`` pairs: the scanner side's from ``session``, then the decoder's from ``decoded``."""
     out = [("scanner", m) for m in (session_messages(session) if session else [])]
-    return out + [("decoder", m) for m in (decoder_messages(decoded) if decoded else [])]
+    if decoded is None:
+        return out
+    return out + [("decoder", m) for m in decoder_messages(decoded_for(Path(decoded), session))]

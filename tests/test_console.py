@@ -220,3 +220,17 @@ def test_a_refined_trial_updates_in_place_and_the_history_keeps_the_newest(windo
     assert window.reconstruction.caption.text().startswith("rt6.0")
     assert window.table.rowCount() == 1 and window.table.item(0, 5).text() == "rt7.5"
     assert state.hits() == [True] and [v.trial for v in state.history()] == [0]
+
+
+def test_a_decoder_refusing_betas_shows_on_the_console_once_a_minute():
+    """Before, the heartbeat's ``refused`` was dropped: a decoder turning away the next participant's betas
+    (another person's model) looked healthy ("queue 0, 152 decoded"); only its own log said so."""
+    state = ConsoleState()
+    t0 = 1_000_000.0
+    for seq, (dt, refused) in enumerate([(0, 0), (1, 0), (2, 3), (4, 5), (6, 7), (70, 9), (71, 9)], start=1):
+        state.apply(Message("heartbeat", {"service": "decoder", "queue": 0, "decoded": 12, "refused": refused},
+                            seq=seq, time=t0 + dt), "decoder")
+    warnings = [e for e in state.log if e.severity == "warning" and "refusing" in e.text]
+    assert state.decoder_refused == 9
+    assert [e.time - t0 for e in warnings] == [2, 70]
+    assert "(9 since it started)" in warnings[-1].text

@@ -290,6 +290,14 @@ def test_scanner_side_to_decoder_to_two_subscribers(tmp_path, small_visit):
     assert sum(m.type == "trial" and m.fields["version"] == "realtime" for m in replayed) == 63
     decoded = decoder_messages(tmp_path / "decoded")
     assert sum(m.fields["stage"] == "reconstruction" for m in decoded) == 126
+    # One --out for the whole day: a second participant's folder beside it, and the replay still finds
+    # this session's own results (before, "expected one decoded session ... found sub-01/ses-01, sub-02/ses-01").
+    from rtdecode.decoder.results import ResultStore
+    from rtdecode.replay import replayed as replay_pairs
+
+    ResultStore(tmp_path / "decoded" / "sub-02" / "ses-01", {"subject": "02", "session": "01", "session_uid": "e" * 32})
+    pairs = replay_pairs(st.side.folder.path, tmp_path / "decoded")
+    assert sum(src == "decoder" and m.fields.get("stage") == "reconstruction" for src, m in pairs) == 126
     acked = (st.side.folder.derivatives / "betas_acked.keys").read_text().split()
     assert len(acked) == 126  # 63 real-time and 63 end-of-run betas, each acknowledged
     for g in got:

@@ -337,6 +337,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         apply_role("calibration", args.threads, torch=True)
         return _calibration(args)
     if args.command == "decode":
+        import signal
+
+        # Ctrl-C stops the decoder even when its parent ignored SIGINT (a shell's background job, a test
+        # runner), which a child otherwise inherits: a stop would then wait for SIGKILL.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         from rtdecode.threads import apply_role
 
         apply_role("decoder", args.threads, torch=True)

@@ -206,3 +206,27 @@ def test_folders_an_older_rtdecode_wrote_with_such_fields_still_start(tmp_path, 
     assert "not published again" in text and "sub-08/ses-01/session.json: not a session's identity" in text
 
 
+
+
+def test_ctrl_c_stops_a_decoder_whose_parent_ignored_it(tmp_path, model_folder):
+    """A child inherits an ignored SIGINT; the decoder then sat out every Ctrl-C until SIGKILL (30 s per stop
+    inside the full test suite, whose runner had SIGINT ignored by then)."""
+    import signal
+
+    cmd, betas, _ = _decoder(tmp_path, model_folder)
+    log = tmp_path / "decode.log"
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+        try:
+            with _betas_socket(betas) as sock:
+                assert _acked(sock, 0, proc, log) == []  # up and serving
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"rtdecode decode ignored Ctrl-C:\n{log.read_text()[-2000:]}")
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)

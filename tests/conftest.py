@@ -110,6 +110,16 @@ class SideThread:
         return [(e.run, e.index) for e in self.events]
 
 
+
+def wait_until(cond, seconds: float) -> bool:
+    """Poll ``cond`` every 50 ms for up to ``seconds``; its last value (every wait in the tests is bounded)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.05)
+    return cond()
+
 def drain(sub, seconds: float, n_volumes: int | None = None) -> list:
     """Messages a subscriber receives within ``seconds`` (sooner once ``n_volumes`` volume events came)."""
     got = []

@@ -35,7 +35,7 @@ from rtdecode.wire.control import send_command
 from rtdecode.wire.protocol import Message
 from rtdecode.wire.sockets import Publisher, Subscriber
 
-from conftest import SideThread, free_port, make_config
+from conftest import SideThread, free_port, make_config, wait_until
 
 N_VOLUMES = 12
 ONSETS = (0.0, 3.0, 6.0)
@@ -112,13 +112,7 @@ def history_differences(live: ConsoleState, other: ConsoleState) -> list[str]:
     return out
 
 
-def _wait(cond, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.1)
-    return cond()
+_wait = wait_until
 
 
 def _settle(feed: Feed, live: ConsoleState, seconds: float = 30) -> ConsoleState:

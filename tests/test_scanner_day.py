@@ -15,7 +15,7 @@ from rtdecode.wire.protocol import Message
 from rtdecode.wire.security import client_options, create_keys
 from rtdecode.wire.sockets import Subscriber
 
-from conftest import SideThread, drain, make_config
+from conftest import SideThread, drain, make_config, wait_until
 
 
 def _feed(tmp_path, watch, run, series: int, indices, pause: float = 0.0) -> None:
@@ -25,13 +25,7 @@ def _feed(tmp_path, watch, run, series: int, indices, pause: float = 0.0) -> Non
         time.sleep(pause)
 
 
-def _wait(cond, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.05)
-    return cond()
+_wait = wait_until
 
 
 def test_a_single_slice_first_in_a_new_series_is_set_aside_and_the_run_goes_on(tmp_path, small_run):

@@ -25,7 +25,7 @@ from rtdecode.simulator.scanner import format_name
 from rtdecode.wire.reliable import BetaSender, beta_message
 from rtdecode.wire.sockets import Subscriber
 
-from conftest import free_port
+from conftest import free_port, wait_until
 
 try:
     import tomllib
@@ -41,13 +41,7 @@ N_VOXELS = 53
 SESSION = {"subject": "01", "session": "01", "session_uid": "d" * 32}
 
 
-def _wait(cond, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.05)
-    return cond()
+_wait = wait_until
 
 
 def _config(tmp_path: Path, name: str = "session.toml", **changes) -> Path:

@@ -24,7 +24,7 @@ from rtdecode.cli import main
 from rtdecode.session import SessionFolder, read_tsv
 from rtdecode.wire.sockets import Subscriber
 
-from conftest import free_port
+from conftest import free_port, wait_until
 
 CLI = [sys.executable, "-m", "rtdecode.cli"]
 SHAPE = ["--shape", "32x36x28", "--voxel-mm", "5"]  # a small head: 192 volumes are quick to write and process
@@ -76,13 +76,7 @@ class Scanner:
             self._out.close()
 
 
-def _wait(cond, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.2)
-    return cond()
+_wait = wait_until
 
 
 def _simulate(tmp_path: Path, run: int, *extra: str, wait: bool = True) -> subprocess.Popen:

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from gui.state import ConsoleState
 
 HELD_PER_SESSION = 20000  # a day's session is a few thousand results; beyond that the oldest go
+HELD_SESSIONS = 8  # sessions whose results are held at once; beyond that the earliest named go (hostile uids)
 
 
 class SessionFilter:
@@ -43,6 +44,8 @@ class SessionFilter:
             self.newest = msg.time
             return True
         if self.follow == "scanner":  # its session may be named later: kept, not shown
+            if uid not in self.held and len(self.held) >= HELD_SESSIONS:
+                self.held.pop(next(iter(self.held)))
             self.held.setdefault(uid, deque(maxlen=HELD_PER_SESSION)).append((source, msg))
         return False  # follow = decoder: an older session's result
 

@@ -234,3 +234,18 @@ def test_a_decoder_refusing_betas_shows_on_the_console_once_a_minute():
     assert state.decoder_refused == 9
     assert [e.time - t0 for e in warnings] == [2, 70]
     assert "(9 since it started)" in warnings[-1].text
+
+
+def test_results_held_for_unnamed_sessions_are_bounded():
+    """Results of sessions the scanner side has not named are held for later; a stream of made-up session
+    uids must not hold without end: only the HELD_SESSIONS most recently seen are kept."""
+    from gui.sessions import HELD_SESSIONS
+
+    state = ConsoleState()
+    for i in range(HELD_SESSIONS + 5):
+        uid = f"{i:032x}"
+        state.apply(Message("result", {"run": 1, "trial": 0, "version": "realtime", "image": "sim-00001",
+                                       "stage": "retrieval", "subject": "01", "session": "01", "session_uid": uid},
+                            seq=i + 1), "decoder")
+    assert list(state.sessions.held) == [f"{i:032x}" for i in range(5, HELD_SESSIONS + 5)]
+    assert not state.trials  # nothing shown before the scanner side names a session

@@ -36,6 +36,7 @@ class Retrieval:
     timings_ms: dict[str, float] = field(default_factory=dict)
     blurry_latent: np.ndarray | None = None
     clip: np.ndarray | None = None  # retrieval-head tokens (T, D): what retrieval compares with images
+    caption: str = ""  # from the prior's tokens, when a captioner is loaded
 
 
 @dataclass
@@ -47,6 +48,16 @@ class OnDevice:
     blurry: torch.Tensor | None  # blurry latent (1, 4, 28, 28), for a model with the branch
     similarity: torch.Tensor  # (1, gallery) cosine similarity, float32
     timings_ms: dict[str, float] = field(default_factory=dict)
+    caption: str = ""
+
+
+MAX_CAPTION = 300  # rtdecode.wire.schema's bound (this core imports no wire)
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+
+
+def clean_caption(text: str) -> str:
+    """A captioner's text as one printable line of at most MAX_CAPTION characters (the wire's caption)."""
+    return " ".join(_UNPRINTABLE.sub(" ", str(text)).split())[:MAX_CAPTION].rstrip()
 
 
 class Decoder:
@@ -54,16 +65,21 @@ class Decoder:
 
     ``unclip``: an ``UnclipReconstructor`` on the model's device; ``vae``: the SD VAE for the blurry
     image; ``invert``: the stand-in's inversion (host arrays in and out). The first present is used.
+    ``captioner``: ``.caption(prior tokens (N, T, D) on the device) -> list[str]`` (GIT through the bigG -> L
+    converter, or the demo's stand-in captioner); ``refiner``: ``.refine(image, caption, blurry, generator)``
+    (SDXL img2img), run by the service as its policy says.
     """
 
     def __init__(self, model, subject: str, embedder, gallery_ids: list[str], gallery_tokens: np.ndarray,
-                 unclip=None, vae=None, invert=None, top: int = 5, seed: int = 0, tier: str | None = None) -> None:
+                 unclip=None, vae=None, invert=None, top: int = 5, seed: int = 0, tier: str | None = None,
+                 captioner=None, refiner=None) -> None:
         self.model, self.subject, self.embedder = model.eval(), subject, embedder
         self.name = subject  # the model folder's name once loaded from one (shown by consoles)
         # Whose brain: a model built here names no participant; from_folder reads the folder's.
         self.identity = ModelIdentity(subject, None, model.config.voxels[model.config.subject_index(subject)])
         self.sources: dict[str, str] = {}  # model and gallery folders, for rtdecode evaluate
         self.unclip, self.vae, self.invert = unclip, vae, invert
+        self.captioner, self.refiner = captioner, refiner
         # What reconstructions are made with, for captions: unclip, blurry (SD VAE), standin, or none.
         self.tier = tier or ("unclip" if unclip is not None else "blurry" if vae is not None
                              else "standin" if invert is not None else "none")
@@ -80,7 +96,8 @@ class Decoder:
     @classmethod
     def from_folder(cls, folder: str | Path, gallery: str | Path, cache: str | Path | None = None,
                     device: str | None = None, unclip: str | Path | None = None,
-                    sd_vae: str | Path | None = None) -> Decoder:
+                    sd_vae: str | Path | None = None, captioner: str | Path | None = None,
+                    refiner: str | Path | None = None) -> Decoder:
         """Load a model folder and a gallery. Reconstruction, in order of preference: unCLIP (a folder
         written by ``models.unclip.pipeline.convert_unclip``), the blurry image (the SD VAE file, for a
         model with the blurry branch), the stand-in's inversion (stand-in token space). The model and the
@@ -104,7 +121,9 @@ class Decoder:
             vae = load_sd_vae(sd_vae).to(device, dtype or torch.float32)
         elif hasattr(embedder, "invert"):
             invert = lambda t: embedder.invert(t, size=128)  # noqa: E731 - the stand-in's "reconstruction"
-        decoder = cls(model, subject, embedder, ids, tokens, unclip=rec, vae=vae, invert=invert)
+        decoder = cls(model, subject, embedder, ids, tokens, unclip=rec, vae=vae, invert=invert,
+                      captioner=None if captioner is None else load_captioner(captioner, device, dtype),
+                      refiner=None if refiner is None else load_refiner(refiner, device, dtype))
         decoder.name = re.sub(r"[^A-Za-z0-9._-]", "_", folder.resolve().name)[:64]  # for captions: a label, never a path
         decoder.sources = {"model": str(folder.resolve()), "gallery": str(gallery.resolve())}
         decoder.identity = model_identity(folder, model)
@@ -141,15 +160,19 @@ class Decoder:
         t2 = self._clock()
         prior = self.model.diffusion_prior.sample(backbone, steps=20, generator=self.generator)
         t3 = self._clock()
-        return OnDevice(prior, clip, blur if blur.ndim == 4 else None, similarity,
-                        {"backbone_ms": (t1 - t0) * 1e3, "retrieval_ms": (t2 - t1) * 1e3, "prior_ms": (t3 - t2) * 1e3})
+        timings = {"backbone_ms": (t1 - t0) * 1e3, "retrieval_ms": (t2 - t1) * 1e3, "prior_ms": (t3 - t2) * 1e3}
+        caption = ""
+        if self.captioner is not None:  # from the prior's tokens, as MindEye2 captions (they stay on the device)
+            caption = clean_caption(self.captioner.caption(prior)[0])
+            timings["caption_ms"] = (self._clock() - t3) * 1e3
+        return OnDevice(prior, clip, blur if blur.ndim == 4 else None, similarity, timings, caption)
 
     def retrieve(self, beta: np.ndarray) -> Retrieval:
         """One beta to its prior tokens and top-k gallery items (host arrays)."""
         d = self.retrieve_on_device(beta)
         idx, scores = top_k(d.similarity.cpu().numpy(), self.top)
         return Retrieval(_host(d.tokens[0]), [self.gallery_ids[i] for i in idx[0]], [float(s) for s in scores[0]],
-                         d.timings_ms, None if d.blurry is None else _host(d.blurry[0]), _host(d.clip[0]))
+                         d.timings_ms, None if d.blurry is None else _host(d.blurry[0]), _host(d.clip[0]), d.caption)
 
     @property
     def can_reconstruct(self) -> bool:
@@ -184,6 +207,20 @@ class Decoder:
             image = (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
         return image, (time.perf_counter() - t0) * 1e3
 
+    def refine(self, image: np.ndarray, caption: str, blurry_latent: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+        """A reconstruction refined with its caption (MindEye2's SDXL img2img, then 0.75 refined + 0.25 the
+        blurry image where the model has one and the SD VAE is loaded); and the time taken."""
+        t0 = self._clock()
+        blurry = None
+        if self.vae is not None and blurry_latent is not None:
+            from models.blurry import blurry_image
+
+            with torch.no_grad():
+                on_device = blurry_image(self.vae, to_device(blurry_latent, self.device)[None].float())[0]
+            blurry = (np.clip(_host(on_device.permute(1, 2, 0)), 0, 1) * 255 + 0.5).astype(np.uint8)
+        refined = np.asarray(self.refiner.refine(image, caption, blurry, self.generator))
+        return refined, (self._clock() - t0) * 1e3
+
     def decode(self, beta: np.ndarray) -> tuple[Retrieval, np.ndarray | None]:
         """One beta end to end, as the service runs it: retrieval, then the reconstruction of its tokens."""
         ret = self.retrieve(beta)
@@ -199,6 +236,28 @@ class Decoder:
         image = self.reconstruct_on_device(d.tokens[0].float(), None if d.blurry is None else d.blurry[0].float())
         d.timings_ms["reconstruction_ms"] = (self._clock() - t0) * 1e3
         return d, image
+
+
+def load_captioner(path: str | Path, device: str, dtype: torch.dtype | None):
+    """A captioner folder: the demo's stand-in captioner (``standin_captioner.json``), else GIT in its
+    published Hugging Face layout read through the bigG -> L converter (models.caption)."""
+    from rtdecode.gallery.captions import StandinCaptioner, is_standin_captioner
+
+    if is_standin_captioner(path):
+        return StandinCaptioner.from_folder(path)
+    from models.caption import BrainCaptioner
+
+    return BrainCaptioner.from_folder(path, device=device, dtype=dtype or torch.float32)
+
+
+def load_refiner(path: str | Path, device: str, dtype: torch.dtype | None):
+    """SDXL base for refinement: a diffusers folder, or the published single .safetensors file."""
+    from models.refine import Refiner
+
+    path = Path(path)
+    if path.is_file():
+        return Refiner.from_single_file(path, device=device, dtype=dtype or torch.float32)
+    return Refiner.from_folder(path, device=device, dtype=dtype or torch.float32)
 
 
 def _host(t: torch.Tensor) -> np.ndarray:

@@ -34,6 +34,10 @@ def refine_delay(version: str) -> float | None:
     return float(version[2:]) if version.startswith("rt") and VERSION.fullmatch(version) else None
 
 
+# A trial's caption (rtdecode decode, from the brain's tokens): one line of printable UTF-8, no control,
+# line-separator or lone-surrogate character, so it is stored in a TSV cell and drawn in a label as it came.
+MAX_CAPTION = 300
+CAPTION = re.compile(r"\A[^\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]{0,300}\Z")  # MAX_CAPTION
 WORD = re.compile(r"\A[a-z][a-z0-9_]{0,31}\Z")
 KEY = re.compile(r"\A[0-9a-f]{32}:[0-9]{1,4}:[0-9]{1,5}:[a-z0-9.]{1,16}\Z")  # uid:run:trial:version
 MAX_TEXT = 2000
@@ -115,7 +119,10 @@ SCHEMAS: dict[str, dict[str, F]] = {
     "ack": {"ref": F("name", pattern=KEY)},
     "result": {"run": _run(), "trial": _trial(), "version": F("name", False, pattern=VERSION),
                "image": F("name", False, pattern=IMAGE_ID),
-               "stage": F("name", False, choices=("retrieval", "reconstruction", "evaluation")),
+               # 'refined': the trial's reconstruction again, refined (SDXL img2img with its caption): a later
+               # version of the same picture, never before the first reconstruction (docs/decoder.md)
+               "stage": F("name", False, choices=("retrieval", "reconstruction", "refined", "evaluation")),
+               "caption": F("name", False, pattern=CAPTION),
                "top_ids": F("names", False, pattern=IMAGE_ID, max_items=100),
                "top_scores": F("floats", False, lo=-1e6, hi=1e6, max_items=100),
                "timings_ms": F("timings", False), "tier": F("name", False, pattern=WORD),

@@ -36,7 +36,12 @@ class DisplayWindow(QtWidgets.QWidget):
         self.silent = QtWidgets.QLabel("")
         self.silent.setAlignment(QtCore.Qt.AlignmentFlag.AlignCenter)
         self.silent.setStyleSheet("color: #e0a020; font-size: 20px;")
+        self.caption = QtWidgets.QLabel("")  # the trial's caption, from the brain
+        self.caption.setAlignment(QtCore.Qt.AlignmentFlag.AlignCenter)
+        self.caption.setWordWrap(True)
+        self.caption.setStyleSheet("color: #d0d0d0; font-size: 18px;")
         layout.addWidget(self.picture, 1)
+        layout.addWidget(self.caption)
         layout.addWidget(self.silent)
         self.resize(800, 800)
 
@@ -45,6 +50,7 @@ class DisplayWindow(QtWidgets.QWidget):
         if latest:
             side = max(64, min(self.width(), self.height()) - 60)
             self.picture.setPixmap(to_pixmap(latest[-1].reconstruction, side, self.devicePixelRatioF()))
+            self.caption.setText(latest[-1].caption)
         age = self.state.heartbeat_age("decoder", self.clock())
         silent = latest and not self.state.replay and age is not None and age > SILENT_S
         self.dim.setOpacity(0.3 if silent else 1.0)

@@ -78,7 +78,9 @@ def reconstruction_caption(view: TrialView, now: float | None = None, replay: bo
     if view.reconstruction is None:
         return "reconstruction pending"
     age = "" if view.received is None or replay else f", {max(0.0, (now or time.time()) - view.received):.0f} s ago"
-    return f"{view.recon_version or view.version}, {view.tier or 'tier not recorded'}{age}"
+    refined = ", refined" if view.refined else ""
+    said = f"\n“{view.caption}”" if view.caption else ""  # the decoder's caption, from the brain
+    return f"{view.recon_version or view.version}, {view.tier or 'tier not recorded'}{refined}{age}{said}"
 
 
 def refinement_caption(view: TrialView) -> str:

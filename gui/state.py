@@ -66,6 +66,8 @@ class TrialView:
     eval_score: float | None = None
     recon_version: str = ""  # the version the reconstruction shown was drawn from (refining: may lag)
     final_delay_s: float | None = None  # refining: the delay of a trial's last version, when the run said
+    caption: str = ""  # what the decoder's captioner said of the trial (from the brain, not the stimulus)
+    refined: bool = False  # the picture shown is the refined one (stage 'refined': SDXL with the caption)
 
     @property
     def delay_s(self) -> float | None:
@@ -350,6 +352,7 @@ class ConsoleState:
             return
         view.timings_ms.update({k: float(v) for k, v in f.get("timings_ms", {}).items()})
         view.tier = str(f.get("tier", view.tier))
+        view.caption = str(f.get("caption", view.caption))
         # When the decoder produced it (a result re-sent after a restart keeps its stored time), not now.
         view.received = msg.time or time.time()
         self.last_result = max(self.last_result or 0.0, view.received)
@@ -360,8 +363,11 @@ class ConsoleState:
             if key[2] in LIVE:
                 self.current = key
         elif "reconstruction" in msg.images:
+            refined = f.get("stage") == "refined"
+            if view.refined and not refined and view.recon_version == version:
+                return  # the first picture again (a replay) after its refinement: the refined one stays
             view.reconstruction = decode_png(msg.images["reconstruction"])
-            view.recon_version = version
+            view.recon_version, view.refined = version, refined
 
     def _on_heartbeat(self, f: dict, _msg: Message) -> None:
         if f.get("service") == "decoder":

@@ -164,6 +164,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy", default="every", help="reconstructions: every | newest | refine (one per trial: its latest version) | every-N")
     p.add_argument("--unclip", type=Path, default=None, help="converted unCLIP folder (models.unclip.pipeline.convert_unclip)")
     p.add_argument("--sd-vae", type=Path, default=None, help="the SD VAE file, for blurry images without unCLIP")
+    p.add_argument("--captioner", type=Path, default=None,
+                   help="a caption per trial: GIT-large-COCO with bigG_to_L (models.caption), or the demo's stand-in captioner")
+    p.add_argument("--refiner", type=Path, default=None,
+                   help="SDXL base (diffusers folder or its single .safetensors) to refine reconstructions with the caption")
+    p.add_argument("--refiner-config", type=Path, default=None,
+                   help="with a single-file --refiner: SDXL base's configurations and tokenizers (diffusers layout)")
+    p.add_argument("--refine", choices=("off", "idle", "always"), default=None,
+                   help="refinement: off, idle (only when no beta or first reconstruction waits; the default with "
+                        "--refiner) or always (after each reconstruction; delays the next trial's)")
     p.add_argument("--threads", type=_threads, default=DEFAULTS.decoder,
                    help=f"torch, OpenMP and BLAS threads (default {DEFAULTS.decoder}: cores left to the scanner side; "
                         "0: every core)")
@@ -350,7 +359,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         try:
             run_decoder(args.model, args.out, args.gallery, args.betas, args.results, args.policy,
                         curve_secret=args.curve_secret, curve_allowed=args.curve_allowed, unclip=args.unclip,
-                        sd_vae=args.sd_vae, allow_plaintext=args.allow_plaintext)
+                        sd_vae=args.sd_vae, allow_plaintext=args.allow_plaintext, captioner=args.captioner,
+                        refiner=args.refiner, refine=args.refine, refiner_config=args.refiner_config)
         except (FileNotFoundError, ValueError, KeyError) as exc:  # a missing or foreign model, gallery, key
             raise ConfigError(f"rtdecode decode: {exc}") from None
         return 0

@@ -32,6 +32,7 @@ class SessionSection:
     session: str = "01"
     task: str = "rt"
     bids: bool = True  # each finished run also written as BIDS (docs/session-folder.md), in the background
+    stimuli: Path | None = None  # folder of the shown images: each run's BIDS copy takes them into stimuli/
     # Free space (docs/session-folder.md): a warning at start, in `config check` and every space_check_every
     # volumes (0: at start only) when the session folder's disk has less than min_free_gb, or less than 2.5
     # times a run's raw volumes once a volume's size is known.
@@ -174,7 +175,7 @@ _POSITIVE = {
     "network.max_message_mb",
 }
 _PORTS = {"network.betas_port", "network.results_port"}
-_MUST_EXIST = {"preprocess.session_reference", "preprocess.mask", "models.folder", "glm.zscore_stats", "glm.tuning",
+_MUST_EXIST = {"session.stimuli", "preprocess.session_reference", "preprocess.mask", "models.folder", "glm.zscore_stats", "glm.tuning",
                "network.curve_secret", "network.curve_decoder_key", "network.curve_allowed"}
 
 

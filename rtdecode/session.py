@@ -225,7 +225,8 @@ class RunStore:
 
     def save_acquisition(self, meta: dict, tr_s: float) -> None:
         """The run's timing and the first volume's allow-listed acquisition fields (for the BIDS sidecar)."""
-        fields = {k: v for k, v in meta.items() if k != "t_file" and isinstance(v, (int, float, str))}
+        fields = {k: v for k, v in meta.items() if k != "t_file" and (isinstance(v, (int, float, str)) or (
+            isinstance(v, list) and all(isinstance(x, (int, float)) for x in v)))}  # lists: SliceTiming
         tmp = self.acquisition.with_name(f".{self.acquisition.name}.tmp")
         tmp.write_text(json.dumps({"tr_s": float(tr_s), "dicom": fields}, indent=1))
         tmp.replace(self.acquisition)

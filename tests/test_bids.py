@@ -16,6 +16,7 @@ import pytest
 from test_scanner_side import PATTERN, _dicom_bytes, _put
 
 from rtdecode.bids import finalize_run, finalize_session
+from rtdecode.bids.confounds import MISSING_FLAG
 from rtdecode.bids.names import bold_path, derivative_func
 from rtdecode.glm.incremental import GLMSettings
 from rtdecode.glm.offline import offline_betas, session_folder
@@ -51,14 +52,10 @@ def recorded(tmp_path_factory, small_run):
 
 
 def _bidsignored(rel: str, patterns: list[str]) -> bool:
+    """gitignore-style, as the validator reads .bidsignore: a pattern matches the path or a folder above it."""
     parts = rel.split("/")
-    for pattern in patterns:
-        if pattern.endswith("/"):
-            if any(fnmatch.fnmatch("/".join(parts[:k]), pattern.rstrip("/")) for k in range(1, len(parts))):
-                return True
-        elif fnmatch.fnmatch(rel, pattern):
-            return True
-    return False
+    prefixes = ["/".join(parts[:k]) for k in range(1, len(parts) + 1)]
+    return any(fnmatch.fnmatch(prefix, pattern.rstrip("/")) for pattern in patterns for prefix in prefixes)
 
 
 def test_every_finished_run_is_indexed_by_pybids_and_named_as_bids_wants(recorded):
@@ -88,13 +85,18 @@ def test_every_finished_run_is_indexed_by_pybids_and_named_as_bids_wants(recorde
     img = nib.load(bold_path(recorded, 2))
     assert img.shape[-1] == 12 and img.header.get_zooms()[-1] == pytest.approx(1.5)
     frames = np.asarray(img.dataobj)
-    np.testing.assert_allclose(frames[..., 5], (frames[..., 4] + frames[..., 6]) / 2, rtol=1e-5)
+    assert frames.dtype == np.int16  # DICOM pixels are integers; the filled volume is rounded, not float32
+    np.testing.assert_allclose(frames[..., 5], (frames[..., 4].astype(float) + frames[..., 6]) / 2, atol=0.5)
     events = pd.read_csv(recorded.path / "func" / f"{recorded.prefix(1)}_events.tsv", sep="\t")
     assert list(events.columns[:4]) == ["onset", "duration", "trial_type", "stim_file"]
     assert all((root / "stimuli" / f).exists() for f in events.stim_file)
     conf = pd.read_csv(derivative_func(recorded) / f"{recorded.prefix(2)}_desc-confounds_timeseries.tsv", sep="\t",
                        na_values="n/a")
-    assert len(conf) == 12 and conf.iloc[5].isna().all() and np.isnan(conf.framewise_displacement[0])
+    assert len(conf) == 12 and np.isnan(conf.framewise_displacement[0])
+    # The volume that never came: a number in every column, flagged for scrubbing and in its own outlier column.
+    assert not conf.iloc[1:].isna().any().any() and conf.framewise_displacement[5] == MISSING_FLAG
+    assert conf.motion_outlier_00.tolist() == [int(i == DROPPED[1]) for i in range(12)]
+    assert conf.trans_x[5] == pytest.approx((conf.trans_x[4] + conf.trans_x[6]) / 2, abs=1e-5)
     assert conf[["rot_x", "rot_y", "rot_z"]].abs().max().max() < 0.1  # radians, as fMRIPrep writes them
 
 

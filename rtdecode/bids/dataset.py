@@ -20,6 +20,7 @@ BIDS_VERSION = "1.9.0"
 
 # The live record: kept as the crash-safe truth, ignored by BIDS tools (gitignore-style patterns).
 BIDSIGNORE = """# rtdecode's live record (docs/session-folder.md): crash-safe, append-only, not BIDS
+# (folders without a trailing slash: the schema validator 3.x matches a folder's own path)
 sub-*/ses-*/session.json
 sub-*/ses-*/operator.tsv
 sub-*/ses-*/runs.tsv
@@ -27,11 +28,22 @@ sub-*/ses-*/run_ends.tsv
 sub-*/ses-*/rejected.tsv
 sub-*/ses-*/marks.tsv
 sub-*/ses-*/config.toml
-sub-*/ses-*/derivatives/
-sub-*/ses-*/func/*_bold/
-.finalize-tmp/
+sub-*/ses-*/derivatives
+sub-*/ses-*/func/*_bold
+.finalize-tmp
+.rtdecode-bids.lock
 """
 
+# The derivative's files BIDS has no name for yet (confounds as fMRIPrep writes them, single-trial betas,
+# the reference image of space-boldref): listed, so the validator checks everything else.
+DERIVATIVE_BIDSIGNORE = """# rtdecode derivative files without a BIDS name yet (docs/session-folder.md)
+*_desc-confounds_timeseries.tsv
+*_desc-confounds_timeseries.json
+*_betas.nii.gz
+*_betas.tsv
+*_betas.json
+*_boldref.nii.gz
+"""
 
 def rtdecode_version() -> str:
     try:
@@ -41,7 +53,7 @@ def rtdecode_version() -> str:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "w") as fh:
         fh.write(text)
         fh.flush()
@@ -56,8 +68,15 @@ def _write_if_changed(path: Path, text: str) -> None:
 
 def write_dataset_files(root: Path) -> list[Path]:
     """dataset_description.json, participants.tsv, each subject's sessions.tsv, .bidsignore, and the
-    derivative's dataset_description.json; rewritten only when their content changes."""
-    root = Path(root)
+    derivative's dataset_description.json, .bidsignore and README; rewritten only when their content
+    changes, by one finaliser at a time."""
+    from rtdecode.bids.lock import DatasetLock
+
+    with DatasetLock(root):
+        return _write_dataset_files(Path(root))
+
+
+def _write_dataset_files(root: Path) -> list[Path]:
     written = []
     desc = root / "dataset_description.json"
     if not desc.exists():  # a lab's own description (Name, Authors, ...) is never overwritten
@@ -93,9 +112,14 @@ def write_dataset_files(root: Path) -> list[Path]:
     written.append(ignore)
     deriv = root / "derivatives" / DERIVATIVE
     deriv.mkdir(parents=True, exist_ok=True)
+    _write_if_changed(deriv / ".bidsignore", DERIVATIVE_BIDSIGNORE)
+    _write_if_changed(deriv / "README", "What rtdecode computed at the scanner for the raw dataset two folders up "
+                                        "(docs/session-folder.md): motion-corrected runs, confounds, single-trial "
+                                        "betas.\n")
+    written += [deriv / ".bidsignore", deriv / "README"]
     _write_if_changed(deriv / "dataset_description.json", json.dumps({
         "Name": "rtdecode: motion-corrected runs, confounds and single-trial betas as estimated at the scanner",
-        "BIDSVersion": BIDS_VERSION, "DatasetType": "derivative",
+        "BIDSVersion": BIDS_VERSION, "DatasetType": "derivative", "SourceDatasets": [{"URL": "../../"}],
         "GeneratedBy": [{"Name": "rtdecode", "Version": rtdecode_version(),
                          "Description": "real-time preprocessing and single-trial GLM (docs/glm.md)"}]}, indent=1) + "\n")
     written.append(deriv / "dataset_description.json")
@@ -124,7 +148,7 @@ class Stimuli:
         self.folder.mkdir(parents=True, exist_ok=True)
         source = self.files.get(image)  # a listed file, never a path built from the id
         if source is not None:
-            tmp = self.folder / f".{source.name}.tmp"
+            tmp = self.folder / f".{source.name}.{os.getpid()}.tmp"  # never a temp name another process shares
             shutil.copyfile(source, tmp)
             tmp.replace(self.folder / source.name)
             return source.name
@@ -134,7 +158,7 @@ class Stimuli:
             return None
         from PIL import Image
 
-        tmp = self.folder / f".{image}.png.tmp"
+        tmp = self.folder / f".{image}.png.{os.getpid()}.tmp"
         Image.fromarray(StimulusSet().image(index)).save(tmp, format="PNG")
         tmp.replace(self.folder / f"{image}.png")
         return f"{image}.png"

@@ -18,15 +18,12 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from rtdecode.bids.confounds import COLUMNS, confound_rows, description
 from rtdecode.bids.dataset import write_atomic
+from rtdecode.bids.lock import DatasetLock
 from rtdecode.bids.names import bold_path, derivative_func
+from rtdecode.bids.sidecars import betas_model, raw_sidecar, spatial_reference
 from rtdecode.session import SessionFolder, read_tsv
-
-# fMRIPrep's confounds columns, in its units: mm and radians; the first row's FD and DVARS are n/a.
-CONFOUNDS = ("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z", "framewise_displacement", "dvars", "std_dvars")
-ACQUISITION_SECONDS = {"RepetitionTime", "EchoTime"}  # DICOM gives milliseconds; BIDS wants seconds
-ACQUISITION_KEEP = ("EchoTime", "FlipAngle", "Manufacturer", "ManufacturerModelName", "SoftwareVersions",
-                    "MagneticFieldStrength")
 
 
 class FinalizeError(ValueError):
@@ -53,6 +50,8 @@ def _save_nifti(data: np.ndarray, affine: np.ndarray, path: Path, tmp: Path, tr_
         img.header.set_xyzt_units("mm", "sec")
         zooms = img.header.get_zooms()
         img.header.set_zooms((*zooms[:3], tr_s))
+    else:
+        img.header.set_xyzt_units("mm")
     staged = tmp / path.name
     nib.save(img, staged)
     return staged
@@ -72,41 +71,6 @@ def _tr(folder: SessionFolder, run: int, acquisition: dict) -> float:
                         "no betas); pass --tr")
 
 
-def _std_dvars(vectors: np.ndarray) -> np.ndarray:
-    """DVARS standardised by its expectation under temporal independence with AR(1) (Nichols 2013, as
-    fMRIPrep's nipype ComputeDVARS): robust per-voxel SD and lag-1 autocorrelation of the masked series."""
-    if len(vectors) < 3:
-        return np.full(max(len(vectors) - 1, 0), np.nan)
-    x = vectors.astype(np.float64)
-    sd = (np.percentile(x, 75, axis=0) - np.percentile(x, 25, axis=0)) / 1.349
-    centred = x - x.mean(axis=0)
-    denom = (centred * centred).sum(axis=0)
-    ar1 = np.divide((centred[1:] * centred[:-1]).sum(axis=0), denom, out=np.zeros(x.shape[1]), where=denom > 0)
-    expected = np.mean(sd * np.sqrt(np.maximum(2 * (1 - ar1), 0)))
-    dvars = np.sqrt(np.mean(np.diff(x, axis=0) ** 2, axis=1))
-    return dvars / expected if expected > 0 else np.full(len(dvars), np.nan)
-
-
-def _confounds(rows: list[dict], vectors: np.ndarray, n: int) -> list[dict]:
-    ok = {int(r["volume"]): r for r in rows if r["status"] == "ok"}
-    order = sorted(ok)
-    std = dict(zip(order[1:], _std_dvars(vectors), strict=False))
-    out = []
-    for i in range(n):
-        r = ok.get(i)
-        if r is None:
-            out.append(dict.fromkeys(CONFOUNDS, "n/a"))
-            continue
-        row = {c: float(r[c]) for c in ("trans_x", "trans_y", "trans_z")}
-        row.update({c: float(np.deg2rad(float(r[c]))) for c in ("rot_x", "rot_y", "rot_z")})
-        first = i == order[0]
-        row["framewise_displacement"] = "n/a" if first else float(r["framewise_displacement"])
-        row["dvars"] = "n/a" if first else float(r["dvars"])
-        row["std_dvars"] = "n/a" if first or not np.isfinite(std.get(i, np.nan)) else float(std[i])
-        out.append(row)
-    return out
-
-
 def _tsv(path: Path, columns: tuple[str, ...] | list[str], rows: list[dict]) -> None:
     with open(path, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(columns), delimiter="\t", lineterminator="\n", extrasaction="ignore")
@@ -122,7 +86,14 @@ def finalize_run(folder: SessionFolder, run: int, tr_s: float | None = None,
     """Write run ``run`` of ``folder`` as BIDS (raw and derivative); returns the files written.
 
     ``stimuli(image_id)`` puts the image into the dataset's ``stimuli/`` and returns its name there (the
-    events' ``stim_file``), or None when the image is not at hand (``n/a``)."""
+    events' ``stim_file``), or None when the image is not at hand (``n/a``). One finaliser at a time
+    writes into a dataset root (:class:`~rtdecode.bids.lock.DatasetLock`)."""
+    with DatasetLock(folder.root):
+        return _finalize(folder, run, tr_s, crash_point, stimuli)
+
+
+def _finalize(folder: SessionFolder, run: int, tr_s: float | None, crash_point: Callable[[str], None],
+              stimuli: Callable[[str], str | None] | None) -> list[Path]:
     store = folder.run_store(run)
     rows, vectors = store.load()
     ok = [int(r["volume"]) for r in rows if r["status"] == "ok"]
@@ -134,90 +105,31 @@ def finalize_run(folder: SessionFolder, run: int, tr_s: float | None = None,
     ref = store.load_reference()
     if ref is None:
         raise FinalizeError(f"run {run}: no boldref and mask in {folder.derivatives}")
-    boldref, mask_img = ref
-    mask = np.asarray(mask_img.dataobj) > 0
-    raw_files = {i: store.raw_dir / f"vol-{i:06d}.nii" for i in ok}
-    absent = [i for i, p in raw_files.items() if not p.exists()]
-    received = [i for i in ok if i not in absent]
-    missing = sorted(set(range(n)) - set(received))
-    if not received:
+    raw_files = {i: store.raw_dir / f"vol-{i:06d}.nii" for i in ok if (store.raw_dir / f"vol-{i:06d}.nii").exists()}
+    if not raw_files:
         raise FinalizeError(f"run {run}: the volumes as received are not in {store.raw_dir}")
 
     tmp = folder.root / ".finalize-tmp" / f"{folder.prefix(run)}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    func, deriv = folder.path / "func", derivative_func(folder)
-    deriv.mkdir(parents=True, exist_ok=True)
-    staged: list[tuple[Path, Path]] = []  # (temporary, final)
-
-    # -- raw: the volumes as received, missing ones filled and listed
-    first = nib.load(raw_files[received[0]])
-    # Frames held transposed, (t, z, y, x) in C order, so the 4-D image (x, y, z, t) is already in NIfTI's
-    # Fortran order and is written without a reordering copy.
-    frames = np.empty((n, *first.shape[::-1]), np.float32)
-    for i in received:
-        frames[i] = np.asarray(nib.load(raw_files[i]).dataobj, np.float32).T
-    _fill(frames, missing, received)
     bold = bold_path(folder, run)
-    if _integer_valued(frames):  # DICOM pixels are integers: int16 holds them exactly, in half the bytes
-        frames = frames.astype(np.int16)
     saves = ThreadPoolExecutor(max_workers=2)  # zlib lets go of the GIL: the big files compress side by side
-    jobs = [saves.submit(_save_nifti, frames.T, first.affine, bold, tmp, tr)]
-    staged.append((tmp / bold.name, bold))
-    crash_point("bold")
-    sidecar = {"RepetitionTime": tr, "TaskName": folder.task}
-    dicom = acquisition.get("dicom", {})
-    for key in ACQUISITION_KEEP:
-        if key in dicom:
-            sidecar[key] = float(dicom[key]) / 1000.0 if key in ACQUISITION_SECONDS else dicom[key]
-    sidecar["MissingVolumes"] = missing  # 0-based; filled with the mean of the nearest received volumes
-    sidecar["MissingVolumesFilledWith"] = "mean of the nearest received volumes before and after"
-    staged.append((_stage_text(tmp, bold.name.replace(".nii.gz", ".json"), json.dumps(sidecar, indent=1)),
-                   bold.with_name(bold.name.replace(".nii.gz", ".json"))))
-    events_file = func / f"{folder.prefix(run)}_events.tsv"
-    if events_file.exists():
-        events = read_tsv(events_file)
-        extra = [c for c in (events[0] if events else {}) if c not in ("onset", "duration", "trial_type", "stim_file")]
-        for e in events:
-            e.setdefault("trial_type", "stimulus")
-            e["stim_file"] = (stimuli(e["image"]) if stimuli and e.get("image") else None) or "n/a"
-        path = tmp / events_file.name
-        _tsv(path, ["onset", "duration", "trial_type", "stim_file", *extra], events)
-        staged.append((path, events_file))
-
-    # -- derivative: motion-corrected run in the mask, the mask, confounds, betas
-    space = "boldref" if (mask_img.shape == boldref.shape[:3] and np.allclose(mask_img.affine, boldref.affine)) else "mask"
-    base = f"{folder.prefix(run)}_space-{space}"
-    series = np.zeros((n, int(mask.sum())), np.float32)
-    series[ok] = vectors  # every processed volume has its vector, even one whose raw file went astray
-    not_processed = sorted(set(range(n)) - set(ok))
-    _fill(series, not_processed, ok)
-    volume = np.zeros((n, *mask.shape[::-1]), np.float32)  # transposed, as the raw frames
-    volume.T[mask] = series.T
-    preproc = deriv / f"{base}_desc-preproc_bold.nii.gz"
-    jobs.append(saves.submit(_save_nifti, volume.T, mask_img.affine, preproc, tmp, tr))
-    staged.append((tmp / preproc.name, preproc))
-    crash_point("preproc")
-    staged.append((_stage_text(tmp, f"{base}_desc-preproc_bold.json", json.dumps({
-        "RepetitionTime": tr, "TaskName": folder.task, "SkullStripped": True, "MissingVolumes": not_processed,
-        "Description": "motion-corrected at the scanner (rigid, to the run's reference) and sampled in the brain "
-                       "mask; voxels outside the mask are 0"}, indent=1)), preproc.with_suffix("").with_suffix(".json")))
-    mask_out = deriv / f"{base}_desc-brain_mask.nii.gz"
-    staged.append((_save_nifti(mask.astype(np.uint8), mask_img.affine, mask_out, tmp), mask_out))
-    conf = deriv / f"{folder.prefix(run)}_desc-confounds_timeseries.tsv"
-    _tsv(tmp / conf.name, CONFOUNDS, _confounds(rows, vectors, n))
-    staged.append((tmp / conf.name, conf))
-    staged.append((_stage_text(tmp, conf.name.replace(".tsv", ".json"), json.dumps({
-        **{c: {"Units": "mm"} for c in ("trans_x", "trans_y", "trans_z")},
-        **{c: {"Units": "rad"} for c in ("rot_x", "rot_y", "rot_z")},
-        "framewise_displacement": {"Units": "mm", "Description": "Power et al. 2012, 50 mm head radius"},
-        "dvars": {"Description": "RMS over the mask of the volume-to-volume difference"},
-        "std_dvars": {"Description": "DVARS over its expectation under AR(1) (Nichols 2013)"}}, indent=1)),
-        conf.with_name(conf.name.replace(".tsv", ".json"))))
-    for betas_tsv in sorted(folder.derivatives.glob(f"{folder.prefix(run)}_desc-*_betas.tsv")):
-        staged += _betas(folder, run, betas_tsv, mask, mask_img.affine, base, deriv, tmp)
-    saves.shutdown(wait=True)
+    try:
+        # -- raw: the volumes as received, missing ones filled and listed
+        frames, affine, missing = _raw_frames(raw_files, n)
+        jobs = [saves.submit(_save_nifti, frames.T, affine, bold, tmp, tr)]
+        staged: list[tuple[Path, Path]] = [(tmp / bold.name, bold)]  # (temporary, final)
+        crash_point("bold")
+        sidecar = raw_sidecar(folder, run, tr, acquisition, missing, n)
+        staged.append((_stage_text(tmp, bold.name.replace(".nii.gz", ".json"), json.dumps(sidecar, indent=1)),
+                       bold.with_name(bold.name.replace(".nii.gz", ".json"))))
+        staged += _stage_events(folder, run, tmp, stimuli)
+        # -- derivative: motion-corrected run in the mask, its reference and mask, confounds, betas
+        derivative = _Derivative(folder, run, tmp, ref, tr)
+        staged += derivative.stage(rows, vectors, ok, n, saves, jobs, crash_point)
+    finally:
+        saves.shutdown(wait=True)
     for job in jobs:
         job.result()  # a failed write raises here, before anything is renamed
     crash_point("betas")
@@ -234,24 +146,128 @@ def finalize_run(folder: SessionFolder, run: int, tr_s: float | None = None,
     return [dst for _, dst in staged]
 
 
+def _raw_frames(raw_files: dict[int, Path], n: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """The run as (t, z, y, x) frames, missing ones filled; int16 when the received pixels are integers."""
+    received = sorted(raw_files)
+    missing = sorted(set(range(n)) - set(received))
+    first = nib.load(raw_files[received[0]])
+    # Frames held transposed, (t, z, y, x) in C order, so the 4-D image (x, y, z, t) is already in NIfTI's
+    # Fortran order and is written without a reordering copy.
+    frames = np.empty((n, *first.shape[::-1]), np.float32)
+    for i in received:
+        frames[i] = np.asarray(nib.load(raw_files[i]).dataobj, np.float32).T
+    integers = _integer_valued(frames[received])
+    _fill(frames, missing, received)
+    if integers:  # DICOM pixels are integers: int16 holds them in half the bytes; a filled frame is rounded
+        for i in missing:
+            np.rint(frames[i], out=frames[i])
+        frames = frames.astype(np.int16)
+    return frames, first.affine, missing
+
+
+def _stage_events(folder: SessionFolder, run: int, tmp: Path,
+                  stimuli: Callable[[str], str | None] | None) -> list[tuple[Path, Path]]:
+    events_file = folder.path / "func" / f"{folder.prefix(run)}_events.tsv"
+    if not events_file.exists():
+        return []
+    events = read_tsv(events_file)
+    extra = [c for c in (events[0] if events else {}) if c not in ("onset", "duration", "trial_type", "stim_file")]
+    for e in events:
+        e.setdefault("trial_type", "stimulus")
+        e["stim_file"] = (stimuli(e["image"]) if stimuli and e.get("image") else None) or "n/a"
+    path = tmp / events_file.name
+    _tsv(path, ["onset", "duration", "trial_type", "stim_file", *extra], events)
+    return [(path, events_file)]
+
+
+class _Derivative:
+    """The derivative's files of one run, staged in ``tmp``: all on the session mask's grid."""
+
+    def __init__(self, folder: SessionFolder, run: int, tmp: Path, ref: tuple, tr: float) -> None:
+        self.folder, self.run, self.tmp, self.tr = folder, run, tmp, tr
+        boldref, self.mask_img = ref
+        self.mask = np.asarray(self.mask_img.dataobj) > 0
+        self.dir = derivative_func(folder)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        same = self.mask_img.shape == boldref.shape[:3] and np.allclose(self.mask_img.affine, boldref.affine)
+        self.base = f"{folder.prefix(run)}_space-{'boldref' if same else 'mask'}"
+        self.reference = _reference_image(folder, boldref, self.mask_img)
+        dataset = self.dir.parents[2]  # ROOT/derivatives/rtdecode
+        self.ref_path = self.dir / f"{self.base}_boldref.nii.gz"
+        self.mask_path = self.dir / f"{self.base}_desc-brain_mask.nii.gz"
+        self.space = spatial_reference(self.ref_path if self.reference is not None else self.mask_path, dataset)
+
+    def stage(self, rows: list[dict], vectors: np.ndarray, ok: list[int], n: int, saves: ThreadPoolExecutor,
+              jobs: list, crash_point: Callable[[str], None]) -> list[tuple[Path, Path]]:
+        tmp, mask, affine = self.tmp, self.mask, self.mask_img.affine
+        staged = []
+        series = np.zeros((n, int(mask.sum())), np.float32)
+        series[ok] = vectors  # every processed volume has its vector, even one whose raw file went astray
+        not_processed = sorted(set(range(n)) - set(ok))
+        _fill(series, not_processed, ok)
+        volume = np.zeros((n, *mask.shape[::-1]), np.float32)  # transposed, as the raw frames
+        volume.T[mask] = series.T
+        preproc = self.dir / f"{self.base}_desc-preproc_bold.nii.gz"
+        jobs.append(saves.submit(_save_nifti, volume.T, affine, preproc, tmp, self.tr))
+        staged.append((tmp / preproc.name, preproc))
+        crash_point("preproc")
+        staged.append(self._json(f"{self.base}_desc-preproc_bold.json", {
+            "RepetitionTime": self.tr, "TaskName": self.folder.task, "SkullStripped": True,
+            "SpatialReference": self.space, "MissingVolumes": not_processed,
+            "Description": "motion-corrected at the scanner (rigid, to the session reference) and sampled in the "
+                           "brain mask; voxels outside the mask are 0; a missing volume is the mean of its "
+                           "neighbours (and flagged in the confounds' motion_outlier columns)"}))
+        staged.append((_save_nifti(mask.astype(np.uint8), affine, self.mask_path, tmp), self.mask_path))
+        staged.append(self._json(self.mask_path.name.replace(".nii.gz", ".json"), {
+            "Type": "Brain", "SpatialReference": self.space,
+            "Description": "the session's brain mask, as this run's vectors and betas were sampled in it"}))
+        if self.reference is not None:
+            data = np.asarray(self.reference.dataobj, np.float32)
+            staged.append((_save_nifti(data, self.reference.affine, self.ref_path, tmp), self.ref_path))
+        conf = self.dir / f"{self.folder.prefix(self.run)}_desc-confounds_timeseries.tsv"
+        table, missing = confound_rows(rows, vectors, n)
+        _tsv(tmp / conf.name, [*COLUMNS, *(c for c in (table[0] if table else {}) if c not in COLUMNS)], table)
+        staged.append((tmp / conf.name, conf))
+        staged.append(self._json(conf.name.replace(".tsv", ".json"), description(missing)))
+        for betas_tsv in sorted(self.folder.derivatives.glob(f"{self.folder.prefix(self.run)}_desc-*_betas.tsv")):
+            staged += self._betas(betas_tsv)
+        return staged
+
+    def _json(self, name: str, content: dict) -> tuple[Path, Path]:
+        return _stage_text(self.tmp, name, json.dumps(content, indent=1)), self.dir / name
+
+    def _betas(self, table: Path) -> list[tuple[Path, Path]]:
+        from rtdecode.glm.store import BetaStore
+
+        version = table.name.split("_desc-")[1].removesuffix("_betas.tsv")
+        rows, raw, _sent = BetaStore(self.folder, self.run, version).load()
+        if not rows or raw.shape[1] != int(self.mask.sum()):
+            return []
+        volume = np.zeros((*self.mask.shape, len(rows)), np.float32)
+        volume[self.mask] = raw.T
+        name = f"{self.base}_desc-{version}_betas"
+        image = self.dir / f"{name}.nii.gz"
+        listing = self.tmp / f"{name}.tsv"
+        _tsv(listing, ("volume", "trial", "image", "version", "onset"), [{"volume": k, **r} for k, r in enumerate(rows)])
+        sidecar = self._json(f"{name}.json", {
+            "Description": "single-trial betas, one volume per trial (rows of the .tsv beside it), raw units",
+            "SpatialReference": self.space, "Model": betas_model(self.folder, self.run, version)})
+        return [(_save_nifti(volume, self.mask_img.affine, image, self.tmp), image), (listing, self.dir / listing.name),
+                sidecar]
+
+
+def _reference_image(folder: SessionFolder, boldref: nib.Nifti1Image, mask_img: nib.Nifti1Image):
+    """The image the derivative's voxels are aligned to: the session reference every run is registered to
+    (else the run's own reference), when it is on the mask's grid; None otherwise."""
+    session_ref = folder.derivatives / f"{folder.prefix(0).rsplit('_run-', 1)[0]}_boldref.nii"
+    candidates = [nib.load(session_ref)] if session_ref.exists() else []
+    for img in [*candidates, boldref]:
+        if img.shape[:3] == mask_img.shape and np.allclose(img.affine, mask_img.affine, atol=1e-4):
+            return img
+    return None
+
+
 def _stage_text(tmp: Path, name: str, text: str) -> Path:
     path = tmp / name
     write_atomic(path, text + "\n")
     return path
-
-
-def _betas(folder: SessionFolder, run: int, table: Path, mask: np.ndarray, affine: np.ndarray, base: str,
-           deriv: Path, tmp: Path) -> list[tuple[Path, Path]]:
-    from rtdecode.glm.store import BetaStore
-
-    version = table.name.split("_desc-")[1].removesuffix("_betas.tsv")
-    rows, raw, _sent = BetaStore(folder, run, version).load()
-    if not rows or raw.shape[1] != int(mask.sum()):
-        return []
-    volume = np.zeros((*mask.shape, len(rows)), np.float32)
-    volume[mask] = raw.T
-    image = deriv / f"{base}_desc-{version}_betas.nii.gz"
-    listing = tmp / f"{base}_desc-{version}_betas.tsv"
-    _tsv(listing, ("volume", "trial", "image", "version", "onset"),
-         [{"volume": k, **r} for k, r in enumerate(rows)])
-    return [(_save_nifti(volume, affine, image, tmp), image), (listing, deriv / listing.name)]

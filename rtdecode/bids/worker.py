@@ -8,7 +8,9 @@ import threading
 from pathlib import Path
 
 from rtdecode.bids.dataset import Stimuli, write_dataset_files
+from rtdecode.bids.lock import DatasetBusy
 from rtdecode.bids.run import FinalizeError, finalize_run
+from rtdecode.bids.sidecars import configured_stimuli
 from rtdecode.session import SessionFolder
 
 log = logging.getLogger(__name__)
@@ -36,11 +38,12 @@ class Finalizer:
             except queue.Empty:
                 return  # idle: the thread ends; the next submit starts another
             try:
-                written = finalize_run(self.folder, run, stimuli=Stimuli(Path(self.folder.root)))
+                stimuli = Stimuli(Path(self.folder.root), configured_stimuli(self.folder))  # non-built-in images too
+                written = finalize_run(self.folder, run, stimuli=stimuli)
                 write_dataset_files(Path(self.folder.root))
                 self.done[run] = "ok"
                 log.info("run %d written as BIDS (%d files)", run, len(written))
-            except (FinalizeError, OSError, ValueError) as exc:
+            except (FinalizeError, DatasetBusy, OSError, ValueError) as exc:
                 self.done[run] = str(exc)
                 log.error("run %d not written as BIDS: %s (the live record is intact; retry with "
                           "rtdecode session finalize)", run, exc)

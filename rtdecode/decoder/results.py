@@ -6,6 +6,7 @@
         results.tsv             one row per decoded beta: the commit point (fsynced)
         tokens/<stem>.npy       prior tokens; <stem>_clip.npy retrieval tokens; <stem>_blurry.npy
         images/<stem>.png       reconstructions (written to a temporary name, fsynced, renamed)
+        images/<stem>_refined.png  refined reconstructions (--refine), a later version of the same picture
         reconstructed.keys      betas whose reconstruction is done or skipped by policy
         refused.tsv             betas the model failed on, with the reason (a record: never acknowledged,
                                 so the scanner side resends them and a decoder with another model retries)
@@ -37,7 +38,7 @@ from rtdecode.wire.schema import check_fields, check_identity
 log = logging.getLogger(__name__)
 
 COLUMNS = ("key", "run", "trial", "version", "image", "top_ids", "top_scores", "backbone_ms", "retrieval_ms",
-           "prior_ms", "t_received", "t_done")
+           "prior_ms", "t_received", "t_done", "caption")  # caption: the trial's, when a captioner is loaded
 
 
 class SessionMismatch(Exception):
@@ -88,6 +89,8 @@ class ResultStore:
             (self.folder / "tokens").mkdir(parents=True, exist_ok=True)
             (self.folder / "images").mkdir(parents=True, exist_ok=True)
             repair_tail(self.table)
+        # A table an older rtdecode began keeps its header (no caption column): rows are appended in its layout.
+        self.columns = _header(self.table) or COLUMNS
         # Committed rows are never taken again. A refused.tsv row is not among them: a refusal is the model's,
         # so a resend after a model change is decoded (rows an older rtdecode acknowledged included).
         self.decoded: set[str] = {r["key"] for r in read_tsv(self.table)}  # read_tsv skips a torn last line
@@ -102,18 +105,19 @@ class ResultStore:
 
     def save_retrieval(self, key: str, fields: dict, tokens: np.ndarray, ids: list[str], scores: list[float],
                        timings: dict, t_received: float, blurry_latent: np.ndarray | None = None,
-                       clip: np.ndarray | None = None, crash_point=lambda name: None) -> None:
+                       clip: np.ndarray | None = None, crash_point=lambda name: None, caption: str = "") -> None:
         s = stem(key)
         for suffix, arr in (("", tokens), ("_clip", clip), ("_blurry", blurry_latent)):
             if arr is not None:
                 _write_atomic(self.folder / "tokens" / f"{s}{suffix}.npy",
                               lambda fh, a=arr: np.save(fh, a.astype(np.float32), allow_pickle=False))
                 crash_point("tokens")
-        append_tsv(self.table, COLUMNS, {
+        append_tsv(self.table, self.columns, {
             "key": key, "run": fields["run"], "trial": fields["trial"], "version": fields.get("version", "realtime"),
             "image": fields.get("image", ""), "top_ids": ",".join(ids), "top_scores": ",".join(f"{x:.4f}" for x in scores),
             "backbone_ms": f"{timings['backbone_ms']:.2f}", "retrieval_ms": f"{timings['retrieval_ms']:.2f}",
-            "prior_ms": f"{timings['prior_ms']:.2f}", "t_received": f"{t_received:.3f}", "t_done": f"{time.time():.3f}"},
+            "prior_ms": f"{timings['prior_ms']:.2f}", "t_received": f"{t_received:.3f}", "t_done": f"{time.time():.3f}",
+            "caption": caption},
             fsync=True)
         self.decoded.add(key)  # the commit point: after the row is on disk the beta is never decoded again
 
@@ -122,6 +126,19 @@ class ResultStore:
 
         _write_atomic(self.folder / "images" / f"{stem(key)}.png", lambda fh: Image.fromarray(image).save(fh, format="PNG"))
         self.reconstructed.add(key)
+
+    def save_refined(self, key: str, image: np.ndarray) -> None:
+        """A refined reconstruction: its own file beside the first, which stays as it was."""
+        from PIL import Image
+
+        _write_atomic(self.refined_path(key), lambda fh: Image.fromarray(image).save(fh, format="PNG"))
+
+    def refined_path(self, key: str) -> Path:
+        return self.folder / "images" / f"{stem(key)}_refined.png"
+
+    def captions(self) -> dict[str, str]:
+        """Each decoded beta's caption ('' where none was made)."""
+        return {r["key"]: r.get("caption") or "" for r in self.rows()}
 
     def skip_reconstruction(self, key: str) -> None:
         self.reconstructed.add(key)
@@ -177,6 +194,15 @@ class ResultStore:
                 np.load(blurry, allow_pickle=False) if blurry.exists() else None)
 
 
+def _header(table: Path) -> tuple[str, ...] | None:
+    """The columns of an existing table (None for a new or empty one)."""
+    if not table.exists() or table.stat().st_size == 0:
+        return None
+    with open(table, encoding="utf-8", errors="replace") as fh:
+        first = fh.readline()
+    return tuple(first.rstrip("\n").split("\t")) if first.endswith("\n") else None
+
+
 def _stored_identity(info: Path) -> dict[str, str]:
     """A session folder's identity as stored; SessionMismatch when it is not one a beta could carry."""
     try:
@@ -219,15 +245,22 @@ def retrieval_message(row: dict, identity: dict) -> Message:
     scores = [float(v) for v in row["top_scores"].split(",") if v]
     return Message("result", {"run": int(row["run"]), "trial": int(row["trial"]), "version": row["version"],
                               "image": row["image"], "stage": "retrieval", "top_ids": [i for i in row["top_ids"].split(",") if i],
-                              "top_scores": scores, "timings_ms": {"prior_ms": float(row["prior_ms"] or 0)}, **identity},
+                              "top_scores": scores, "timings_ms": {"prior_ms": float(row["prior_ms"] or 0)},
+                              **_caption(row), **identity},
                    time=_stored_time(row.get("t_done")))
 
 
 def reconstruction_message(row: dict, identity: dict, png: Path) -> Message:
     """A stored reconstruction as the result it was published as, at the time its image was written."""
     fields = {"run": int(row["run"]), "trial": int(row["trial"]), "version": row["version"], "image": row["image"],
-              "stage": "reconstruction", **identity}
+              "stage": "reconstruction", **_caption(row), **identity}
     return Message("result", fields, images={"reconstruction": png.read_bytes()}, time=_stored_time(str(png.stat().st_mtime)))
+
+
+def _caption(row: dict) -> dict[str, str]:
+    """The caption field of a stored row's message: absent where none was made (or an older table)."""
+    caption = row.get("caption")
+    return {"caption": caption} if caption and caption != "n/a" else {}
 
 
 def _stored_time(value: str | None) -> float:

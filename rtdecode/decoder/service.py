@@ -25,6 +25,8 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
 from rtdecode.crash import crash_point
 from rtdecode.decoder.core import Decoder
 from rtdecode.decoder.results import (
@@ -43,6 +45,7 @@ from rtdecode.wire.sockets import Publisher
 log = logging.getLogger(__name__)
 
 POLICIES = ("every", "newest", "refine")  # or "every-N": reconstruct every N-th trial
+REFINE = ("off", "idle", "always")  # SDXL refinement (--refine): never, when nothing else waits, after each image
 
 
 def version_rank(version: str) -> float:
@@ -77,11 +80,14 @@ class DecoderService:
 
     def __init__(self, decoder: Decoder, out: str | Path, betas_address: str, results_address: str,
                  policy: str = "every", heartbeat_s: float = 1.0, curve: dict | None = None,
-                 replay: int = 20, context=None, max_bytes: int = MAX_FRAME_BYTES) -> None:
+                 replay: int = 20, context=None, max_bytes: int = MAX_FRAME_BYTES, refine: str | None = None) -> None:
         if policy not in POLICIES and not (policy.startswith("every-") and policy[6:].isdigit()):
             raise ValueError(f"reconstruction policy must be every, newest, refine or every-N, got {policy!r}")
+        self.refine = refine_mode(refine, decoder.refiner is not None)
         self.decoder = decoder
         self.policy = policy
+        self.refine_queue: deque[tuple[ResultStore, str, dict]] = deque()  # reconstructions to refine, oldest first
+        self.refined_here = 0
         self.superseded = 0  # reconstructions dropped by the refine policy for a newer version
         self.out = Path(out)
         # One decoder per --out, before anything is read, written or bound (rtdecode.storage).
@@ -114,9 +120,15 @@ class DecoderService:
         self.queue: deque[tuple[ResultStore, str, dict]] = deque()
         for store in session_stores(self.out):
             self.stores[(store.identity["subject"], store.identity["session"])] = store
-            images = {r["key"]: r["image"] for r in store.rows()}
-            for k in store.pending_reconstructions():
-                self._enqueue((store, k, {"image": images.get(k, "")}))
+            rows = {r["key"]: r for r in store.rows()}
+            pending = store.pending_reconstructions()
+            for k in pending:
+                self._enqueue((store, k, {"image": rows[k]["image"], "caption": rows[k].get("caption") or ""}))
+            if self.refine != "off":  # drawn, captioned and not yet refined when the last decoder stopped
+                for k, r in rows.items():
+                    if (r.get("caption") and k not in pending and store.image_path(k).exists()
+                            and not store.refined_path(k).exists()):
+                        self.refine_queue.append((store, k, {"image": r["image"], "caption": r["caption"]}))
         self.receiver = BetaReceiver(betas_address, context=context, curve=curve, max_bytes=max_bytes)
         self.publisher = Publisher(results_address, context=context, curve=curve, replay=replay, max_bytes=max_bytes,
                                    keep=keep_result)
@@ -140,7 +152,7 @@ class DecoderService:
     def run(self, until: Callable[[DecoderService], bool] | None = None) -> None:
         try:
             while not self._stop.is_set() and not (until and until(self)):
-                self.step(timeout_ms=20 if self.queue else 100)
+                self.step(timeout_ms=20 if self.queue or self.refine_queue else 100)
         except OSError as exc:
             if not is_storage(exc, self.out):
                 raise
@@ -165,6 +177,8 @@ class DecoderService:
                 log.warning("betas channel: ignored a %r message", msg.type)
         elif self.queue:
             self._reconstruct_next()
+        elif self.refine_queue:  # idle: no beta came and no first reconstruction waits
+            self._refine_next()
         self.publisher.serve()  # a display that joins now gets the latest results at once
         now = time.monotonic()
         if now - self._last_beat >= self.heartbeat_s:
@@ -235,17 +249,17 @@ class DecoderService:
             return
         crash_point("retrieved")
         store.save_retrieval(key, msg.fields, ret.tokens, ret.ids, ret.scores, ret.timings_ms, t_received,
-                             ret.blurry_latent, ret.clip, crash_point=crash_point)
+                             ret.blurry_latent, ret.clip, crash_point=crash_point, caption=ret.caption)
         crash_point("committed")
         self.decoded_here += 1
         self.publisher.send(Message("result", {
             "run": f["run"], "trial": f["trial"], "version": f["version"], "image": f["image"], "stage": "retrieval",
             "top_ids": ret.ids, "top_scores": ret.scores, "timings_ms": ret.timings_ms, "tier": self.decoder.tier,
-            **store.identity}))
+            **({"caption": ret.caption} if ret.caption else {}), **store.identity}))
         self.receiver.ack(peer, key)
         crash_point("acked")
         if self._wants_reconstruction(f):
-            self._enqueue((store, key, {"image": f["image"]}))
+            self._enqueue((store, key, {"image": f["image"], "caption": ret.caption}))
         else:
             store.skip_reconstruction(key)  # skipped by policy: nothing left to do for it
 
@@ -285,12 +299,33 @@ class DecoderService:
         crash_point("reconstructed")
         store.save_image(key, image)
         crash_point("image_saved")
+        self._publish_image(store, key, fields, "reconstruction", image, {"reconstruction_ms": ms})
+        if self.refine != "off" and fields.get("caption"):
+            self.refine_queue.append((store, key, fields))
+            if self.refine == "always":  # the next trial's first reconstruction waits for this one's refinement
+                self._refine_next()
+
+    def _publish_image(self, store: ResultStore, key: str, fields: dict, stage: str, image, timings: dict) -> None:
         _uid, run, trial, version = key.split(":")
+        caption = fields.get("caption")
         self.publisher.send(Message("result", {"run": int(run), "trial": int(trial), "version": version,
-                                               "image": fields.get("image", ""), "stage": "reconstruction",
-                                               "timings_ms": {"reconstruction_ms": ms}, "tier": self.decoder.tier,
-                                               **store.identity},
+                                               "image": fields.get("image", ""), "stage": stage,
+                                               "timings_ms": timings, "tier": self.decoder.tier,
+                                               **({"caption": caption} if caption else {}), **store.identity},
                                     images={"reconstruction": encode_png(image)}))
+
+    def _refine_next(self) -> None:
+        """Refine the oldest waiting reconstruction with its caption; published as stage 'refined', a later
+        version of the same trial's picture (the first stays as it was, on disk and on every console)."""
+        store, key, fields = self.refine_queue.popleft()
+        from PIL import Image
+
+        with Image.open(store.image_path(key)) as im:
+            first = np.asarray(im.convert("RGB"))
+        refined, ms = self.decoder.refine(first, fields["caption"], store.tokens(key)[1])
+        store.save_refined(key, refined)
+        self.refined_here += 1
+        self._publish_image(store, key, fields, "refined", refined, {"refine_ms": ms})
 
     def close(self) -> None:
         """Close the sockets and let the next decoder use --out."""
@@ -299,10 +334,23 @@ class DecoderService:
         self._lock.release()
 
 
+def refine_mode(refine: str | None, loaded: bool) -> str:
+    """``--refine``: off, idle or always; by default idle when a refiner is loaded, off otherwise."""
+    if refine is None:
+        return "idle" if loaded else "off"
+    if refine not in REFINE:
+        raise ValueError(f"--refine must be one of {', '.join(REFINE)}, got {refine!r}")
+    if refine != "off" and not loaded:
+        raise ValueError(f"--refine {refine} needs a refiner (--refiner: SDXL base in diffusers layout or its single file)")
+    return refine
+
+
 def run_decoder(model: Path, out: Path, gallery: Path, betas: str, results: str, policy: str = "every",
                 until: Callable | None = None, curve_secret: Path | None = None,
                 curve_allowed: Path | None = None, unclip: Path | None = None,
-                sd_vae: Path | None = None, allow_plaintext: bool = False) -> DecoderService:
+                sd_vae: Path | None = None, allow_plaintext: bool = False, captioner: Path | None = None,
+                refiner: Path | None = None, refine: str | None = None,
+                refiner_config: Path | None = None) -> DecoderService:
     """``rtdecode decode``: load (GPU when present), bind, serve until stopped."""
     from rtdecode.wire.security import CurveServer, require_curve_off_host
 
@@ -310,10 +358,12 @@ def run_decoder(model: Path, out: Path, gallery: Path, betas: str, results: str,
         raise ValueError("--curve-secret needs --curve-allowed (the folder of client public keys to accept)")
     require_curve_off_host({"--betas": betas, "--results": results}, curve_secret is not None, allow_plaintext)
     server = CurveServer(curve_secret, curve_allowed)
-    decoder = Decoder.from_folder(model, gallery, unclip=unclip, sd_vae=sd_vae)
+    refine_mode(refine, refiner is not None)  # a wrong --refine is one line before anything loads
+    decoder = Decoder.from_folder(model, gallery, unclip=unclip, sd_vae=sd_vae, captioner=captioner, refiner=refiner,
+                                  refiner_config=refiner_config)
     try:
         service = DecoderService(decoder, out, betas, results, policy=policy, curve=server.options,
-                                 context=server.context)
+                                 context=server.context, refine=refine)
         try:
             (Path(out) / "decoder.json").write_text(json.dumps({
                 "betas": service.receiver.address, "results": service.publisher.address, "model": str(model),

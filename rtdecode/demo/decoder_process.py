@@ -16,15 +16,16 @@ from rtdecode.wire.sockets import Subscriber
 
 
 def start_decoder(model: Path, gallery: Path, out: Path, timeout_s: float = 120.0,
-                  threads: int = DEFAULTS.decoder) -> tuple[subprocess.Popen, dict]:
+                  threads: int = DEFAULTS.decoder, captioner: Path | None = None) -> tuple[subprocess.Popen, dict]:
     """Start ``rtdecode decode`` on free local ports with ``threads`` threads (its environment set before
-    torch loads); returns the process and its bound addresses."""
+    torch loads), captioning with ``captioner`` when given; returns the process and its bound addresses."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "decoder.json").unlink(missing_ok=True)
     log = open(out / "decoder.log", "ab")
     proc = subprocess.Popen([sys.executable, "-m", "rtdecode.cli", "decode", "--model", str(model), "--gallery",
                              str(gallery), "--out", str(out), "--betas", "tcp://127.0.0.1:0", "--results",
-                             "tcp://127.0.0.1:0", "--threads", str(threads)], stdout=log, stderr=subprocess.STDOUT,
+                             "tcp://127.0.0.1:0", "--threads", str(threads),
+                             *(["--captioner", str(captioner)] if captioner is not None else [])], stdout=log, stderr=subprocess.STDOUT,
                             env={**os.environ, **thread_env(threads), "PYTHONUNBUFFERED": "1"})
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

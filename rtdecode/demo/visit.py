@@ -153,15 +153,19 @@ def run_demo(out: Path, settings: DemoSettings | None = None, cache: Path | None
     _say(f"   {len(data.betas)} trials; held-out {ev['n_way']}-way top-1 {pct(ev['top1_brain_to_image'])} "
          f"(chance {pct(ev['chance'])}); {timings['calibration_s']:.0f} s; report {cal_report}")
 
+    captioner = _captioner(data, out / "captioner")
     shown_live = {image_id(i) for i in live.shown}
-    require_disjoint(shown_live, {"pretraining": read_training_images(shared), "calibration": set(data.images)})
+    require_disjoint(shown_live, {"pretraining": read_training_images(shared), "calibration": set(data.images),
+                                  "captioner": set(captioner.trained_on)})
+    _say(f"   captions: the demo's stand-in captioner, trained on {len(captioner.trained_on)} calibration images "
+         "outside the test pool; refinement off (SDXL is not run on the CPU)")
     _say(f"4. real-time run: {s.trials} new images (none in any training set), files {s.realtime_speedup:g}x "
          "faster than the TR; decoder in its own process")
     gallery, decoded = out / "gallery", out / "decoded"
     live.save_stimuli(gallery)
     # From here two processes share the cores: this one as the scanner side, the decoder (issue 27).
     scanner_threads = apply_role("scanner", s.threads.scanner)
-    proc, addresses = start_decoder(model_dir, gallery, decoded, threads=s.threads.decoder)
+    proc, addresses = start_decoder(model_dir, gallery, decoded, threads=s.threads.decoder, captioner=out / "captioner")
     listener = ResultListener(addresses["results"])
     rt_cfg = config_from_dict({**base, "glm": {**base["glm"], "zscore": "calibration", "zscore_stats": str(model_dir),
                                                **glm_lines},
@@ -204,7 +208,8 @@ def run_demo(out: Path, settings: DemoSettings | None = None, cache: Path | None
     summary = {"settings": s.to_dict(), "retrieval": {k: v for k, v in scores.items()
                                                       if k not in ("top5", "images", "keys")},
                "held_out_calibration": ev, "scratch": summary_cal.get("scratch"),
-               "evaluation": [r for r in evaluation.summary if r["run"] == run_number],
+               "evaluation": [r for r in evaluation.summary if r["run"] == run_number and r["repeats"] == "single-trial"],
+               "captions": _caption_rows(eval_paths.get("captions_csv"), run_number),
                "latency_ms": [{"stage": n, "median": m, "p99": p, "n": c} for n, m, p, c in stages],
                "timings_s": timings, "tr_s": paradigm.tr_s, "scanner_threads": scanner_threads, "realtime_dropped": [i for i in s.realtime_dropped if i < s.volumes],
                "paths": {"session": str(session), "model": str(model_dir), "decoded": str(decoded),
@@ -218,6 +223,46 @@ def run_demo(out: Path, settings: DemoSettings | None = None, cache: Path | None
         _say("   the console stays open; close it to finish")
         viewer.wait()
     return summary
+
+
+def _captioner(data, folder: Path):
+    """The demo's captioner, trained on the calibration hour's images outside the test pool only (its
+    held-out repeats are in the test pool, as every real-time image is: rtdecode.gallery.splits)."""
+    from rtdecode.gallery.captions import fit_captioner
+    from rtdecode.gallery.splits import is_test_image
+
+    keep = [k for k, image in enumerate(data.images) if not is_test_image(image)]
+    captioner = fit_captioner([data.images[k] for k in keep], data.tokens[keep])
+    captioner.save(folder)
+    return captioner
+
+
+def _caption_rows(table: Path | None, run: int) -> list[dict]:
+    """The real-time run's captions and their scores, from the evaluation's captions.csv."""
+    import csv
+
+    if table is None or not Path(table).is_file():
+        return []
+    with open(table, newline="", encoding="utf-8") as fh:
+        return [r for r in csv.DictReader(fh) if r["run"] == str(run)]
+
+
+def _caption_lines(rows: list[dict]) -> list[str]:
+    if not rows:
+        return ["", "No captions were scored (the decoder ran without a captioner)."]
+    lines = ["", "| captions, real-time run (stand-in captioner; painter's captions as reference) | trials | METEOR | "
+                 "ROUGE-1 | ROUGE-L |", "| --- | --- | --- | --- | --- |"]
+    for version in sorted({r["version"] for r in rows}):
+        mine = [r for r in rows if r["version"] == version]
+        means = [sum(float(r[m]) for r in mine) / len(mine) for m in ("METEOR", "ROUGE-1", "ROUGE-L")]
+        lines.append(f"| {version} | {len(mine)} | " + " | ".join(f"{v:.3f}" for v in means) + " |")
+    lines += ["", "MindEye2 (subject 1, 40 h, GIT on COCO): METEOR 0.248. Not comparable: these are painted scenes, "
+                  "a stand-in token space and a captioner of a few thousand numbers; refinement is off (no SDXL on "
+                  "the CPU).", "", "| trial | shown | caption from the brain | the painter's caption |",
+              "| --- | --- | --- | --- |"]
+    for r in [r for r in rows if r["version"] == "realtime"][:6]:
+        lines.append(f"| {r['trial']} | {r['image']} | {r['caption']} | {r['reference']} |")
+    return lines
 
 
 def _screenshots(folder: Path, session: Path, decoded: Path, gallery: Path) -> list[Path]:
@@ -255,16 +300,19 @@ def _lines(summary: dict) -> list[str]:
     lines += ["", "Held-out and real-time images come from the built-in test pool, which no training set "
                   "draws from (pretraining included)."]
     if summary.get("evaluation"):
-        lines += ["", "| rtdecode evaluate, real-time run | trials | PixCorr | SSIM | 50-way image / brain | "
-                      "all-way image / brain |", "| --- | --- | --- | --- | --- | --- |"]
+        lines += ["", "| rtdecode evaluate, real-time run (single-trial) | trials | PixCorr | SSIM | 50-way, for each "
+                      "brain sample which image / for each image which brain sample | all-way, the same two |",
+                  "| --- | --- | --- | --- | --- | --- |"]
         for row in summary["evaluation"]:
             def both(a: str, b: str, row=row) -> str:
                 return f"{pct(row.get(a, float('nan')))} / {pct(row.get(b, float('nan')))}"
             lines.append(f"| {row['version']} | {row['trials']} | {_num(row['PixCorr'])} | {_num(row['SSIM'])} | "
-                         f"{both('image_top1_50', 'brain_top1_50')} | {both('image_top1_all', 'brain_top1_all')} "
-                         f"(of {row.get('retrieval_n', 0)}) |")
+                         f"{both('image_for_brain_top1_50', 'brain_for_image_top1_50')} | "
+                         f"{both('image_for_brain_top1_all', 'brain_for_image_top1_all')} "
+                         f"(of {row.get('retrieval_images', 0)}) |")
         lines += ["", "AlexNet, InceptionV3, CLIP, EffNet-B and SwAV are not available in the demo (no feature-network "
                       "weights; docs/evaluation.md), and the stand-in's reconstructions are coarse by design."]
+    lines += _caption_lines(summary.get("captions") or [])
     lines += ["", f"| stage (real-time run) | median ms | p99 ms | n | TR = {tr * 1e3:.0f} ms |",
               "| --- | --- | --- | --- | --- |"]
     for row in summary["latency_ms"]:

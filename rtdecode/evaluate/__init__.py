@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rtdecode.evaluate.captions import refined_trials, score_captions, write_captions
 from rtdecode.evaluate.collect import EvaluationError, collect
 from rtdecode.evaluate.report import write_grid, write_histograms, write_tables
 from rtdecode.evaluate.score import ImageSource, Scores, score
@@ -33,10 +34,13 @@ def evaluate_session(session: str | Path, decoded: str | Path, out: str | Path |
         collected.issues.append(f"model folder {model} not found (no embedder.json)")
         model = None
     source = ImageSource(gallery)
+    collected.trials += refined_trials(collected.trials, collected.store.refined_path)  # their own version
     scores = score(collected, source, Path(weights) if weights else None, Path(model) if model else None, seed)
     out = Path(out) if out is not None else collected.store.folder / "evaluation"
     title = f"Evaluation of sub-{collected.folder.subject} ses-{collected.folder.session}"
     paths = write_tables(scores, out, title)
+    paths.update(write_captions(score_captions(collected.trials, collected.store.captions(), Path(gallery) if gallery
+                                               else None, Path(weights) if weights else None), out))
     recon = {t.key: t.recon for t in collected.trials}
     keys = {(t.version, t.run, t.trial): t.key for t in collected.trials}
     grid = write_grid(scores, source.load, lambda r: recon[keys[(r["version"], r["run"], r["trial"])]], out / "grid.png")

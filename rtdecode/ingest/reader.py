@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from rtdecode.errors import IngestError, PartialFileError
+from rtdecode.ingest.acquisition import acquisition_fields
 from rtdecode.ingest.dicom_kind import not_a_volume
 from rtdecode.ingest.dicom_pixels import check_complete, decode_frames
 from rtdecode.ingest.geometry import affine as stack_affine
@@ -100,7 +101,8 @@ def read_dicom(path: Path) -> Volume:
                                 "positions): its slice geometry is not recorded; export mosaics or enhanced MR")
     else:
         data, affine = _classic(ds, path, keyword)
-    return Volume(data=data, affine=affine, series=series_of(ds), meta=safe_meta(ds), source=str(path))
+    meta = {**safe_meta(ds), **acquisition_fields(ds)}  # slice timing etc. for the BIDS sidecar
+    return Volume(data=data, affine=affine, series=series_of(ds), meta=meta, source=str(path))
 
 
 def open_dicom(path: Path) -> tuple[Any, str]:

@@ -1,0 +1,75 @@
+"""Caption scores as MindEye2's evaluation computes them: METEOR, ROUGE-1/L; network similarities only
+from a local network (else 'not computed')."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rtdecode.evaluate.captions import meteor, refined_trials, rouge, score_captions, text_similarity, write_captions
+from rtdecode.evaluate.collect import Trial
+from rtdecode.gallery.captions import painted_caption
+
+
+def test_rouge_by_hand():
+    r1, rl = rouge("a red house", "A red roof, house")
+    assert r1 == pytest.approx(2 * 1 * 0.75 / 1.75) and rl == pytest.approx(r1)
+    r1, rl = rouge("house red a", "a red house")  # the same words in another order: ROUGE-L sees it
+    assert r1 == pytest.approx(1.0) and rl == pytest.approx(1 / 3)
+    assert rouge("", "a house") == (0.0, 0.0)
+
+
+def test_meteor_matches_stems_and_orders():
+    exact = meteor("a red house on a hill", "a red house on a hill")
+    assert 0.9 < exact < 1.0  # one chunk: the fragmentation penalty is small, not zero
+    assert meteor("red houses", "a red house") > meteor("red cars", "a red house") > 0  # 'houses' ~ 'house' by stem
+    assert meteor("a blue car", "the green field") == 0.0
+
+
+def test_scores_per_version_and_what_is_not_computed(tmp_path):
+    uid = "d" * 32
+    trials = [Trial(1, t, "realtime", f"sim-0100{t}", f"{uid}:1:{t}:realtime", True) for t in range(3)]
+    captions = {trials[0].key: painted_caption("sim-01000"), trials[1].key: "a night sky with stars", trials[2].key: ""}
+    scores = score_captions(trials, captions, None, tmp_path)
+    assert [r["trial"] for r in scores.per_trial] == [0, 1]  # trial 2 has no caption
+    assert scores.per_trial[0]["METEOR"] > scores.per_trial[1]["METEOR"]
+    assert scores.summary[0]["trials"] == 2 and "Sentence" not in scores.summary[0]
+    assert any(n.startswith("Sentence: not computed") for n in scores.notes)
+    paths = write_captions(scores, tmp_path / "evaluation")
+    text = paths["captions_md"].read_text()
+    assert "not computed" in text and "0.248" in text
+
+
+def test_refined_reconstructions_are_their_own_version(tmp_path):
+    uid = "d" * 32
+    trials = [Trial(1, t, "realtime", f"sim-0100{t}", f"{uid}:1:{t}:realtime", True) for t in range(2)]
+    (tmp_path / "1.png").write_bytes(b"png")
+    refined = refined_trials(trials, lambda key: tmp_path / f"{key.split(':')[2]}.png")
+    assert [(t.trial, t.version, t.recon) for t in refined] == [(1, "realtime-refined", tmp_path / "1.png")]
+
+
+def _tiny_sentence_network(folder: Path) -> Path:
+    """A tiny BERT with its own vocabulary, saved in Hugging Face layout (safetensors), seeded."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    folder.mkdir(parents=True)
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "red", "house", "night", "sky", "with", "stars"]
+    (folder / "vocab.txt").write_text("\n".join(words) + "\n")
+    BertTokenizer(str(folder / "vocab.txt")).save_pretrained(folder)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(words), hidden_size=24, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=32)
+    BertModel(config).save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def test_sentence_similarity_from_a_local_network(tmp_path):
+    folder = _tiny_sentence_network(tmp_path / "all-MiniLM-L6-v2")
+    sims = text_similarity(folder, ["a red house", "a red house"], ["a red house", "night sky with stars"])
+    assert sims[0] == pytest.approx(1.0, abs=1e-5) and sims[1] < 0.999
+    uid = "d" * 32
+    trials = [Trial(1, 0, "realtime", "sim-01000", f"{uid}:1:0:realtime", True)]
+    scores = score_captions(trials, {trials[0].key: "a red house"}, None, tmp_path)
+    assert "Sentence" in scores.per_trial[0] and not any(n.startswith("Sentence") for n in scores.notes)

@@ -1,0 +1,44 @@
+"""The console and the display show each trial's caption beside its picture, and the refined picture
+replaces the first one (a replayed first picture does not bring it back)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from gui.state import ConsoleState
+from rtdecode.wire.protocol import Message, encode_png
+
+CAPTION = "a house with a red roof on a green field under a grey sky"
+
+
+def _results() -> list[Message]:
+    first = np.zeros((24, 40, 3), np.uint8)
+    refined = np.full((24, 40, 3), 200, np.uint8)
+    base = {"run": 1, "trial": 2, "version": "realtime", "image": "sim-01002", "tier": "standin", "caption": CAPTION}
+    msgs = [Message("result", {**base, "stage": "retrieval", "top_ids": ["sim-01002"] * 5, "top_scores": [0.5] * 5}),
+            Message("result", {**base, "stage": "reconstruction"}, images={"reconstruction": encode_png(first)}),
+            Message("result", {**base, "stage": "refined"}, images={"reconstruction": encode_png(refined)}),
+            Message("result", {**base, "stage": "reconstruction"}, images={"reconstruction": encode_png(first)})]
+    for seq, m in enumerate(msgs, start=1):
+        m.seq = seq if seq < 4 else 100  # the last: the first picture replayed to a console that reopened
+    return msgs
+
+
+def test_console_and_display_show_the_caption_and_the_refined_picture(windows):
+    from gui.console import ConsoleWindow, DisplayWindow
+
+    state = ConsoleState()
+    msgs = _results()
+    for m in msgs[:3]:
+        state.apply(m, "decoder")
+    view = state.trials[(1, 2, "realtime")]
+    assert view.caption == CAPTION and view.refined and int(view.reconstruction.mean()) == 200
+    state.apply(msgs[3], "decoder")
+    assert view.refined and int(view.reconstruction.mean()) == 200  # the refined one stays
+    window = windows(ConsoleWindow(state, {}))
+    window.refresh()
+    text = window.reconstruction.caption.text()
+    assert CAPTION in text and "refined" in text
+    display = windows(DisplayWindow(state))
+    display.refresh()
+    assert display.caption.text() == CAPTION

@@ -97,7 +97,7 @@ class Decoder:
     def from_folder(cls, folder: str | Path, gallery: str | Path, cache: str | Path | None = None,
                     device: str | None = None, unclip: str | Path | None = None,
                     sd_vae: str | Path | None = None, captioner: str | Path | None = None,
-                    refiner: str | Path | None = None) -> Decoder:
+                    refiner: str | Path | None = None, refiner_config: str | Path | None = None) -> Decoder:
         """Load a model folder and a gallery. Reconstruction, in order of preference: unCLIP (a folder
         written by ``models.unclip.pipeline.convert_unclip``), the blurry image (the SD VAE file, for a
         model with the blurry branch), the stand-in's inversion (stand-in token space). The model and the
@@ -123,7 +123,7 @@ class Decoder:
             invert = lambda t: embedder.invert(t, size=128)  # noqa: E731 - the stand-in's "reconstruction"
         decoder = cls(model, subject, embedder, ids, tokens, unclip=rec, vae=vae, invert=invert,
                       captioner=None if captioner is None else load_captioner(captioner, device, dtype),
-                      refiner=None if refiner is None else load_refiner(refiner, device, dtype))
+                      refiner=None if refiner is None else load_refiner(refiner, device, dtype, refiner_config))
         decoder.name = re.sub(r"[^A-Za-z0-9._-]", "_", folder.resolve().name)[:64]  # for captions: a label, never a path
         decoder.sources = {"model": str(folder.resolve()), "gallery": str(gallery.resolve())}
         decoder.identity = model_identity(folder, model)
@@ -250,13 +250,17 @@ def load_captioner(path: str | Path, device: str, dtype: torch.dtype | None):
     return BrainCaptioner.from_folder(path, device=device, dtype=dtype or torch.float32)
 
 
-def load_refiner(path: str | Path, device: str, dtype: torch.dtype | None):
-    """SDXL base for refinement: a diffusers folder, or the published single .safetensors file."""
+def load_refiner(path: str | Path, device: str, dtype: torch.dtype | None, config: str | Path | None = None):
+    """SDXL base for refinement: a diffusers folder, or the published single .safetensors file with a
+    diffusers-layout folder of its configurations and tokenizers (``config``)."""
     from models.refine import Refiner
 
     path = Path(path)
     if path.is_file():
-        return Refiner.from_single_file(path, device=device, dtype=dtype or torch.float32)
+        if config is None:
+            raise ValueError(f"--refiner {path}: a single file needs --refiner-config (SDXL base's configurations "
+                             "and tokenizers in the diffusers layout; no weights needed there)")
+        return Refiner.from_single_file(path, config, device=device, dtype=dtype or torch.float32)
     return Refiner.from_folder(path, device=device, dtype=dtype or torch.float32)
 
 

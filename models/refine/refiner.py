@@ -81,10 +81,11 @@ def to_square(array: np.ndarray, size: int, device: torch.device) -> torch.Tenso
                                            align_corners=False).clamp(0, 1)
 
 
-def blend(refined: torch.Tensor, blurry: torch.Tensor | None, weight: float) -> np.ndarray:
-    """``weight`` x refined + (1 - weight) x blurry, both (1, 3, S, S) in [0, 1] -> uint8 (S, S, 3)."""
+def blend(refined: torch.Tensor, blurry: torch.Tensor | None, weight: float) -> torch.Tensor:
+    """``weight`` x refined + (1 - weight) x blurry, both (1, 3, S, S) in [0, 1] -> uint8 (S, S, 3) on their
+    device (MindEye2 blends in [0, 1], before any rounding)."""
     out = refined if blurry is None else weight * refined + (1.0 - weight) * blurry
-    return (out[0].clamp(0, 1).permute(1, 2, 0) * 255.0).round().to(torch.uint8).cpu().numpy()
+    return (out[0].clamp(0, 1).permute(1, 2, 0) * 255.0).round().to(torch.uint8)
 
 
 class Refiner:
@@ -153,7 +154,7 @@ class Refiner:
                             num_inference_steps=s.steps, guidance_scale=s.guidance, generator=generator,
                             output_type="pt", **sizes).images
         low = None if blurry is None else to_square(blurry, s.size, self.device)
-        return blend(refined.float(), low, s.refined_weight)
+        return blend(refined.float(), low, s.refined_weight).cpu().numpy()
 
 
 def _settings(folder: Path) -> RefineSettings:

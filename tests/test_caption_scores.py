@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from rtdecode.evaluate.captions import meteor, refined_trials, rouge, score_captions, text_similarity, write_captions
+from rtdecode.evaluate.captions import (
+    meteor,
+    refined_trials,
+    rouge,
+    score_captions,
+    text_similarity,
+    write_captions,
+)
 from rtdecode.evaluate.collect import Trial
 from rtdecode.gallery.captions import painted_caption
 
@@ -38,7 +45,9 @@ def test_scores_per_version_and_what_is_not_computed(tmp_path):
     assert any(n.startswith("Sentence: not computed") for n in scores.notes)
     paths = write_captions(scores, tmp_path / "evaluation")
     text = paths["captions_md"].read_text()
-    assert "not computed" in text and "0.248" in text
+    assert "not computed" in text and "0.248" in text and "not quoted" in text
+    # chance: each caption against another trial's reference (trial 0's caption against trial 1's image)
+    assert scores.summary[0]["chance METEOR"] < scores.summary[0]["METEOR"]
 
 
 def test_refined_reconstructions_are_their_own_version(tmp_path):

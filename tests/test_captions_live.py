@@ -202,7 +202,9 @@ def test_stored_captions_pass_through_an_older_table(tmp_path, folders, rng):
     tokens = np.zeros((16, 64), np.float32)
     store.save_retrieval(f"{'c' * 32}:1:0:realtime", {"run": 1, "trial": 0, "image": "sim-01000"}, tokens, ["sim-01000"],
                          [0.5], {"backbone_ms": 1, "retrieval_ms": 1, "prior_ms": 1}, time.time(), caption="a house")
-    assert store.table.read_text().splitlines()[0] == old.strip()
+    lines = store.table.read_text().splitlines()
+    assert lines[0] == old.strip()
+    assert {len(line.split("\t")) for line in lines} == {12}  # every row as wide as its header (pandas reads it)
     assert [m.fields.get("caption") for m in store.retrieval_messages()] == [None]
 
 

@@ -66,6 +66,7 @@ def run_demo(out: Path, settings: DemoSettings | None = None, cache: Path | None
     from calibration.report import write_report
     from calibration.splits import read_training_images, require_disjoint
     from calibration.trainer import TrainConfig
+    from calibration.tuning import Grid
     from rtdecode.cache import cache_dir
     from rtdecode.config import config_from_dict, config_to_toml
     from rtdecode.demo.decoder_process import ResultListener, start_decoder, stop_decoder
@@ -144,8 +145,9 @@ def run_demo(out: Path, settings: DemoSettings | None = None, cache: Path | None
     data = load_session(session, spec.name, cache / "embeddings", glm=glm_settings, train_on=s.train_on, tuning=tuning)
     config = TrainConfig(epochs=s.calibrate_epochs, batch_size=24, max_lr=s.calibrate_lr, seed=s.seed,
                          checkpoint_s=60.0, cpu=True)
+    grid = Grid(s.calibrate_tune, (s.calibrate_epochs,)) if s.calibrate_tune else None  # on calibration data only
     calibrate(data, model_dir, config, pretrained=shared, progress=Progress("   calibrating"), source=str(session),
-              compare_scratch=s.compare_scratch)
+              compare_scratch=s.compare_scratch, tune=grid)
     timings["calibration_s"] = time.monotonic() - t
     cal_report = write_report(model_dir, session=session)
     summary_cal = json.loads((model_dir / "training.json").read_text())
@@ -250,12 +252,16 @@ def _caption_rows(table: Path | None, run: int) -> list[dict]:
 def _caption_lines(rows: list[dict]) -> list[str]:
     if not rows:
         return ["", "No captions were scored (the decoder ran without a captioner)."]
+    from rtdecode.evaluate.captions import chance
+
     lines = ["", "| captions, real-time run (stand-in captioner; painter's captions as reference) | trials | METEOR | "
-                 "ROUGE-1 | ROUGE-L |", "| --- | --- | --- | --- | --- |"]
+                 "ROUGE-1 | ROUGE-L | chance METEOR | chance ROUGE-L |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for version in sorted({r["version"] for r in rows}):
         mine = [r for r in rows if r["version"] == version]
         means = [sum(float(r[m]) for r in mine) / len(mine) for m in ("METEOR", "ROUGE-1", "ROUGE-L")]
+        means += list(chance(mine).values())
         lines.append(f"| {version} | {len(mine)} | " + " | ".join(f"{v:.3f}" for v in means) + " |")
+    lines += ["", "Chance: each caption against another trial's reference (the painter's captions share a template)."]
     lines += ["", "MindEye2 (subject 1, 40 h, GIT on COCO): METEOR 0.248. Not comparable: these are painted scenes, "
                   "a stand-in token space and a captioner of a few thousand numbers; refinement is off (no SDXL on "
                   "the CPU).", "", "| trial | shown | caption from the brain | the painter's caption |",

@@ -32,6 +32,7 @@ from rtdecode.evaluate.collect import Trial
 
 TEXT_NETWORKS = {"Sentence": "all-MiniLM-L6-v2", "CLIP-B": "clip-vit-base-patch32", "CLIP-L": "clip-vit-large-patch14"}
 METRICS = ("METEOR", "ROUGE-1", "ROUGE-L", *TEXT_NETWORKS)
+CHANCE = ("chance METEOR", "chance ROUGE-L")
 # MindEye2's figure beside ours: the evaluation notebook's printed output (subject 1, 40 sessions, brain
 # captions against COCO's); the paper's Table 2 holds the other columns, not read from a source here.
 PAPER = [("MindEye2 subj01 40 h (final_evaluations.ipynb output)", {"METEOR": 0.248})]
@@ -173,8 +174,20 @@ def score_captions(trials: list[Trial], captions: dict[str, str], gallery: Path 
     for version in sorted({r["version"] for r in rows}):
         mine = [r for r in rows if r["version"] == version]
         summary.append({"version": version, "trials": len(mine),
-                        **{m: float(np.mean([r[m] for r in mine])) for m in METRICS if m in mine[0]}})
+                        **{m: float(np.mean([r[m] for r in mine])) for m in METRICS if m in mine[0]},
+                        **chance(mine)})
     return CaptionScores(rows, summary, notes)
+
+
+def chance(rows: list[dict]) -> dict[str, float]:
+    """METEOR and ROUGE-L of each caption against another trial's reference (the next one's, in turn):
+    what the scores are worth when the captioner says nothing about the trial (captions of one template
+    share words)."""
+    if len(rows) < 2:
+        return {}
+    others = [rows[(i + 1) % len(rows)]["reference"] for i in range(len(rows))]
+    return {"chance METEOR": float(np.mean([meteor(r["caption"], o) for r, o in zip(rows, others, strict=True)])),
+            "chance ROUGE-L": float(np.mean([rouge(r["caption"], o)[1] for r, o in zip(rows, others, strict=True)]))}
 
 
 def write_captions(scores: CaptionScores, out: Path) -> dict[str, Path]:
@@ -187,19 +200,21 @@ def write_captions(scores: CaptionScores, out: Path) -> dict[str, Path]:
         writer.writeheader()
         for row in scores.per_trial:
             writer.writerow({c: row.get(c, "") for c in columns})
-    lines = ["# Captions", "", "| version | trials | " + " | ".join(METRICS) + " |", "|" + " --- |" * (len(METRICS) + 2)]
+    shown = (*METRICS, *CHANCE)
+    lines = ["# Captions", "", "| version | trials | " + " | ".join(shown) + " |", "|" + " --- |" * (len(shown) + 2)]
     for row in scores.summary:
-        lines.append(f"| {row['version']} | {row['trials']} | " + " | ".join(_fmt(row.get(m)) for m in METRICS) + " |")
-    lines += ["", "METEOR without WordNet synonyms (exact and stem matches); docs/evaluation.md, Captions.", "",
+        lines.append(f"| {row['version']} | {row['trials']} | " + " | ".join(_fmt(row.get(m)) for m in shown) + " |")
+    lines += ["", "METEOR without WordNet synonyms (exact and stem matches); chance: each caption against another "
+                  "trial's reference; docs/evaluation.md, Captions.", "",
               "## For reference: MindEye2's figures (not this session's)", "",
               "| source | " + " | ".join(METRICS) + " |", "|" + " --- |" * (len(METRICS) + 1)]
     for name, figures in PAPER:
-        lines.append(f"| {name} | " + " | ".join(_fmt(figures.get(m)) for m in METRICS) + " |")
+        lines.append(f"| {name} | " + " | ".join(_fmt(figures.get(m), "not quoted") for m in METRICS) + " |")
     if scores.notes:
         lines += ["", "## Not computed, and why", "", *[f"- {n}" for n in scores.notes]]
     md.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return {"captions_md": md, "captions_csv": table}
 
 
-def _fmt(value) -> str:
-    return "not computed" if value is None or (isinstance(value, float) and not math.isfinite(value)) else f"{value:.3f}"
+def _fmt(value, missing: str = "not computed") -> str:
+    return missing if value is None or (isinstance(value, float) and not math.isfinite(value)) else f"{value:.3f}"

@@ -24,10 +24,18 @@ class PublishedFile:
     sha256: str | None = None  # the whole digest, or its first characters (a prefix is checked as one)
     url: str | None = None  # fetched from this address instead of a Hugging Face repository
     local: str | None = None  # where it lives under --folder, when not at ``path``
+    extra: tuple[str, ...] = ()  # small files fetched beside it (configurations, tokenizers), repo paths
+    licence: str = ""  # as the publisher states it ("" where we have not checked)
 
     @property
     def local_path(self) -> str:
         return self.local or self.path
+
+    @property
+    def local_files(self) -> tuple[str, ...]:
+        """Every file it brings, as local paths under --folder: the weights first, then ``extra`` beside them."""
+        home = str(Path(self.local_path).parent) if self.local else ""
+        return (self.local_path, *(str(Path(home) / e) if home else e for e in self.extra))
 
 
 MINDEYE = "pscotti/mindeyev2"
@@ -42,8 +50,24 @@ REGISTRY: dict[str, PublishedFile] = {f.name: f for f in [
                   3.3, "mindeye2", "1024 hidden, no blurry branch (the size Real-time MindEye uses)"),
     PublishedFile("unclip", MINDEYE, "unclip6_epoch0_step110000.ckpt", 18.0, "unclip",
                   "SDXL unCLIP conditioned on OpenCLIP bigG image tokens (sgm layout)"),
+    # Captions and refinement (models.caption, models.refine; docs/models.md). The converter lands in
+    # GIT's folder so that one folder is the captioner (rtdecode decode --captioner weights/git-large-coco).
     PublishedFile("bigG-to-L", MINDEYE, "bigG_to_L_epoch8.pth", 0.01, "caption",
-                  "maps 256x1664 tokens to 257x1024 for captions (optional)"),
+                  "maps 256x1664 tokens to 257x1024 for captions (optional)",
+                  local="git-large-coco/bigG_to_L_epoch8.pth"),
+    PublishedFile("git-large-coco", "microsoft/git-large-coco", "model.safetensors", 1.58, "caption",
+                  "GIT-large fine-tuned on COCO captions: the captioner's text decoder (fp32)", repo_type="model",
+                  local="git-large-coco/model.safetensors", licence="MIT",
+                  extra=("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+                         "special_tokens_map.json", "vocab.txt")),
+    PublishedFile("sdxl-base", "stabilityai/stable-diffusion-xl-base-1.0", "sd_xl_base_1.0.safetensors", 6.94,
+                  "refine", "SDXL base 1.0, one file, with its diffusers configurations and tokenizers: refinement",
+                  repo_type="model", local="sdxl-base/sd_xl_base_1.0.safetensors",
+                  licence="CreativeML Open RAIL++-M",
+                  extra=("model_index.json", "scheduler/scheduler_config.json", "text_encoder/config.json",
+                         "text_encoder_2/config.json", "unet/config.json", "vae/config.json",
+                         *(f"{t}/{f}" for t in ("tokenizer", "tokenizer_2")
+                           for f in ("merges.txt", "special_tokens_map.json", "tokenizer_config.json", "vocab.json")))),
     PublishedFile("sd-vae", MINDEYE, "sd_image_var_autoenc.pth", 0.33, "vae", "SD VAE for the blurry image"),
     PublishedFile("openclip-bigG", "laion/CLIP-ViT-bigG-14-laion2B-39B-b160k", "open_clip_pytorch_model.bin", 10.2,
                   "clip", "OpenCLIP ViT-bigG-14 (laion2b_s39b_b160k): CLIP image tokens", repo_type="model"),
@@ -87,8 +111,9 @@ def require(name: str, folder: str | Path) -> Path:
 
 
 def check(folder: str | Path) -> list[tuple[PublishedFile, Path, bool]]:
-    """Every registered file with its expected local path and whether it is there."""
-    return [(f, Path(folder) / f.local_path, (Path(folder) / f.local_path).is_file()) for f in REGISTRY.values()]
+    """Every registered file with its expected local path and whether it is there (with its ``extra`` files)."""
+    return [(f, Path(folder) / f.local_path, all((Path(folder) / p).is_file() for p in f.local_files))
+            for f in REGISTRY.values()]
 
 
 def download(name: str, folder: str | Path, token: str | None = None) -> Path:  # pragma: no cover - needs internet
@@ -103,5 +128,8 @@ def download(name: str, folder: str | Path, token: str | None = None) -> Path:  
         return target
     from huggingface_hub import hf_hub_download
 
-    return Path(hf_hub_download(repo_id=f.repo_id, filename=f.path, repo_type=f.repo_type,
-                                local_dir=str(target.parent if f.local else folder), token=token))
+    where = str(target.parent if f.local else folder)
+    for small in f.extra:  # the configurations first: a folder with weights but no config is no use
+        hf_hub_download(repo_id=f.repo_id, filename=small, repo_type=f.repo_type, local_dir=where, token=token)
+    return Path(hf_hub_download(repo_id=f.repo_id, filename=f.path, repo_type=f.repo_type, local_dir=where,
+                                token=token))

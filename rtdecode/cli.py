@@ -609,7 +609,8 @@ def _models(args: argparse.Namespace) -> int:
     if args.action == "list":
         for f in registry.REGISTRY.values():
             source = f.url or f"{f.repo_id}/{f.path}"
-            print(f"{f.name:34s} {f.size_gb:6.2f} GB  {source}  - {f.description}")
+            print(f"{f.name:34s} {f.size_gb:6.2f} GB  {source}  - {f.description}"
+                  + (f" (licence: {f.licence})" if f.licence else ""))
         return 0
     if args.action == "check":
         missing = 0

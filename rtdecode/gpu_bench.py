@@ -156,6 +156,35 @@ def bench_train(sizes: Sizes, device: torch.device, steps: int = 50, log_every: 
     return result
 
 
+def project_captions_and_refinement(decoder_gb: float) -> dict:
+    """Captioning (GIT-large-COCO through bigG_to_L) and refinement (SDXL base img2img, MindEye2's settings)
+    counted on the meta device and projected; and the decoder's bf16 weights with both loaded beside
+    ``decoder_gb`` (the decoder's own), against the 24 GB target. Nothing here is measured."""
+    from models.caption.project import caption_rows
+    from models.projection import GPUS, project_seconds, table
+    from models.refine.project import refine_rows
+
+    out = {}
+    for name, result in (("caption", caption_rows()), ("refine", refine_rows())):
+        rows = result.pop("rows")
+        out[name] = {**result, "flops": {n: f for n, f, _ in rows}, "bytes": {n: b for n, _, b in rows},
+                     "ms": {g.name: {n: 1e3 * project_seconds(f, b, g) for n, f, b in rows} for g in GPUS},
+                     "markdown": table(rows) + f"\n\nWeights held, bf16: {result['weights_bf16_gb']:.2f} GB."}
+    parts = {"decoder (MindEye2, unCLIP UNet, VAE decoder)": decoder_gb,
+             "captioner (GIT text decoder, bigG_to_L)": out["caption"]["weights_bf16_gb"],
+             "refiner (SDXL base: UNet, VAE, both text encoders)": out["refine"]["weights_bf16_gb"]}
+    total = sum(parts.values())
+    target = TARGETS["decoder_memory_gb"]
+    lines = ["| held on the GPU (bf16 weights, projected) | GB |", "| --- | --- |"]
+    lines += [f"| {name} | {gb:.2f} |" for name, gb in parts.items()]
+    lines += [f"| all of it | {total:.2f} ({'within' if total <= target else 'over'} the {target:.0f} GB target) |"]
+    note = ("Weights only: activations at batch 1-2 (the largest, SDXL's VAE at 768 px) are not counted; "
+            "`rtdecode bench gpu` on a GPU measures the decoder's peak.")
+    out["memory_with_refinement"] = {"parts_gb": parts, "total_gb": total, "target_gb": target,
+                                     "within_target": total <= target, "markdown": "\n".join(lines) + "\n\n" + note}
+    return out
+
+
 def _gpu_named(device_name: str) -> str | None:
     """The projected GPU (models.projection.GPUS) a measured device corresponds to, if any."""
     for key, name in (("H200", "H200"), ("H100", "H100 SXM"), ("A100", "A100 80 GB"), ("L40S", "L40S"),
@@ -216,6 +245,7 @@ def bench_gpu(out: Path | str = "benchmarks/results", calibrate_steps: int = 50,
         projected = {"decoder": project_decoder(hidden=c.hidden, n_voxels=c.voxels[0], steps=sizes.unclip_steps),
                      "calibrate": project_calibrate(hidden=c.hidden, n_voxels=c.voxels[0], batch=sizes.batch,
                                                     trials=sizes.trials)}
+        projected.update(project_captions_and_refinement(projected["decoder"]["weights_bf16_gb"]))
     lines = []
     if projected:
         lines += ["## Projected (counted on the meta device; not measured)", ""]

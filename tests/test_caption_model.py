@@ -32,10 +32,10 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def _published_state(seed: int = 0) -> dict[str, torch.Tensor]:
+def _published_state(seed: int = 0, t_out: int = T_OUT, d_out: int = D_OUT) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return {"linear1.weight": torch.randn(T_OUT, T_IN, generator=g), "linear1.bias": torch.randn(T_OUT, generator=g),
-            "linear2.weight": torch.randn(D_OUT, D_IN, generator=g), "linear2.bias": torch.randn(D_OUT, generator=g)}
+    return {"linear1.weight": torch.randn(t_out, T_IN, generator=g), "linear1.bias": torch.randn(t_out, generator=g),
+            "linear2.weight": torch.randn(d_out, D_IN, generator=g), "linear2.bias": torch.randn(d_out, generator=g)}
 
 
 def _mindeye2_forward(state: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
@@ -155,3 +155,25 @@ def test_the_caption_path_keeps_to_the_captioners_device_on_meta(captioner_folde
         logits = captioner.git(input_ids=torch.full((2, 3), 2, device="meta"), pixel_values=clip_l[:, None]).logits
     assert mode.faults == []
     assert logits.device.type == "meta" and logits.shape[:2] == (2, captioner.image_tokens + 3)
+
+
+def test_the_folder_models_download_writes_is_a_captioner(tmp_path: Path):
+    """``rtdecode models download git-large-coco`` and ``bigG-to-L`` fill one folder; ``models check`` calls
+    it complete only with every configuration and tokenizer file, and the captioner loads it with the
+    converter still in its published .pth form."""
+    from models.registry import check, local_path
+
+    folder = local_path("git-large-coco", tmp_path).parent
+    assert local_path("bigG-to-L", tmp_path).parent == folder
+    write_tiny_captioner(folder, seed=1, tokens_in=T_IN, dim_in=D_IN)
+    for name in ("bigG_to_L.safetensors", "bigG_to_L.json"):
+        (folder / name).unlink()
+    # the tiny GIT's vision encoder gives 17 x 24 tokens; a converter of other sizes is refused by name
+    torch.save({"model_state_dict": _published_state(7, 17, 24)}, local_path("bigG-to-L", tmp_path))
+    status = {f.name: ok for f, _, ok in check(tmp_path)}
+    assert status["bigG-to-L"] and not status["git-large-coco"]  # special_tokens_map.json, vocab.txt missing
+    for name in ("special_tokens_map.json", "vocab.txt"):
+        (folder / name).write_text("{}")
+    assert {f.name: ok for f, _, ok in check(tmp_path)}["git-large-coco"]
+    captions = BrainCaptioner.from_folder(folder).caption(torch.randn(2, T_IN, D_IN))
+    assert len(captions) == 2 and all(isinstance(c, str) and c for c in captions)

@@ -103,12 +103,16 @@ class Refiner:
     def from_folder(cls, path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
                     settings: RefineSettings | None = None) -> Refiner:
         """SDXL base in the diffusers layout (``model_index.json``, unet/, vae/, text_encoder/, text_encoder_2/,
-        tokenizer/, tokenizer_2/, scheduler/), safetensors weights only."""
+        tokenizer/, tokenizer_2/, scheduler/), safetensors weights only; or that layout's configurations
+        beside one single ``.safetensors`` file (what ``rtdecode models download sdxl-base`` writes)."""
         from diffusers import StableDiffusionXLImg2ImgPipeline
 
         path = Path(path)
         if not (path / "model_index.json").is_file():
             raise FileNotFoundError(f"{path}: model_index.json is missing; expected SDXL in the diffusers layout")
+        singles = sorted(path.glob("*.safetensors"))
+        if len(singles) == 1 and not any((path / "unet").glob("*.safetensors")):
+            return cls.from_single_file(singles[0], path, device=device, dtype=dtype, settings=settings)
         pipe = StableDiffusionXLImg2ImgPipeline.from_pretrained(
             str(path), dtype=dtype or torch.float32, use_safetensors=True, local_files_only=True)
         return cls(pipe.to(device), settings or _settings(path))

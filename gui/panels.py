@@ -80,6 +80,8 @@ def reconstruction_caption(view: TrialView, now: float | None = None, replay: bo
     age = "" if view.received is None or replay else f", {max(0.0, (now or time.time()) - view.received):.0f} s ago"
     refined = ", refined" if view.refined else ""
     said = f"\n“{view.caption}”" if view.caption else ""  # the decoder's caption, from the brain
+    if said and view.caption_score is not None:
+        said += f" (METEOR {view.caption_score:.2f})"
     return f"{view.recon_version or view.version}, {view.tier or 'tier not recorded'}{refined}{age}{said}"
 
 

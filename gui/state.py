@@ -68,6 +68,7 @@ class TrialView:
     final_delay_s: float | None = None  # refining: the delay of a trial's last version, when the run said
     caption: str = ""  # what the decoder's captioner said of the trial (from the brain, not the stimulus)
     refined: bool = False  # the picture shown is the refined one (stage 'refined': SDXL with the caption)
+    caption_score: float | None = None  # the caption's METEOR from rtdecode evaluate, when a replay carries it
 
     @property
     def delay_s(self) -> float | None:
@@ -347,6 +348,9 @@ class ConsoleState:
             newest = refine_delay(view.recon_version if "reconstruction" in msg.images else view.version)
             if newest is not None and delay < newest and (view.top_ids or "reconstruction" in msg.images):
                 return
+        if f.get("stage") == "evaluation" and f.get("metric") == "METEOR":  # the caption's score, not the picture's
+            view.caption_score = float(f.get("score", 0.0))
+            return
         if f.get("stage") == "evaluation":  # an offline score, not a decoder event: no timings, no "received"
             view.eval_metric, view.eval_score = str(f.get("metric", "")), float(f.get("score", 0.0))
             return

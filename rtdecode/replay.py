@@ -61,9 +61,17 @@ def decoder_messages(decoded: str | Path) -> list[Message]:
             out.append(Message("result", {**fields, "stage": "reconstruction"}, images={"reconstruction": encode_png(image)},
                                time=png.stat().st_mtime))  # when it was drawn
     out += evaluation_messages(store.folder / "evaluation" / "trials.csv", store.identity)
+    out += caption_score_messages(store.folder / "evaluation" / "captions.csv", store.identity)
     for seq, msg in enumerate(out, start=1):
         msg.seq = seq
     return out
+
+
+def caption_score_messages(captions_csv: Path, identity: dict) -> list[Message]:
+    """Each trial's caption score (rtdecode evaluate's captions.csv), shown beside its caption."""
+    from rtdecode.evaluate.captions import caption_score_messages as messages
+
+    return messages(captions_csv, identity)
 
 
 def evaluation_messages(trials_csv: Path, identity: dict) -> list[Message]:

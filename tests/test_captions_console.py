@@ -42,3 +42,35 @@ def test_console_and_display_show_the_caption_and_the_refined_picture(windows):
     display = windows(DisplayWindow(state))
     display.refresh()
     assert display.caption.text() == CAPTION
+
+
+def test_a_replay_shows_each_caption_with_its_score(windows, tmp_path):
+    """console --replay after rtdecode evaluate: the caption from results.tsv, its METEOR from captions.csv."""
+    import time
+
+    from gui.console import ConsoleWindow
+    from rtdecode.decoder.results import ResultStore
+    from rtdecode.evaluate.captions import CaptionScores, write_captions
+    from rtdecode.replay import decoder_messages
+
+    identity = {"subject": "01", "session": "01", "session_uid": "e" * 32}
+    store = ResultStore(tmp_path / "sub-01" / "ses-01", identity)
+    key = f"{'e' * 32}:1:2:realtime"
+    store.save_retrieval(key, {"run": 1, "trial": 2, "image": "sim-01002"}, np.zeros((16, 64), np.float32),
+                         ["sim-01002"], [0.5], {"backbone_ms": 1, "retrieval_ms": 1, "prior_ms": 1}, time.time(),
+                         caption=CAPTION)
+    store.save_image(key, np.zeros((24, 40, 3), np.uint8))
+    row = {"version": "realtime", "run": 1, "trial": 2, "image": "sim-01002", "caption": CAPTION, "reference": CAPTION,
+           "METEOR": 0.4321, "ROUGE-1": 1.0, "ROUGE-L": 1.0}
+    write_captions(CaptionScores([row], []), store.folder / "evaluation")
+    from gui.sessions import SessionFilter
+
+    state = ConsoleState(sessions=SessionFilter("decoder"))  # no scanner side here: the results name the session
+    state.replay = True
+    for m in decoder_messages(store.folder):
+        state.apply(m, "decoder")
+    view = state.trials[(1, 2, "realtime")]
+    assert view.caption == CAPTION and view.caption_score == 0.4321 and view.eval_score is None
+    window = windows(ConsoleWindow(state, {}))
+    window.refresh()
+    assert f"“{CAPTION}” (METEOR 0.43)" in window.reconstruction.caption.text()

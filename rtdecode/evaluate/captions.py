@@ -216,5 +216,18 @@ def write_captions(scores: CaptionScores, out: Path) -> dict[str, Path]:
     return {"captions_md": md, "captions_csv": table}
 
 
+def caption_score_messages(captions_csv: Path, identity: dict) -> list:
+    """Each trial's caption METEOR from ``captions.csv`` as stage 'evaluation' results, for a console replay."""
+    from rtdecode.wire.protocol import Message
+
+    if not captions_csv.is_file():
+        return []
+    with open(captions_csv, newline="", encoding="utf-8") as fh:
+        rows = [r for r in csv.DictReader(fh) if r.get("METEOR") and not r["version"].endswith("-refined")]
+    return [Message("result", {"run": int(r["run"]), "trial": int(r["trial"]), "version": r["version"], "image": r["image"],
+                               "stage": "evaluation", "metric": "METEOR", "score": float(r["METEOR"]), **identity})
+            for r in rows if math.isfinite(float(r["METEOR"]))]
+
+
 def _fmt(value, missing: str = "not computed") -> str:
     return missing if value is None or (isinstance(value, float) and not math.isfinite(value)) else f"{value:.3f}"

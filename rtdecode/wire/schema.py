@@ -127,7 +127,9 @@ SCHEMAS: dict[str, dict[str, F]] = {
                "top_scores": F("floats", False, lo=-1e6, hi=1e6, max_items=100),
                "timings_ms": F("timings", False), "tier": F("name", False, pattern=WORD),
                # stage 'evaluation': one trial's score from rtdecode evaluate (replayed from its trials.csv)
-               "metric": F("name", False, choices=EVALUATION_METRICS), "score": F("float", False, lo=-1, hi=2)},
+               # (or METEOR: the trial's caption against its image's, from evaluate's captions.csv)
+               "metric": F("name", False, choices=(*EVALUATION_METRICS, "METEOR")),
+               "score": F("float", False, lo=-1, hi=2)},
     "command": {"action": F("name", pattern=WORD), "run": F("int", False, lo=1, hi=MAX_RUN),
                 "trial": F("int", False, lo=0, hi=MAX_INDEX), "version": F("name", False, pattern=VERSION),
                 "bad": F("bool", False), "note": F("text", False, hi=200)},

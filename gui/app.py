@@ -75,6 +75,26 @@ def install_excepthook() -> None:
 
 
 Replay = Callable[[Path | None, Path | None], list[tuple[str, Message]]]
+SCREENSHOT_WAIT_S = 15.0  # a live screenshot waits at most this long for the senders' replays
+
+
+def _live_screenshot(app, window, feed, path: Path) -> int:
+    """Drain the senders' replays (at most SCREENSHOT_WAIT_S), draw, save the picture and close."""
+    from gui.console import dispose
+
+    try:
+        silent = feed.drain(SCREENSHOT_WAIT_S)
+        window.refresh()
+        app.processEvents()
+        window.grab().save(str(path))
+        taken = ", ".join(f"{n} from the {source}" for source, n in feed.received.items())
+        print(f"screenshot: {path} (messages taken: {taken})")
+        if silent:
+            print(f"screenshot: nothing heard from {' or '.join(silent)} in {SCREENSHOT_WAIT_S:g} s", file=sys.stderr)
+    finally:
+        feed.close()
+        dispose(window)
+    return 0
 
 
 def main(argv: list[str] | None = None, display: bool = False, replay: Replay | None = None) -> int:
@@ -151,7 +171,8 @@ def main(argv: list[str] | None = None, display: bool = False, replay: Replay | 
         window.tabs.setCurrentIndex(("trials", "runs", "log", "alignment").index(args.tab))
     window.refresh()
     window.showFullScreen() if display and not args.screenshot else window.show()
-    if args.screenshot:
+    live = bool(args.events or args.results)
+    if args.screenshot and not live:
         app.processEvents()
         window.grab().save(str(args.screenshot))
         print(f"screenshot: {args.screenshot}")
@@ -159,6 +180,8 @@ def main(argv: list[str] | None = None, display: bool = False, replay: Replay | 
         return 0
     feed = LiveFeed(state, [window], args.events, args.results, events_curve=events_curve,
                     results_curve=results_curve)
+    if args.screenshot:  # a live console: what the senders replay is taken (bounded wait) before the picture
+        return _live_screenshot(app, window, feed, args.screenshot)
     try:
         return app.exec()
     finally:

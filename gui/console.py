@@ -124,6 +124,7 @@ class ConsoleWindow(QtWidgets.QMainWindow):
         retrievals = QtWidgets.QHBoxLayout()
         self.retrieved = [ImageTile(f"#{i + 1}", 84) for i in range(5)]
         for tile in self.retrieved:
+            tile.caption.setWordWrap(False)  # one line, 'sim-00019 0.50 ✓': never cut at the area's foot
             retrievals.addWidget(tile)
         trial_layout.addLayout(retrievals, 1, 0, 1, 2)
         strip_box = QtWidgets.QGroupBox("recent reconstructions")
@@ -282,12 +283,15 @@ class ConsoleWindow(QtWidgets.QMainWindow):
             extra = ""
             if name == "decoder":
                 extra += f" queue {s.decoder_queue}" if s.decoder_queue is not None else ""
-                extra += f", {s.decoder_decoded} decoded" if s.decoder_decoded is not None else ""
+                # The session shown, not the decoder's day (its heartbeat counts every participant's betas).
+                extra += f", {s.decoded_in_session()} decoded" if s.decoder_decoded is not None or s.trials else ""
                 extra += f", {s.decoder_refused} refused" if s.decoder_refused else ""
                 result_age = s.result_age(now)
                 extra += f", last result {result_age:.0f}s ago" if result_age is not None else ""
             light.setText(f"● {name}" + ("" if age is None else f" {age:.0f}s") + extra + restarted)
-            light.setToolTip(light.text())
+            day = f"\n{s.decoder_decoded} betas decoded since the decoder started (every session)" \
+                if name == "decoder" and s.decoder_decoded is not None else ""
+            light.setToolTip(light.text() + day)
             light.setStyleSheet(f"color: {colour};")
         self.plots.draw(s)
         self._draw_trial(now)
@@ -337,13 +341,26 @@ class ConsoleWindow(QtWidgets.QMainWindow):
 
     def showEvent(self, event: QtGui.QShowEvent) -> None:  # noqa: N802 (Qt's name)
         super().showEvent(event)
-        if self.settings is None or self._splitters_restored:
+        if self._splitters_restored:
             return
         self._splitters_restored = True  # once the window has its size, or the splitters rescale the sizes
+        self._fit_splitters()
         for key, splitter in (("splitter", self.splitter), ("right", self.right_splitter)):
-            value = self.settings.value(key)
+            value = self.settings.value(key) if self.settings is not None else None
             if isinstance(value, QtCore.QByteArray) and not value.isEmpty():
                 splitter.restoreState(value)
+
+    def _fit_splitters(self) -> None:
+        """First sizes: the current trial and the strip whole (captions included) where the window allows,
+        the plots and the tabs the rest; on a 1366 px screen the plots give up width, not the captions."""
+        trial, strip = (self.right_splitter.widget(i).widget().sizeHint() for i in (0, 1))
+        scroll = self.style().pixelMetric(QtWidgets.QStyle.PixelMetric.PM_ScrollBarExtent) + 8
+        width = self.splitter.width() or self.width()
+        right = min(max(trial.width() + scroll, width // 2), int(width * 0.6))
+        self.splitter.setSizes([max(1, width - right), right])
+        height = self.right_splitter.height() or self.height()
+        top = [trial.height() + 10, strip.height() + scroll]
+        self.right_splitter.setSizes([*top, max(1, height - sum(top))])
 
     def save_layout(self) -> None:
         if self.settings is None:

@@ -8,6 +8,7 @@ and retried at the next tick.
 from __future__ import annotations
 
 import logging
+import time
 
 from PyQt6 import QtCore
 
@@ -30,6 +31,8 @@ class LiveFeed(QtCore.QObject):
         if results:
             self.subs.append(("decoder", Subscriber(results, curve=results_curve or curve)))
         self._rejected = {source: 0 for source, _ in self.subs}
+        self.received = {source: 0 for source, _ in self.subs}  # messages taken from each source
+        self.last_history = time.monotonic()  # when the last message other than a heartbeat came
         self.timer = QtCore.QTimer(self)
         self.timer.timeout.connect(self.poll)
         self.timer.start(interval_ms)
@@ -41,6 +44,9 @@ class LiveFeed(QtCore.QObject):
                 msg = sub.recv(timeout_ms=0)
                 if msg is None:
                     break
+                self.received[source] += 1
+                if msg.type != "heartbeat":
+                    self.last_history = time.monotonic()
                 changed += self.state.apply(msg, source)
             if sub.rejected != self._rejected[source]:
                 self.state.refuse(f"from {source}: {sub.last_error}", sub.rejected - self._rejected[source])
@@ -51,6 +57,19 @@ class LiveFeed(QtCore.QObject):
             except Exception:
                 log.exception("console: redraw failed; trying again at the next tick")
         return changed
+
+    def drain(self, seconds: float, quiet_s: float = 0.5) -> list[str]:
+        """Take the senders' replays before a screenshot: poll until every source was heard from and no
+        history (anything but heartbeats) came for ``quiet_s``, at most ``seconds``. Returns the sources
+        never heard from."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            self.poll()
+            heard = all(self.received.values())
+            if heard and time.monotonic() - self.last_history >= quiet_s:
+                break
+            time.sleep(0.02)
+        return [source for source, n in self.received.items() if not n]
 
     def close(self) -> None:
         self.timer.stop()

@@ -229,7 +229,8 @@ class RunsTable(QtWidgets.QTableWidget):
     def __init__(self, state: ConsoleState) -> None:
         super().__init__(0, len(self.COLUMNS))
         self.state = state
-        self.setHorizontalHeaderLabels(self.COLUMNS)
+        # Two-word headings on two lines: every column fits beside the plots on a 1366 px screen.
+        self.setHorizontalHeaderLabels([c.replace(" ", "\n") for c in self.COLUMNS])
         self.verticalHeader().setVisible(False)
         self.setEditTriggers(QtWidgets.QAbstractItemView.EditTrigger.NoEditTriggers)
         self._rows: list[dict] = []
@@ -257,9 +258,24 @@ class RunsTable(QtWidgets.QTableWidget):
             for c, name in enumerate(self.COLUMNS):
                 warn = row["warning"] if name == "state" else ""  # "ended (complete)" alone would hide it
                 item = QtWidgets.QTableWidgetItem(row[name] + ("; NO BETAS" if warn else ""))
-                item.setToolTip(warn)
+                item.setToolTip(warn or (row[name] if name == "state" else ""))
                 self.setItem(r, c, item)
         self.resizeColumnsToContents()
+        self._fit_state()
+
+    def _fit_state(self) -> None:
+        """The state column (the last, the widest) gives up width so every column is in view; its text is
+        then shortened with '…', whole in its tooltip."""
+        last = len(self.COLUMNS) - 1
+        spare = self.viewport().width() - self.horizontalHeader().length()
+        if spare < 0:
+            self.setColumnWidth(last, max(60, self.columnWidth(last) + spare))
+
+    def resizeEvent(self, event: QtGui.QResizeEvent) -> None:  # noqa: N802 (Qt's name)
+        super().resizeEvent(event)
+        if self._rows:
+            self.resizeColumnToContents(len(self.COLUMNS) - 1)
+            self._fit_state()
 
 
 class EventLog(QtWidgets.QWidget):
@@ -377,8 +393,8 @@ class AlignmentPanel(QtWidgets.QWidget):
         parts.append(registration_text(view))
         if "in_brain" in f:
             parts.append(f"mask voxels on brain: {100 * f['in_brain']:.0f} %")
-        if "match" in f:
-            parts.append(f"match to the session reference: {f['match']:.2f}")
+        if "match" in f:  # compared with what the run was registered to (run 1's reference, without a session one)
+            parts.append(f"match to {view.registered_to or 'the reference'}: {f['match']:.2f}")
         self.figures.setText("\n".join(parts))
         self.warning.setText(f"CHECK THE ALIGNMENT: {view.warning}" if view.warning else "")
         dpr = self.devicePixelRatioF()

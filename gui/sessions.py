@@ -55,6 +55,8 @@ class SessionFilter:
             state.runs.clear()
             state.alignment.clear()
             state.run_warnings.clear()
+            state.rejected.clear()
+            state.run, state.volumes_expected = None, 0
         state.trials.clear()  # a result can only have come from a session shown, or been held
         state.current = None
         state.last_result = None

@@ -146,6 +146,8 @@ class ConsoleState:
         uid = msg.fields.get("session_uid") if isinstance(msg.fields, dict) else None
         if source != "scanner" and uid and not self.sessions.admit(self, msg, source, str(uid)):
             return False  # another session's result (a decoder serves the whole day), or held until it is named
+        if source == "scanner" and uid and uid != self.identity.get("session_uid"):
+            self._new_session(msg)  # the next participant's scanner side: a clean page before its first run
         if source in self.silent:
             self.silent.discard(source)
             self.add_log("info", f"{SOURCE_NAMES.get(source, source)} heard from again")
@@ -161,6 +163,16 @@ class ConsoleState:
             finally:
                 self._at = None
         return True
+
+    def _new_session(self, msg: Message) -> None:
+        """The scanner side names another session: nothing of the one shown stays (gui/sessions.py)."""
+        f = msg.fields
+        before = bool(self.identity)
+        self.sessions.switch(self, {k: str(f[k]) for k in ("subject", "session", "session_uid") if k in f})
+        line = f"session sub-{f.get('subject')} ses-{f.get('session')}"
+        self.add_log("info", line, msg.time or None)
+        if before:
+            self.status = f"{line}: waiting for its first run"
 
     def check_silence(self, limit_s: float, now: float | None = None) -> list[str]:
         """Log each service silent for longer than ``limit_s`` once per silence; returns the silent ones."""
@@ -213,9 +225,6 @@ class ConsoleState:
         self.volumes_expected = int(f.get("n_volumes", self.volumes_expected) or 0)
         if "fd_threshold_mm" in f:
             self.fd_threshold_mm = float(f["fd_threshold_mm"])
-        if "session_uid" in f and f["session_uid"] != self.identity.get("session_uid"):
-            self.sessions.switch(self, {k: f[k] for k in ("subject", "session", "session_uid") if k in f})
-            self.add_log("info", f"session sub-{f.get('subject')} ses-{f.get('session')}")
         self.run = run
         known = run in self.runs
         q = self.runs.setdefault(run, RunQuality(run))  # known: a repeat (late join, restarted sender): kept
@@ -255,8 +264,9 @@ class ConsoleState:
                     float(f["latency_ms"]), {k: float(v) for k, v in f.get("stages_ms", {}).items()})
         if new and alarm and not before:
             self.add_log("warning", f"run {run}: FD alarm at volume {index + 1} ({fd:.2f} mm)")
-        total = f" of {q.expected}" if q.expected else ""
-        self.status = f"run {run}: volume {int(f['index']) + 1}{total}"
+        if new:  # a volume heard again (a restarted scanner side's history) is not news: the status stays
+            total = f" of {q.expected}" if q.expected else ""
+            self.status = f"run {run}: volume {int(f['index']) + 1}{total}"
 
     def _on_volume_missing(self, f: dict, _msg: Message) -> None:
         run = int(f["run"])
@@ -282,11 +292,14 @@ class ConsoleState:
         run = int(f["run"])
         q = self._quality(run)
         why = f" ({f['reason']})" if f.get("reason") else ""
-        if q.ended:
+        text = (f"run {run} ended{why}: {q.received} volumes" + (f" of {q.expected}" if q.expected else "")
+                + (f", {len(q.missing)} missing" if q.missing else ""))
+        if q.ended:  # heard again after a restart: the status says the current run's state, nothing logged
+            if run == self.run:
+                self.status = text
             return
         q.ended = f"ended{why}"
-        self.notice(f"run {run} ended{why}: {q.received} volumes" + (f" of {q.expected}" if q.expected else "")
-                    + (f", {len(q.missing)} missing" if q.missing else ""))
+        self.notice(text)
 
     def _on_status(self, f: dict, _msg: Message) -> None:
         state = f.get("state")
@@ -409,6 +422,10 @@ class ConsoleState:
         """The live estimates of the latest trials (refining: each trial's newest version)."""
         realtime = [v for k, v in sorted(self.trials.items()) if k[2] in LIVE]
         return realtime[-n:]
+
+    def decoded_in_session(self) -> int:
+        """Betas of the session shown that have a decoded result (a refined trial's versions count once)."""
+        return sum(1 for v in self.trials.values() if v.top_ids)
 
     def decoded_runs(self) -> list[int]:
         return sorted({k[0] for k, v in self.trials.items() if v.top_ids})

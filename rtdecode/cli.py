@@ -79,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--max-mm", type=float, default=1.0)
     q.add_argument("--max-deg", type=float, default=1.0)
     q.add_argument("--subject-seed", type=int, default=1)
+    q.add_argument("--participant", default="01/01", help="subject/session labels: the series' SeriesInstanceUID is "
+                   "theirs (another participant's series is set aside by the scanner side)")
     q.add_argument("--voxels", type=int, default=2000, help="visual voxels of the simulated subject (at 2 mm)")
     q.add_argument("--reliability", type=float, default=0.3, help="median single-trial reliability")
     q.add_argument("--seed", type=int, default=0)

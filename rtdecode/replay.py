@@ -8,12 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
-from rtdecode.decoder.results import open_results, retrieval_message
+from rtdecode.decoder.results import open_results, reconstruction_message, retrieval_message
 from rtdecode.scanner.history import session_events, session_settings
-from rtdecode.wire.protocol import Message, encode_png
+from rtdecode.wire.protocol import Message
 
 
 def session_messages(session: str | Path) -> list[Message]:
@@ -51,15 +48,10 @@ def decoder_messages(decoded: str | Path) -> list[Message]:
     store = open_results(decoded)
     out: list[Message] = []
     for r in store.rows():
-        fields = {"run": int(r["run"]), "trial": int(r["trial"]), "version": r["version"], "image": r["image"],
-                  **store.identity}
         out.append(retrieval_message(r, store.identity))
         png = store.image_path(r["key"])
-        if png.exists():
-            with Image.open(png) as im:
-                image = np.asarray(im.convert("RGB"))
-            out.append(Message("result", {**fields, "stage": "reconstruction"}, images={"reconstruction": encode_png(image)},
-                               time=png.stat().st_mtime))  # when it was drawn
+        if png.exists():  # as it was published: when it was drawn, with the tier that drew it
+            out.append(reconstruction_message(r, store.identity, png))
     out += evaluation_messages(store.folder / "evaluation" / "trials.csv", store.identity)
     out += caption_score_messages(store.folder / "evaluation" / "captions.csv", store.identity)
     for seq, msg in enumerate(out, start=1):

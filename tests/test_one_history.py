@@ -41,7 +41,7 @@ N_VOLUMES = 12
 ONSETS = (0.0, 3.0, 6.0)
 STOP_AT = 6  # run 2 is stopped by the operator after this many volumes
 KEPT_LINES = re.compile(r"^(run \d+ ended|file set aside|run \d+: FD alarm|run \d+: volume \d+ missing|"
-                        r"run \d+ trial \d+ marked)")
+                        r"run \d+ trial \d+ marked|run \d+ started)")  # started: with the mask's voxel count
 
 
 class Feed:
@@ -82,6 +82,9 @@ def facts(s: ConsoleState) -> dict:
             ("index", q.index), ("fd", [round(x, 4) for x in q.fd]), ("alarm", q.alarm), ("missing", sorted(q.missing)),
             ("expected", q.expected), ("ended", q.ended), ("rejected", q.rejected))},
         **{f"trial {k}": (v.image, v.version, v.top_ids, v.bad, v.note) for k, v in s.trials.items() if v.top_ids},
+        **{f"picture {k}": v.tier for k, v in s.trials.items() if v.reconstruction is not None},  # what drew it
+        **{f"run {r}.tsnr": (a.tsnr_at, a.median_tsnr, None if a.tsnr is None else a.tsnr.shape)
+           for r, a in s.alignment.items()},
     }
 
 
@@ -139,7 +142,8 @@ def _setup(tmp_path: Path, small_run) -> tuple:
     model = write_model_folder(MindEye2(standin_config(["sim01"], [n_voxels], hidden=32)), tmp_path / "model", "sim01")
     betas, results = free_port(), free_port()
     cfg = make_config(tmp_path, scanner={"volumes_per_run": N_VOLUMES},
-                      preprocess={"mask": str(tmp_path / "roi.nii"), "fd_threshold_mm": 0.05},  # not the console's 0.5
+                      preprocess={"mask": str(tmp_path / "roi.nii"), "fd_threshold_mm": 0.05,  # not the console's 0.5
+                                  "tsnr_map_every": 5},
                       glm={"events": str(events / "series-{series:03d}.tsv")},
                       network={"events_port": free_port(), "control_port": free_port(),
                                "decoder": f"tcp://127.0.0.1:{betas}", "resend_s": 0.5, "drain_s": 30.0})

@@ -188,7 +188,8 @@ def test_an_operator_day(tmp_path, small_run):
                         cut = _dicom_bytes(tmp_path, small_run, 0, series=98)
                         (watch / format_name(PATTERN, 98, 0)).write_bytes(cut[: len(cut) // 3])
                     for t in range(N_VOLUMES):
-                        _put(watch, format_name(PATTERN, series, t), _dicom_bytes(tmp_path, small_run, t, series=series))
+                        _put(watch, format_name(PATTERN, series, t),
+                             _dicom_bytes(tmp_path, small_run, t, series=series, subject=subject))
                         time.sleep(0.15)
                         if t == 3:
                             control = f"tcp://127.0.0.1:{control_port}"

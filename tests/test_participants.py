@@ -135,7 +135,7 @@ def _stop(proc: subprocess.Popen) -> None:
 def _scan(tmp_path: Path, subject: str, small_run) -> None:
     watch = tmp_path / f"sub{subject}" / "watch"
     for t in range(N_VOLUMES):
-        _put(watch, format_name(PATTERN, 7, t), _dicom_bytes(tmp_path, small_run, t, series=7))
+        _put(watch, format_name(PATTERN, 7, t), _dicom_bytes(tmp_path, small_run, t, series=7, subject=subject))
         time.sleep(0.1)
 
 

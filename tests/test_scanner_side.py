@@ -16,9 +16,10 @@ from conftest import SideThread, drain, make_config
 PATTERN = "001_{run:06d}_{volume:06d}.dcm"
 
 
-def _dicom_bytes(tmp_path, run, t, series=7):
+def _dicom_bytes(tmp_path, run, t, series=7, subject=""):
+    """``subject``: whose series (the simulated SeriesInstanceUID is each participant's own)."""
     path = tmp_path / f"stage_{series}_{t}.dcm"
-    write_mosaic(path, run.volumes[t], run.affine, series_number=series, instance=t + 1)
+    write_mosaic(path, run.volumes[t], run.affine, series_number=series, instance=t + 1, subject=subject)
     data = path.read_bytes()
     path.unlink()
     return data

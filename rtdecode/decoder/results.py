@@ -33,12 +33,15 @@ from rtdecode.errors import ProtocolError
 from rtdecode.session import append_tsv, read_tsv, repair_tail
 from rtdecode.wire.protocol import Message
 from rtdecode.wire.reliable import Ledger
-from rtdecode.wire.schema import check_fields, check_identity
+from rtdecode.wire.schema import WORD, check_fields, check_identity
 
 log = logging.getLogger(__name__)
 
 COLUMNS = ("key", "run", "trial", "version", "image", "top_ids", "top_scores", "backbone_ms", "retrieval_ms",
            "prior_ms", "t_received", "t_done", "caption")  # caption: the trial's, when a captioner is loaded
+
+
+TIER_TEXT = "rtdecode-tier"  # a reconstruction PNG's text key: what drew it (unclip, blurry, standin)
 
 
 class SessionMismatch(Exception):
@@ -121,10 +124,15 @@ class ResultStore:
             fsync=True)
         self.decoded.add(key)  # the commit point: after the row is on disk the beta is never decoded again
 
-    def save_image(self, key: str, image: np.ndarray) -> None:
-        from PIL import Image
+    def save_image(self, key: str, image: np.ndarray, tier: str = "") -> None:
+        """A reconstruction, with the tier that drew it in the PNG's text (re-sent with it after a restart)."""
+        from PIL import Image, PngImagePlugin
 
-        _write_atomic(self.folder / "images" / f"{stem(key)}.png", lambda fh: Image.fromarray(image).save(fh, format="PNG"))
+        info = PngImagePlugin.PngInfo()
+        if tier:
+            info.add_text(TIER_TEXT, tier)
+        _write_atomic(self.folder / "images" / f"{stem(key)}.png",
+                      lambda fh: Image.fromarray(image).save(fh, format="PNG", pnginfo=info))
         self.reconstructed.add(key)
 
     def save_refined(self, key: str, image: np.ndarray) -> None:
@@ -170,15 +178,21 @@ class ResultStore:
             out.append(msg)
         return out
 
-    def reconstruction_messages(self, n: int) -> list[Message]:
-        """The newest ``n`` stored reconstructions as they were published (at the time each was drawn),
-        so a console that joins after a restart shows pictures, not only retrievals."""
+    def pictures(self) -> list[tuple[float, int, dict, Path, str]]:
+        """Every stored picture: (when it was drawn, its bytes, its row, its file, its stage)."""
         out = []
         for row in self.rows():
-            png = self.image_path(row.get("key", ""))
-            if png.is_file():
-                out.append((row, png))
-        return [reconstruction_message(row, self.identity, png) for row, png in out[-n:]] if n > 0 else []
+            try:
+                files = (("reconstruction", self.image_path(row["key"])), ("refined", self.refined_path(row["key"])))
+            except (KeyError, ValueError):  # a row without a well-formed key names no file
+                continue
+            for stage, png in files:
+                try:
+                    st = png.stat()
+                except OSError:
+                    continue
+                out.append((st.st_mtime, st.st_size, row, png, stage))
+        return out
 
     def image_path(self, key: str) -> Path:
         return self.folder / "images" / f"{stem(key)}.png"
@@ -250,11 +264,51 @@ def retrieval_message(row: dict, identity: dict) -> Message:
                    time=_stored_time(row.get("t_done")))
 
 
-def reconstruction_message(row: dict, identity: dict, png: Path) -> Message:
-    """A stored reconstruction as the result it was published as, at the time its image was written."""
+def newest_pictures(stores: list[ResultStore], max_bytes: int) -> list[Message]:
+    """The newest stored pictures of every session, up to ``max_bytes`` of PNG, oldest first, as they were
+    published: a console that joins after a restart shows each trial's picture, not only the last few."""
+    found = sorted(((t, size, store, row, png, stage) for store in stores
+                    for t, size, row, png, stage in store.pictures()), key=lambda p: p[0])
+    taken, total = [], 0
+    for _t, size, store, row, png, stage in reversed(found):
+        if total + size > max_bytes:
+            break
+        total += size
+        taken.append((store, row, png, stage))
+    out = []
+    for store, row, png, stage in reversed(taken):
+        try:
+            out.append(reconstruction_message(row, store.identity, png, stage))
+        except (OSError, ValueError, KeyError) as exc:  # removed meanwhile, or a row the schema refuses
+            log.warning("%s: not published again: %s", png, exc)
+    return out
+
+
+def reconstruction_message(row: dict, identity: dict, png: Path, stage: str = "reconstruction") -> Message:
+    """A stored reconstruction as the result it was published as, at the time its image was written, with
+    the tier that drew it (kept in the PNG's text; a refined picture: its first picture's)."""
+    data = png.read_bytes()
     fields = {"run": int(row["run"]), "trial": int(row["trial"]), "version": row["version"], "image": row["image"],
-              "stage": "reconstruction", **_caption(row), **identity}
-    return Message("result", fields, images={"reconstruction": png.read_bytes()}, time=_stored_time(str(png.stat().st_mtime)))
+              "stage": stage, **_caption(row), **identity}
+    first = data if stage == "reconstruction" else png.with_name(png.name.replace("_refined.png", ".png"))
+    tier = _png_tier(first)
+    if tier:
+        fields["tier"] = tier
+    return Message("result", fields, images={"reconstruction": data}, time=_stored_time(str(png.stat().st_mtime)))
+
+
+def _png_tier(png: bytes | Path) -> str:
+    """The tier a stored reconstruction records ('' for none, or one that is not a plain word)."""
+    import io
+
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(png) if isinstance(png, bytes) else png) as im:
+            tier = str(im.info.get(TIER_TEXT, ""))
+    except (OSError, ValueError):
+        return ""
+    return tier if WORD.fullmatch(tier) else ""
 
 
 def _caption(row: dict) -> dict[str, str]:

@@ -32,6 +32,7 @@ from rtdecode.decoder.core import Decoder
 from rtdecode.decoder.results import (
     ResultStore,
     SessionMismatch,
+    newest_pictures,
     session_folder,
     session_stores,
     stem,
@@ -66,12 +67,22 @@ def trial_of(key: str) -> tuple[str, float]:
 IDENTITY = ("subject", "session", "session_uid")
 
 
+# Pictures kept for consoles that join late or reopen, and re-sent after a restart: the newest up to this
+# many bytes of PNG (every picture of a session at the demo's size; ~600 at 768 px), beyond it the oldest go.
+PICTURES_KEPT_BYTES = 512 * 2**20
+
+
 def keep_result(msg: Message) -> tuple[str, Message] | None:
-    """Every trial's retrieval result goes to a console that joins late (reconstructions, bulky, only
-    among the most recent messages)."""
+    """Every trial's retrieval result and picture goes to a console that joins late (pictures in the
+    group 'picture', bounded by PICTURES_KEPT_BYTES)."""
     f = msg.fields
-    if msg.type == "result" and f.get("stage") == "retrieval":
-        return f"{f.get('session_uid', '')}:{f['run']}:{f['trial']}:{f.get('version', 'realtime')}", msg
+    if msg.type != "result":
+        return None
+    trial = f"{f.get('session_uid', '')}:{f['run']}:{f['trial']}:{f.get('version', 'realtime')}"
+    if f.get("stage") == "retrieval":
+        return trial, msg
+    if "reconstruction" in msg.images:
+        return f"picture:{trial}:{f.get('stage', 'reconstruction')}", msg
     return None
 
 
@@ -131,12 +142,12 @@ class DecoderService:
                         self.refine_queue.append((store, k, {"image": r["image"], "caption": r["caption"]}))
         self.receiver = BetaReceiver(betas_address, context=context, curve=curve, max_bytes=max_bytes)
         self.publisher = Publisher(results_address, context=context, curve=curve, replay=replay, max_bytes=max_bytes,
-                                   keep=keep_result)
+                                   keep=keep_result, keep_bytes={"picture": PICTURES_KEPT_BYTES})
         for store in self.stores.values():  # after a restart: every decoded trial again, for consoles that join
             for msg in store.retrieval_messages():  # rows that fail the schema are skipped with one line
                 self.publisher.send(msg)
-            for msg in store.reconstruction_messages(replay // 2):  # the newest pictures, for the recent replay
-                self.publisher.send(msg)
+        for msg in newest_pictures(list(self.stores.values()), PICTURES_KEPT_BYTES):  # each trial's, as kept live
+            self.publisher.send(msg)
 
     @property
     def store(self) -> ResultStore | None:
@@ -297,7 +308,7 @@ class DecoderService:
             store.skip_reconstruction(key)
             return
         crash_point("reconstructed")
-        store.save_image(key, image)
+        store.save_image(key, image, self.decoder.tier)
         crash_point("image_saved")
         self._publish_image(store, key, fields, "reconstruction", image, {"reconstruction_ms": ms})
         if self.refine != "off" and fields.get("caption"):

@@ -104,7 +104,7 @@ def alignment_warnings(alignment: Alignment, limits: AlignmentLimits) -> list[st
     if in_brain_voxels < limits.min_voxels:
         out.append(f"{in_brain_voxels} mask voxels on brain (< {limits.min_voxels})")
     if alignment.match is not None and alignment.match < limits.min_match:
-        out.append(f"session/run reference match {alignment.match:.2f} < {limits.min_match:g}")
+        out.append(f"match to {alignment.registered_to or 'the reference'} {alignment.match:.2f} < {limits.min_match:g}")
     return out
 
 

@@ -199,12 +199,67 @@ def mark_events(rows: list[dict]) -> list[Message]:
     return out
 
 
+def stored_voxels(path: Path) -> int:
+    """The voxel count of a run's mask as stored with its vectors (0: not stored, as a run_started says)."""
+    try:
+        n = int(json.loads(path.read_text())["n_voxels"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+    return n if 0 <= n <= 10**8 else 0
+
+
 def stored_tr(path: Path) -> float | None:
     """The TR a run's betas were estimated with (their ``_betas.json``), or None."""
     try:
         return float(json.loads(path.read_text())["glm"]["t_r"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def recorded_elsewhere(session: Path, series_uid: str) -> str | None:
+    """Which other session of the same sessions folder recorded a run of ``series_uid`` ('sub-01 ses-01,
+    run 2'), or None (also for a file without one, e.g. NIfTI)."""
+    if not series_uid:
+        return None
+    own = session.resolve()
+    for table in sorted(session.parent.parent.glob("sub-*/ses-*/runs.tsv")):
+        if table.parent.resolve() == own:
+            continue
+        for row in read_rows(table):
+            if row.get("series_uid") == series_uid:
+                return f"{table.parent.parent.name} {table.parent.name}, run {row.get('run', '?')}"
+    return None
+
+
+def tsnr_paths(derivatives: Path, prefix: str) -> tuple[Path, Path]:
+    """Where a run's newest temporal-SNR mosaic is kept: its figures (JSON) and its picture (PNG)."""
+    return derivatives / f"{prefix}_desc-tsnr.json", derivatives / f"{prefix}_desc-tsnr.png"
+
+
+def store_tsnr(derivatives: Path, prefix: str, fields: dict, png: bytes) -> None:
+    """Keep the qa_map just sent (picture first, then its figures, each renamed into place)."""
+    figures, picture = tsnr_paths(derivatives, prefix)
+    for path, data in ((picture, png), (figures, json.dumps(fields).encode())):
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_bytes(data)
+        tmp.replace(path)
+
+
+def tsnr_event(derivatives: Path, prefix: str, run: int, events: list[Message]) -> list[Message]:
+    """The run's newest qa_map as it was sent, just after the volume it was made at; [] if none was kept."""
+    figures, picture = tsnr_paths(derivatives, prefix)
+    try:
+        raw = json.loads(figures.read_text())
+        fields = {"run": run, "index": int(raw["index"]), "median_tsnr": float(raw["median_tsnr"])}
+        check_fields("qa_map", fields)
+        png = picture.read_bytes()
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError, KeyError, TypeError, ProtocolError) as exc:
+        log.warning("%s: not replayed (%s)", figures, exc)
+        return []
+    at = next((m.time for m in events if m.type == "volume" and m.fields["index"] == fields["index"]), 0.0)
+    return [Message("qa_map", fields, images={"tsnr": png}, time=at + 1e-4 if at else 0.0)]
 
 
 def alignment_fields(path: Path) -> dict:
@@ -244,7 +299,8 @@ def session_events(session: Path, settings: dict[str, float | None], ends: dict[
         png = deriv / f"{prefix}_desc-alignment.png"
         if png.exists():
             events[0].images["alignment"] = png.read_bytes()
-        out += events
+        events[0].fields["n_voxels"] = stored_voxels(deriv / f"{prefix}_desc-masked_bold.json")
+        out += events + tsnr_event(deriv, prefix, run, events)
     out += rejected_events(read_rows(session / "rejected.tsv"))
     out += mark_events(read_rows(session / "marks.tsv"))
     return in_time_order(out)

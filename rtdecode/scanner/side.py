@@ -31,7 +31,7 @@ from rtdecode.ingest.reader import Volume, read_volume
 from rtdecode.ingest.slices import Slice, assemble, read_slice
 from rtdecode.preprocess.pipeline import Mask
 from rtdecode.scanner.close import keep_config
-from rtdecode.scanner.history import session_events
+from rtdecode.scanner.history import recorded_elsewhere, session_events
 from rtdecode.scanner.network import ScannerNetwork
 from rtdecode.scanner.runs import CLOSED_AT_SHUTDOWN, RunBook, RunState
 from rtdecode.scanner.volumes import VolumeEvent, VolumeStage, open_space
@@ -256,7 +256,8 @@ class ScannerSide:
         did |= self.net.serve(self._command)
         if now - self._last_beat >= HEARTBEAT_S:  # liveness between runs, and what the sockets refused
             self._last_beat = now
-            self._send(Message("heartbeat", {"service": "scanner", "refused": self.net.refused}))
+            # Whose session: a console still showing the previous participant's clears its page at once.
+            self._send(Message("heartbeat", {"service": "scanner", "refused": self.net.refused, **self.identity}))
         return did
 
     def _command(self, action: str, fields: dict | None = None) -> tuple[bool, str]:
@@ -419,6 +420,12 @@ class ScannerSide:
             stray = self.book.stray(series_key)
             if stray is not None:
                 self._reject(path, stray)
+                return None
+            elsewhere = recorded_elsewhere(self.folder.path, volume.series)
+            if elsewhere is not None:  # a previous participant's file left in a shared watch folder
+                self._reject(path, f"series {series_key} (SeriesInstanceUID {volume.series}) was recorded by "
+                                   f"another session ({elsewhere}): not a run of sub-{self.identity['subject']} "
+                                   f"ses-{self.identity['session']}")
                 return None
             if self.book.open_run is not None:
                 self._end_run(self.book.open_run, "new series")

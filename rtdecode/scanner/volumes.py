@@ -34,6 +34,7 @@ from rtdecode.preprocess.alignment import (
 )
 from rtdecode.preprocess.pipeline import Mask, RunPreprocessor
 from rtdecode.preprocess.space import SpaceFiles, VoxelSpace, config_conflict, same_mask
+from rtdecode.scanner.history import store_tsnr
 from rtdecode.scanner.runs import RunState
 from rtdecode.session import SessionFolder
 from rtdecode.storage import FULL
@@ -207,10 +208,15 @@ class VolumeStage:
         try:
             tsnr = pre.qa.tsnr_map()
             image = mosaic(volume_of(tsnr, pre.mask.data), pre.mask.data, vmax=100.0, colour=True)
-            self.send(Message("qa_map", {"run": run.number, "index": index, "median_tsnr": float(np.median(tsnr))},
-                              images={"tsnr": encode_png(image)}))
+            fields, png = {"run": run.number, "index": index, "median_tsnr": float(np.median(tsnr))}, encode_png(image)
+            self.send(Message("qa_map", fields, images={"tsnr": png}))
         except Exception:
             log.exception("tSNR map failed; volumes go on")
+            return
+        try:  # the newest one kept in the session folder: a console that joins after a restart gets it too
+            store_tsnr(run.store.folder.derivatives, run.store.folder.prefix(run.number), fields, png)
+        except OSError:
+            log.exception("run %d: could not store the tSNR map", run.number)
 
     def resume(self, run: RunState) -> None:
         """Rebuild an open run's preprocessor and GLM, or an ended run's betas state, from the session folder."""

@@ -56,8 +56,9 @@ def _run(args: argparse.Namespace) -> int:
             visit.save_stimuli(args.stimuli)
         print(f"subject {spec.name}: {len(run.roi_index)} visual voxels on this grid, {len(run.events)} trials, "
               f"median reliability {np.median(run.reliability):.2f}")
+    subject, _, session = str(args.participant).partition("/")
     report = write_run(run, args.out, pattern=pattern, series=series, fmt=args.format, tr_s=args.tr,
-                       speedup=args.speedup, truth_dir=args.truth)
+                       speedup=args.speedup, truth_dir=args.truth, subject=subject, session=session)
     print(f"wrote {len(report.paths)} volumes to {args.out}; latest file {report.max_lag_s * 1000:.0f} ms behind the "
           f"TR schedule at worst")
     return 0

@@ -7,6 +7,7 @@ scanner's. Geometry follows nibabel's convention: ``affine`` is RAS, data axis 0
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from pathlib import Path
@@ -85,12 +86,15 @@ def _base(path: Path, sop_class: str, series_number: int, series_uid: str, insta
     return ds
 
 
-def series_uid_for(series_number: int, seed: int = 0) -> str:
-    return f"1.2.826.0.1.3680043.8.498.{seed}.{series_number}"
+def series_uid_for(series_number: int, seed: int = 0, subject: str = "", session: str = "") -> str:
+    """A simulated SeriesInstanceUID: the same on every call, and another for every participant, session
+    and series (a real scanner's are unique; the scanner side sets aside a series another session recorded)."""
+    digest = hashlib.sha256(f"{subject}\0{session}\0{seed}".encode()).digest()
+    return f"1.2.826.0.1.3680043.8.498.{int.from_bytes(digest[:8], 'big') or 1}.{series_number}"
 
 
 def write_mosaic(path: str | Path, data: np.ndarray, affine: np.ndarray, series_number: int, instance: int,
-                 tr_s: float = 1.5, series_uid: str | None = None) -> None:
+                 tr_s: float = 1.5, series_uid: str | None = None, subject: str = "", session: str = "") -> None:
     """Write one volume as a classic Siemens mosaic DICOM (uint16 pixels, CSA header)."""
     path = Path(path)
     rows, cols, n = data.shape
@@ -104,7 +108,8 @@ def write_mosaic(path: str | Path, data: np.ndarray, affine: np.ndarray, series_
     iop_m = np.array(iop).reshape(2, 3).T
     q = np.column_stack([iop_m[:, 1], iop_m[:, 0]]) * np.asarray(pix)
     mosaic_ipp = ipp - q @ (np.array([tiles * rows - rows, tiles * cols - cols]) / 2.0)
-    ds = _base(path, MR_IMAGE, series_number, series_uid or series_uid_for(series_number), instance, tr_s)
+    uid = series_uid or series_uid_for(series_number, subject=subject, session=session)
+    ds = _base(path, MR_IMAGE, series_number, uid, instance, tr_s)
     ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "ND", "NORM", "MOSAIC"]
     ds.SliceThickness = ds.SpacingBetweenSlices = f"{dz:g}"
     ds.AcquisitionMatrix = [rows, 0, 0, cols]
@@ -163,13 +168,14 @@ def write_mosaic(path: str | Path, data: np.ndarray, affine: np.ndarray, series_
 
 
 def write_enhanced(path: str | Path, data: np.ndarray, affine: np.ndarray, series_number: int, instance: int,
-                   tr_s: float = 1.5, series_uid: str | None = None) -> None:
+                   tr_s: float = 1.5, series_uid: str | None = None, subject: str = "", session: str = "") -> None:
     """Write one volume as an enhanced multi-frame MR DICOM (the XA-series layout): one frame per slice."""
     path = Path(path)
     rows, cols, n = data.shape
     iop, pix, dz, normal, ipp = _geometry(affine)
     lps = RAS_TO_LPS @ np.asarray(affine, float)
-    ds = _base(path, ENHANCED_MR_IMAGE, series_number, series_uid or series_uid_for(series_number), instance, tr_s)
+    uid = series_uid or series_uid_for(series_number, subject=subject, session=session)
+    ds = _base(path, ENHANCED_MR_IMAGE, series_number, uid, instance, tr_s)
     ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "NONE"]
     ds.Rows, ds.Columns, ds.NumberOfFrames = rows, cols, n
     shared = pydicom.Dataset()
@@ -208,7 +214,7 @@ def write_enhanced(path: str | Path, data: np.ndarray, affine: np.ndarray, serie
 
 def write_slices(folder: str | Path, name: str, data: np.ndarray, affine: np.ndarray, series_number: int, volume: int,
                  tr_s: float = 1.5, series_uid: str | None = None, temporal_position: bool = True,
-                 order: list[int] | None = None) -> list[Path]:
+                 order: list[int] | None = None, subject: str = "", session: str = "") -> list[Path]:
     """One volume as a per-slice export writes it (Philips, GE, Siemens non-mosaic): a classic MR image
     per slice, written in ``order`` (default: ascending slice index).
 
@@ -222,7 +228,7 @@ def write_slices(folder: str | Path, name: str, data: np.ndarray, affine: np.nda
     rows, cols, n = data.shape
     iop, pix, dz, _normal, ipp = _geometry(affine)
     lps = RAS_TO_LPS @ np.asarray(affine, float)
-    uid = series_uid or series_uid_for(series_number)
+    uid = series_uid or series_uid_for(series_number, subject=subject, session=session)
     paths = []
     for s in (range(n) if order is None else order):
         instance = volume * n + s + 1

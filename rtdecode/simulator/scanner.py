@@ -86,10 +86,11 @@ def simulate_run(n_volumes: int, shape: tuple[int, int, int] = (100, 100, 52), v
 
 def write_run(run: WritableRun, folder: str | Path, pattern: str = "001_{run:06d}_{volume:06d}.dcm",
               series: int = 1, fmt: str = "mosaic", tr_s: float = 1.5, speedup: float = 1.0,
-              chunked: bool = False, truth_dir: str | Path | None = None, drop: frozenset[int] = frozenset()) -> WriteReport:
+              chunked: bool = False, truth_dir: str | Path | None = None, drop: frozenset[int] = frozenset(),
+              subject: str = "", session: str = "") -> WriteReport:
     """Write each volume as the scanner would, volume t finished by (t + 1) * TR / ``speedup``.
     Volumes in ``drop`` are never written (an export that loses a file): the scanner side must call
-    them missing.
+    them missing. ``subject`` and ``session`` make the series' SeriesInstanceUID that session's own.
 
     Volumes are generated just in time (a :class:`~rtdecode.simulator.bold.BoldRun` never holds a
     whole run in memory); the report says how late each file was against that schedule, so a
@@ -112,7 +113,8 @@ def write_run(run: WritableRun, folder: str | Path, pattern: str = "001_{run:06d
         if fmt == "nifti":
             write_nifti(tmp, vol, run.affine)
         else:
-            WRITERS[fmt](tmp, vol, run.affine, series_number=series, instance=t + 1, tr_s=tr_s)
+            WRITERS[fmt](tmp, vol, run.affine, series_number=series, instance=t + 1, tr_s=tr_s, subject=subject,
+                         session=session)  # the SeriesInstanceUID is the participant's and session's own
         if chunked:
             write_in_chunks(tmp.read_bytes(), target, pause_s=0.02)
             tmp.unlink()

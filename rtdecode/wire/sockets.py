@@ -68,10 +68,13 @@ class Publisher:
 
     def __init__(self, address: str, context: zmq.Context | None = None, curve: dict | None = None,
                  replay: int = 0, max_bytes: int = MAX_FRAME_BYTES, replay_skip: tuple[str, ...] = (),
-                 keep: Callable[[Message], tuple[str, Message] | None] | None = None, keep_limit: int = 50_000) -> None:
+                 keep: Callable[[Message], tuple[str, Message] | None] | None = None, keep_limit: int = 50_000,
+                 keep_bytes: dict[str, int] | None = None) -> None:
         """``keep(message)``: for messages worth a late joiner's whole history (a session's volumes,
         decoded trials), a key and the copy to keep (the latest per key is kept, up to ``keep_limit``);
-        these go to each new subscriber before the ``replay`` most recent messages."""
+        these go to each new subscriber before the ``replay`` most recent messages. ``keep_bytes``: a
+        bound on the bytes kept per group of keys (a key's text before its first ':'), for bulky ones
+        (pictures): beyond it the oldest of that group go."""
         replay = max(replay, 1) if keep is not None else replay
         self._sock = make_socket(zmq.XPUB if replay else zmq.PUB, context, curve, max_bytes)
         if replay:
@@ -86,6 +89,8 @@ class Publisher:
         self._keep = keep
         self._kept: OrderedDict[str, tuple[int, list]] = OrderedDict()  # key -> (seq, frames) of its newest
         self._keep_limit = keep_limit
+        self._keep_bytes = dict(keep_bytes or {})
+        self._group_sizes: dict[str, OrderedDict[str, int]] = {g: OrderedDict() for g in self._keep_bytes}
         self.replayed = 0
 
     def send(self, message: Message) -> None:
@@ -106,9 +111,26 @@ class Publisher:
                 copy.seq, copy.boot, copy.time = message.seq, message.boot, message.time
                 self._kept.pop(key, None)
                 self._kept[key] = (message.seq, frames if copy is message else encode(copy))
+                self._bound_group(key)
                 while len(self._kept) > self._keep_limit:
-                    self._kept.popitem(last=False)
+                    self._forget(self._kept.popitem(last=False)[0])
         self.serve()
+
+    def _bound_group(self, key: str) -> None:
+        """Count a kept copy against its group's ``keep_bytes``; the group's oldest go beyond it."""
+        sizes = self._group_sizes.get(key.split(":", 1)[0])
+        if sizes is None:
+            return
+        sizes.pop(key, None)
+        sizes[key] = sum(len(f) for f in self._kept[key][1])
+        limit = self._keep_bytes[key.split(":", 1)[0]]
+        while len(sizes) > 1 and sum(sizes.values()) > limit:
+            self._kept.pop(sizes.popitem(last=False)[0], None)
+
+    def _forget(self, key: str) -> None:
+        sizes = self._group_sizes.get(key.split(":", 1)[0])
+        if sizes is not None:
+            sizes.pop(key, None)
 
     def serve(self) -> int:
         """Replay the recent messages for each new subscription; returns how many joins were served."""

@@ -65,8 +65,8 @@ def _check_items(raw: bytes, at: int, path: Path) -> None:
     raise PartialFileError(path, "compressed pixel data has no end yet (no sequence delimiter)")
 
 
-def decode_frames(ds: Any, path: Path, keyword: str) -> np.ndarray:
-    """Stored values as float32 (frames, rows, cols), the Modality LUT applied per frame."""
+def stored_frames(ds: Any, path: Path, keyword: str) -> np.ndarray:
+    """Stored values (frames, rows, cols) in their own integer or float type, before the Modality LUT."""
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
     if samples != 1:
         raise IngestError(path, f"a colour image ({samples} samples per pixel), not an MR magnitude image")
@@ -83,15 +83,52 @@ def decode_frames(ds: Any, path: Path, keyword: str) -> np.ndarray:
         syntax = ds.file_meta.TransferSyntaxUID
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise IngestError(path, f"pixel data in {syntax.name} ({syntax}) cannot be decoded: {reason}") from None
-    frames = np.asarray(arr, dtype=np.float32).reshape(n_frames, rows, cols)
+    return np.asarray(arr).reshape(n_frames, rows, cols)
+
+
+def to_float(ds: Any, stored: np.ndarray, frame_axis: int = 0) -> np.ndarray:
+    """Stored values as float32 with each frame's Modality LUT; ``frame_axis`` is where frames lie in
+    ``stored`` (one float copy, made in ``stored``'s layout)."""
+    n_frames = stored.shape[frame_axis]
     slopes, intercepts = modality_rescale(ds, n_frames)
     if np.any(slopes != 1.0) or np.any(intercepts != 0.0):
-        frames = frames * slopes[:, None, None] + intercepts[:, None, None]
-    elif "ModalityLUTSequence" in ds:  # a lookup table instead of a line (rare in MR)
+        shape = [1] * stored.ndim
+        shape[frame_axis] = n_frames
+        out = stored.astype(np.float32)
+        out *= slopes.astype(np.float32).reshape(shape)
+        out += intercepts.astype(np.float32).reshape(shape)
+        return out
+    if "ModalityLUTSequence" in ds:  # a lookup table instead of a line (rare in MR)
         from pydicom.pixels import apply_modality_lut
 
-        frames = np.asarray(apply_modality_lut(np.asarray(arr).reshape(n_frames, rows, cols), ds), np.float32)
-    return frames
+        return np.asarray(apply_modality_lut(stored, ds), np.float32)
+    return stored.astype(np.float32)
+
+
+def decode_frames(ds: Any, path: Path, keyword: str) -> np.ndarray:
+    """Stored values as float32 (frames, rows, cols), the Modality LUT applied per frame."""
+    return to_float(ds, stored_frames(ds, path, keyword))
+
+
+def untile(ds: Any, path: Path, keyword: str, tile_rows: int, tile_cols: int, n_slices: int) -> np.ndarray:
+    """A mosaic (one frame of ``tile_rows`` x ``tile_cols`` tiles, filled row by row) as float32 (rows, cols,
+    n_slices). The tiles are cut out in the stored integer type and converted to float once, in place."""
+    frame = stored_frames(ds, path, keyword)[0]
+    rows, cols = frame.shape
+    tr, tc = rows // tile_rows, cols // tile_cols
+    tiles = frame[:tr * tile_rows, :tc * tile_cols].reshape(tile_rows, tr, tile_cols, tc)
+    stack = tiles.transpose(1, 3, 0, 2).reshape(tr, tc, tile_rows * tile_cols)[:, :, :n_slices]
+    out = np.empty((tr, tc, n_slices), np.float32)
+    out[...] = stack  # the un-tiling copy and the float conversion in one pass
+    slope, intercept = modality_rescale(ds, 1)
+    if slope[0] != 1.0 or intercept[0] != 0.0:
+        out *= np.float32(slope[0])
+        out += np.float32(intercept[0])
+    elif "ModalityLUTSequence" in ds:
+        from pydicom.pixels import apply_modality_lut
+
+        out = np.ascontiguousarray(np.asarray(apply_modality_lut(stack, ds), np.float32))
+    return out
 
 
 def modality_rescale(ds: Any, n_frames: int) -> tuple[np.ndarray, np.ndarray]:

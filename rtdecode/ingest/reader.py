@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import io
 import math
-import struct
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,11 +23,15 @@ import numpy as np
 
 from rtdecode.errors import IngestError, PartialFileError
 from rtdecode.ingest.acquisition import acquisition_fields
-from rtdecode.ingest.dicom_kind import not_a_volume
-from rtdecode.ingest.dicom_pixels import check_complete, decode_frames
+from rtdecode.ingest.completeness import NOT_PART10, SHORT, WHOLE, judge
+from rtdecode.ingest.dicom_kind import not_a_volume, not_part10
+from rtdecode.ingest.dicom_pixels import check_complete, decode_frames, untile
 from rtdecode.ingest.geometry import affine as stack_affine
 from rtdecode.ingest.geometry import orientation, slice_normal, stack_slices
+from rtdecode.ingest.grid import uih_grid
+from rtdecode.ingest.xa_split import acquisition_of, is_split
 
+ENHANCED_CLASSES = ("1.2.840.10008.5.1.4.1.1.4.1", "1.2.840.10008.5.1.4.1.1.4.4")
 # Acquisition fields safe to keep and pass on: geometry and timing only, nothing about the person.
 SAFE_FIELDS = (
     "SeriesNumber", "AcquisitionNumber", "InstanceNumber", "AcquisitionTime", "RepetitionTime",
@@ -96,6 +99,9 @@ def read_dicom(path: Path) -> Volume:
     ds, keyword = open_dicom(path)
     if "PerFrameFunctionalGroupsSequence" in ds:
         data, affine = _enhanced(ds, path, keyword)
+    elif str(ds.get("SOPClassUID", "")) in ENHANCED_CLASSES:
+        raise IngestError(path, "an Enhanced MR image without its functional groups (no PerFrameFunctionalGroupsSequence"
+                                "): where its frames lie is not recorded")
     elif int(ds.get("NumberOfFrames", 1) or 1) > 1:
         raise IngestError(path, f"a classic multi-frame image ({int(ds.NumberOfFrames)} frames without per-frame "
                                 "positions): its slice geometry is not recorded; export mosaics or enhanced MR")
@@ -107,35 +113,47 @@ def read_dicom(path: Path) -> Volume:
 
 def open_dicom(path: Path) -> tuple[Any, str]:
     """The dataset and its pixel element's keyword, once the file is known to be a whole image that
-    may be fMRI; PartialFileError when the bytes are not all there, IngestError naming anything else."""
+    may be fMRI; PartialFileError when the bytes are not all there, IngestError naming anything else.
+
+    Completeness comes first: no value of a file is looked at before its elements run whole to its end
+    (a cut inside the SOP Class UID would otherwise name a class that does not exist)."""
     import pydicom
-    from pydicom.errors import InvalidDicomError
 
     raw = path.read_bytes()  # one snapshot: every completeness check below judges these bytes
+    verdict, why = judge(raw)
+    if verdict == SHORT:
+        raise PartialFileError(path, why)
+    if verdict == NOT_PART10:
+        raise IngestError(path, not_part10(raw))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # a missing delimiter is judged by check_complete
             ds = pydicom.dcmread(io.BytesIO(raw))
-    except InvalidDicomError as exc:
-        if len(raw) < 132:  # preamble and 'DICM' not even written yet
-            raise PartialFileError(path, f"only {len(raw)} bytes so far; not yet a DICOM file") from None
-        if raw[128:132] == b"DICM":
-            raise PartialFileError(path, "the file was still being written when read") from None
-        raise IngestError(path, f"not a DICOM file ({exc})") from None
-    except (EOFError, OSError, ValueError, KeyError, TypeError, struct.error) as exc:
-        raise PartialFileError(path, f"DICOM header is incomplete ({type(exc).__name__}: {exc})") from None
+    except Exception as exc:  # pydicom raises many kinds on odd bytes
+        reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        if verdict == WHOLE:
+            raise IngestError(path, f"unreadable DICOM although every element is whole ({reason})") from None
+        raise PartialFileError(path, f"DICOM header is incomplete ({reason})") from None
     kind = not_a_volume(ds)
     if kind is not None:
         raise IngestError(path, kind)
+    if "TransferSyntaxUID" not in ds.file_meta:
+        raise IngestError(path, "the file meta header has no TransferSyntaxUID (0002,0010): how the pixel data is "
+                                "encoded is not recorded (the exporting program wrote an incomplete header)")
     return ds, check_complete(ds, raw, path)
 
 
 def series_of(ds: Any) -> str:
-    return str(ds.get("SeriesInstanceUID") or ds.get("SeriesNumber") or "")
+    """What tells runs apart: the SeriesInstanceUID, or for a Siemens XA export that splits an acquisition
+    into a series per volume, the acquisition's identity (:mod:`rtdecode.ingest.xa_split`)."""
+    return acquisition_of(ds) or str(ds.get("SeriesInstanceUID") or ds.get("SeriesNumber") or "")
 
 
 def safe_meta(ds: Any) -> dict[str, Any]:
-    return {k: _plain(ds.get(k)) for k in SAFE_FIELDS if k in ds}
+    meta = {k: _plain(ds.get(k)) for k in SAFE_FIELDS if k in ds}
+    if is_split(ds):
+        meta["split_series"] = True  # its own SeriesNumber is one volume's; the run is the acquisition's
+    return meta
 
 
 def _classic(ds: Any, path: Path, keyword: str) -> tuple[np.ndarray, np.ndarray]:
@@ -144,20 +162,20 @@ def _classic(ds: Any, path: Path, keyword: str) -> tuple[np.ndarray, np.ndarray]
     ipp = np.array([float(v) for v in ds.get("ImagePositionPatient", [0, 0, 0])])
     pix = [float(v) for v in ds.get("PixelSpacing", [1, 1])]
     slice_spacing = float(ds.get("SpacingBetweenSlices") or ds.get("SliceThickness") or 1.0)
+    if "VFRAME" in image_type:
+        return uih_grid(ds, path, keyword, iop, (pix[0], pix[1]), slice_spacing)
     if "MOSAIC" not in image_type:
         raise IngestError(path, "one slice of a per-slice export (MR image without MOSAIC in ImageType): set "
                                 "scanner.slices_per_volume to assemble volumes from slice files")
-    frame = decode_frames(ds, path, keyword)[0]
     n_slices, normal = _mosaic_csa(ds, path)
     if normal is None:
         normal = slice_normal(iop)
     tiles = math.ceil(math.sqrt(n_slices))
-    rows, cols = frame.shape
+    rows, cols = int(ds.Rows), int(ds.Columns)
     if rows % tiles or cols % tiles:
         raise IngestError(path, f"mosaic of {rows}x{cols} pixels cannot hold {tiles}x{tiles} tiles")
     tr, tc = rows // tiles, cols // tiles
-    data = frame.reshape(tiles, tr, tiles, tc).transpose(1, 3, 0, 2).reshape(tr, tc, tiles * tiles)
-    data = np.ascontiguousarray(data[:, :, :n_slices])
+    data = untile(ds, path, keyword, tiles, tiles, n_slices)
     # The mosaic's position is the corner of the whole mosaic; move it to the corner of one tile.
     q = np.column_stack([iop[:, 1], iop[:, 0]]) * np.asarray(pix)
     ipp = ipp + q @ (np.array([rows - tr, cols - tc]) / 2.0)

@@ -17,6 +17,7 @@ from rtdecode.errors import IngestError
 from rtdecode.ingest.dicom_pixels import decode_frames
 from rtdecode.ingest.geometry import SAME_ORIENTATION, orientation, stack_slices
 from rtdecode.ingest.reader import Volume, open_dicom, safe_meta, series_of
+from rtdecode.ingest.xa_split import is_split
 
 Grouping = Literal["auto", "temporal_position", "acquisition_number", "instance_number"]
 GROUPINGS = ("auto", "temporal_position", "acquisition_number", "instance_number")
@@ -39,7 +40,8 @@ class Slice:
 
 def volume_index(ds: Any, path: Path, n_slices: int, grouping: Grouping = "auto") -> int:
     """Which volume (0-based) a slice belongs to: TemporalPositionIdentifier, AcquisitionNumber, or
-    the InstanceNumber counted in slices; ``auto`` takes the first of temporal position and instance."""
+    the InstanceNumber counted in slices; ``auto`` takes the first of temporal position and instance,
+    or AcquisitionNumber for a Siemens XA export split into a series per volume (MFSPLIT)."""
     def number(keyword: str) -> int | None:
         value = ds.get(keyword)
         if value in (None, ""):
@@ -52,6 +54,8 @@ def volume_index(ds: Any, path: Path, n_slices: int, grouping: Grouping = "auto"
             raise IngestError(path, f"{keyword} must be a whole number from 1, got {value!r}")
         return n
 
+    if grouping == "auto" and is_split(ds) and number("AcquisitionNumber") is not None:
+        return number("AcquisitionNumber") - 1  # XA split export: InstanceNumber restarts with every volume
     if grouping in ("auto", "temporal_position") and number("TemporalPositionIdentifier") is not None:
         return number("TemporalPositionIdentifier") - 1
     if grouping == "acquisition_number" and number("AcquisitionNumber") is not None:
@@ -70,8 +74,8 @@ def read_slice(path: str | Path, n_slices: int, grouping: Grouping = "auto") -> 
     ds, keyword = open_dicom(path)
     image_type = [str(t).upper() for t in ds.get("ImageType", [])]
     frames = int(ds.get("NumberOfFrames", 1) or 1)
-    if "MOSAIC" in image_type or "PerFrameFunctionalGroupsSequence" in ds or frames > 1:
-        raise IngestError(path, "a whole volume in one file (mosaic or multi-frame), but scanner.slices_per_volume "
+    if {"MOSAIC", "VFRAME"} & set(image_type) or "PerFrameFunctionalGroupsSequence" in ds or frames > 1:
+        raise IngestError(path, "a whole volume in one file (mosaic, UIH grid or multi-frame), but scanner.slices_per_volume "
                                 f"= {n_slices} expects one slice per file")
     if "ImagePositionPatient" not in ds:
         raise IngestError(path, "a slice without ImagePositionPatient: its place in the volume is unknown")

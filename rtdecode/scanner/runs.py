@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from rtdecode.preprocess.pipeline import RunPreprocessor
 from rtdecode.sequencer import RunSequencer
@@ -115,6 +116,14 @@ class RunBook:
             return None
         return (f"series {series_key} is older than series {run.series_key} of run {run.number}, which is in "
                 "progress: not a new run (if the scanner restarted its numbering: stop run, then start run)")
+
+    def series_key_of(self, file_series: int, volume: Any) -> int:
+        """The series key a read file belongs to: the one its name gives, except for a volume of an acquisition
+        split into a series per volume (Siemens XA interoperability, MFSPLIT), which joins the run its
+        acquisition already has (same acquisition identity in ``series_uid``, across restarts too)."""
+        if file_series in self.runs or not volume.meta.get("split_series") or not volume.series:
+            return file_series
+        return next((r.series_key for r in self.runs.values() if r.series_uid == volume.series), file_series)
 
     def add_resumed(self, run: RunState) -> None:
         self.runs[run.series_key] = run

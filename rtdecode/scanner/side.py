@@ -343,12 +343,14 @@ class ScannerSide:
             self._reject(path, f"volume index {index} is beyond scanner.volumes_per_run ({sc.volumes_per_run}): "
                                f"a run has volumes 0 to {sc.volumes_per_run - 1}")
             return True
-        if run is None and self.book.holds_back(key.run, now, self._pending_series()):
+        series_key = self.book.series_key_of(key.run, volume)  # an XA split export: its acquisition's run
+        run = self.book.get(series_key)
+        if run is None and self.book.holds_back(series_key, now, self._pending_series()):
             # A newer series: kept (read, file in place) until the open run has taken its own files.
             pend.volume, pend.stamp, pend.retry_at = volume, (before.st_size, before.st_mtime_ns), now
             return False
         self._pending.pop(path.name, None)
-        run = self._run_for(key.run, index, volume, path)
+        run = self._run_for(series_key, index, volume, path)
         if run is None:
             return True
         if not run.sequencer.holds(index):

@@ -214,9 +214,11 @@ def write_enhanced(path: str | Path, data: np.ndarray, affine: np.ndarray, serie
 
 def write_slices(folder: str | Path, name: str, data: np.ndarray, affine: np.ndarray, series_number: int, volume: int,
                  tr_s: float = 1.5, series_uid: str | None = None, temporal_position: bool = True,
-                 order: list[int] | None = None, subject: str = "", session: str = "") -> list[Path]:
+                 order: list[int] | None = None, subject: str = "", session: str = "",
+                 xa_split: bool = False) -> list[Path]:
     """One volume as a per-slice export writes it (Philips, GE, Siemens non-mosaic): a classic MR image
-    per slice, written in ``order`` (default: ascending slice index).
+    per slice, written in ``order`` (default: ascending slice index). ``xa_split``: as a Siemens XA
+    interoperability export splits an fMRI run, the volume is a series of its own (:func:`_split_volume`).
 
     ``name`` is formatted with ``run``, ``volume``, ``slice`` and ``instance`` (InstanceNumber: counted
     over the series, 1-based). Each slice carries its own ImagePositionPatient; AcquisitionNumber is the
@@ -230,14 +232,17 @@ def write_slices(folder: str | Path, name: str, data: np.ndarray, affine: np.nda
     lps = RAS_TO_LPS @ np.asarray(affine, float)
     uid = series_uid or series_uid_for(series_number, subject=subject, session=session)
     paths = []
+    own_series = series_number * 1000 + volume + 1 if xa_split else series_number
     for s in (range(n) if order is None else order):
-        instance = volume * n + s + 1
-        path = folder / name.format(run=series_number, volume=volume, slice=s, instance=instance)
-        ds = _base(path, MR_IMAGE, series_number, uid, instance, tr_s)
+        instance = s + 1 if xa_split else volume * n + s + 1
+        path = folder / name.format(run=own_series, volume=volume, slice=s, instance=instance)
+        ds = _base(path, MR_IMAGE, own_series, uid, instance, tr_s)
         ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "ND"]
         ds.AcquisitionNumber = str(volume + 1)
-        if temporal_position:
+        if temporal_position and not xa_split:
             ds.TemporalPositionIdentifier = str(volume + 1)
+        if xa_split:
+            _split_volume(ds, series_number, uid, volume)
         ds.Rows, ds.Columns = rows, cols
         ds.PixelSpacing = [f"{pix[0]:g}", f"{pix[1]:g}"]
         ds.SliceThickness = ds.SpacingBetweenSlices = f"{dz:g}"
@@ -247,6 +252,22 @@ def write_slices(folder: str | Path, name: str, data: np.ndarray, affine: np.nda
         ds.save_as(str(path), enforce_file_format=True)
         paths.append(path)
     return paths
+
+
+def _split_volume(ds: FileDataset, series_number: int, acquisition_uid: str, volume: int) -> None:
+    """Siemens XA interoperability's split fMRI: SeriesNumber acquisition x 1000 + volume (set by the caller),
+    a SeriesInstanceUID per volume, MFSPLIT last in ImageType, the acquisition's series named in
+    RelatedSeriesSequence as the "Alternate SOP Class instance"; protocol and description stay the run's."""
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "ND", "MFSPLIT"]
+    ds.SoftwareVersions = "syngo MR XA30 (rtdecode simulator)"
+    ds.SeriesDescription = ds.ProtocolName = f"func_task-rt_run-{series_number:02d}"
+    ds.SeriesInstanceUID = f"{acquisition_uid}.{volume + 1}"
+    purpose = pydicom.Dataset()
+    purpose.CodeValue, purpose.CodingSchemeDesignator, purpose.CodeMeaning = "121326", "DCM", "Alternate SOP Class instance"
+    related = pydicom.Dataset()
+    related.StudyInstanceUID, related.SeriesInstanceUID = ds.StudyInstanceUID, acquisition_uid
+    related.PurposeOfReferenceCodeSequence = DicomSequence([purpose])
+    ds.RelatedSeriesSequence = DicomSequence([related])
 
 
 def write_nifti(path: str | Path, data: np.ndarray, affine: np.ndarray) -> None:

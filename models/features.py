@@ -7,7 +7,8 @@ error naming it and the command that fetches it (``models.registry``), never a s
 
 Preprocessing copies the notebook: the input is (N, 3, 256, 256) in [0, 1] (both images already at
 MindEye2's 256 px); each network resizes with ``transforms.Resize(size)`` (bilinear) and normalises.
-MindEye2 pinned torch 2.0.1, whose torchvision (0.15) resized tensors without antialiasing; so do we.
+MindEye2's release setup.sh pins torch 2.1.0 / torchvision 0.16.0, whose ``Resize`` still resized
+tensors without antialiasing by default (``antialias='warn'``; 0.17 made it True); so do we.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ SPECS: dict[str, FeatureSpec] = {s.metric: s for s in [
 
 
 def resize(images: torch.Tensor, size: int) -> torch.Tensor:
-    """``transforms.Resize(size)`` of torchvision 0.15 on tensors: shorter side to ``size``, bilinear, no antialias."""
+    """``transforms.Resize(size)`` of torchvision 0.16 on tensors: shorter side to ``size``, bilinear, no antialias."""
     h, w = images.shape[-2:]
     if h <= w:
         out = (size, int(size * w / h))

@@ -203,7 +203,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="where to write (default: DECODED/.../evaluation)")
     p.add_argument("--gallery", type=Path, default=None, help="the shown images (default: the decoder's gallery)")
     p.add_argument("--model", type=Path, default=None, help="the model folder (default: the decoder's), for retrieval")
-    p.add_argument("--seed", type=int, default=0, help="seed of the 30 random draws of 50- and 300-way retrieval")
+    p.add_argument("--seed", type=int, default=None,
+                   help="seed of the 30 random draws of 50- and 300-way retrieval (default 0; 42 with --draws mindeye2)")
+    p.add_argument("--draws", choices=("rtdecode", "mindeye2"), default="rtdecode",
+                   help="mindeye2: draw the subsets with numpy's legacy generator as MindEye2's notebook does")
+    p.add_argument("--oracle", action="store_true",
+                   help="sanity check: score the shown images as their own reconstructions (every figure perfect)")
 
     p = sub.add_parser("keys", help="create a CURVE key pair for encrypted links between hosts")
     p.add_argument("name", help="whose keys: e.g. scanner, decoder, console")
@@ -597,7 +602,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     try:
         scores, paths = evaluate_session(args.session, args.decoded, args.out, args.weights, args.gallery, args.model,
-                                         args.seed)
+                                         args.seed, args.draws, args.oracle)
     except (EvaluationError, FileNotFoundError, ValueError) as exc:
         raise ConfigError(f"rtdecode evaluate: {exc}") from None
     print(paths["summary_md"].read_text(), end="")

@@ -53,7 +53,7 @@ def test_short_demo_runs_the_whole_visit(tmp_path):
     evaluation = {r["version"]: r for r in summary["evaluation"]}
     assert set(evaluation) == {"realtime", "endofrun"} and all(r["trials"] == settings.trials for r in evaluation.values())
     assert evaluation["realtime"]["PixCorr"] is not None and evaluation["realtime"]["SSIM"] is not None
-    assert evaluation["realtime"]["image_top1_all"] == pytest.approx(summary["retrieval"]["gallery_top1"])
+    assert evaluation["realtime"]["image_for_brain_top1_all"] == pytest.approx(summary["retrieval"]["gallery_top1"])
     notes = Path(paths["evaluation"]).read_text()
     assert "run 1 (realtime): not decoded" in notes and "AlexNet(2): not available" in notes
     assert "rtdecode evaluate, real-time run" in report

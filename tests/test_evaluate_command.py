@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import shutil
 import threading
 import time
 
@@ -13,6 +14,7 @@ import torchvision.models as tvm
 from PIL import Image
 
 from models import registry
+from models.features import SPECS, prepare
 from models.folder import write_model_folder
 from models.mindeye2.config import standin_config
 from models.mindeye2.model import MindEye2
@@ -28,7 +30,12 @@ from rtdecode.session import SessionFolder, append_tsv
 from rtdecode.wire.reliable import BetaSender, beta_message
 
 N_VOXELS = 41
-TRIALS = 6  # per run; run 1 shows sim-00000..05, run 2 sim-00006..11
+TRIALS = 6  # per run
+SHOWN = {1: [0, 1, 2, 3, 4, 5], 2: [3, 4, 5, 6, 7, 8]}  # sim-00003..05 shown in both runs: 9 images, 3 repeated
+
+
+def _image(run: int, trial: int) -> str:
+    return f"sim-{SHOWN[run][trial % TRIALS]:05d}"
 
 
 def _record(root, subject="01") -> SessionFolder:
@@ -39,7 +46,7 @@ def _record(root, subject="01") -> SessionFolder:
             table = folder.derivatives / f"{folder.prefix(run)}_desc-{version}_betas.tsv"
             n = TRIALS + (1 if (run, version) == (2, "realtime") else 0)  # one more: never decoded
             for trial in range(n):
-                append_tsv(table, BETA_COLUMNS, {"trial": trial, "image": f"sim-{(run - 1) * TRIALS + trial % TRIALS:05d}",
+                append_tsv(table, BETA_COLUMNS, {"trial": trial, "image": _image(run, trial),
                                                  "onset": 3.0 * trial, "version": version})
     return folder
 
@@ -65,8 +72,8 @@ def decoded(tmp_path_factory):
             for version in ("realtime", "endofrun"):
                 for trial in range(TRIALS):
                     sender.send(beta_message(run, trial, rng.normal(size=N_VOXELS), folder.identity,
-                                             image=f"sim-{(run - 1) * TRIALS + trial:05d}", version=version))
-        deadline = time.monotonic() + 60
+                                             image=_image(run, trial), version=version))
+        deadline = time.monotonic() + 240  # a bound, not a timing: the shared machine may be busy
         while time.monotonic() < deadline and len(list((out / "images").glob("*.png"))) < 4 * TRIALS:
             sender.pump(timeout_ms=50)
     finally:
@@ -83,9 +90,32 @@ def decoded(tmp_path_factory):
     return folder, tmp / "out", weights, model, gallery
 
 
+def _settle_batchnorm(net: torch.nn.Module, images: torch.Tensor) -> None:
+    """BatchNorm statistics from a pass over ``images`` (dropout and stochastic depth off), so a random
+    network's features depend on the image at ordinary magnitudes, and stably: with the initial statistics
+    EfficientNet's are about 1e-13, and settled on other images they grow to 1e4 and differ with the batch."""
+    for m in net.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None  # a cumulative mean over the pass
+    net.eval()
+    for m in net.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.train()
+    with torch.no_grad():
+        net(images)
+    net.eval()
+
+
 def _csv(path) -> list[dict]:
     with open(path, newline="") as fh:
         return list(csv.DictReader(fh))
+
+
+def _shown_256(indices) -> np.ndarray:
+    """MindEye2's true images: the shown image brought to 256 x 256 first (float, H x W x 3)."""
+    shown = torch.from_numpy(StimulusSet().images(indices)).permute(0, 3, 1, 2).float() / 255
+    return metrics.to_256(shown).permute(0, 2, 3, 1).numpy()
 
 
 def test_evaluate_scores_every_decoded_trial_and_says_what_it_could_not(decoded, tmp_path, capsys):
@@ -94,41 +124,82 @@ def test_evaluate_scores_every_decoded_trial_and_says_what_it_could_not(decoded,
                  "--out", str(tmp_path / "ev")]) == 0
     printed = capsys.readouterr().out
     summary = _csv(tmp_path / "ev" / "summary.csv")
-    assert [(r["version"], r["run"], r["trials"]) for r in summary] == [
-        ("endofrun", "all", "12"), ("endofrun", "1", "6"), ("endofrun", "2", "6"),
-        ("realtime", "all", "12"), ("realtime", "1", "6"), ("realtime", "2", "6")]
+    assert [(r["version"], r["run"], r["repeats"], r["trials"], r["images"]) for r in summary] == [
+        (v, run, way, n, m) for v in ("endofrun", "realtime") for run, n, m in (("all", "12", "9"), ("1", "6", "6"),
+                                                                                ("2", "6", "6"))
+        for way in ("averaged", "single-trial")]
     for row in summary:
-        for m in ("PixCorr", "SSIM", "AlexNet(2)", "AlexNet(5)", "image_top1_all", "brain_top1_all"):
+        for m in ("PixCorr", "SSIM", "AlexNet(2)", "AlexNet(5)", "image_for_brain_top1_all", "brain_for_image_top1_all"):
             assert row[m] != "", (m, row)
-        for m in ("InceptionV3", "CLIP", "EffNet-B", "SwAV", "image_top1_50"):
+        for m in ("InceptionV3", "CLIP", "EffNet-B", "SwAV", "image_for_brain_top1_50"):
             assert row[m] == "", (m, row)  # no weights, or fewer than 50 images: never a stand-in figure
     text = (tmp_path / "ev" / "summary.md").read_text()
-    assert "| PixCorr |" in printed.replace("| run | trials | reconstructions | PixCorr |", "| PixCorr |")
+    assert "| PixCorr |" in printed
     assert "InceptionV3: not available: " in text and "inception_v3_google-0cc3c7bd.pth missing" in text
     assert "run 2 (realtime): trial(s) 6 have no decoded result" in text
     assert "96x64 pixels, not square" in text
-    # -- per trial: PixCorr of the files on disk, recomputed here; retrieval ranks from the stored tokens
+    assert "`brain_for_image_top1_*`: for each image, which brain sample" in text
+    # -- per trial: PixCorr of the files on disk, recomputed here
     trials = _csv(tmp_path / "ev" / "trials.csv")
     assert len(trials) == 24
     store = ResultStore(out / "sub-01" / "ses-01")
     uid = folder.identity["session_uid"]
     row = next(r for r in trials if (r["version"], r["run"], r["trial"]) == ("realtime", "2", "3"))
-    shown = torch.from_numpy(StimulusSet().image(9)).permute(2, 0, 1).float()[None] / 255
+    shown = torch.from_numpy(StimulusSet().image(6)).permute(2, 0, 1).float()[None] / 255
     recon = store.image_path(f"{uid}:2:3:realtime")
     rec = torch.from_numpy(np.array(Image.open(recon).convert("RGB"))).permute(2, 0, 1).float()[None] / 255
     want = metrics.pixcorr(metrics.to_256(shown), metrics.to_256(rec))[0]
     assert float(row["PixCorr"]) == pytest.approx(want, rel=1e-6)
+    # -- retrieval, recomputed from the stored tokens and the 256 px images, both directions and both ways
     realtime = sorted((r for r in trials if r["version"] == "realtime"), key=lambda r: (int(r["run"]), int(r["trial"])))
     pred = np.stack([store.clip_tokens(f"{uid}:{r['run']}:{r['trial']}:realtime") for r in realtime])
     from models.folder import load_embedder
 
-    truth = load_embedder(model).embed(StimulusSet().images(range(12)))
-    sim = similarity(pred, truth)
-    assert [int(r["image_rank"]) for r in realtime] == list(1 + (sim > np.diag(sim)[:, None]).sum(axis=1))
-    all_rt = next(r for r in summary if (r["version"], r["run"]) == ("realtime", "all"))
-    assert float(all_rt["image_top1_all"]) == pytest.approx(np.mean(sim.argmax(1) == np.arange(12)))
+    order = [0, 1, 2, 3, 4, 5, 6, 7, 8]  # distinct images in order of first showing
+    owner = np.array([SHOWN[int(r["run"])][int(r["trial"])] for r in realtime])
+    sim = similarity(pred, load_embedder(model).embed(_shown_256(order)))  # (12 trials, 9 images)
+    own = sim[np.arange(12), owner]
+    assert [int(r["rank_of_image"]) for r in realtime] == list(1 + (sim > own[:, None]).sum(axis=1))
+    # for its image, a trial's brain sample against the brain samples of the *other* images only
+    rank_of_brain = [1 + sum(sim[k, owner[j]] > own[j] for k in range(12) if owner[k] != owner[j]) for j in range(12)]
+    assert [int(r["rank_of_brain"]) for r in realtime] == rank_of_brain
+    by_way = {r["repeats"]: r for r in summary if (r["version"], r["run"]) == ("realtime", "all")}
+    single = by_way["single-trial"]
+    assert float(single["image_for_brain_top1_all"]) == pytest.approx(np.mean(sim.argmax(1) == owner))
+    assert float(single["brain_for_image_top1_all"]) == pytest.approx(np.mean(np.array(rank_of_brain) == 1))
+    # MindEye2's way: the brain samples of an image averaged, one per image, a square problem
+    averaged = np.stack([pred[owner == i].mean(axis=0) for i in order])
+    sq = similarity(averaged, load_embedder(model).embed(_shown_256(order)))
+    assert float(by_way["averaged"]["image_for_brain_top1_all"]) == pytest.approx(np.mean(sq.argmax(1) == np.arange(9)))
+    assert float(by_way["averaged"]["brain_for_image_top1_all"]) == pytest.approx(np.mean(sq.argmax(0) == np.arange(9)))
     for picture in ("grid.png", "histograms.png"):
         assert Image.open(tmp_path / "ev" / picture).size[0] > 100
+
+
+def test_an_oracle_scores_perfectly_everywhere_repeats_included(decoded, tmp_path):
+    """The shown images as their own reconstructions (and their tokens as the brain's): 1.0 and 100 %
+    everywhere, in both ways of handling repeats; no histogram crash on 1.0 against 0.9999999999999998."""
+    folder, out, weights, model, _ = decoded
+    nets = tmp_path / "weights"
+    shutil.copytree(weights, nets)
+    effnet = tvm.efficientnet_b1()
+    shown = metrics.to_256(torch.from_numpy(StimulusSet().images(range(9))).permute(0, 3, 1, 2).float() / 255)
+    _settle_batchnorm(effnet, prepare(shown, SPECS["EffNet-B"]))  # the shown images, as EffNet-B sees them
+    torch.save(effnet.state_dict(), registry.local_path("efficientnet-b1", nets))
+    assert main(["evaluate", str(folder.path), "--decoded", str(out), "--weights", str(nets), "--oracle",
+                 "--out", str(tmp_path / "ev")]) == 0
+    summary = _csv(tmp_path / "ev" / "summary.csv")
+    assert {r["repeats"] for r in summary} == {"averaged", "single-trial"}
+    for row in summary:
+        for m in ("PixCorr", "SSIM", "EffNet-B"):
+            assert float(row[m]) == pytest.approx(1.0 if m != "EffNet-B" else 0.0, abs=1e-6), (m, row)
+        for m in ("AlexNet(2)", "AlexNet(5)", "image_for_brain_top1_all", "brain_for_image_top1_all"):
+            assert float(row[m]) == 1.0, (m, row)
+    trials = _csv(tmp_path / "ev" / "trials.csv")
+    assert {r["rank_of_image"] for r in trials} == {r["rank_of_brain"] for r in trials} == {"1"}
+    assert all(float(r["AlexNet(2)"]) == 1.0 for r in trials)
+    assert "oracle: the shown images scored as their own reconstructions" in (tmp_path / "ev" / "summary.md").read_text()
+    assert Image.open(tmp_path / "ev" / "histograms.png").size[0] > 100
 
 
 def test_evaluate_refuses_results_of_another_session_in_one_line(decoded, tmp_path, capsys):
@@ -143,7 +214,7 @@ def test_without_weights_the_pixel_metrics_and_retrieval_still_run(decoded, tmp_
     folder, out, _, _, _ = decoded
     assert main(["evaluate", str(folder.path), "--decoded", str(out), "--out", str(tmp_path / "ev")]) == 0
     row = _csv(tmp_path / "ev" / "summary.csv")[0]
-    assert row["PixCorr"] and row["SSIM"] and row["image_top1_all"] and not row["AlexNet(2)"]
+    assert row["PixCorr"] and row["SSIM"] and row["image_for_brain_top1_all"] and not row["AlexNet(2)"]
     assert "AlexNet(2): not available: no weights folder given" in (tmp_path / "ev" / "summary.md").read_text()
 
 

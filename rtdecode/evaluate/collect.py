@@ -125,9 +125,16 @@ def collect(session: str | Path, decoded: str | Path) -> Collected:
     return Collected(folder, store, kept, issues, sources)
 
 
-def predicted_tokens(store: ResultStore, trials: list[Trial]) -> tuple[np.ndarray | None, list[str]]:
-    """The retrieval tokens of each trial, or None with the reason when any is missing."""
-    try:
-        return np.stack([store.clip_tokens(t.key) for t in trials]), []
-    except (FileNotFoundError, ValueError) as exc:
-        return None, [f"retrieval tokens unreadable ({exc})"]
+def predicted_tokens(store: ResultStore, trials: list[Trial]) -> tuple[dict[str, np.ndarray], list[str]]:
+    """The retrieval tokens of each trial by key; a trial whose tokens are missing or unreadable is left
+    out of retrieval, and one line says how many and why."""
+    tokens, problems = {}, []
+    for t in trials:
+        try:
+            tokens[t.key] = store.clip_tokens(t.key)
+        except (FileNotFoundError, ValueError) as exc:
+            problems.append(f"{t.version} run {t.run} trial {t.trial} ({exc})")
+    if problems:
+        problems = [f"retrieval tokens missing or unreadable for {len(problems)} trial(s), left out of retrieval: "
+                    + "; ".join(problems[:3]) + (" ..." if len(problems) > 3 else "")]
+    return tokens, problems

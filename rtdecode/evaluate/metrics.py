@@ -6,7 +6,9 @@ and SSIM after ``transforms.Resize(425)``; SSIM on scikit-image's gray conversio
 which scikit-image 0.21 and later ignore for these 2-D gray images; we compute the same 2-D SSIM.
 2-way identification correlates every real image's features with every reconstruction's; a trial's
 score is the share of the other real images whose features correlate less with its reconstruction
-than its own image does (ties count as failures, as the notebook's strict ``<`` does).
+than its own image does (ties count as failures, as the notebook's strict ``<`` does). The pool holds
+each image once, as MindEye2's does (one row per test image), so a repeated image is never compared
+with itself.
 """
 
 from __future__ import annotations
@@ -57,26 +59,21 @@ def correlations(real: np.ndarray, pred: np.ndarray) -> np.ndarray:
     return _unit_rows(real) @ _unit_rows(pred).T
 
 
-def two_way(real: np.ndarray, pred: np.ndarray) -> np.ndarray:
-    """Per-trial 2-way identification: for reconstruction j, the share of other images i with
-    r(real_i, pred_j) < r(real_j, pred_j). The mean over trials is MindEye2's figure."""
-    n = len(real)
-    if n < 2:
+def two_way(real: np.ndarray, pred: np.ndarray, owner: np.ndarray | None = None) -> np.ndarray:
+    """Per-reconstruction 2-way identification: for reconstruction j of image ``owner[j]``, the share of
+    the *other* images i with r(real_i, pred_j) < r(real_owner[j], pred_j). ``real`` holds one row per
+    distinct image, so another showing of the same image is never a competitor (a tie that would fail);
+    ``owner`` defaults to row j of ``real`` for reconstruction j. The mean is MindEye2's figure."""
+    n_images, n = len(real), len(pred)
+    owner = np.arange(n) if owner is None else np.asarray(owner)
+    if n_images < 2:
         return np.full(n, np.nan)
-    r = correlations(real, pred)
-    wins = (r < np.diag(r)[None, :]).sum(axis=0)
-    return wins / (n - 1)
+    r = correlations(real, pred)  # (images, reconstructions)
+    own = r[owner, np.arange(n)]
+    wins = (r < own[None, :]).sum(axis=0)
+    return wins / (n_images - 1)
 
 
 def correlation_distance(real: np.ndarray, pred: np.ndarray) -> np.ndarray:
     """Per-trial ``scipy.spatial.distance.correlation`` of features (lower is better)."""
     return 1.0 - (_unit_rows(real) * _unit_rows(pred)).sum(axis=1)
-
-
-def retrieval_rank(sim: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For paired rows (brains) and columns (images): the rank (1 = best) of the true image among all
-    images for each brain, and of the true brain among all brains for each image."""
-    diag = np.diag(sim)
-    image_rank = 1 + (sim > diag[:, None]).sum(axis=1)
-    brain_rank = 1 + (sim > diag[None, :]).sum(axis=0)
-    return image_rank, brain_rank

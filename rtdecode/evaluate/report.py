@@ -10,26 +10,40 @@ from pathlib import Path
 import numpy as np
 
 from models.features import SPECS
+from rtdecode.evaluate.retrieval import DIRECTIONS, REPEATS
 from rtdecode.evaluate.score import NETWORK_METRICS, PIXEL_METRICS, RETRIEVAL_WAYS, Scores
 from rtdecode.wire.schema import EVALUATION_METRICS
 
-RETRIEVAL_COLUMNS = ("retrieval_n", "image_top1_all", "brain_top1_all",
-                     *(f"{d}_top1_{w}" for w in RETRIEVAL_WAYS for d in ("image", "brain")))
-SUMMARY_COLUMNS = ("version", "run", "trials", "reconstructions", *PIXEL_METRICS, *NETWORK_METRICS, *RETRIEVAL_COLUMNS)
+RETRIEVAL_COLUMNS = ("retrieval_images", "retrieval_brains",
+                     *(f"{d}_top1_{w}" for w in ("all", *RETRIEVAL_WAYS) for d in DIRECTIONS))
+SUMMARY_COLUMNS = ("version", "run", "repeats", "trials", "images", "reconstructions", *PIXEL_METRICS,
+                   *NETWORK_METRICS, *RETRIEVAL_COLUMNS)
 TRIAL_COLUMNS = ("version", "run", "trial", "image", "reconstruction", *PIXEL_METRICS, *NETWORK_METRICS,
-                 "image_rank", "brain_rank", "retrieval_pool")
+                 "rank_of_image", "rank_of_brain", "retrieval_images")
 PERCENT = {m for m, s in SPECS.items() if s.kind == "two_way"} | {c for c in RETRIEVAL_COLUMNS if "top1" in c}
 
 # MindEye2, Table 1 (mean of subjects 1, 2, 5, 7; ../shared/reference/mindeye2.md) and Real-time MindEye
-# (50-way top-1, image and brain retrieval; realtime-fmri.md): for reference beside a session's figures.
+# (50-way top-1; realtime-fmri.md), each figure beside the column its code computed: MindEye2's "image
+# retrieval" is its fwd_sim, one row per image, i.e. for each image which brain sample (brain_for_image);
+# its "brain retrieval" is image_for_brain. Real-time MindEye's are placed the same way (its paper takes
+# MindEye2's evaluation; its own evaluation code was not checked here).
 PAPERS = [
-    ("MindEye2, 40 h", {"PixCorr": .322, "SSIM": .431, "AlexNet(2)": .961, "AlexNet(5)": .986, "InceptionV3": .954,
-                        "CLIP": .930, "EffNet-B": .619, "SwAV": .344, "image_top1_300": .988, "brain_top1_300": .983}),
-    ("MindEye2, 1 h pretrained", {"PixCorr": .195, "SSIM": .419, "AlexNet(2)": .842, "AlexNet(5)": .906,
-                                  "InceptionV3": .812, "CLIP": .792, "EffNet-B": .810, "SwAV": .468,
-                                  "image_top1_300": .790, "brain_top1_300": .574}),
-    ("Real-time MindEye, end of run", {"image_top1_50": .66, "brain_top1_50": .64}),
-    ("Real-time MindEye, fast (7.5 s)", {"image_top1_50": .36, "brain_top1_50": .40}),
+    ("MindEye2, 40 h", {"repeats": "averaged", "PixCorr": .322, "SSIM": .431, "AlexNet(2)": .961, "AlexNet(5)": .986,
+                        "InceptionV3": .954, "CLIP": .930, "EffNet-B": .619, "SwAV": .344,
+                        "brain_for_image_top1_300": .988, "image_for_brain_top1_300": .983}),
+    ("MindEye2, 1 h pretrained", {"repeats": "averaged", "PixCorr": .195, "SSIM": .419, "AlexNet(2)": .842,
+                                  "AlexNet(5)": .906, "InceptionV3": .812, "CLIP": .792, "EffNet-B": .810,
+                                  "SwAV": .468, "brain_for_image_top1_300": .790, "image_for_brain_top1_300": .574}),
+    ("Real-time MindEye, end of run", {"repeats": "single-trial", "brain_for_image_top1_50": .66,
+                                       "image_for_brain_top1_50": .64}),
+    ("Real-time MindEye, fast (7.5 s)", {"repeats": "single-trial", "brain_for_image_top1_50": .36,
+                                         "image_for_brain_top1_50": .40}),
+]
+LEGEND = [
+    *(f"- `{d}_top1_*`: {what} (top-1)." for d, what in DIRECTIONS.items()),
+    "  MindEye2's code reports `brain_for_image` first, as \"image retrieval\" (its `fwd_sim` has one row per "
+    "image), and `image_for_brain` as \"brain retrieval\".",
+    *(f"- repeats `{way}`: {what}." for way, what in REPEATS.items()),
 ]
 
 
@@ -44,7 +58,7 @@ def _fmt(column: str, value) -> str:
 
 
 def _chance(row: dict) -> str:
-    n = row.get("retrieval_n") or 0
+    n = row.get("retrieval_images") or 0
     parts = ["2-way 50%"]
     if n >= 2:
         parts.append(f"all-way 1/{n} = {100 / n:.1f}%")
@@ -69,7 +83,7 @@ def write_tables(scores: Scores, out: Path, title: str) -> dict[str, Path]:
     for row in scores.summary:
         lines.append("| " + " | ".join(_fmt(c, row.get(c)) for c in shown) + f" | {_chance(row)} |")
     lines += ["", "Lower is better for EffNet-B and SwAV (correlation distance); higher for every other column.",
-              "", "## For reference: the papers' figures (not this session's)", ""]
+              "", *LEGEND, "", "## For reference: the papers' figures (not this session's)", ""]
     paper_cols = [c for c in SUMMARY_COLUMNS if any(c in p for _, p in PAPERS)]
     lines += ["| source | " + " | ".join(paper_cols) + " |", "|" + " --- |" * (len(paper_cols) + 1)]
     for name, figures in PAPERS:
@@ -88,7 +102,7 @@ def ranking_metric(scores: Scores) -> str | None:
     return None
 
 
-def write_grid(scores: Scores, shown_image, recon_path, out: Path, per_version: int = 3) -> Path | None:
+def write_grid(scores: Scores, shown_image, recon_image, out: Path, per_version: int = 3) -> Path | None:
     """Rows of the best, median and worst trials of each version by :func:`ranking_metric`: shown | reconstructed."""
     from PIL import Image, ImageDraw
 
@@ -109,7 +123,7 @@ def write_grid(scores: Scores, shown_image, recon_path, out: Path, per_version: 
     for i, (label, r) in enumerate(rows):
         y = head + pad + i * (cell + pad)
         canvas.paste(Image.fromarray(shown_image(r["image"])).resize((cell, cell)), (pad, y))
-        canvas.paste(Image.open(recon_path(r)).convert("RGB").resize((cell, cell)), (2 * pad + cell, y))
+        canvas.paste(Image.fromarray(recon_image(r)).resize((cell, cell)), (2 * pad + cell, y))
         draw.text((3 * pad + 2 * cell, y + 4), f"{label}\nrun {r['run']} trial {r['trial']}\n{r['image']}\n"
                                                f"{metric} {_fmt(metric, r[metric])}", fill="black")
     canvas.save(out)
@@ -132,8 +146,12 @@ def write_histograms(scores: Scores, out: Path) -> Path | None:
     for ax, m in zip(axes.flat, present, strict=False):
         for version in sorted({r["version"] for r in scores.per_trial}):
             values = [r[m] for r in scores.per_trial if r["version"] == version and m in r]
-            if values:
-                ax.hist(np.asarray(values, float), bins=20, alpha=0.6, label=version)
+            values = np.asarray(values, float)
+            values = values[np.isfinite(values)]
+            if len(values):
+                # one bin for a spread numpy cannot split (an oracle's 1.0 and 0.9999999999999998)
+                bins = 20 if np.ptp(values) > 1e-6 * max(1.0, np.abs(values).max()) else 1
+                ax.hist(values, bins=bins, alpha=0.6, label=version)
         ax.set_title(m, fontsize=9)
     for ax in list(axes.flat)[len(present):]:
         ax.axis("off")

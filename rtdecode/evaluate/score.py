@@ -1,4 +1,5 @@
-"""Scoring collected trials: image metrics per trial, then per version and run; retrieval per group."""
+"""Scoring collected trials: image metrics per trial, then per version, run and way of handling repeats
+(MindEye2's ``averaged``, Real-time MindEye's ``single-trial``); retrieval per group (evaluate.retrieval)."""
 
 from __future__ import annotations
 
@@ -10,20 +11,19 @@ import torch
 
 from models import registry
 from models.features import SPECS, FeatureExtractor, build_network
-from models.retrieval import n_way_top1, similarity
 from rtdecode.evaluate import metrics
 from rtdecode.evaluate.collect import Collected, Trial, predicted_tokens
+from rtdecode.evaluate.retrieval import REPEATS, WAYS, pools, score_pool
 
 PIXEL_METRICS = ("PixCorr", "SSIM")
 NETWORK_METRICS = tuple(SPECS)
-RETRIEVAL_WAYS = (300, 50)  # MindEye2's 300-way; Real-time MindEye's 50-way; both as 30 random draws
-DRAWS = 30
+RETRIEVAL_WAYS = WAYS
 
 
 @dataclass
 class Scores:
-    per_trial: list[dict]  # one row per decoded trial (version-wide 2-way pools)
-    summary: list[dict]  # one row per (version, run or 'all')
+    per_trial: list[dict]  # one row per decoded trial (single-trial scores in version-wide pools)
+    summary: list[dict]  # one row per (version, run or 'all', repeats)
     notes: list[str] = field(default_factory=list)  # what could not be computed, and why
 
 
@@ -89,10 +89,11 @@ def load_pairs(trials: list[Trial], source: ImageSource) -> tuple[dict[str, torc
 
 def network_features(trials: list[Trial], shown: dict, recons: dict, weights: Path | None,
                      notes: list[str]) -> dict[str, tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
-    """{metric: (features by image id, features by trial key)} for each network whose weights are present."""
+    """{metric: (features by image id, features by trial key)} for each network whose weights are present;
+    only reconstructed trials and the images they showed go through the networks."""
     out = {}
-    ids = sorted(shown)
     keys = [t.key for t in trials if t.key in recons]
+    ids = sorted({t.image for t in trials if t.key in recons})
     for file in dict.fromkeys(s.file for s in SPECS.values()):
         names = [s.metric for s in SPECS.values() if s.file == file]
         if weights is None:
@@ -114,63 +115,99 @@ def network_features(trials: list[Trial], shown: dict, recons: dict, weights: Pa
 
 
 def _image_scores(group: list[Trial], shown: dict, recons: dict, feats: dict) -> dict[str, dict[str, float]]:
-    """{metric: {trial key: score}} over the trials of one pool that have a reconstruction."""
+    """{metric: {trial key: score}} over the group's reconstructed trials, single-trial: the 2-way pool
+    holds each shown image once, so another showing of a trial's own image is never its competitor."""
     pairs = [t for t in group if t.key in recons and t.image in shown]
     if not pairs:
         return {}
     keys = [t.key for t in pairs]
+    images = list(dict.fromkeys(t.image for t in pairs))
+    owner = np.array([images.index(t.image) for t in pairs])
     real = torch.stack([shown[t.image] for t in pairs])
     fake = torch.stack([recons[t.key] for t in pairs])
     out = {"PixCorr": dict(zip(keys, metrics.pixcorr(real, fake), strict=True)),
            "SSIM": dict(zip(keys, metrics.ssim(real, fake), strict=True))}
     for m, (by_image, by_key) in feats.items():
-        a = np.stack([by_image[t.image] for t in pairs])
+        a = np.stack([by_image[i] for i in images])
         b = np.stack([by_key[t.key] for t in pairs])
-        score = metrics.two_way(a, b) if SPECS[m].kind == "two_way" else metrics.correlation_distance(a, b)
+        score = metrics.two_way(a, b, owner) if SPECS[m].kind == "two_way" else metrics.correlation_distance(a[owner], b)
         out[m] = dict(zip(keys, score, strict=True))
     return out
 
 
-def _retrieval(group: list[Trial], predicted: dict[str, np.ndarray], truth: dict[str, np.ndarray],
-               seed: int) -> tuple[dict, dict[str, tuple[int, int]]]:
-    """Top-1 both ways over the group's distinct images (first presentation of each); per-trial ranks."""
-    firsts: dict[str, Trial] = {}
-    for t in sorted(group, key=lambda t: (t.run, t.trial)):
-        if t.key in predicted and t.image in truth:
-            firsts.setdefault(t.image, t)
-    chosen = list(firsts.values())
-    n = len(chosen)
-    out: dict = {"retrieval_n": n}
-    if n < 2:
-        return out, {}
-    pred = np.stack([predicted[t.key] for t in chosen])
-    true = np.stack([truth[t.image] for t in chosen])
-    image_rank, brain_rank = metrics.retrieval_rank(similarity(pred, true))
-    out["image_top1_all"], out["brain_top1_all"] = float(np.mean(image_rank == 1)), float(np.mean(brain_rank == 1))
-    for ways in RETRIEVAL_WAYS:
-        if n >= ways:
-            out[f"image_top1_{ways}"], out[f"brain_top1_{ways}"] = n_way_top1(pred, true, ways, draws=DRAWS, seed=seed)
-    ranks = {t.key: (int(a), int(b)) for t, a, b in zip(chosen, image_rank, brain_rank, strict=True)}
+def _by_image(scores: dict[str, dict[str, float]], image_of: dict[str, str]) -> dict[str, dict[str, float]]:
+    """One score per image: the mean over its reconstructions (MindEye2 scores one per image)."""
+    out: dict[str, dict[str, float]] = {}
+    for m, by_key in scores.items():
+        groups: dict[str, list[float]] = {}
+        for key, value in by_key.items():
+            groups.setdefault(image_of[key], []).append(float(value))
+        out[m] = {image: float(np.mean(v)) for image, v in groups.items()}
+    return out
+
+
+def _retrieval(group: list[Trial], predicted: dict[str, np.ndarray], truth: dict[str, np.ndarray], seed: int,
+               scheme: str) -> tuple[dict[str, dict], dict[str, tuple[int, int, int]]]:
+    """{repeats: retrieval columns} for both ways; per trial (single-trial): rank of its image, of itself."""
+    usable = [t for t in sorted(group, key=lambda t: (t.run, t.trial)) if t.key in predicted and t.image in truth]
+    if not usable:
+        return {way: {"retrieval_images": 0, "retrieval_brains": 0} for way in REPEATS}, {}
+    both = pools([t.image for t in usable], np.stack([predicted[t.key] for t in usable]), truth)
+    out, ranks = {}, {}
+    for way, pool in both.items():
+        out[way], rank_of_image, rank_of_brain = score_pool(pool, seed, scheme)
+        if way == "single-trial":
+            ranks = {t.key: (int(a), int(b), len(pool.images))
+                     for t, a, b in zip(usable, rank_of_image, rank_of_brain, strict=True)}
     return out, ranks
 
 
-def truth_tokens(images: list[str], model: Path, source: ImageSource) -> dict[str, np.ndarray]:
-    """The shown images in the model's token space, prepared as the decoder prepares its gallery."""
+def truth_tokens(shown: dict[str, torch.Tensor], model: Path) -> dict[str, np.ndarray]:
+    """The shown images in the model's token space from MindEye2's 256 px images (its notebook brings every
+    image to 256 x 256 first; the embedder resizes to 224 as its FrozenOpenCLIPImageEmbedder does)."""
     from models.clip import EmbeddingCache
     from models.folder import load_embedder
 
-    embedder = load_embedder(model)
-    pixels = np.stack([source.load(i, 128) for i in images])
-    tokens = EmbeddingCache(embedder, model / "embedding-cache", dtype=np.float32).embed(pixels)
-    return dict(zip(images, tokens, strict=True))
+    ids = sorted(shown)
+    pixels = np.stack([shown[i].permute(1, 2, 0).numpy().astype(np.float32) for i in ids])
+    tokens = EmbeddingCache(load_embedder(model), model / "embedding-cache", dtype=np.float32).embed(pixels)
+    return dict(zip(ids, tokens, strict=True))
+
+
+def _mean(values) -> float | None:
+    values = list(values)
+    return float(np.nanmean(values)) if values else None
+
+
+def _rows(version: str, run, group: list[Trial], scores: dict, retrieval: dict[str, dict]) -> list[dict]:
+    """The summary rows of one group: single-trial (a score per trial) and averaged (a score per image)."""
+    image_of = {t.key: t.image for t in group}
+    per_image = _by_image(scores, image_of)
+    base = {"version": version, "run": run, "trials": len(group), "images": len({t.image for t in group}),
+            "reconstructions": sum(t.key in scores.get("PixCorr", {}) for t in group)}
+    rows = []
+    for way in REPEATS:
+        source = per_image if way == "averaged" else scores
+        row = {**base, "repeats": way}
+        for m in (*PIXEL_METRICS, *NETWORK_METRICS):
+            row[m] = _mean(source[m].values()) if m in source else None
+        row.update(retrieval[way])
+        rows.append(row)
+    return rows
 
 
 def score(collected: Collected, source: ImageSource, weights: Path | None, model: Path | None,
-          seed: int = 0) -> Scores:
+          seed: int = 0, scheme: str = "rtdecode", oracle: bool = False) -> Scores:
+    """Every metric per trial, and per (version, run or all, repeats). ``oracle``: the shown images are
+    scored as their own reconstructions and their own tokens as the brain's, so every figure is perfect."""
     notes = list(collected.issues)
     trials = collected.trials
     shown, recons, issues = load_pairs(trials, source)
     notes += issues
+    if oracle:
+        recons = {t.key: shown[t.image] for t in trials if t.image in shown}
+        notes.append("oracle: the shown images scored as their own reconstructions and their own tokens as the "
+                     "brain's; every figure should be perfect (1.0, 100 %; 0 for EffNet-B and SwAV)")
     if not recons:
         notes.append("no reconstructions to score: PixCorr, SSIM and the network metrics are not available")
     feats = network_features(trials, shown, recons, weights, notes)
@@ -179,11 +216,12 @@ def score(collected: Collected, source: ImageSource, weights: Path | None, model
     if model is None:
         notes.append("retrieval: not available: the model folder the decoder used is unknown (give --model)")
     else:
-        tokens, problems = predicted_tokens(collected.store, trials)
-        notes += problems
-        if tokens is not None:
-            predicted = {t.key: tok for t, tok in zip(trials, tokens, strict=True)}
-            truth = truth_tokens(sorted(shown), model, source) if shown else {}
+        truth = truth_tokens(shown, model) if shown else {}
+        if oracle:
+            predicted = {t.key: truth[t.image] for t in trials if t.image in truth}
+        else:
+            predicted, problems = predicted_tokens(collected.store, trials)
+            notes += problems
     per_trial: dict[str, dict] = {t.key: {"run": t.run, "trial": t.trial, "version": t.version, "image": t.image,
                                           "reconstruction": "yes" if t.key in recons else "no"} for t in trials}
     summary = []
@@ -192,23 +230,18 @@ def score(collected: Collected, source: ImageSource, weights: Path | None, model
         for run in ["all", *sorted({t.run for t in in_version})]:
             group = in_version if run == "all" else [t for t in in_version if t.run == run]
             scores = _image_scores(group, shown, recons, feats)
-            retrieval, ranks = _retrieval(group, predicted, truth, seed)
-            row = {"version": version, "run": run, "trials": len(group),
-                   "reconstructions": sum(t.key in recons for t in group)}
-            for m in (*PIXEL_METRICS, *NETWORK_METRICS):
-                row[m] = float(np.nanmean(list(scores[m].values()))) if m in scores else None
-            row.update(retrieval)
-            summary.append(row)
-            if run == "all" and predicted:
-                short = [w for w in RETRIEVAL_WAYS if retrieval["retrieval_n"] < w]
-                if short:
-                    notes.append(f"{'- and '.join(map(str, short))}-way retrieval ({version}): not available, "
-                                 f"{retrieval['retrieval_n']} distinct images decoded (needs {min(short)})")
-            if run == "all":
-                for m, by_key in scores.items():
-                    for key, value in by_key.items():
-                        per_trial[key][m] = float(value)
-                for key, (image_rank, brain_rank) in ranks.items():
-                    per_trial[key]["image_rank"], per_trial[key]["brain_rank"] = image_rank, brain_rank
-                    per_trial[key]["retrieval_pool"] = retrieval["retrieval_n"]
+            retrieval, ranks = _retrieval(group, predicted, truth, seed, scheme)
+            summary += _rows(version, run, group, scores, retrieval)
+            if run != "all":
+                continue
+            n = retrieval["averaged"]["retrieval_images"]
+            short = [w for w in RETRIEVAL_WAYS if n < w]
+            if predicted and short:
+                notes.append(f"{'- and '.join(map(str, short))}-way retrieval ({version}): not available, "
+                             f"{n} distinct images decoded (needs {min(short)})")
+            for m, by_key in scores.items():
+                for key, value in by_key.items():
+                    per_trial[key][m] = float(value)
+            for key, (rank_of_image, rank_of_brain, pool) in ranks.items():
+                per_trial[key].update(rank_of_image=rank_of_image, rank_of_brain=rank_of_brain, retrieval_images=pool)
     return Scores(list(per_trial.values()), summary, notes)

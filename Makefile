@@ -42,8 +42,9 @@ bench: $(STAMP)
 # The demo's session through the full BIDS validator (Node from the system, the validator from npm).
 validate-bids: $(STAMP)
 	test -f demo-output/sessions/dataset_description.json || QT_QPA_PLATFORM=offscreen $(BIN)/rtdecode demo --headless --out demo-output
-	test -x .bids-validator/node_modules/.bin/bids-validator || (mkdir -p .bids-validator && cd .bids-validator && npm install --no-audit --no-fund --silent bids-validator@1.14.8)
-	.bids-validator/node_modules/.bin/bids-validator demo-output/sessions
+	test -x $(BIN)/bids-validator-deno || $(BIN)/python -m pip install --quiet 'bids-validator-deno>=3.0,<4'
+	$(BIN)/bids-validator-deno demo-output/sessions
+	$(BIN)/bids-validator-deno demo-output/sessions/derivatives/rtdecode
 
 # docs/screenshots come from the demo's visit: a calibrated model decoding a real-time run.
 screenshots: $(STAMP)

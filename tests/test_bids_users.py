@@ -33,6 +33,7 @@ RTDECODE = Path(sys.executable).with_name("rtdecode")
 ONSETS = (0.0, 4.5, 9.0)
 IMAGES = ("face-a", "house-b", "tool-c", "face-d", "house-e", "tool-f")  # not built in: copied from the gallery
 # (session, run) -> volumes never sent: two at the start, one in the middle and the last two (10, 11)
+AUTOMATIC: dict[str, list] = {}  # session -> (image, stim_file) of run 1's events as the scanner side finalised it
 NOT_SENT = {("01", 1): {0, 1}, ("01", 2): {5, 10, 11}, ("02", 1): set()}
 
 
@@ -53,6 +54,8 @@ def _record(root: Path, session: str, runs: dict[int, int], gallery: Path, motio
                     _put(cfg.scanner.watch_dir, format_name(PATTERN, series, t), _dicom_bytes(tmp, motion, t, series=series))
             st.wait(settle=0.2)
         assert st.error is None
+    automatic = read_tsv(root / "sub-01" / f"ses-{session}" / "func" / f"sub-01_ses-{session}_task-rt_run-01_events.tsv")
+    AUTOMATIC[session] = [(e["image"], e.get("stim_file")) for e in automatic]  # as the scanner side wrote it
     # Run 2 of ses-01 is left open (its last volumes never came): closed as an operator would close it.
     done = subprocess.run([str(RTDECODE), "session", "finalize", str(root / "sub-01" / f"ses-{session}")],
                           capture_output=True, text=True, timeout=300)
@@ -126,6 +129,7 @@ def test_the_sidecars_say_what_happened_and_how(visit):
     assert "VolumesNotReceivedAtEnd" not in side[1] and side[1]["RunEnd"] == "complete"
     assert side[1]["ManufacturersModelName"] and "ManufacturerModelName" not in side[1]
     assert nib.load(bold_path(folder, 2)).get_data_dtype() == np.int16  # a filled volume keeps the run int16
+    assert AUTOMATIC["01"] and all(f == f"{i}.png" for i, f in AUTOMATIC["01"])  # [session] stimuli, at run end
     events = pd.read_csv(folder.path / "func" / f"{folder.prefix(2)}_events.tsv", sep="\t")
     assert events.stim_file.tolist() == [f"{i}.png" for i in events.image]
     assert all((root / "stimuli" / f).read_bytes() == (visit["gallery"] / f).read_bytes() for f in events.stim_file)
@@ -138,7 +142,8 @@ def test_the_sidecars_say_what_happened_and_how(visit):
     np.testing.assert_allclose(np.asarray(nib.load(reference).dataobj), np.asarray(session_ref.dataobj))
     for version in ("realtime", "endofrun"):
         model = json.loads((deriv / f"{base}_desc-{version}_betas.json").read_text())["Model"]
-        assert model["HRF"] == "glover" and model["NoiseModel"] == "ar1" and model["MotionConfounds"] is True
+        assert model["source"] == f"{folder.prefix(2)}_desc-{version}_betas.json"  # the GLM's own record
+        assert model["hrf"]["kind"] == "glover" and model["noise_model"] == "ar1" and model["motion_confounds"] is True
     # dvars on fMRIPrep's scale: the live record's RMS difference times 1000 over the masked series' median
     rows, vectors = folder.run_store(2).load()
     live = {int(r["volume"]): float(r["dvars"]) for r in rows if r["status"] == "ok"}
@@ -153,11 +158,19 @@ def test_a_betas_image_without_the_glm_description_names_the_model_of_the_sessio
     folder = SessionFolder(root, "01", "01")
     info = folder.derivatives / f"{folder.prefix(1)}_desc-endofrun_betas.json"
     kept = json.loads(info.read_text())
-    info.write_text(json.dumps({k: v for k, v in kept.items() if k != "glm"}))
+    info.write_text(json.dumps({k: v for k, v in kept.items() if k not in ("glm", "model")}))  # an older session
+    tuned = folder.derivatives / f"{folder.prefix(1)}_desc-realtime_betas.json"  # settings of per-voxel HRFs only
+    settings = {k: v for k, v in json.loads(tuned.read_text()).items() if k != "model"}
+    settings["glm"].update(hrf="library", tuning="/models/sub01")
+    tuned.write_text(json.dumps(settings))
     assert not isinstance(finalize_session(folder, [1], tr_s=1.5)[1], str)
     side = derivative_func(folder) / f"{folder.prefix(1)}_space-boldref_desc-endofrun_betas.json"
     model = json.loads(side.read_text())["Model"]
-    assert model["Source"] == "config.toml" and model["HRF"] == "glover" and model["NoiseModel"] == "ar1"
+    assert model["source"] == "config.toml" and model["hrf"] == {"kind": "glover"} and model["noise_model"] == "ar1"
+    assert "note" not in model
+    model = json.loads(Path(str(side).replace("endofrun", "realtime")).read_text())["Model"]
+    assert model["hrf"]["kind"] == "library" and model["tuning"] == {"folder": "/models/sub01"}
+    assert "per-voxel HRFs" in model["note"]
 
 
 def test_two_finalizers_on_one_dataset_take_turns(visit, tmp_path):
@@ -167,8 +180,20 @@ def test_two_finalizers_on_one_dataset_take_turns(visit, tmp_path):
     shutil.rmtree(root / "derivatives")
     for bold in root.glob("sub-01/ses-*/func/*_bold.nii.gz"):
         bold.unlink()
+    # Both sessions showed the same 30 big images: copies that take a while, made side by side in one order.
+    gallery, extra = tmp_path / "gallery", [f"extra-{k:02d}" for k in range(24)]
+    gallery.mkdir()
+    rng = np.random.default_rng(8)
+    for name in (*IMAGES, *extra):
+        Image.fromarray(rng.integers(0, 255, (1000, 900, 3), dtype=np.uint8)).save(gallery / f"{name}.png", compress_level=0)
+    for events in root.glob("sub-01/ses-*/func/*_run-01_events.tsv"):
+        header, n = events.read_text().splitlines()[0].split("\t"), len(read_tsv(events))
+        with open(events, "a") as fh:
+            for k, name in enumerate(extra):
+                row = {"onset": f"{60.0 + k:.1f}", "duration": "1.0", "image": name, "trial": str(n + k)}
+                fh.write("\t".join(row.get(c, "n/a") for c in header) + "\n")
     procs = [subprocess.Popen([str(RTDECODE), "session", "finalize", str(root / "sub-01" / f"ses-{s}"), "--gallery",
-                               str(visit["gallery"])], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               str(gallery)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for s in ("01", "02")]
     outs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs

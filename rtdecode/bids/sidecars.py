@@ -67,34 +67,36 @@ def spatial_reference(reference: Path | None, dataset: Path) -> str:
 
 
 def betas_model(folder: SessionFolder, run: int, version: str) -> dict:
-    """The model a betas image was estimated with: the GLM's own description beside the live betas
-    (``model`` or ``glm`` in ``_betas.json``), else the session's ``config.toml`` [glm]."""
+    """The model a betas image was estimated with, in the GLM's own vocabulary
+    (:func:`rtdecode.glm.store.betas_model_description`): its ``model`` record beside the live betas,
+    else derived from the ``glm`` settings there, else from the session's ``config.toml`` [glm]."""
     info_path = folder.derivatives / f"{folder.prefix(run)}_desc-{version}_betas.json"
     try:
         info = json.loads(info_path.read_text())
     except (OSError, ValueError):
         info = {}
     if isinstance(info.get("model"), dict):
-        return {"Source": info_path.name, **info["model"]}
-    glm = info.get("glm") if isinstance(info.get("glm"), dict) else None
-    source = info_path.name
-    if glm is None:
-        glm, source = session_config(folder).get("glm", {}), "config.toml"
+        return _noted({"source": info_path.name, **info["model"]})
     cfg = session_config(folder).get("glm", {})
-    hrf = glm.get("hrf", glm.get("hrf_model"))
-    model = {
-        "Source": source,
-        "Estimator": "least squares separate: one GLM per trial, the trial against all others (docs/glm.md)",
-        "HRF": hrf,
-        "HRFModel": glm.get("hrf_model"),
-        "NoiseModel": glm.get("noise_model"),
-        "DriftModel": glm.get("drift_model"),
-        "HighPass": glm.get("high_pass"),
-        "MotionConfounds": glm.get("motion_confounds"),
-        "NoiseComponents": glm.get("denoise"),
-        "Tuning": glm.get("tuning", cfg.get("tuning")) or None,
-    }
-    if hrf not in (None, "glover", glm.get("hrf_model")):
-        model["Note"] = ("per-voxel HRFs from the tuning: a model with one canonical HRF (e.g. nilearn's "
-                         "Glover) reproduces these betas only approximately")
-    return {k: v for k, v in model.items() if v is not None}
+    glm, source = (info["glm"], info_path.name) if isinstance(info.get("glm"), dict) else (cfg, "config.toml")
+    kind = glm.get("hrf") or glm.get("hrf_model") or "glover"
+    denoise = glm.get("denoise", 0)
+    count = denoise if isinstance(denoise, int) else int(denoise) if str(denoise).isdigit() else None
+    tuning = glm.get("tuning", cfg.get("tuning")) or None
+    return _noted({
+        "source": source,
+        "hrf": {"kind": kind},
+        "noise_model": glm.get("noise_model"), "drift_model": glm.get("drift_model"),
+        "high_pass_hz": glm.get("high_pass"), "motion_confounds": glm.get("motion_confounds"),
+        "noise_components": {"mode": "none", "count": 0} if denoise in (0, "0", "off", None) else
+        {"mode": glm.get("denoise_mode", "configured"), "count": count if count is not None else str(denoise)},
+        "design": "LSS: the trial, all other trials, confounds, drift, constant",
+        "tuning": None if tuning is None else {"folder": str(tuning)}})
+
+
+def _noted(model: dict) -> dict:
+    hrf = model.get("hrf")
+    if isinstance(hrf, dict) and hrf.get("kind") not in (None, "glover"):
+        model["note"] = ("per-voxel HRFs from the tuning: a model with one canonical HRF (e.g. nilearn's Glover) "
+                         "reproduces these betas only approximately")
+    return model

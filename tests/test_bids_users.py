@@ -242,3 +242,17 @@ def test_slice_timing_multiband_and_phase_encoding_of_a_real_skyra_run_reach_the
     assert side["SliceTiming"] == volume.meta["SliceTiming"] and side["PhaseEncodingDirection"] == "i"
     assert side["ManufacturersModelName"] == "Skyra" and side["EchoTime"] == pytest.approx(0.028)
     assert max(side["SliceTiming"]) < side["RepetitionTime"]
+
+
+def test_a_copy_another_finalizer_is_making_is_left_alone(tmp_path):
+    from rtdecode.bids.dataset import Stimuli
+
+    gallery = tmp_path / "gallery"
+    gallery.mkdir()
+    Image.fromarray(np.random.default_rng(2).integers(0, 255, (12, 10, 3), dtype=np.uint8)).save(gallery / "face-a.png")
+    theirs = tmp_path / "sessions" / "stimuli" / ".face-a.png.tmp"  # mid-copy in another process (the old shared name)
+    theirs.parent.mkdir(parents=True)
+    theirs.write_bytes(b"half a png")
+    assert Stimuli(tmp_path / "sessions", gallery)("face-a") == "face-a.png"
+    assert theirs.read_bytes() == b"half a png"
+    assert (tmp_path / "sessions" / "stimuli" / "face-a.png").read_bytes() == (gallery / "face-a.png").read_bytes()

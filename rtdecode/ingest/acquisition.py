@@ -40,9 +40,25 @@ def _protocol_value(ds: Any, key: str) -> str | None:
     return match.group(1).decode() if match else None
 
 
+_SEEN: dict[str, dict[str, Any]] = {}  # series uid -> its fields: one series' headers say the same each volume
+
+
 def acquisition_fields(ds: Any) -> dict[str, Any]:
     """``SliceTiming`` (s, one per slice of the stored volume), ``MultibandAccelerationFactor`` and
-    ``PhaseEncodingDirection`` (i/j with '-' for negative polarity), each only where the headers state it."""
+    ``PhaseEncodingDirection`` (i/j with '-' for negative polarity), each only where the headers state it.
+    Read once per series (parsing the CSA header costs about a millisecond a volume)."""
+    series = str(ds.get("SeriesInstanceUID", "") or "")
+    if series and series in _SEEN:
+        return {k: list(v) if isinstance(v, list) else v for k, v in _SEEN[series].items()}
+    fields = _read(ds)
+    if series:
+        if len(_SEEN) >= 64:
+            _SEEN.pop(next(iter(_SEEN)))
+        _SEEN[series] = dict(fields)
+    return fields
+
+
+def _read(ds: Any) -> dict[str, Any]:
     image = _csa(ds, (0x0029, 0x1010))
     fields: dict[str, Any] = {}
     times = _items(image, "MosaicRefAcqTimes")

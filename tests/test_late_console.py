@@ -112,8 +112,11 @@ def test_restart_keeps_tsnr_voxels_and_status_and_the_next_participant_starts_cl
             assert wait_until(lambda: live.restarts.get("scanner") == 1 and late.state.runs.get(1) is not None
                               and late.state.runs[1].ended and 1 in late.state.alignment
                               and late.state.alignment[1].tsnr is not None, 30)
-            time.sleep(0.5)  # the rest of the history (it comes in one burst)
-            late_state = late.close()
+            late_state = late.close()  # the run's end is the last of the history: all of it came
+            # 4: the all-day console tells the current run's state, not a volume heard again (once it has
+            # taken the restarted side's history, which ends with the run's end)
+            ended = f"run 1 ended (complete): {N_VOLUMES} volumes of {N_VOLUMES}"
+            assert wait_until(lambda: live.status == ended, 30), live.status
         with all_day.lock:
             mine, theirs = live.alignment[1], late_state.alignment[1]
             # 3: the newest tSNR mosaic and the mask's voxel count, as the all-day console has them
@@ -121,8 +124,6 @@ def test_restart_keeps_tsnr_voxels_and_status_and_the_next_participant_starts_cl
             assert np.array_equal(theirs.tsnr, mine.tsnr)
             started = [e.text for e in late_state.log if e.text.startswith("run 1 started")]
             assert started == ["run 1 started (series 7): 200 voxels in the mask"], started
-            # 4: the all-day console tells the current run's state, not a volume heard again
-            assert live.status == f"run 1 ended (complete): {N_VOLUMES} volumes of {N_VOLUMES}", live.status
         # -- participant 02 in the same sessions folder; one of 01's files is still in its watch folder
         cfg2 = _participant_config(tmp_path, "02", small_run, port)
         with SideThread(cfg2, n=10_000, timeout=240) as st:

@@ -12,7 +12,7 @@ import torch
 
 from models.refine import Refiner, RefineSettings
 from models.refine.refiner import blend, to_square
-from models.refine.tiny import write_tiny_refiner
+from models.refine.tiny import write_tiny_refiner, write_tiny_single_file
 
 SIZE = 32
 
@@ -99,6 +99,41 @@ def test_a_folder_that_is_not_the_diffusers_layout_is_named(tmp_path: Path):
         Refiner.from_folder(tmp_path)
     with pytest.raises(ValueError, match=r"sd_xl_base_1\.0\.ckpt: expected a \.safetensors single file"):
         Refiner.from_single_file(tmp_path / "sd_xl_base_1.0.ckpt", config=tmp_path)
+
+
+def test_the_published_single_file_layout_loads_as_the_folder_does(tmp_path: Path, refiner: Refiner):
+    """SDXL's single file (sgm names: model.diffusion_model, first_stage_model, both conditioner embedders)
+    with the diffusers layout's configurations beside it, as ``rtdecode models download sdxl-base`` leaves
+    it: the same weights and the same refined picture as the diffusers folder of the same seed."""
+    import shutil
+
+    folder = write_tiny_refiner(tmp_path / "folder", seed=0, size=SIZE)
+    downloaded = tmp_path / "sdxl-base"
+    shutil.copytree(folder, downloaded, ignore=shutil.ignore_patterns("*.safetensors"))
+    single = write_tiny_single_file(downloaded / "sd_xl_base_1.0.safetensors", seed=0)
+    loaded = Refiner.from_folder(downloaded)  # no UNet weights in unet/: the single file is read
+    for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        mine, theirs = getattr(loaded.pipe, name).state_dict(), getattr(refiner.pipe, name).state_dict()
+        assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine), name
+    image, blurry = _images(4)
+    assert np.array_equal(loaded.refine(image, "a kite", blurry, torch.Generator().manual_seed(1)),
+                          refiner.refine(image, "a kite", blurry, torch.Generator().manual_seed(1)))
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(single))
+    del state["first_stage_model.decoder.conv_out.bias"]
+    save_file(state, str(single))
+    with pytest.raises(ValueError, match=r"sd_xl_base_1\.0\.safetensors: a weight the configurations in .* need "
+                                         r"is missing from the file"):
+        Refiner.from_single_file(single, config=downloaded)
+    state["first_stage_model.decoder.conv_out.bias"] = torch.zeros(3)
+    del state["conditioner.embedders.0.transformer.text_model.final_layer_norm.bias"]
+    save_file(state, str(single))
+    with pytest.raises(ValueError, match=r"no weights for text_encoder \(1 missing, e\.g\. .*final_layer_norm\.bias\)"):
+        Refiner.from_single_file(single, config=downloaded)
+    save_file({k: v for k, v in state.items() if not k.startswith("conditioner.embedders.1.")}, str(single))
+    with pytest.raises(ValueError, match=r"sd_xl_base_1\.0\.safetensors: the OpenCLIP bigG text encoder is missing"):
+        Refiner.from_single_file(single, config=downloaded)
 
 
 def test_the_refiners_own_steps_keep_to_its_device_on_meta():

@@ -129,9 +129,20 @@ class Refiner:
             raise ValueError(f"{path}: expected a .safetensors single file (a pickled .ckpt is not read)")
         if not path.is_file():
             raise FileNotFoundError(f"{path}: SDXL single file not found (rtdecode models download sdxl-base)")
-        pipe = StableDiffusionXLImg2ImgPipeline.from_single_file(
-            str(path), config=str(config), dtype=dtype or torch.float32, local_files_only=True)
-        return cls(pipe.to(device), settings or _settings(Path(config)))
+        _check_single_file(path)
+        try:  # no dtype here: a cast inside diffusers fails on an empty weight before it can be named below
+            pipe = StableDiffusionXLImg2ImgPipeline.from_single_file(str(path), config=str(config),
+                                                                     local_files_only=True)
+        except NotImplementedError as exc:  # diffusers moving a weight the file lacks ("Cannot copy out of meta")
+            raise ValueError(f"{path}: a weight the configurations in {config} need is missing from the file "
+                             f"({' '.join(str(exc).split())[:120]})") from None
+        for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
+            # diffusers leaves a weight the file lacks empty (on the meta device) rather than refusing it
+            empty = [k for k, t in getattr(pipe, name).state_dict().items() if t.is_meta]
+            if empty:
+                raise ValueError(f"{path}: no weights for {name} ({len(empty)} missing, e.g. {empty[0]}); "
+                                 f"not SDXL of the configurations in {config}")
+        return cls(pipe.to(device, dtype or torch.float32), settings or _settings(Path(config)))
 
     @property
     def device(self) -> torch.device:
@@ -159,6 +170,23 @@ class Refiner:
                             output_type="pt", **sizes).images
         low = None if blurry is None else to_square(blurry, s.size, self.device)
         return blend(refined.float(), low, s.refined_weight).cpu().numpy()
+
+
+SINGLE_FILE_PARTS = {"model.diffusion_model.": "the UNet", "first_stage_model.": "the VAE",
+                     "conditioner.embedders.0.transformer.": "the CLIP ViT-L text encoder",
+                     "conditioner.embedders.1.model.": "the OpenCLIP bigG text encoder"}
+
+
+def _check_single_file(path: Path) -> None:
+    """SDXL base's single file holds four parts under these prefixes; a file without one of them (another
+    model's checkpoint) is refused by name before diffusers guesses at it."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        keys = list(f.keys())
+    for prefix, part in SINGLE_FILE_PARTS.items():
+        if not any(k.startswith(prefix) for k in keys):
+            raise ValueError(f"{path}: {part} is missing (no {prefix}* keys); expected SDXL's single-file layout")
 
 
 def _settings(folder: Path) -> RefineSettings:

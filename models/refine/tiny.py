@@ -12,8 +12,14 @@ from pathlib import Path
 import torch
 
 from models.refine.refiner import SETTINGS, RefineSettings
+from models.unclip.convert import UNetLayout
 
-TEXT_WIDTH, PROJECTION, TIME_WIDTH = 16, 24, 8
+# the two text encoders differ in width, as SDXL's (768, 1280) do: diffusers tells them apart by it
+TEXT_WIDTHS, PROJECTION, TIME_WIDTH = (16, 20), 24, 8
+# SDXL's UNet at a few hundred kilobytes, in the layout models.unclip converts to and from sgm's names
+TINY_UNET = UNetLayout(channels=(32, 64), layers_per_block=1, attention_levels=(False, True), transformer_depth=(1, 1),
+                       head_channels=8, context_dim=sum(TEXT_WIDTHS), adm_in_channels=PROJECTION + 6 * TIME_WIDTH,
+                       time_embed_dim_per_value=TIME_WIDTH, sample_size=16)
 
 
 def _tokenizer():
@@ -26,9 +32,10 @@ def _tokenizer():
 
 
 def _text_encoder(vocab: int, projection: bool, seed: int):
+    width = TEXT_WIDTHS[int(projection)]
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    config = CLIPTextConfig(vocab_size=vocab, hidden_size=TEXT_WIDTH, intermediate_size=20, num_hidden_layers=2,
+    config = CLIPTextConfig(vocab_size=vocab, hidden_size=width, intermediate_size=20, num_hidden_layers=2,
                             num_attention_heads=2, max_position_embeddings=77, projection_dim=PROJECTION,
                             bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_act="gelu")
     torch.manual_seed(seed)
@@ -45,13 +52,7 @@ def make_tiny_sdxl(seed: int = 0):
     )
 
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        block_out_channels=(16, 32), layers_per_block=1, sample_size=16, in_channels=4, out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
-        addition_time_embed_dim=TIME_WIDTH, transformer_layers_per_block=(1, 1),
-        projection_class_embeddings_input_dim=PROJECTION + 6 * TIME_WIDTH, cross_attention_dim=2 * TEXT_WIDTH,
-        norm_num_groups=8)
+    unet = UNet2DConditionModel(**TINY_UNET.diffusers_config())
     torch.manual_seed(seed + 1)
     vae = AutoencoderKL(block_out_channels=(8, 16, 16), in_channels=3, out_channels=3, latent_channels=4,
                         down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
@@ -73,3 +74,44 @@ def write_tiny_refiner(folder: str | Path, seed: int = 0, size: int = 32) -> Pat
     make_tiny_sdxl(seed).save_pretrained(str(folder), safe_serialization=True)
     RefineSettings(size=size, original_size=size, target_size=size).to_json(folder / SETTINGS)
     return folder
+
+
+def _open_clip_names(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """transformers' CLIPTextModelWithProjection weights -> OpenCLIP's names, as SDXL's single file holds
+    its second text encoder (q, k and v joined into ``in_proj``; the projection stored transposed)."""
+    fixed = {"text_model.embeddings.position_embedding.weight": "positional_embedding",
+             "text_model.embeddings.token_embedding.weight": "token_embedding.weight",
+             "text_model.final_layer_norm.weight": "ln_final.weight", "text_model.final_layer_norm.bias": "ln_final.bias"}
+    parts = (("layer_norm1.", "ln_1."), ("layer_norm2.", "ln_2."), ("mlp.fc1.", "mlp.c_fc."), ("mlp.fc2.", "mlp.c_proj."),
+             ("self_attn.out_proj.", "attn.out_proj."))
+    out = {prefix + "text_projection": state["text_projection.weight"].T.contiguous()}
+    out.update({prefix + new: state[old] for old, new in fixed.items()})
+    layers = sorted({int(k.split(".")[3]) for k in state if k.startswith("text_model.encoder.layers.")})
+    for i in layers:
+        here, there = f"text_model.encoder.layers.{i}.", f"{prefix}transformer.resblocks.{i}."
+        for key, value in state.items():
+            rest = key[len(here):] if key.startswith(here) else None
+            for old, new in parts if rest is not None else ():
+                if rest.startswith(old):
+                    out[there + new + rest[len(old):]] = value
+        for kind in ("weight", "bias"):
+            out[f"{there}attn.in_proj_{kind}"] = torch.cat([state[f"{here}self_attn.{p}_proj.{kind}"] for p in "qkv"])
+    return out
+
+
+def write_tiny_single_file(path: str | Path, seed: int = 0) -> Path:
+    """The tiny SDXL of ``seed`` as one ``.safetensors`` in SDXL's original (sgm) layout, the layout of the
+    published ``sd_xl_base_1.0.safetensors``: ``model.diffusion_model.*``, ``first_stage_model.*``,
+    ``conditioner.embedders.0.transformer.text_model.*`` and ``conditioner.embedders.1.model.*``."""
+    from safetensors.torch import save_file
+
+    from models.unclip.convert import to_sgm_unet, to_sgm_vae
+
+    pipe = make_tiny_sdxl(seed)
+    state = {**to_sgm_unet(pipe.unet.state_dict(), TINY_UNET), **to_sgm_vae(pipe.vae.state_dict(), levels=3, blocks=1)}
+    state.update({f"conditioner.embedders.0.transformer.text_model.{k}": v
+                  for k, v in pipe.text_encoder.state_dict().items()})
+    state.update(_open_clip_names(pipe.text_encoder_2.state_dict(), "conditioner.embedders.1.model."))
+    path = Path(path)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    return path

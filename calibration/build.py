@@ -23,7 +23,9 @@ from calibration.splits import (
     parse_holdout,
     read_training_images,
     require_disjoint,
+    require_new_person,
     write_training_images,
+    write_training_people,
 )
 from calibration.trainer import TrainConfig, predict_blur, predict_tokens, train
 from models.folder import standin_spec, write_model_folder
@@ -32,12 +34,15 @@ from models.mindeye2.config import MindEye2Config, standin_config
 from models.mindeye2.model import MindEye2
 from models.retrieval import n_way_top1, similarity, top_k
 from models.standin import StandInEmbedder
+from rtdecode.gallery.builtin import StimulusSet, builtin_images
 from rtdecode.gallery.embed import embed_ids
 
 
-def standin_tokens(images: list[str], cache: Path | None = None) -> np.ndarray:
-    """Stand-in tokens of built-in stimulus ids (embedded once per image, cached on disk)."""
-    return embed_ids(images, StandInEmbedder(), cache)
+def standin_tokens(images: list[str], cache: Path | None = None, n_images: int | None = None) -> np.ndarray:
+    """Stand-in tokens of built-in stimulus ids (embedded once per image, cached on disk); ``n_images``:
+    a built-in set larger than the default 1,200 (a simulated dataset says which it drew from)."""
+    source = builtin_images if n_images is None else StimulusSet(n=n_images).by_id
+    return embed_ids(images, StandInEmbedder(), cache, images=source)
 
 
 def blur_targets(images: list[str], vae, cache: Path | None = None) -> np.ndarray | None:
@@ -51,6 +56,10 @@ def load_trial_dataset(folder: str | Path, subject: str, cache: Path | None = No
     sub = folder / f"sub-{subject}"
     if not sub.is_dir():
         raise FileNotFoundError(f"{folder}: no subject {subject!r} (found {sorted(p.name[4:] for p in folder.glob('sub-*'))})")
+    index = json.loads((folder / "dataset.json").read_text()) if (folder / "dataset.json").is_file() else {}
+    entry = next((e for e in index.get("subjects", []) if e.get("name") == subject), {})
+    person = entry.get("person") or (f"simulated:seed={entry['seed']}" if "seed" in entry else None)
+    n_images = index.get("stimuli", {}).get("n")
     betas, images, runs = [], [], []
     for k, ses in enumerate(sorted(sub.glob("ses-*"))):
         b = np.load(ses / "betas.npy", allow_pickle=False)
@@ -60,8 +69,8 @@ def load_trial_dataset(folder: str | Path, subject: str, cache: Path | None = No
         images += [r["image"] for r in rows]
         runs += [100 * k + int(r["run"]) for r in rows]  # run numbers of later sessions continue at 101, 201, ...
     all_betas = np.concatenate(betas).astype(np.float32)
-    return SubjectData(subject, all_betas, images, standin_tokens(images, cache), blur=blur_targets(images, vae, cache),
-                       runs=np.asarray(runs))
+    return SubjectData(subject, all_betas, images, standin_tokens(images, cache, n_images),
+                       blur=blur_targets(images, vae, cache), runs=np.asarray(runs), person=person)
 
 
 def load_session(session: str | Path, subject: str, cache: Path | None = None, noise_model: str = "ar1",
@@ -77,8 +86,10 @@ def load_session(session: str | Path, subject: str, cache: Path | None = None, n
 
     settings = glm or GLMSettings(noise_model=noise_model)
     result = training_betas(session_folder(session), settings, train_on, tuning)
+    participant, _ = session_participant(session)
     return SubjectData(subject, result.betas.astype(np.float32), result.images, standin_tokens(result.images, cache),
-                       blur=blur_targets(result.images, vae, cache), runs=np.asarray(result.runs))
+                       blur=blur_targets(result.images, vae, cache), runs=np.asarray(result.runs),
+                       person=None if participant is None else f"participant:{participant}")
 
 
 def token_space(kind: str):
@@ -190,6 +201,7 @@ def pretrain(subjects: list[SubjectData], out: str | Path, config: TrainConfig, 
     images = {im for s in subjects for im in s.images}
     if _is_main():
         write_training_images(out, images)  # calibration checks its held-out images against these
+        write_training_people(out, [s.person for s in subjects if s.person is not None])  # and its person
     return _write_folder(model, Path(out), subjects[0].subject, None, config, history, {}, embedder,
                          {"seconds": round(time.monotonic() - start, 1), "subjects": [s.subject for s in subjects],
                           "training_images": len(images)})
@@ -198,13 +210,17 @@ def pretrain(subjects: list[SubjectData], out: str | Path, config: TrainConfig, 
 def calibrate(data: SubjectData, out: str | Path, config: TrainConfig, pretrained: str | Path | None = None,
               resume: bool = False, hidden: int = 128, progress=None, embedder: dict | None = None,
               source: str | None = None, compare_scratch: bool = False, holdout: str | set[str] | None = None,
-              allow_overlap: bool = False) -> Path:
+              allow_overlap: bool = False, allow_seen_person: bool = False, tune=None) -> Path:
     """Fine-tune a pretrained model on one subject's session (or train from scratch without one).
 
     ``holdout`` picks the held-out images (:func:`calibration.splits.parse_holdout`; default the repeated
     ones). Training is refused (OverlapError) when any of them is in the pretrained model's training
     images, unless ``allow_overlap``. ``compare_scratch`` also trains a fresh model on the same trials
     (into ``<out>/scratch``) and records its held-out retrieval beside this one's: what the pretraining bought.
+    A person whose brain (or subject name) was in pretraining is refused (SeenPersonError) unless
+    ``allow_seen_person``; then the first line printed, training.json and the report say so. ``tune`` (a
+    :class:`calibration.tuning.Grid`) picks the learning rate and epochs on a validation split of the
+    training trials first (the scratch comparison tunes itself on the same grid).
     """
     start = time.monotonic()
     out = Path(out)
@@ -214,10 +230,15 @@ def calibrate(data: SubjectData, out: str | Path, config: TrainConfig, pretraine
     if pretrained is not None:
         trained = {"pretraining": read_training_images(pretrained), **trained}
     overlap = require_disjoint(held, trained, allow_overlap)
-    train_set = train_set.zscored()
+    unscaled, train_set = train_set, train_set.zscored()
+    seen = None
     torch.manual_seed(config.seed)  # a new ridge or a fresh model starts the same way every time
     if pretrained is not None:
         model = load_pretrained(pretrained)
+        seen = require_new_person(data.subject, data.person, pretrained, model.config.subjects, allow_seen_person)
+        if seen and _is_main():
+            print(f"WARNING: {data.subject} is not a new person ({seen}; --allow-seen-person): held-out figures "
+                  "do not measure calibration of a new person", flush=True)
         model.train()
         if data.subject not in model.config.subjects:
             model.add_subject(data.subject, data.n_voxels)  # a fresh ridge; everything else starts shared
@@ -225,6 +246,13 @@ def calibrate(data: SubjectData, out: str | Path, config: TrainConfig, pretraine
             embedder = json.loads((Path(pretrained) / "embedder.json").read_text())  # same token space
     else:
         model = new_model([data], hidden)
+    base, tuning = config, None
+    if tune is not None:
+        from calibration.tuning import tune as run_tuning
+        from calibration.tuning import tuned
+
+        tuning = run_tuning(unscaled, config, tune, pretrained, hidden)  # held-out images are not in train_set
+        config = tuned(config, tuning)
     history = train(model, [train_set], config, out=out / "checkpoints", resume=resume, progress=progress)
     evaluation = evaluate(model, test_set.zscored(train_set.mean, train_set.std)) if len(test_set.betas) else {}
     if evaluation and _is_main():
@@ -232,9 +260,19 @@ def calibrate(data: SubjectData, out: str | Path, config: TrainConfig, pretraine
         (out / "held_out.json").write_text(json.dumps(evaluation.pop("top5")))
     extra = {"seconds": round(time.monotonic() - start, 1), "source": source,
              "pretrained": str(pretrained) if pretrained is not None else None,
-             "held_out_overlap": overlap, "overlap_allowed": bool(allow_overlap and any(overlap.values()))}
+             "held_out_overlap": overlap, "overlap_allowed": bool(allow_overlap and any(overlap.values())),
+             "person": data.person, "seen_person": seen,
+             "calibration_images_in_pretraining": _in_pretraining(set(train_set.images), trained),
+             "tuning": tuning}
     if compare_scratch and pretrained is not None:
-        scratch = calibrate(data, out / "scratch", config, None, resume, hidden, progress, embedder, source,
-                            holdout=holdout, allow_overlap=allow_overlap)
+        scratch = calibrate(data, out / "scratch", base, None, resume, hidden, progress, embedder, source,
+                            holdout=holdout, allow_overlap=allow_overlap, tune=tune)
         extra["scratch"] = json.loads((scratch / "training.json").read_text())["evaluation"]  # whole: see _write_folder
     return _write_folder(model, out, data.subject, train_set, config, history, evaluation, embedder, extra)
+
+
+def _in_pretraining(images: set[str], trained: dict[str, set[str] | None]) -> dict | None:
+    """How many of the calibration hour's training images the pretrained model was trained on too (None:
+    no pretrained model, or it does not list its images)."""
+    known = trained.get("pretraining")
+    return None if known is None else {"images": len(images), "in_pretraining": len(images & known)}

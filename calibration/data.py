@@ -20,6 +20,9 @@ class SubjectData:
     std: np.ndarray | None = None
     blur: np.ndarray | None = None
     runs: np.ndarray | None = None  # each trial's run number, where the source records it
+    # Whose brain, where the source says (a simulated person's seed; a recorded participant's label):
+    # calibration refuses a person whose brain was in pretraining (calibration.splits).
+    person: str | None = None
 
     def __post_init__(self) -> None:
         if not len(self.betas) == len(self.images) == len(self.tokens):
@@ -37,12 +40,12 @@ class SubjectData:
         mean = self.betas.mean(0) if mean is None else mean
         std = self.betas.std(0) + 1e-6 if std is None else std
         return SubjectData(self.subject, ((self.betas - mean) / std).astype(np.float32), self.images, self.tokens,
-                           mean.astype(np.float32), std.astype(np.float32), self.blur, self.runs)
+                           mean.astype(np.float32), std.astype(np.float32), self.blur, self.runs, self.person)
 
     def subset(self, rows: np.ndarray) -> SubjectData:
         return SubjectData(self.subject, self.betas[rows], [self.images[i] for i in rows], self.tokens[rows],
                            self.mean, self.std, None if self.blur is None else self.blur[rows],
-                           None if self.runs is None else self.runs[rows])
+                           None if self.runs is None else self.runs[rows], self.person)
 
 
 def split_by_image(data: SubjectData, held_out: set[str]) -> tuple[SubjectData, SubjectData]:
@@ -58,7 +61,8 @@ def average_repeats(data: SubjectData) -> SubjectData:
     betas = np.stack([data.betas[r].mean(0) for r in rows])
     tokens = np.stack([data.tokens[r[0]] for r in rows])
     blur = None if data.blur is None else np.stack([data.blur[r[0]] for r in rows])
-    return SubjectData(data.subject, betas.astype(np.float32), order, tokens, data.mean, data.std, blur)
+    return SubjectData(data.subject, betas.astype(np.float32), order, tokens, data.mean, data.std, blur,
+                       person=data.person)
 
 
 def concat_trials(first: SubjectData, second: SubjectData) -> SubjectData:

@@ -123,11 +123,24 @@ def write_report(folder: str | Path, session: str | Path | None = None,
         found = ", ".join(f"{n} in the {k} set" for k, n in overlap.items() if n)
         warning = [f"**Held-out images were trained on ({found}; --allow-overlap): the held-out figures below "
                    "measure memory of those images as much as generalisation.**", ""]
+    if summary.get("seen_person"):  # first of all: the figures are not about a new person
+        warning = [f"**Not a new person: {summary['seen_person']} (--allow-seen-person). The figures below say "
+                   "nothing about calibrating a new person's hour.**", "", *warning]
     lines = warning + [f"# Calibration report: {json.loads((folder / 'subject.json').read_text())['subject']}", "",
              f"{summary['steps']} steps, {train['epochs']} epochs, batch {train['batch_size']}, "
              f"{summary.get('processes', 1)} process(es), precision {train.get('precision', 'no')}, "
              f"{summary.get('seconds', float('nan')):.0f} s; started from "
              f"{summary.get('pretrained') or 'scratch'}.", ""]
+    tuning = summary.get("tuning")
+    if tuning:
+        tried = ", ".join(f"{r['max_lr']:g} x {r['epochs']} ep. {_pct(r['score'])}" for r in tuning["grid"])
+        lines += [f"Learning rate {tuning['best']['max_lr']:g} and {tuning['best']['epochs']} epochs were chosen on "
+                  f"{len(tuning['validation_images'])} validation images of the training trials (never the held-out "
+                  f"ones), {tuning['grid'][0]['n_way']}-way top-1 both ways: {tried}.", ""]
+    seen = summary.get("calibration_images_in_pretraining")
+    if seen:
+        lines += [f"Of the {seen['images']} images this hour trained on, {seen['in_pretraining']} were pretraining "
+                  "images too.", ""]
     if (folder / "history.npz").exists():
         _loss_plot(folder, out / "loss.png")
         lines += ["## Training losses", "", "![losses](loss.png)", ""]

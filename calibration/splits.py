@@ -89,3 +89,47 @@ def require_disjoint(held_out: set[str], training: dict[str, set[str] | None], a
                            "held-out figures would measure memory, not generalisation. Hold out other images, or "
                            "pass --allow-overlap (the report then says so in its first line)")
     return counts
+
+
+# A new person is new: the brains a shared model was trained on (issue 35).
+TRAINING_PEOPLE = "training_people.txt"
+
+
+class SeenPersonError(ValueError):
+    """The person to calibrate was in the pretrained model's training."""
+
+
+def write_training_people(folder: str | Path, people: Iterable[str]) -> Path:
+    """Whose brains a model was trained on (a simulated person's seed, a participant label), one a line."""
+    path = Path(folder) / TRAINING_PEOPLE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{p}\n" for p in sorted(set(people))))
+    return path
+
+
+def read_training_people(folder: str | Path) -> set[str] | None:
+    """The people a model folder says it was trained on; None when it does not say (older folders)."""
+    path = Path(folder) / TRAINING_PEOPLE
+    return set(path.read_text().split()) if path.exists() else None
+
+
+def seen_person(subject: str, person: str | None, pretrained_subjects: list[str], pretrained_people: set[str] | None
+                ) -> str | None:
+    """Why the person to calibrate is not new to the pretrained model (None: new, as far as it says): the
+    same brain, or the same subject name (whose pretrained ridge calibration would take over)."""
+    if person is not None and pretrained_people is not None and person in pretrained_people:
+        return f"its brain ({person}) was in pretraining"
+    if subject in pretrained_subjects:
+        return f"a pretraining subject is named {subject!r} (its pretrained ridge would be fine-tuned, not a new one)"
+    return None
+
+
+def require_new_person(subject: str, person: str | None, pretrained: str | Path, pretrained_subjects: list[str],
+                       allow: bool = False) -> str | None:
+    """The reason a person is not new, when allowed; SeenPersonError, one line, when not."""
+    why = seen_person(subject, person, pretrained_subjects, read_training_people(pretrained))
+    if why and not allow:
+        raise SeenPersonError(f"{subject} is not a new person to {pretrained}: {why}. A model that has seen this "
+                              "brain says nothing about a new person's hour. Calibrate a new person, or pass "
+                              "--allow-seen-person (the output, training.json and the report then say so first)")
+    return why

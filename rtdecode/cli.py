@@ -92,9 +92,15 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--trials", type=int, default=63)
     q.add_argument("--reliability", type=float, default=0.3)
     q.add_argument("--seed", type=int, default=0)
-    q.add_argument("--role", choices=("pretrain", "new", "any"), default="pretrain",
-                   help="pretrain: no image of the built-in test pool; new: a person to calibrate, whose repeated "
-                        "(held-out) images come from the test pool; any: every image (docs/calibration.md)")
+    q.add_argument("--role", choices=("pretrain", "new", "new-overlap", "any"), default="pretrain",
+                   help="pretrain: no image of the built-in test pool nor of the new-person pool; new: a person to "
+                        "calibrate, whose repeated (held-out) images come from the test pool and the rest from the "
+                        "new-person pool (needs --images 2400 for full sessions); new-overlap: the rest from every "
+                        "training image, as before issue 35; any: every image (docs/calibration.md)")
+    q.add_argument("--images", type=int, default=1200, help="size of the built-in image set to draw from")
+    q.add_argument("--first-person", type=int, default=None,
+                   help="number (and seed) of the first person, sim<N>; default: new people for this --seed and "
+                        "--role (pretrain sim01.., new sim51.., seed 1: sim101.., sim151..)")
     q = sim.add_parser("stimuli", help="write the built-in stimulus images as PNG")
     q.add_argument("--out", required=True, type=Path)
     q.add_argument("-n", type=int, default=1200)
@@ -128,6 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-overlap", action="store_true",
                    help="train even if held-out images are in the pretrained model's training images "
                         "(refused otherwise; the report then says so first)")
+    p.add_argument("--tune", default=None, metavar="LRS:EPOCHS",
+                   help="pick --lr and --epochs on a validation split of the training trials (never the held-out "
+                        "images), e.g. 1e-3,3e-3,1e-2:5,10; --compare-scratch tunes the scratch model on the same grid")
+    p.add_argument("--allow-seen-person", action="store_true",
+                   help="calibrate a person whose brain or subject name was in pretraining (refused otherwise; the "
+                        "first line printed, training.json and the report then say so)")
     p.add_argument("--no-report", action="store_true", help="skip report/report.md and its plots")
     g = p.add_argument_group("the GLM of --session (docs/glm.md)")
     g.add_argument("--glm-hrf", choices=("glover", "library"), default="glover",
@@ -446,6 +458,7 @@ def _calibration(args: argparse.Namespace) -> int:
     from calibration.nsd import load_nsd_subject, nsd_test_images, without_images
     from calibration.progress import Progress
     from calibration.trainer import TrainConfig
+    from calibration.tuning import Grid
 
     options = dict(epochs=args.epochs, batch_size=args.batch_size, max_lr=args.lr, seed=args.seed,
                    checkpoint_s=args.checkpoint_s, cpu=args.cpu)
@@ -513,7 +526,8 @@ def _calibration(args: argparse.Namespace) -> int:
                             source=str(args.session or args.nsd or args.dataset),
                             compare_scratch=args.compare_scratch,
                             holdout=holdout,
-                            allow_overlap=args.allow_overlap)
+                            allow_overlap=args.allow_overlap, allow_seen_person=args.allow_seen_person,
+                            tune=None if args.tune is None else Grid.parse(args.tune))
     except (FileNotFoundError, ValueError, KeyError) as exc:
         raise ConfigError(f"rtdecode {args.command}: {exc}") from None
     from accelerate import PartialState

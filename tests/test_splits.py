@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -28,10 +29,12 @@ def test_pretraining_never_sees_the_test_pool_and_a_new_person_is_tested_only_on
 
     specs = [SubjectSpec(name=f"p{i}", n_voxels=60, seed=i, latent_dim=32) for i in range(3)]
     write_dataset(tmp_path / "others", specs, sessions=1, latent=latent_space)  # role "pretrain" by default
+    # 50 images x 3 repeats and 150 once: the new-person pool of 1,200 images holds 300 (issue 35).
     write_dataset(tmp_path / "new", [SubjectSpec(name="n", n_voxels=60, seed=9, latent_dim=32)], sessions=1,
-                  latent=latent_space, role="new")
+                  n_runs=6, trials_per_run=50, n_repeated=50, latent=latent_space, role="new")
     pretraining = {im for s in specs for im in _images(tmp_path / "others", s.name)}
-    assert len(pretraining) > 900 and not any(is_test_image(im) for im in pretraining)
+    assert len(pretraining) > 650 and not any(is_test_image(im) for im in pretraining)
+    assert not set(_images(tmp_path / "new", "n")) & pretraining  # a new person's images are new (issue 35)
     shown = _images(tmp_path / "new", "n")
     counts = {im: shown.count(im) for im in set(shown)}
     held_out = {im for im, c in counts.items() if c > 1}
@@ -85,6 +88,7 @@ def test_calibrate_refuses_held_out_images_the_pretrained_model_saw_unless_allow
     config = TrainConfig(epochs=3, batch_size=8, checkpoint_s=1e9)
     shared = pretrain([data.zscored()], tmp_path / "shared", config, hidden=32)  # it saw every image, held-out too
     assert (shared / "training_images.txt").read_text().split() == sorted(set(data.images))
+    data = dataclasses.replace(data, subject="q2", person=None)  # the same images as another person's (issue 35)
     with pytest.raises(OverlapError, match=f"^{len(repeated_images(data))} of the {len(repeated_images(data))} held-out"):
         calibrate(data, tmp_path / "refused", config, pretrained=shared)
     assert not (tmp_path / "refused" / "training.json").exists()

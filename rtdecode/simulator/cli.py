@@ -10,7 +10,7 @@ from rtdecode.errors import ConfigError
 from rtdecode.gallery.builtin import StimulusSet
 from rtdecode.simulator.paradigm import Paradigm
 from rtdecode.simulator.scanner import simulate_run, write_run
-from rtdecode.simulator.subjects import SubjectSpec, default_subjects
+from rtdecode.simulator.subjects import SubjectSpec, dataset_people
 
 
 def simulate(args: argparse.Namespace) -> int:
@@ -26,12 +26,15 @@ def _simulate(args: argparse.Namespace) -> int:
         print(f"wrote {len(paths)} images to {args.out}")
         return 0
     if args.what == "betas":
+        from rtdecode.simulator.subjects import LatentSpace
         from rtdecode.simulator.trials import write_dataset
 
-        specs = default_subjects(args.subjects, reliability=args.reliability)
+        specs = dataset_people(args.subjects, args.role, args.seed, args.first_person, reliability=args.reliability)
+        latent = LatentSpace(dim=specs[0].latent_dim, stimuli=StimulusSet(n=args.images))
         path = write_dataset(args.out, specs, sessions=args.sessions, n_runs=args.runs, trials_per_run=args.trials,
-                             seed=args.seed, role=args.role)
-        print(f"wrote betas of {len(specs)} subjects x {args.sessions} session(s) to {path.parent}")
+                             seed=args.seed, role=args.role, latent=latent)
+        print(f"wrote betas of {len(specs)} subjects ({', '.join(s.name for s in specs)}) x {args.sessions} "
+              f"session(s) to {path.parent}")
         return 0
     return _run(args)
 

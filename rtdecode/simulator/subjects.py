@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from functools import lru_cache
 
 import numpy as np
+from scipy.stats import norm
 
 from models.standin import StandInConfig, StandInEmbedder
 from rtdecode.cache import cached_arrays
@@ -45,12 +46,20 @@ class Physiology:
     structured_share: float = 0.0  # share of head-frame noise variance in shared slow components
     structured_components: int = 0
     structured_rho: float = 0.9  # lag-1 autocorrelation of each component at TR 1.5 s (slow: < 0.1 Hz)
+    # Voxels over draining veins: later and wider responses, in patches (issue 32's "venous" voxels).
+    venous_share: float = 0.0  # share of voxels (the top of a smooth field over ~4 mm)
+    venous_delay_s: float = 0.0  # added to such a voxel's delay (and its undershoot's)
+    venous_dispersion: float = 1.0  # its dispersion is multiplied by this
 
 
 PHYSIOLOGY = {
     "canonical": Physiology(),
     "varied": Physiology(person_peak_sd_s=0.8, voxel_peak_sd_s=0.6, undershoot_sd_s=1.0, dispersion_sd=0.1,
                          ratio_sd=0.3, structured_share=0.4, structured_components=6),
+    # "varied" plus late venous patches (Siero et al. 2011: responses over pial veins peak ~1-2 s later).
+    "venous": Physiology(person_peak_sd_s=0.8, voxel_peak_sd_s=0.6, undershoot_sd_s=1.0, dispersion_sd=0.1,
+                         ratio_sd=0.3, structured_share=0.4, structured_components=6, venous_share=0.15,
+                         venous_delay_s=1.5, venous_dispersion=1.3),
 }
 
 
@@ -70,6 +79,10 @@ class SubjectSpec:
     # "canonical": the Glover HRF in every voxel and noise without shared slow components (round 1);
     # "varied": person- and voxel-specific HRF timing and shared slow noise components (see PHYSIOLOGY).
     physiology: str = "canonical"
+    # 0: responses driven by each image's own latent (the code every person shares); k > 0: by the latent
+    # of another image, under a seeded permutation k of the set, so this person shares no code with the
+    # others (the claim's control for transfer between people: docs/calibration.md).
+    scramble: int = 0
 
     def __post_init__(self) -> None:
         if self.physiology not in PHYSIOLOGY:
@@ -77,6 +90,20 @@ class SubjectSpec:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def person(self) -> str:
+        """Whose brain: the seed draws every map, so two specs with one seed are one person (whatever
+        their names or voxel counts)."""
+        return f"simulated:seed={self.seed}"
+
+    def code_of(self, indices, n_images: int) -> np.ndarray:
+        """The images whose latents drive this person's responses to images ``indices`` (themselves, or
+        a seeded permutation's images under ``scramble``)."""
+        indices = np.asarray(indices, int)
+        if self.scramble == 0:
+            return indices
+        return np.random.default_rng([self.scramble, 303]).permutation(n_images)[indices]
 
 
 class LatentSpace:
@@ -142,6 +169,7 @@ class SimulatedSubject:
         self._hrf_field = _FourierField(hrng, 4, scale_mm=6.0)
         self._person_peak = float(hrng.normal())
         self._noise_field = _FourierField(hrng, max(self.physiology.structured_components, 1), scale_mm=20.0)
+        self._vein_field = _FourierField(np.random.default_rng([spec.seed, 303]), 1, scale_mm=4.0)  # own stream
         self._specific_proj = rng.normal(0, 2 / np.sqrt(spec.latent_dim), (spec.latent_dim, spec.latent_dim))
         self._specific_phase = rng.uniform(0, 2 * np.pi, spec.latent_dim)
         candidates = _candidate_voxels()
@@ -172,8 +200,18 @@ class SimulatedSubject:
         f = self._hrf_field(xyz)  # unit-variance smooth fields
         peak = np.clip(PEAK_S + p.person_peak_sd_s * self._person_peak + p.voxel_peak_sd_s * f[:, 0], 3.5, 10.0)
         under = peak + (UNDERSHOOT_S - PEAK_S) + p.undershoot_sd_s * f[:, 1]
-        return HrfShape(peak, np.maximum(under, peak + 2.0), DISPERSION * np.exp(p.dispersion_sd * f[:, 2]),
-                        np.clip(RATIO * np.exp(p.ratio_sd * f[:, 3]), 0.1, 0.8))
+        disp = DISPERSION * np.exp(p.dispersion_sd * f[:, 2])
+        if p.venous_share > 0:
+            vein = self.venous(xyz)
+            peak, under = peak + p.venous_delay_s * vein, under + p.venous_delay_s * vein
+            disp = disp * np.where(vein, p.venous_dispersion, 1.0)
+        return HrfShape(peak, np.maximum(under, peak + 2.0), disp, np.clip(RATIO * np.exp(p.ratio_sd * f[:, 3]), 0.1, 0.8))
+
+    def venous(self, xyz: np.ndarray) -> np.ndarray:
+        """Which positions lie over draining veins (none unless the physiology has venous voxels)."""
+        share = self.physiology.venous_share
+        # A unit-variance smooth field above its normal quantile: about ``share`` of positions, in patches.
+        return self._vein_field(xyz)[:, 0] > norm.ppf(1 - share) if share > 0 else np.zeros(len(xyz), bool)
 
     def noise_loadings(self, xyz: np.ndarray) -> np.ndarray:
         """(n, k) loadings of the shared slow noise components, unit norm per position (k = 0: none)."""
@@ -252,9 +290,40 @@ def _candidate_voxels() -> np.ndarray:
     return xyz[_visual_candidates(xyz)]
 
 
+# People of a dataset are numbered from here: a block of 100 numbers per dataset seed, split by role, so
+# the people of a pretraining dataset and of a dataset of people to calibrate never share a brain (nor
+# a name, which would hand the new person a pretrained ridge) unless a first person is asked for.
+ROLE_FIRST = {"pretrain": 1, "new": 51, "new-overlap": 51, "any": 76}
+ROLE_ROOM = {"pretrain": 50, "new": 25, "new-overlap": 25, "any": 25}
+
+
+def first_person(role: str, dataset_seed: int) -> int:
+    """The number (and seed) of a dataset's first person by default: sim01 for a pretraining dataset of
+    seed 0, sim51 for the people to calibrate of seed 0, sim101 / sim151 for seed 1, ..."""
+    if role not in ROLE_FIRST:
+        raise ValueError(f"role must be one of {', '.join(ROLE_FIRST)}, got {role!r}")
+    if dataset_seed < 0:
+        raise ValueError(f"the dataset seed must be 0 or more, got {dataset_seed}")
+    return 100 * dataset_seed + ROLE_FIRST[role]
+
+
 def default_subjects(n: int = 4, base_seed: int = 1, reliability: float = NSD_RELIABILITY,
                      voxels: tuple[int, ...] = (1800, 1500, 2100, 1300, 1700, 1950, 1400, 1600),
                      physiology: str = "canonical") -> list[SubjectSpec]:
-    """Several subjects with different voxel counts (NSD-like spread, scaled down for a CPU)."""
-    return [SubjectSpec(name=f"sim{i + 1:02d}", n_voxels=voxels[i % len(voxels)], seed=base_seed + i,
+    """Several subjects with different voxel counts (NSD-like spread, scaled down for a CPU), numbered
+    from ``base_seed``: person k is ``sim{k:02d}`` with seed k, the same brain in every dataset."""
+    return [SubjectSpec(name=f"sim{base_seed + i:02d}", n_voxels=voxels[i % len(voxels)], seed=base_seed + i,
                         reliability=reliability, physiology=physiology) for i in range(n)]
+
+
+def dataset_people(n: int, role: str, dataset_seed: int, first: int | None = None, **kwargs) -> list[SubjectSpec]:
+    """A dataset's people: numbered from :func:`first_person` (new to every other dataset's default
+    people), or from ``first`` when asked (e.g. to calibrate a person who was in pretraining)."""
+    if first is None:
+        first = first_person(role, dataset_seed)
+        if n > ROLE_ROOM[role]:
+            raise ValueError(f"at most {ROLE_ROOM[role]} people in a {role!r} dataset (numbers beyond would be "
+                             f"another dataset's people), got {n}; pass a first person to number them yourself")
+    if first < 1:
+        raise ValueError(f"the first person must be 1 or more, got {first}")
+    return default_subjects(n, base_seed=first, **kwargs)

@@ -248,3 +248,15 @@ def test_readers_beside_a_live_decoder_change_nothing_in_its_folder(decoded, tmp
     assert main(["evaluate", str(folder.path), "--decoded", str(live), "--out", str(tmp_path / "ev")]) == 0
     assert table.read_bytes() == torn  # the torn row is the decoder's to finish, not a reader's to cut
     assert (live / "sub-01" / "ses-01" / "reconstructed.keys").read_bytes() == keys + b"half"
+
+
+def test_histograms_take_an_oracles_scores(tmp_path):
+    """PixCorr 1.0 and 0.9999999999999998 (a perfect score, rounded two ways): numpy cannot cut that range
+    into 20 bins ('Too many bins for data range'), which made an oracle run exit 2."""
+    from rtdecode.evaluate.report import write_histograms
+    from rtdecode.evaluate.score import Scores
+
+    rows = [{"version": "realtime", "PixCorr": v, "SSIM": 1.0} for v in (1.0, 0.9999999999999998, 1.0)]
+    rows.append({"version": "endofrun", "PixCorr": float("nan"), "SSIM": 0.5})  # a constant image's PixCorr
+    out = write_histograms(Scores(rows, [], []), tmp_path / "histograms.png")
+    assert Image.open(out).size[0] > 100

@@ -167,6 +167,10 @@ def test_the_offline_glm_reads_a_finalised_session_without_its_live_record(recor
     from_live = offline_betas(session_folder(recorded.path), settings)
     assert from_bids.images == from_live.images
     np.testing.assert_allclose(from_bids.betas, from_live.betas, rtol=1e-4, atol=1e-4)
+    # What the console rebuilds from: dvars back on the live record's scale (BIDS has fMRIPrep's)
+    copied = SessionFolder(copy_root, "01", "01").run_store(1).load()[0]
+    live = recorded.run_store(1).load()[0]
+    np.testing.assert_allclose([float(r["dvars"]) for r in copied], [float(r["dvars"]) for r in live], rtol=1e-4)
 
 
 def test_a_run_that_ended_before_a_crash_is_written_as_bids_on_the_next_start(recorded, tmp_path):

@@ -98,8 +98,9 @@ def outlier_column(k: int) -> str:
     return f"motion_outlier_{k:02d}"
 
 
-def description(missing: list[int]) -> dict:
-    """The confounds table's JSON sidecar."""
+def description(missing: list[int], scale: float = 1.0) -> dict:
+    """The confounds table's JSON sidecar; ``scale``: the factor dvars was multiplied by (read back by
+    :func:`rtdecode.bids.read.load_finalized`)."""
     filled = (f"a volume that never arrived ({', '.join(map(str, missing)) or 'none in this run'}) has the mean "
               "of its nearest received neighbours' value")
     return {
@@ -111,7 +112,7 @@ def description(missing: list[int]) -> dict:
             f"Power et al. 2012, 50 mm head radius; n/a in the first row; {MISSING_FLAG:g} for a volume that never "
             "arrived (so any scrubbing threshold drops it)")},
         "dvars": {"Description": "RMS over the mask of the volume-to-volume difference, the masked series scaled so "
-                                 f"its median is {DVARS_SCALE:g} (as fMRIPrep); {filled}"},
+                                 f"its median is {DVARS_SCALE:g} (as fMRIPrep); {filled}", "ScaleFactor": scale},
         "std_dvars": {"Description": f"DVARS over its expectation under AR(1) (Nichols 2013); {MISSING_FLAG:g} for a "
                                      "volume that never arrived"},
         **{outlier_column(k): {"Description": f"1 at volume {j} (0-based), which never arrived; 0 elsewhere"}

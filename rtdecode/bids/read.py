@@ -32,6 +32,8 @@ def load_finalized(folder: SessionFolder, run: int) -> tuple[list[dict[str, str]
     if files is None:
         return None
     missing = set(json.loads(files["sidecar"].read_text()).get("MissingVolumes", []))
+    about = files["confounds"].with_name(files["confounds"].name.replace(".tsv", ".json"))
+    scale = json.loads(about.read_text()).get("dvars", {}).get("ScaleFactor", 1.0) if about.exists() else 1.0
     mask = np.asarray(nib.load(files["mask"]).dataobj) > 0
     series = np.asarray(nib.load(files["preproc"]).dataobj, np.float32)[mask].T  # (frames, voxels)
     rows, vectors = [], []
@@ -44,8 +46,8 @@ def load_finalized(folder: SessionFolder, run: int) -> tuple[list[dict[str, str]
             row[c] = r[c]
         for c in ("rot_x", "rot_y", "rot_z"):
             row[c] = repr(float(np.rad2deg(float(r[c]))))
-        for c in ("framewise_displacement", "dvars"):
-            row[c] = "0" if r[c] == "n/a" else r[c]
+        row["framewise_displacement"] = "0" if r["framewise_displacement"] == "n/a" else r["framewise_displacement"]
+        row["dvars"] = "0" if r["dvars"] == "n/a" else repr(float(r["dvars"]) / scale)  # the live record's scale
         rows.append(row)
         vectors.append(series[i])
     return rows, np.asarray(vectors, np.float32).reshape(len(vectors), int(mask.sum()))

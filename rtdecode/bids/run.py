@@ -18,7 +18,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from rtdecode.bids.confounds import COLUMNS, confound_rows, description
+from rtdecode.bids.confounds import COLUMNS, confound_rows, description, dvars_scale
 from rtdecode.bids.dataset import write_atomic
 from rtdecode.bids.lock import DatasetLock
 from rtdecode.bids.names import bold_path, derivative_func
@@ -228,7 +228,7 @@ class _Derivative:
         table, missing = confound_rows(rows, vectors, n)
         _tsv(tmp / conf.name, [*COLUMNS, *(c for c in (table[0] if table else {}) if c not in COLUMNS)], table)
         staged.append((tmp / conf.name, conf))
-        staged.append(self._json(conf.name.replace(".tsv", ".json"), description(missing)))
+        staged.append(self._json(conf.name.replace(".tsv", ".json"), description(missing, dvars_scale(vectors))))
         for betas_tsv in sorted(self.folder.derivatives.glob(f"{self.folder.prefix(self.run)}_desc-*_betas.tsv")):
             staged += self._betas(betas_tsv)
         return staged

@@ -133,6 +133,12 @@ def test_the_published_pickled_layout_loads_strictly_and_captions_the_same(tmp_p
     torch.save(state, folder / "pytorch_model.bin")
     with pytest.raises(ValueError, match=r"unexpected \['git\.extra\.weight'\]"):
         BrainCaptioner.from_folder(folder)
+    # the vision encoder's weights are not kept, but they are checked: a wrong one means a wrong file
+    del state["git.extra.weight"]
+    state["git.image_encoder.vision_model.post_layernorm.weight"] = torch.zeros(5)
+    torch.save(state, folder / "pytorch_model.bin")
+    with pytest.raises(ValueError, match=r"post_layernorm\.weight has shape \(5,\), the config says \(24,\)"):
+        BrainCaptioner.from_folder(folder)
 
 
 def test_tokens_of_the_wrong_shape_or_device_are_refused(captioner_folder: Path):

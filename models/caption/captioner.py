@@ -38,23 +38,33 @@ class GivenVisualFeatures(nn.Module):
         return SimpleNamespace(last_hidden_state=pixel_values[:, 0])
 
 
-def _read_weights(folder: Path) -> tuple[Path, dict[str, torch.Tensor]]:
-    """The first of ``WEIGHT_FILES`` present: safetensors, or a pickled bare state dict through the
-    project's safe reader (``torch.load(weights_only=True)``; nothing in it runs)."""
+def _read_weights(folder: Path, device: str | torch.device):
+    """(path, {key: shape}, fetch) for the first of ``WEIGHT_FILES`` present; ``fetch(keys)`` reads only
+    those tensors (safetensors straight onto ``device``), so the vision encoder's weights are checked by
+    shape and never read. A pickled ``pytorch_model.bin`` goes through the project's safe reader
+    (``torch.load(weights_only=True)``, memory-mapped; nothing in it runs)."""
     for name in WEIGHT_FILES:
         path = folder / name
         if not path.is_file():
             continue
         if name.endswith(".safetensors"):
-            from safetensors.torch import load_file
+            from safetensors import safe_open
 
-            return path, load_file(str(path))
+            with safe_open(str(path), framework="pt") as f:
+                shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+
+            def fetch(keys: list[str], path: Path = path) -> dict[str, torch.Tensor]:
+                where = "cpu" if torch.device(device).type == "meta" else str(device)  # meta holds no data
+                with safe_open(str(path), framework="pt", device=where) as f:
+                    return {k: f.get_tensor(k) for k in keys}
+
+            return path, shapes, fetch
         state = load_checkpoint(path)
         bad = [k for k, v in state.items() if not (isinstance(k, str) and isinstance(v, torch.Tensor))] \
             if isinstance(state, dict) else ["<top>"]
         if bad:
             raise ValueError(f"{path}: expected a state dict of tensors under text keys; found {bad[:3]}")
-        return path, state
+        return path, {k: tuple(v.shape) for k, v in state.items()}, lambda keys, s=state: {k: s[k] for k in keys}
     raise FileNotFoundError(f"{folder}: no GIT weights; expected one of {', '.join(WEIGHT_FILES)}")
 
 
@@ -71,9 +81,9 @@ def load_git(folder: str | Path, device: str | torch.device = "cpu", dtype: torc
         raise ValueError(f"{folder / 'config.json'}: model_type must be 'git', got {config.model_type!r}")
     with torch.device("meta"):
         model = GitForCausalLM(config)
-    path, state = _read_weights(folder)
-    _check_keys(model, state, path)
-    kept = {k: v for k, v in state.items() if k in model.state_dict() and not k.startswith(VISION)}
+    path, shapes, fetch = _read_weights(folder, device)
+    _check_keys(model, shapes, path)
+    kept = fetch([k for k in shapes if k in model.state_dict() and not k.startswith(VISION)])
     model.git.image_encoder = GivenVisualFeatures()
     if config.tie_word_embeddings and "output.weight" not in kept:
         kept["output.weight"] = kept["git.embeddings.word_embeddings.weight"]
@@ -84,14 +94,14 @@ def load_git(folder: str | Path, device: str | torch.device = "cpu", dtype: torc
             if leaf != "position_ids":
                 raise ValueError(f"{path}: GIT buffer {name} is not stored and cannot be rebuilt")
             model.get_submodule(owner).register_buffer(
-                leaf, torch.arange(buffer.shape[-1]).expand(buffer.shape).clone(), persistent=False)
+                leaf, torch.arange(buffer.shape[-1], device=device).expand(buffer.shape).clone(), persistent=False)
     if (folder / "generation_config.json").is_file():
         model.generation_config = GenerationConfig.from_pretrained(str(folder), local_files_only=True)
     tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     return model.to(device=device, dtype=dtype).eval().requires_grad_(False), tokenizer
 
 
-def _check_keys(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+def _check_keys(model: nn.Module, state: dict[str, tuple[int, ...]], path: Path) -> None:
     """Strict: every weight the model has is in the file, with its shape, and nothing else is, except the
     index buffers (``position_ids``) older transformers saved."""
     expected = model.state_dict()
@@ -103,8 +113,8 @@ def _check_keys(model: nn.Module, state: dict[str, torch.Tensor], path: Path) ->
         raise ValueError(f"{path}: not GIT of {path.parent / 'config.json'}: missing {missing[:5]} "
                          f"({len(missing)}), unexpected {unexpected[:5]} ({len(unexpected)})")
     for key, value in expected.items():
-        if key in state and tuple(state[key].shape) != tuple(value.shape):
-            raise ValueError(f"{path}: {key} has shape {tuple(state[key].shape)}, the config says "
+        if key in state and state[key] != tuple(value.shape):
+            raise ValueError(f"{path}: {key} has shape {state[key]}, the config says "
                              f"{tuple(value.shape)}")
 
 

@@ -57,8 +57,8 @@ def test_a_replay_shows_each_caption_with_its_score(windows, tmp_path):
     store = ResultStore(tmp_path / "sub-01" / "ses-01", identity)
     key = f"{'e' * 32}:1:2:realtime"
     store.save_retrieval(key, {"run": 1, "trial": 2, "image": "sim-01002"}, np.zeros((16, 64), np.float32),
-                         ["sim-01002"], [0.5], {"backbone_ms": 1, "retrieval_ms": 1, "prior_ms": 1}, time.time(),
-                         caption=CAPTION)
+                         ["sim-01002"], [0.5], {"backbone_ms": 1, "retrieval_ms": 1, "prior_ms": 1}, time.time())
+    store.save_caption(key, CAPTION)
     store.save_image(key, np.zeros((24, 40, 3), np.uint8))
     row = {"version": "realtime", "run": 1, "trial": 2, "image": "sim-01002", "caption": CAPTION, "reference": CAPTION,
            "METEOR": 0.4321, "ROUGE-1": 1.0, "ROUGE-L": 1.0}

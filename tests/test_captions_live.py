@@ -56,9 +56,9 @@ class TinyRefiner:
         return (0.5 * image + 0.5 * tint).astype(np.uint8)
 
 
-def _service(tmp_path, folders, refine: str | None, refiner=None) -> DecoderService:
+def _service(tmp_path, folders, refine: str | None, refiner=None, captions: bool = True) -> DecoderService:
     model, gallery, captioner = folders
-    decoder = Decoder.from_folder(model, gallery, cache=tmp_path / "cache", captioner=captioner)
+    decoder = Decoder.from_folder(model, gallery, cache=tmp_path / "cache", captioner=captioner if captions else None)
     decoder.refiner = refiner
     return DecoderService(decoder, tmp_path / "out", "tcp://127.0.0.1:0", "tcp://127.0.0.1:0", heartbeat_s=60,
                           refine=refine)
@@ -109,13 +109,17 @@ def test_captions_on_the_wire_in_the_store_and_after_a_restart(tmp_path, folders
         service.close()
         sender.close()
         sub.close()
-    for stage in ("retrieval", "reconstruction"):
-        # by trial: a subscriber that joins also gets the kept retrievals replayed (the same message again)
-        caps = list({m.fields["trial"]: m.fields.get("caption") for m in got if m.fields["stage"] == stage}.values())
-        assert len(caps) == 3 and all(caps), stage  # every result of the trial carries its caption
+    # The caption goes out after its trial's retrieval (never delaying it), then on the trial's picture.
+    for trial in range(3):
+        stages = [(m.fields["stage"], m.fields.get("caption")) for m in got if m.fields["trial"] == trial]
+        first = [s for s, _ in stages]
+        assert first.index("retrieval") < first.index("caption") < first.index("reconstruction"), stages
+        said = {c for s, c in stages if s in ("caption", "reconstruction")}
+        assert len(said) == 1 and all(said) and stages[first.index("retrieval")][1] is None
+    caps = [m.fields["caption"] for m in got if m.fields["stage"] == "caption"]
     stored = ResultStore(tmp_path / "out" / "sub-01" / "ses-01", readonly=True).captions()
-    assert sorted(stored.values()) == sorted(caps)
-    # Restarted: the replay a late console gets holds every trial's caption, read back from results.tsv.
+    assert sorted(stored.values()) == sorted(caps) and len(caps) == 3
+    # Restarted: the replay a late console gets holds every trial's caption on its retrieval (captions.tsv).
     again = _service(tmp_path, folders, refine=None)
     late = Subscriber(again.publisher.address, topics=("result",))
     replayed = []
@@ -193,19 +197,23 @@ def test_refine_without_a_refiner_is_one_clear_error(tmp_path, folders):
 
 
 def test_stored_captions_pass_through_an_older_table(tmp_path, folders, rng):
-    """A results.tsv an older rtdecode began (no caption column) keeps its header; rows still read back."""
+    """A results.tsv begun with other columns (a caption column, as rtdecode wrote for a day) keeps its header,
+    every row as wide as it; the caption comes from captions.tsv."""
     folder = tmp_path / "out" / "sub-01" / "ses-01"
     store = ResultStore(folder, SESSION)
-    old = "key\trun\ttrial\tversion\timage\ttop_ids\ttop_scores\tbackbone_ms\tretrieval_ms\tprior_ms\tt_received\tt_done\n"
+    old = ("key\trun\ttrial\tversion\timage\ttop_ids\ttop_scores\tbackbone_ms\tretrieval_ms\tprior_ms\tt_received\tt_done"
+           "\tcaption\n")
     store.table.write_text(old)
     store = ResultStore(folder, SESSION)
     tokens = np.zeros((16, 64), np.float32)
-    store.save_retrieval(f"{'c' * 32}:1:0:realtime", {"run": 1, "trial": 0, "image": "sim-01000"}, tokens, ["sim-01000"],
-                         [0.5], {"backbone_ms": 1, "retrieval_ms": 1, "prior_ms": 1}, time.time(), caption="a house")
+    key = f"{'c' * 32}:1:0:realtime"
+    store.save_retrieval(key, {"run": 1, "trial": 0, "image": "sim-01000"}, tokens, ["sim-01000"],
+                         [0.5], {"backbone_ms": 1, "retrieval_ms": 1, "prior_ms": 1}, time.time())
+    store.save_caption(key, "a house")
     lines = store.table.read_text().splitlines()
     assert lines[0] == old.strip()
-    assert {len(line.split("\t")) for line in lines} == {12}  # every row as wide as its header (pandas reads it)
-    assert [m.fields.get("caption") for m in store.retrieval_messages()] == [None]
+    assert {len(line.split("\t")) for line in lines} == {13}  # every row as wide as its header (pandas reads it)
+    assert [m.fields.get("caption") for m in store.retrieval_messages()] == ["a house"]
 
 
 def test_painted_captions_name_what_was_painted():
@@ -284,8 +292,36 @@ def test_rtdecode_decode_with_tiny_git_and_tiny_sdxl(tmp_path, folders, rng):
         for s in (sender, sub):
             if s is not None:
                 s.close()
-    retrieval = {m.fields["trial"]: m.fields.get("caption") for m in got if m.fields["stage"] == "retrieval"}
+    captions = {m.fields["trial"]: m.fields.get("caption") for m in got if m.fields["stage"] == "caption"}
     refined = {m.fields["trial"]: m.fields.get("caption") for m in got if m.fields["stage"] == "refined"}
-    assert set(retrieval) == {0, 1} and refined == retrieval  # refined with the trial's own caption
-    assert all(isinstance(c, str) for c in retrieval.values())
+    assert set(captions) == {0, 1} and refined == captions  # refined with the trial's own caption
+    assert all(isinstance(c, str) and c for c in captions.values())
     assert len(list((out / "sub-01" / "ses-01" / "images").glob("*_refined.png"))) == 2
+
+
+def test_trials_decoded_without_a_caption_are_captioned_after_a_restart(tmp_path, folders, rng):
+    """Decoded by a decoder without a captioner (or killed before captioning): the next one captions them."""
+    first = _service(tmp_path, folders, refine=None, captions=False)
+    sender = BetaSender(first.receiver.address, tmp_path / "acked.keys", resend_s=1.0)
+    try:
+        for trial in range(2):
+            sender.send(_beta(trial, rng))
+
+        def decoded() -> bool:
+            first.step(timeout_ms=20)
+            sender.pump()
+            return first.decoded_count() == 2 and not sender.outbox
+
+        assert wait_until(decoded, 60)
+    finally:
+        first.close()
+        sender.close()
+    store = ResultStore(tmp_path / "out" / "sub-01" / "ses-01", readonly=True)
+    assert set(store.captions().values()) == {""}
+    again = _service(tmp_path, folders, refine=None)
+    assert len(again.caption_queue) == 2
+    try:
+        assert wait_until(lambda: (again.step(timeout_ms=20), not again.caption_queue and not again.queue)[1], 60)
+    finally:
+        again.close()
+    assert all(store.captions().values()) and len(store.captions()) == 2

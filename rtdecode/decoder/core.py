@@ -36,7 +36,7 @@ class Retrieval:
     timings_ms: dict[str, float] = field(default_factory=dict)
     blurry_latent: np.ndarray | None = None
     clip: np.ndarray | None = None  # retrieval-head tokens (T, D): what retrieval compares with images
-    caption: str = ""  # from the prior's tokens, when a captioner is loaded
+    caption: str = ""  # from the prior's tokens (Decoder.decode; the service captions after publishing)
 
 
 @dataclass
@@ -48,7 +48,6 @@ class OnDevice:
     blurry: torch.Tensor | None  # blurry latent (1, 4, 28, 28), for a model with the branch
     similarity: torch.Tensor  # (1, gallery) cosine similarity, float32
     timings_ms: dict[str, float] = field(default_factory=dict)
-    caption: str = ""
 
 
 MAX_CAPTION = 300  # rtdecode.wire.schema's bound (this core imports no wire)
@@ -161,18 +160,24 @@ class Decoder:
         prior = self.model.diffusion_prior.sample(backbone, steps=20, generator=self.generator)
         t3 = self._clock()
         timings = {"backbone_ms": (t1 - t0) * 1e3, "retrieval_ms": (t2 - t1) * 1e3, "prior_ms": (t3 - t2) * 1e3}
-        caption = ""
-        if self.captioner is not None:  # from the prior's tokens, as MindEye2 captions (they stay on the device)
-            caption = clean_caption(self.captioner.caption(prior)[0])
-            timings["caption_ms"] = (self._clock() - t3) * 1e3
-        return OnDevice(prior, clip, blur if blur.ndim == 4 else None, similarity, timings, caption)
+        return OnDevice(prior, clip, blur if blur.ndim == 4 else None, similarity, timings)
 
     def retrieve(self, beta: np.ndarray) -> Retrieval:
         """One beta to its prior tokens and top-k gallery items (host arrays)."""
         d = self.retrieve_on_device(beta)
         idx, scores = top_k(d.similarity.cpu().numpy(), self.top)
         return Retrieval(_host(d.tokens[0]), [self.gallery_ids[i] for i in idx[0]], [float(s) for s in scores[0]],
-                         d.timings_ms, None if d.blurry is None else _host(d.blurry[0]), _host(d.clip[0]), d.caption)
+                         d.timings_ms, None if d.blurry is None else _host(d.blurry[0]), _host(d.clip[0]))
+
+    @torch.no_grad()
+    def caption(self, tokens: np.ndarray) -> tuple[str, float]:
+        """A trial's caption from its prior tokens (T, D), as MindEye2 captions (on the captioner's device);
+        and the time taken. ('', 0) without a captioner."""
+        if self.captioner is None:
+            return "", 0.0
+        t0 = self._clock()
+        text = clean_caption(self.captioner.caption(to_device(tokens, self.device, self.dtype)[None])[0])
+        return text, (self._clock() - t0) * 1e3
 
     @property
     def can_reconstruct(self) -> bool:
@@ -224,6 +229,8 @@ class Decoder:
     def decode(self, beta: np.ndarray) -> tuple[Retrieval, np.ndarray | None]:
         """One beta end to end, as the service runs it: retrieval, then the reconstruction of its tokens."""
         ret = self.retrieve(beta)
+        if self.captioner is not None:
+            ret.caption, ret.timings_ms["caption_ms"] = self.caption(ret.tokens)
         image, ms = self.reconstruct(ret.tokens, ret.blurry_latent) if self.can_reconstruct else (None, 0.0)
         ret.timings_ms["reconstruction_ms"] = ms
         return ret, image

@@ -8,6 +8,7 @@
         images/<stem>.png       reconstructions (written to a temporary name, fsynced, renamed)
         images/<stem>_refined.png  refined reconstructions (--refine), a later version of the same picture
         reconstructed.keys      betas whose reconstruction is done or skipped by policy
+        captions.tsv            each decoded beta's caption (key, caption), when a captioner is loaded
         refused.tsv             betas the model failed on, with the reason (a record: never acknowledged,
                                 so the scanner side resends them and a decoder with another model retries)
 
@@ -38,7 +39,8 @@ from rtdecode.wire.schema import WORD, check_fields, check_identity
 log = logging.getLogger(__name__)
 
 COLUMNS = ("key", "run", "trial", "version", "image", "top_ids", "top_scores", "backbone_ms", "retrieval_ms",
-           "prior_ms", "t_received", "t_done", "caption")  # caption: the trial's, when a captioner is loaded
+           "prior_ms", "t_received", "t_done")
+CAPTIONS = "captions.tsv"  # key, caption: written after the retrieval is out (rtdecode.decoder.service)
 
 
 TIER_TEXT = "rtdecode-tier"  # a reconstruction PNG's text key: what drew it (unclip, blurry, standin)
@@ -92,7 +94,9 @@ class ResultStore:
             (self.folder / "tokens").mkdir(parents=True, exist_ok=True)
             (self.folder / "images").mkdir(parents=True, exist_ok=True)
             repair_tail(self.table)
-        # A table an older rtdecode began keeps its header (no caption column): rows are appended in its layout.
+            repair_tail(self.folder / CAPTIONS)
+        # A table begun with other columns (a caption column, as rtdecode wrote for a day) keeps its header:
+        # rows are appended in its layout, as wide as it.
         self.columns = _header(self.table) or COLUMNS
         # Committed rows are never taken again. A refused.tsv row is not among them: a refusal is the model's,
         # so a resend after a model change is decoded (rows an older rtdecode acknowledged included).
@@ -108,7 +112,7 @@ class ResultStore:
 
     def save_retrieval(self, key: str, fields: dict, tokens: np.ndarray, ids: list[str], scores: list[float],
                        timings: dict, t_received: float, blurry_latent: np.ndarray | None = None,
-                       clip: np.ndarray | None = None, crash_point=lambda name: None, caption: str = "") -> None:
+                       clip: np.ndarray | None = None, crash_point=lambda name: None) -> None:
         s = stem(key)
         for suffix, arr in (("", tokens), ("_clip", clip), ("_blurry", blurry_latent)):
             if arr is not None:
@@ -119,8 +123,7 @@ class ResultStore:
             "key": key, "run": fields["run"], "trial": fields["trial"], "version": fields.get("version", "realtime"),
             "image": fields.get("image", ""), "top_ids": ",".join(ids), "top_scores": ",".join(f"{x:.4f}" for x in scores),
             "backbone_ms": f"{timings['backbone_ms']:.2f}", "retrieval_ms": f"{timings['retrieval_ms']:.2f}",
-            "prior_ms": f"{timings['prior_ms']:.2f}", "t_received": f"{t_received:.3f}", "t_done": f"{time.time():.3f}",
-            "caption": caption},
+            "prior_ms": f"{timings['prior_ms']:.2f}", "t_received": f"{t_received:.3f}", "t_done": f"{time.time():.3f}"},
             fsync=True)
         self.decoded.add(key)  # the commit point: after the row is on disk the beta is never decoded again
 
@@ -144,6 +147,10 @@ class ResultStore:
     def refined_path(self, key: str) -> Path:
         return self.folder / "images" / f"{stem(key)}_refined.png"
 
+    def save_caption(self, key: str, caption: str) -> None:
+        """A decoded beta's caption (fsynced; the newest row of a key wins on reading)."""
+        append_tsv(self.folder / CAPTIONS, ("key", "caption"), {"key": key, "caption": caption}, fsync=True)
+
     def captions(self) -> dict[str, str]:
         """Each decoded beta's caption ('' where none was made)."""
         return {r["key"]: r.get("caption") or "" for r in self.rows()}
@@ -162,7 +169,13 @@ class ResultStore:
         return [k for k in sorted(self.decoded) if k not in done and (self.folder / "tokens" / f"{stem(k)}.npy").exists()]
 
     def rows(self) -> list[dict[str, str]]:
-        return read_tsv(self.table)
+        """The results rows, each with its caption (captions.tsv; a caption column of the table otherwise)."""
+        rows = read_tsv(self.table)
+        captions = {r["key"]: r["caption"] for r in read_tsv(self.folder / CAPTIONS) if r.get("key") and r.get("caption")}
+        for r in rows:
+            if r.get("key") in captions:
+                r["caption"] = captions[r["key"]]
+        return rows
 
     def retrieval_messages(self) -> list[Message]:
         """Every stored row as its retrieval result. A row that would not pass the wire schema (written

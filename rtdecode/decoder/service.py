@@ -81,6 +81,8 @@ def keep_result(msg: Message) -> tuple[str, Message] | None:
     trial = f"{f.get('session_uid', '')}:{f['run']}:{f['trial']}:{f.get('version', 'realtime')}"
     if f.get("stage") == "retrieval":
         return trial, msg
+    if f.get("stage") == "caption":  # published after the retrieval (kept without it: a late console's caption)
+        return f"caption:{trial}", msg
     if "reconstruction" in msg.images:
         return f"picture:{trial}:{f.get('stage', 'reconstruction')}", msg
     return None
@@ -98,6 +100,7 @@ class DecoderService:
         self.decoder = decoder
         self.policy = policy
         self.refine_queue: deque[tuple[ResultStore, str, dict]] = deque()  # reconstructions to refine, oldest first
+        self.caption_queue: deque[tuple[ResultStore, str, dict]] = deque()  # after a restart: trials to caption
         self.refined_here = 0
         self.superseded = 0  # reconstructions dropped by the refine policy for a newer version
         self.out = Path(out)
@@ -133,8 +136,12 @@ class DecoderService:
             self.stores[(store.identity["subject"], store.identity["session"])] = store
             rows = {r["key"]: r for r in store.rows()}
             pending = store.pending_reconstructions()
+            fields = {k: {"image": r["image"], "caption": r.get("caption") or ""} for k, r in rows.items()}
             for k in pending:
-                self._enqueue((store, k, {"image": rows[k]["image"], "caption": rows[k].get("caption") or ""}))
+                self._enqueue((store, k, fields[k]))
+            if self.decoder.captioner is not None:  # decoded, and not captioned when the last decoder stopped
+                # (the same fields as a pending reconstruction's: captioned first, its picture carries it)
+                self.caption_queue.extend((store, k, f) for k, f in fields.items() if not f["caption"])
             if self.refine != "off":  # drawn, captioned and not yet refined when the last decoder stopped
                 for k, r in rows.items():
                     if (r.get("caption") and k not in pending and store.image_path(k).exists()
@@ -163,7 +170,7 @@ class DecoderService:
     def run(self, until: Callable[[DecoderService], bool] | None = None) -> None:
         try:
             while not self._stop.is_set() and not (until and until(self)):
-                self.step(timeout_ms=20 if self.queue or self.refine_queue else 100)
+                self.step(timeout_ms=20 if self.queue or self.refine_queue or self.caption_queue else 100)
         except OSError as exc:
             if not is_storage(exc, self.out):
                 raise
@@ -186,6 +193,12 @@ class DecoderService:
             else:
                 self.refused += 1
                 log.warning("betas channel: ignored a %r message", msg.type)
+        elif self.caption_queue:  # after a restart only: before the pictures, which then carry the caption
+            store, key, fields = self.caption_queue.popleft()
+            fields["caption"] = self._caption(store, key, fields, store.tokens(key)[0])
+            if (self.refine != "off" and fields["caption"] and store.image_path(key).exists()
+                    and not store.refined_path(key).exists()):  # drawn before it had a caption
+                self.refine_queue.append((store, key, fields))
         elif self.queue:
             self._reconstruct_next()
         elif self.refine_queue:  # idle: no beta came and no first reconstruction waits
@@ -260,17 +273,19 @@ class DecoderService:
             return
         crash_point("retrieved")
         store.save_retrieval(key, msg.fields, ret.tokens, ret.ids, ret.scores, ret.timings_ms, t_received,
-                             ret.blurry_latent, ret.clip, crash_point=crash_point, caption=ret.caption)
+                             ret.blurry_latent, ret.clip, crash_point=crash_point)
         crash_point("committed")
         self.decoded_here += 1
         self.publisher.send(Message("result", {
             "run": f["run"], "trial": f["trial"], "version": f["version"], "image": f["image"], "stage": "retrieval",
             "top_ids": ret.ids, "top_scores": ret.scores, "timings_ms": ret.timings_ms, "tier": self.decoder.tier,
-            **({"caption": ret.caption} if ret.caption else {}), **store.identity}))
+            **store.identity}))
         self.receiver.ack(peer, key)
         crash_point("acked")
+        # The caption after the retrieval is out: GIT's 20 greedy steps never delay a trial's retrieval.
+        fields = {"image": f["image"], "caption": self._caption(store, key, {"image": f["image"]}, ret.tokens)}
         if self._wants_reconstruction(f):
-            self._enqueue((store, key, {"image": f["image"], "caption": ret.caption}))
+            self._enqueue((store, key, fields))
         else:
             store.skip_reconstruction(key)  # skipped by policy: nothing left to do for it
 
@@ -315,6 +330,24 @@ class DecoderService:
             self.refine_queue.append((store, key, fields))
             if self.refine == "always":  # the next trial's first reconstruction waits for this one's refinement
                 self._refine_next()
+
+    def _caption(self, store: ResultStore, key: str, fields: dict, tokens) -> str:
+        """Caption a decoded trial, store it, publish it (stage 'caption'); '' without a captioner, or when the
+        captioner fails (logged: the trial is decoded and acknowledged; a restart tries again)."""
+        if self.decoder.captioner is None:
+            return ""
+        try:
+            text, ms = self.decoder.caption(tokens)
+        except Exception as exc:  # the captioner's failure is not the beta's: its retrieval stands
+            log.error("caption of %s failed: %s: %s", key, type(exc).__name__, exc)
+            return ""
+        store.save_caption(key, text)
+        _uid, run, trial, version = key.split(":")
+        self.publisher.send(Message("result", {"run": int(run), "trial": int(trial), "version": version,
+                                               "image": fields.get("image", ""), "stage": "caption", "caption": text,
+                                               "timings_ms": {"caption_ms": ms}, "tier": self.decoder.tier,
+                                               **store.identity}))
+        return text
 
     def _publish_image(self, store: ResultStore, key: str, fields: dict, stage: str, image, timings: dict) -> None:
         _uid, run, trial, version = key.split(":")

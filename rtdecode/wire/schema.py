@@ -121,7 +121,8 @@ SCHEMAS: dict[str, dict[str, F]] = {
                "image": F("name", False, pattern=IMAGE_ID),
                # 'refined': the trial's reconstruction again, refined (SDXL img2img with its caption): a later
                # version of the same picture, never before the first reconstruction (docs/decoder.md)
-               "stage": F("name", False, choices=("retrieval", "reconstruction", "refined", "evaluation")),
+               # 'caption': the trial's caption alone, published just after its retrieval (never delaying it)
+               "stage": F("name", False, choices=("retrieval", "caption", "reconstruction", "refined", "evaluation")),
                "caption": F("name", False, pattern=CAPTION),
                "top_ids": F("names", False, pattern=IMAGE_ID, max_items=100),
                "top_scores": F("floats", False, lo=-1e6, hi=1e6, max_items=100),

@@ -156,6 +156,49 @@ def bench_train(sizes: Sizes, device: torch.device, steps: int = 50, log_every: 
     return result
 
 
+def bench_caption_refine(device: torch.device, dtype: torch.dtype, tiny: bool = False, repeats: int = 3,
+                         warmup: int = 1, seed: int = 0) -> dict:
+    """A caption (20 tokens, greedy) and a refinement (MindEye2's 12 of 25 SDXL steps at 768 px) timed with
+    the captioner and the refiner both held, seeded random weights at the published sizes (``tiny``: the
+    test sizes), median of ``repeats`` after ``warmup``; and the peak memory while they are held."""
+    from models.caption.project import random_captioner
+    from models.devices import generator_on
+    from models.refine.project import random_refiner
+
+    _reset_peak(device)
+    t0 = time.perf_counter()
+    captioner = random_captioner(device, dtype, seed, tiny=tiny)
+    refiner = random_refiner(device, dtype, seed + 1, tiny=tiny)
+    _sync(device)
+    setup_s = time.perf_counter() - t0
+    c = captioner.converter.config
+    tokens = torch.randn(1, c.tokens_in, c.dim_in, device=device, generator=generator_on(device, seed), dtype=dtype)
+    rng = np.random.default_rng(seed)
+    side = refiner.settings.size
+    image = rng.integers(0, 256, (side, side, 3), dtype=np.uint8)
+    blurry = rng.integers(0, 256, (224, 224, 3), dtype=np.uint8)
+    times: dict[str, list[float]] = {"caption_ms": [], "refine_ms": []}
+    caption = ""
+    for i in range(warmup + repeats):
+        _sync(device)
+        t = time.perf_counter()
+        caption = captioner.caption(tokens)[0]
+        _sync(device)
+        t1 = time.perf_counter()
+        refiner.refine(image, caption, blurry, generator_on(device, seed + i))
+        _sync(device)
+        if i >= warmup:
+            times["caption_ms"].append((t1 - t) * 1e3)
+            times["refine_ms"].append((time.perf_counter() - t1) * 1e3)
+    params = sum(p.numel() for m in (captioner.git, captioner.converter, refiner.pipe.unet, refiner.pipe.vae,
+                                     refiner.pipe.text_encoder, refiner.pipe.text_encoder_2) for p in m.parameters())
+    result = {"setup_s": setup_s, "repeats": repeats, "warmup": warmup, "params": params,
+              "caption_words": len(caption.split()), **{f"{k}_median": float(np.median(v)) for k, v in times.items()},
+              "peak_memory_gb": _peak_gb(device)}
+    del captioner, refiner
+    return result
+
+
 def project_captions_and_refinement(decoder_gb: float) -> dict:
     """Captioning (GIT-large-COCO through bigG_to_L) and refinement (SDXL base img2img, MindEye2's settings)
     counted on the meta device and projected; and the decoder's bf16 weights with both loaded beside
@@ -219,6 +262,20 @@ def beside(measured: dict, projected: dict, device_name: str) -> str:
          f"{TARGETS['recipe_min']:.0f} min"),
         ("peak memory, training", t.get("peak_memory_gb"), "GB", proj(cal.get("memory_gb"), "{:.1f} GB"), "-"),
     ]
+    cr, cap, ref = measured.get("caption_refine", {}), projected.get("caption", {}), projected.get("refine", {})
+    both = projected.get("memory_with_refinement", {})
+    held = (d.get("peak_memory_gb") or 0) + (cr.get("peak_memory_gb") or 0) if cr.get("peak_memory_gb") else None
+    rows += [
+        ("a caption (GIT, 20 tokens, greedy)", cr.get("caption_ms_median"), "ms",
+         proj(cap.get("ms", {}).get(gpu, {}).get("caption, all of it"), "{:,.1f} ms"), "-"),
+        ("a refinement (SDXL, 12 of 25 steps, 768 px)", cr.get("refine_ms_median"), "ms",
+         proj(ref.get("ms", {}).get(gpu, {}).get("refinement, all of it"), "{:,.1f} ms"), "-"),
+        ("peak memory, captioner + refiner held", cr.get("peak_memory_gb"), "GB",
+         proj((cap.get("weights_bf16_gb") or 0) + (ref.get("weights_bf16_gb") or 0) if cap else None,
+              "{:.1f} GB (weights)"), "-"),
+        ("decoder with both loaded, at most (the two peaks added)", held, "GB",
+         proj(both.get("total_gb"), "{:.1f} GB (weights)"), f"{TARGETS['decoder_memory_gb']:.0f} GB"),
+    ]
     lines = [f"| figure | measured on {device_name} | projected ({gpu or 'no matching GPU'}) | target |",
              "| --- | --- | --- | --- |"]
     for name, value, unit, projected_cell, target in rows:
@@ -261,8 +318,12 @@ def bench_gpu(out: Path | str = "benchmarks/results", calibrate_steps: int = 50,
         report["decoder"] = bench_decode(sizes, dev, dtype, repeats=repeats, warmup=warmup, seed=seed)
         gc.collect()
         report["calibrate"] = bench_train(sizes, dev, steps=calibrate_steps, seed=seed)
+        if dev.type == "cuda":  # at the published sizes only where they fit: 3.6 B parameters
+            gc.collect()
+            report["caption_refine"] = bench_caption_refine(dev, dtype, repeats=repeats, warmup=1, seed=seed)
         lines += [f"## Measured on {name} beside the projections", "",
-                  beside({"decoder": report["decoder"], "calibrate": report["calibrate"]}, report["projected"], name), ""]
+                  beside({"decoder": report["decoder"], "calibrate": report["calibrate"],
+                          "caption_refine": report.get("caption_refine", {})}, report["projected"], name), ""]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "gpu.json").write_text(json.dumps(report, indent=1, default=str))

@@ -46,3 +46,29 @@ def test_bench_gpu_reports_the_decoder_with_refinement_against_24_gb():
     assert "projected" in out["refine"]["markdown"] and "within the 24 GB target" in memory["markdown"]
     over = 24.0 - memory["parts_gb"]["captioner (GIT text decoder, bigG_to_L)"] - out["refine"]["weights_bf16_gb"] + 0.1
     assert not project_captions_and_refinement(decoder_gb=over)["memory_with_refinement"]["within_target"]
+
+
+def test_bench_gpu_times_a_caption_and_a_refinement_with_both_held():
+    """The measuring path of ``rtdecode bench gpu`` walked on the CPU at the tiny sizes (on CUDA it runs at
+    the published sizes); each measured figure sits beside its projection for the same GPU."""
+    import torch
+
+    from rtdecode.gpu_bench import bench_caption_refine, beside
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = bench_caption_refine(torch.device("cpu"), torch.float32, tiny=True, repeats=2, warmup=1)
+    finally:
+        torch.set_num_threads(before)
+    assert result["caption_ms_median"] > 0 and result["refine_ms_median"] > 0 and result["repeats"] == 2
+    assert 0 < result["caption_words"] <= 19 and result["peak_memory_gb"] is None  # no CUDA: no peak
+    measured = {"decoder": {"peak_memory_gb": 10.0},
+                "caption_refine": {"caption_ms_median": 3.0, "refine_ms_median": 300.0, "peak_memory_gb": 8.0}}
+    projected = {"caption": {"ms": {"H100 SXM": {"caption, all of it": 1.7}}, "weights_bf16_gb": 0.19},
+                 "refine": {"ms": {"H100 SXM": {"refinement, all of it": 242.5}}, "weights_bf16_gb": 6.94},
+                 "memory_with_refinement": {"total_gb": 16.7}}
+    table = beside(measured, projected, "NVIDIA H100 80GB HBM3")
+    assert "| a caption (GIT, 20 tokens, greedy) | 3.0 ms | 1.7 ms | - |" in table
+    assert "| a refinement (SDXL, 12 of 25 steps, 768 px) | 300.0 ms | 242.5 ms | - |" in table
+    assert "| decoder with both loaded, at most (the two peaks added) | 18.0 GB | 16.7 GB (weights) | 24 GB |" in table

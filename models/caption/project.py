@@ -49,3 +49,32 @@ def caption_rows(config: dict | None = None, max_length: int = MAX_LENGTH) -> di
     rows.append(("caption, all of it", sum(r[1] for r in rows), sum(r[2] for r in rows)))
     return {"rows": rows, "weights_bf16_gb": (git_bytes + conv_bytes) / 1e9,
             "params": (git_bytes + conv_bytes) // 2}
+
+
+def random_captioner(device: torch.device | str, dtype: torch.dtype, seed: int = 0, tiny: bool = False):
+    """A BrainCaptioner of GIT-large-COCO's sizes (or the tiny test sizes) with seeded random weights made on
+    ``device``, for timing and memory (``rtdecode bench gpu``): random weights never end a caption early, so
+    each one takes all 20 tokens. Its words mean nothing."""
+    from transformers import BertTokenizer, GitConfig, GitForCausalLM
+
+    from models.caption.captioner import BrainCaptioner
+    from models.caption.converter import ConverterConfig
+    from models.caption.tiny import tiny_git_config
+    from models.devices import build_on_device
+
+    config = tiny_git_config(64) if tiny else GitConfig(**GIT_LARGE_COCO)
+    conv = ConverterConfig(6, 17, 10, 24) if tiny else ConverterConfig()
+
+    def make() -> torch.nn.Module:
+        git = GitForCausalLM(config)
+        git.git.image_encoder = GivenVisualFeatures()  # never built at full size on the host, never kept
+        return torch.nn.ModuleList([git, BigGToL(conv)])
+
+    git, converter = build_on_device(make, device, dtype, seed)
+    names = [f"w{i}" for i in range(config.vocab_size)]
+    for token, index in (("[PAD]", 0), ("[UNK]", 1), ("[MASK]", 4), ("[CLS]", config.bos_token_id),
+                         ("[SEP]", config.eos_token_id)):
+        names[index] = token
+    vocab = {name: i for i, name in enumerate(names)}
+    tokenizer = BertTokenizer(vocab=vocab, do_lower_case=True)
+    return BrainCaptioner(git.eval().requires_grad_(False), tokenizer, converter.eval().requires_grad_(False))

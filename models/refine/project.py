@@ -58,3 +58,24 @@ def refine_rows(settings: RefineSettings | None = None) -> dict:
     rows.append(("refinement, all of it", total, text_b + 2 * vae_b + s.last_steps * unet_b))
     weights = unet_b + vae_b + text_b
     return {"rows": rows, "weights_bf16_gb": weights / 1e9, "params": weights // 2}
+
+
+def random_refiner(device: torch.device | str, dtype: torch.dtype, seed: int = 0, tiny: bool = False):
+    """A Refiner of SDXL base's sizes (or the tiny test sizes) with seeded random weights made on ``device``,
+    MindEye2's settings, for timing and memory (``rtdecode bench gpu``). Its pictures mean nothing."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLImg2ImgPipeline
+
+    from models.refine.refiner import Refiner
+    from models.refine.tiny import _tokenizer, make_tiny_sdxl
+
+    if tiny:
+        torch.manual_seed(seed)
+        return Refiner(make_tiny_sdxl(seed).to(device, dtype), RefineSettings(size=32, original_size=32, target_size=32))
+    torch.manual_seed(seed)  # made and initialised on the device (sdxl_modules builds there), then cast
+    unet, vae, text, text_2 = (m.to(dtype) for m in sdxl_modules(device))
+    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                       steps_offset=1, timestep_spacing="leading", prediction_type="epsilon")
+    pipe = StableDiffusionXLImg2ImgPipeline(vae=vae, text_encoder=text, text_encoder_2=text_2, tokenizer=_tokenizer(),
+                                            tokenizer_2=_tokenizer(), unet=unet, scheduler=scheduler,
+                                            requires_aesthetics_score=False, force_zeros_for_empty_prompt=True)
+    return Refiner(pipe)

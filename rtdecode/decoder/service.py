@@ -25,10 +25,9 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-
 from rtdecode.crash import crash_point
 from rtdecode.decoder.core import Decoder
+from rtdecode.decoder.later import REFINE, AfterRetrieval, refine_mode
 from rtdecode.decoder.results import (
     ResultStore,
     SessionMismatch,
@@ -38,7 +37,7 @@ from rtdecode.decoder.results import (
     stem,
 )
 from rtdecode.storage import FolderLock, is_storage, storage_error
-from rtdecode.wire.protocol import MAX_FRAME_BYTES, Message, encode_png
+from rtdecode.wire.protocol import MAX_FRAME_BYTES, Message
 from rtdecode.wire.reliable import BetaReceiver, beta_key
 from rtdecode.wire.schema import refine_delay
 from rtdecode.wire.sockets import Publisher
@@ -46,7 +45,6 @@ from rtdecode.wire.sockets import Publisher
 log = logging.getLogger(__name__)
 
 POLICIES = ("every", "newest", "refine")  # or "every-N": reconstruct every N-th trial
-REFINE = ("off", "idle", "always")  # SDXL refinement (--refine): never, when nothing else waits, after each image
 
 
 def version_rank(version: str) -> float:
@@ -88,7 +86,7 @@ def keep_result(msg: Message) -> tuple[str, Message] | None:
     return None
 
 
-class DecoderService:
+class DecoderService(AfterRetrieval):
     """Owns the sockets, the session stores and the reconstruction queue; :meth:`run` is the loop."""
 
     def __init__(self, decoder: Decoder, out: str | Path, betas_address: str, results_address: str,
@@ -331,62 +329,11 @@ class DecoderService:
             if self.refine == "always":  # the next trial's first reconstruction waits for this one's refinement
                 self._refine_next()
 
-    def _caption(self, store: ResultStore, key: str, fields: dict, tokens) -> str:
-        """Caption a decoded trial, store it, publish it (stage 'caption'); '' without a captioner, or when the
-        captioner fails (logged: the trial is decoded and acknowledged; a restart tries again)."""
-        if self.decoder.captioner is None:
-            return ""
-        try:
-            text, ms = self.decoder.caption(tokens)
-        except Exception as exc:  # the captioner's failure is not the beta's: its retrieval stands
-            log.error("caption of %s failed: %s: %s", key, type(exc).__name__, exc)
-            return ""
-        store.save_caption(key, text)
-        _uid, run, trial, version = key.split(":")
-        self.publisher.send(Message("result", {"run": int(run), "trial": int(trial), "version": version,
-                                               "image": fields.get("image", ""), "stage": "caption", "caption": text,
-                                               "timings_ms": {"caption_ms": ms}, "tier": self.decoder.tier,
-                                               **store.identity}))
-        return text
-
-    def _publish_image(self, store: ResultStore, key: str, fields: dict, stage: str, image, timings: dict) -> None:
-        _uid, run, trial, version = key.split(":")
-        caption = fields.get("caption")
-        self.publisher.send(Message("result", {"run": int(run), "trial": int(trial), "version": version,
-                                               "image": fields.get("image", ""), "stage": stage,
-                                               "timings_ms": timings, "tier": self.decoder.tier,
-                                               **({"caption": caption} if caption else {}), **store.identity},
-                                    images={"reconstruction": encode_png(image)}))
-
-    def _refine_next(self) -> None:
-        """Refine the oldest waiting reconstruction with its caption; published as stage 'refined', a later
-        version of the same trial's picture (the first stays as it was, on disk and on every console)."""
-        store, key, fields = self.refine_queue.popleft()
-        from PIL import Image
-
-        with Image.open(store.image_path(key)) as im:
-            first = np.asarray(im.convert("RGB"))
-        refined, ms = self.decoder.refine(first, fields["caption"], store.tokens(key)[1])
-        store.save_refined(key, refined)
-        self.refined_here += 1
-        self._publish_image(store, key, fields, "refined", refined, {"refine_ms": ms})
-
     def close(self) -> None:
         """Close the sockets and let the next decoder use --out."""
         self.receiver.close()
         self.publisher.close()
         self._lock.release()
-
-
-def refine_mode(refine: str | None, loaded: bool) -> str:
-    """``--refine``: off, idle or always; by default idle when a refiner is loaded, off otherwise."""
-    if refine is None:
-        return "idle" if loaded else "off"
-    if refine not in REFINE:
-        raise ValueError(f"--refine must be one of {', '.join(REFINE)}, got {refine!r}")
-    if refine != "off" and not loaded:
-        raise ValueError(f"--refine {refine} needs a refiner (--refiner: SDXL base in diffusers layout or its single file)")
-    return refine
 
 
 def run_decoder(model: Path, out: Path, gallery: Path, betas: str, results: str, policy: str = "every",
@@ -423,4 +370,4 @@ def run_decoder(model: Path, out: Path, gallery: Path, betas: str, results: str,
     return service
 
 
-__all__ = ["DecoderService", "POLICIES", "ResultStore", "crash_point", "run_decoder", "stem"]
+__all__ = ["DecoderService", "POLICIES", "REFINE", "ResultStore", "crash_point", "run_decoder", "stem"]

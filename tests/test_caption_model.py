@@ -147,6 +147,9 @@ def test_tokens_of_the_wrong_shape_or_device_are_refused(captioner_folder: Path)
         captioner.caption(torch.zeros(2, D_IN, T_IN))
     with pytest.raises(ValueError, match="tokens are on meta, the captioner on cpu"):
         captioner.caption(torch.zeros(2, T_IN, D_IN, device="meta"))
+    from models.caption.converter import same_device
+
+    assert same_device("cpu", torch.device("cpu")) and not same_device("cpu", "meta")
 
 
 def test_the_caption_path_keeps_to_the_captioners_device_on_meta(captioner_folder: Path):

@@ -20,7 +20,7 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
-from models.caption.converter import BigGToL, load_converter
+from models.caption.converter import BigGToL, load_converter, same_device
 from models.legacy_pickle import load_checkpoint
 
 MAX_LENGTH = 20  # MindEye2: generate(pixel_values=..., max_length=20); the start token counts
@@ -152,7 +152,7 @@ class BrainCaptioner:
         c = self.converter.config
         if tokens.ndim != 3 or tuple(tokens.shape[1:]) != (c.tokens_in, c.dim_in):
             raise ValueError(f"captioner: tokens must be (N, {c.tokens_in}, {c.dim_in}), got {tuple(tokens.shape)}")
-        if tokens.device != self.device:
+        if not same_device(tokens.device, self.device):
             raise ValueError(f"captioner: tokens are on {tokens.device}, the captioner on {self.device}")
         return self.converter(tokens.to(self.dtype))
 

@@ -58,6 +58,17 @@ class BigGToL(nn.Module):
         return self.channels(self.tokens(x.transpose(1, 2)).transpose(1, 2))
 
 
+def same_device(a: torch.device | str, b: torch.device | str) -> bool:
+    """Whether two devices are one: ``cuda`` names the current CUDA device, which ``cuda:0`` may also name."""
+    a, b = torch.device(a), torch.device(b)
+    if a.type != b.type:
+        return False
+    if a.type == "cuda" and (a.index is None or b.index is None):
+        current = torch.cuda.current_device()
+        return (current if a.index is None else a.index) == (current if b.index is None else b.index)
+    return a.index == b.index
+
+
 def convert_bigg_to_l(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The published ``CLIPConverter`` keys (``linear1.*``, ``linear2.*``) -> :class:`BigGToL`'s keys.
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from models.caption.converter import same_device
 from models.devices import to_device
 
 NEGATIVE = ("painting, extra fingers, mutated hands, poorly drawn hands, poorly drawn face, deformed, ugly, "
@@ -159,7 +160,7 @@ class Refiner:
             _image(blurry, "blurry")
         if not isinstance(caption, str):
             raise ValueError(f"refine: caption must be a string, got {type(caption).__name__}")
-        if not isinstance(generator, torch.Generator) or generator.device != self.device:
+        if not isinstance(generator, torch.Generator) or not same_device(generator.device, self.device):
             where = generator.device if isinstance(generator, torch.Generator) else type(generator).__name__
             raise ValueError(f"refine: the generator must be on the refiner's device {self.device}, got {where}")
         init = to_square(image, s.size, self.device)

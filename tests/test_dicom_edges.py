@@ -26,7 +26,7 @@ from rtdecode.preprocess.rigid import rotation_matrix
 from rtdecode.session import SessionFolder
 from rtdecode.simulator.dicom_writer import write_enhanced, write_mosaic, write_slices
 
-from conftest import SKYRA_RUN, SideThread
+from conftest import SKYRA_RUN, SideThread, wait_until
 
 RTDECODE = Path(__file__).resolve().parents[1] / ".venv" / "bin" / "rtdecode"
 skyra = pytest.mark.skipif(not SKYRA_RUN.is_dir(), reason="../shared/data/siemens-skyra-mosaic-run not present")
@@ -274,3 +274,18 @@ def test_an_xa_interoperability_export_forms_one_run_per_acquisition(tmp_path, s
     assert folder.rejected() == []
     stored = read_volume(next(folder.path.glob("func/*_run-02_bold")) / "vol-000002.nii")
     assert np.allclose(stored.data, np.clip(np.rint(small_run.volumes[2]), 0, 4095))
+
+    # The next participant starts on the same watch folder: every split file of 01's acquisitions is set
+    # aside by the guard against another session's series (it sees the acquisition, as runs.tsv holds it).
+    cfg2 = load_config(_template(tmp_path, {
+        "session": {"root": str(tmp_path / "sessions"), "subject": "02", "bids": False},
+        "scanner": {"watch_dir": str(tmp_path / "watch"), "pattern": NAME, "slices_per_volume": n,
+                    "volumes_per_run": 3, "missing_timeout_s": 1.0, "quarantine_dir": str(tmp_path / "rejected")},
+        "network": {"events_port": 0, "control_port": 0},
+    }))
+    folder2 = SessionFolder(cfg2.session.root, "02", "01")
+    with SideThread(cfg2, n=1, timeout=90) as st2:
+        assert wait_until(lambda: folder2.path.is_dir() and len(folder2.rejected()) == 6 * n, 60)
+    assert st2.events == [] and folder2.runs() == []
+    reasons = {r["reason"] for r in folder2.rejected()}
+    assert all("was recorded by another session (sub-01 ses-01, run " in r for r in reasons), reasons

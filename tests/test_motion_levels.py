@@ -1,11 +1,12 @@
-"""The motion estimator's two levels (issue 34, speed): the coarse pass on a half-resolution grid whose
-affine puts every half voxel where its eight full voxels are, and a fine pass on the steepest voxels."""
+"""The motion estimator's passes (issue 34, speed): the coarse pass on a half-resolution grid whose
+affine puts every half voxel where its eight full voxels are, a middle pass on the steepest voxels,
+and a last pass on every sampled voxel."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from rtdecode.preprocess.motion import FINE_POINTS, RigidReference, half_affine, halve
+from rtdecode.preprocess.motion import STEEP_POINTS, RigidReference, half_affine, halve
 from rtdecode.preprocess.rigid import rotation_matrix
 from rtdecode.simulator.phantom import brain_volume
 
@@ -27,12 +28,18 @@ def test_a_halved_volume_lies_where_its_voxels_were(rng):
     np.testing.assert_allclose(half.ravel(), hworld @ slope + offset, atol=1e-4)
 
 
-def test_the_fine_pass_samples_the_steepest_voxels_only():
-    """On a 2 mm whole brain the fine level would sample ~30k voxels; it keeps the FINE_POINTS steepest."""
+def test_the_middle_pass_samples_the_steepest_voxels_and_the_last_pass_all():
+    """On a 2 mm whole brain the full-resolution voxel sample is ~30k; the middle pass keeps the
+    STEEPEST_POINTS steepest of them, the last pass all (its estimate is the one every voxel gives)."""
     ref, affine = brain_volume((100, 100, 52), 2.0)
-    reference = RigidReference(ref, affine)
-    coarse, fine = reference.levels
-    assert coarse.half and not fine.half
-    assert len(fine.points) <= FINE_POINTS < 2 * len(fine.points)
-    everything = RigidReference(ref, affine, max_points=0).levels[1]
-    assert len(everything.points) > 2 * FINE_POINTS
+    coarse, steep, last = RigidReference(ref, affine).levels
+    assert coarse.half and not steep.half and not last.half
+    assert len(steep.points) == STEEP_POINTS < len(last.points) // 2
+    gradient = np.linalg.norm(np.stack(np.gradient(ref)), axis=0)
+    to_vox = np.linalg.inv(affine)
+    def steepness(points):
+        ijk = np.rint(points @ to_vox[:3, :3].T + to_vox[:3, 3]).astype(int)
+        return gradient[tuple(ijk.T)]
+    assert steepness(steep.points).min() >= np.percentile(steepness(last.points), 75)
+    without = RigidReference(ref, affine, steep_points=0).levels
+    assert len(without) == 2 and len(without[1].points) == len(last.points)

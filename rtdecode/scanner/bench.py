@@ -46,7 +46,7 @@ def bench_preprocess(volumes: list[np.ndarray], affine: np.ndarray, write: Write
     from rtdecode.preprocess.pipeline import Mask, RunPreprocessor
     from rtdecode.session import SessionFolder
 
-    read_ms, prep_ms, store_ms, total_ms = [], [], [], []
+    read_ms, prep_ms, store_ms, total_ms, cpu_ms = [], [], [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         folder = SessionFolder(Path(tmp) / "sessions", "01", "01").create()
         store = folder.run_store(1)
@@ -54,7 +54,7 @@ def bench_preprocess(volumes: list[np.ndarray], affine: np.ndarray, write: Write
         for t, vol in enumerate(volumes):
             path = Path(tmp) / f"001_000001_{t:06d}.dcm"
             write(path, vol, affine, 1, t + 1)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             volume = read_volume(path)
             t1 = time.perf_counter()
             if pre is None:
@@ -63,19 +63,20 @@ def bench_preprocess(volumes: list[np.ndarray], affine: np.ndarray, write: Write
             t2 = time.perf_counter()
             store.save_volume(t, volume.data, volume.affine)
             store.append(out.vector, {"volume": t})
-            t3 = time.perf_counter()
+            t3, c3 = time.perf_counter(), time.process_time()
             if t == 0:
                 continue  # the first volume builds the reference: a once-per-run cost, reported apart
             read_ms.append((t1 - t0) * 1e3)
             prep_ms.append((t2 - t1) * 1e3)
             store_ms.append((t3 - t2) * 1e3)
             total_ms.append((t3 - t0) * 1e3)
+            cpu_ms.append((c3 - c0) * 1e3)  # this process's CPU time: what other processes' load inflates least
     return {
         "stage": "preprocess", "shape": list(volumes[0].shape), "n_voxels": n_voxels, "format": fmt,
         "volumes": len(volumes) - 1, **summarize(total_ms),
         "read_median_ms": float(np.median(read_ms)), "motion_mask_median_ms": float(np.median(prep_ms)),
-        "store_median_ms": float(np.median(store_ms)),
-        "target": "median <= 100 ms, p99 <= 200 ms",
+        "store_median_ms": float(np.median(store_ms)), "cpu_median_ms": float(np.median(cpu_ms)),
+        "target": "median <= 30 ms, read <= 10 ms (quiet machine); within a TR: median <= 100 ms, p99 <= 200 ms",
     }
 
 

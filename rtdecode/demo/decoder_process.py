@@ -70,8 +70,10 @@ class ResultListener:
                     continue
                 f = msg.fields
                 key = (int(f["run"]), int(f["trial"]), f.get("version", "realtime"))
-                book = self.retrievals if f.get("stage") == "retrieval" else self.reconstructions
-                book.setdefault(key, (time.time(), f))
+                # by stage: a caption (or a refined picture) is not the trial's first picture
+                book = {"retrieval": self.retrievals, "reconstruction": self.reconstructions}.get(f.get("stage", ""))
+                if book is not None:
+                    book.setdefault(key, (time.time(), f))
         finally:
             self._sub.close()
 

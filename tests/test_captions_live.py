@@ -325,3 +325,28 @@ def test_trials_decoded_without_a_caption_are_captioned_after_a_restart(tmp_path
     finally:
         again.close()
     assert all(store.captions().values()) and len(store.captions()) == 2
+
+
+class FailingRefiner:
+    def refine(self, image, caption, blurry, generator):
+        raise RuntimeError("CUDA out of memory (simulated by a refiner that always fails)")
+
+
+def test_a_failing_refiner_leaves_the_first_pictures_and_the_loop_going(tmp_path, folders, rng, caplog):
+    service = _service(tmp_path, folders, refine="idle", refiner=FailingRefiner())
+    sender = BetaSender(service.receiver.address, tmp_path / "acked.keys", resend_s=1.0)
+    try:
+        for trial in range(2):
+            sender.send(_beta(trial, rng))
+
+        def done() -> bool:
+            service.step(timeout_ms=20)
+            sender.pump()
+            images = tmp_path / "out" / "sub-01" / "ses-01" / "images"
+            return len(list(images.glob("*.png"))) == 2 and not service.refine_queue and not sender.outbox
+
+        assert wait_until(done, 60)
+    finally:
+        service.close()
+        sender.close()
+    assert service.refined_here == 0 and "refinement of" in caplog.text and "out of memory" in caplog.text

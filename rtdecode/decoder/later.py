@@ -68,7 +68,11 @@ class AfterRetrieval:
 
         with Image.open(store.image_path(key)) as im:
             first = np.asarray(im.convert("RGB"))
-        refined, ms = self.decoder.refine(first, fields["caption"], store.tokens(key)[1])
+        try:
+            refined, ms = self.decoder.refine(first, fields["caption"], store.tokens(key)[1])
+        except Exception as exc:  # the refiner's failure (memory, say) is not the trial's: its first picture stands
+            log.error("refinement of %s failed: %s: %s", key, type(exc).__name__, exc)
+            return
         store.save_refined(key, refined)
         self.refined_here += 1
         self._publish_image(store, key, fields, "refined", refined, {"refine_ms": ms})

@@ -57,6 +57,10 @@ def test_short_demo_runs_the_whole_visit(tmp_path):
     notes = Path(paths["evaluation"]).read_text()
     assert "run 1 (realtime): not decoded" in notes and "AlexNet(2): not available" in notes
     assert "rtdecode evaluate, real-time run" in report
+    # Captions: every real-time trial's, from the stand-in captioner trained outside the test pool, scored.
+    captions = {(r["version"], r["trial"]): r["caption"] for r in summary["captions"]}
+    assert len(captions) == 2 * settings.trials and all(captions.values())
+    assert "caption from the brain" in report and "chance METEOR" in report
     # Every run of the visit, calibration hour included, was also written as BIDS as it ended.
     from bids import BIDSLayout
 

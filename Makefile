@@ -22,7 +22,8 @@ test: $(STAMP)
 long: $(STAMP)
 	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -q -m long
 
-# MindEye2's claim on the simulator, three seeds, and the held-out check (about 7 minutes; docs/calibration.md).
+# MindEye2's claim on the simulator in a fair fight: five new people, pretrained / scrambled-code / scratch arms,
+# each tuned on calibration data only (6 to 8 minutes on 2 lightly loaded cores; docs/calibration.md).
 claim: $(STAMP)
 	$(BIN)/python -m pytest -q -s -m claim tests/test_calibration_claim.py
 

@@ -25,8 +25,8 @@ def test_the_claim_in_a_fair_fight(tmp_path):
     for row in rows:  # fair by construction, and checked
         assert row["overlap"] in ({"pretraining": 0, "calibration": 0}, {"calibration": 0}), row
         assert row["held_out_images"] == 50 and row["chance"] == 0.02 and row["seen_person"] is None
-        assert row["images_in_pretraining"] in (None, {"images": row["images_in_pretraining"]["images"],
-                                                       "in_pretraining": 0})
+        seen = row["images_in_pretraining"]  # None for scratch: no pretraining to have seen them
+        assert (seen is None) == (row["arm"] == "scratch") and (seen is None or seen["in_pretraining"] == 0), row
         assert row["tuned"]["max_lr"] in setup.lrs and row["tuned"]["epochs"] in setup.epochs
         folder = tmp_path / "models" / row["name"]
         summary = json.loads((folder / "training.json").read_text())
@@ -34,8 +34,13 @@ def test_the_claim_in_a_fair_fight(tmp_path):
         assert not held & set(summary["tuning"]["validation_images"])  # tuned blind to the test
         if summary["pretrained"]:
             assert not held & read_training_images(Path(summary["pretrained"]))
-    # The measured relation (2026-12-05, 2 cores; docs/calibration.md).
+    # The measured relation (2026-12-05; docs/calibration.md): pretrained 34 / 23 / 35 / 28 / 32 %, scratch
+    # 29 / 29 / 26 / 16 / 27 %, scrambled 29 / 28 / 27 / 21 / 30 %. Pretraining is ahead on the mean (+5.0
+    # points) and for 4 of 5 people, but not established: the paired 95 % interval spans zero (p 0.18).
+    # Pretraining on people who share no code is within 2 points of scratch: most of it is transfer.
     real = paired(rows, "pretrained", "scratch", 11)
-    control = paired(rows, "pretrained", "scrambled", 11)
-    assert real is not None and control is not None
-    assert real["mean"] >= 0.0, table(rows)
+    control = paired(rows, "scrambled", "scratch", 11)
+    transfer = paired(rows, "pretrained", "scrambled", 11)
+    assert real["mean"] > 0 and real["wins"] >= 3, table(rows)
+    assert real["ci95"][0] < 0 < real["ci95"][1], "the advantage is now established: update docs/calibration.md"
+    assert abs(control["mean"]) < 0.03 and transfer["mean"] > 0, table(rows)

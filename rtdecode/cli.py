@@ -28,6 +28,16 @@ def _denoise(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _run_list(text: str) -> list[int]:
+    try:
+        runs = [int(r) for r in text.split(",") if r.strip()]
+    except ValueError:
+        runs = []
+    if not runs or min(runs) < 1:
+        raise argparse.ArgumentTypeError(f"expected run numbers from 1, e.g. 1,2,3, got {text!r}")
+    return runs
+
+
 def _delay(text: str) -> float:
     try:
         value = float(text)
@@ -113,6 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="whole-run estimates, or the real-time estimates replayed")
     p.add_argument("--tr", type=float, default=1.5)
     p.add_argument("--delay", type=float, default=7.5, help="seconds after onset (realtime version)")
+    p.add_argument("--tuning", type=Path, default=None,
+                   help="model folder with glm_tuning.npz: its per-voxel HRFs and noise subtraction (docs/glm.md)")
+    p.add_argument("--hrf", choices=("glover", "library"), default=None, help="default: library with --tuning")
+    p.add_argument("--denoise", type=_denoise, default="auto", help="off | auto | N components (with --tuning)")
 
     p = sub.add_parser("calibrate", help="fine-tune a pretrained model on one subject's session -> a model folder")
     src = p.add_mutually_exclusive_group(required=True)
@@ -154,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("session", type=Path, help="session folder (.../sub-XX/ses-YY)")
     p.add_argument("--out", type=Path, required=True, help="folder for glm_tuning.npz and .json (the model folder)")
     p.add_argument("--tr", type=float, default=1.5)
+    p.add_argument("--runs", type=_run_list, default=None, help="tune on these runs only, e.g. 1,2,3 (default: all)")
+    p.add_argument("--holdout", default=None, help="images left out of every criterion, as calibrate's --holdout: "
+                   "runs:N,M, @FILE or id,id,... (default: none; calibrate leaves out its own held-out images)")
 
     p = sub.add_parser("pretrain", help="train a shared model over several subjects (simulated, NSD or recorded)")
     src = p.add_mutually_exclusive_group(required=True)
@@ -348,14 +365,18 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "glm":
         from rtdecode.glm.offline import write_offline_betas
 
-        write_offline_betas(args.session, args.out, args.noise_model, args.version, args.tr, args.delay)
+        write_offline_betas(args.session, args.out, args.noise_model, args.version, args.tr, args.delay, args.tuning,
+                            args.hrf, args.denoise)
         return 0
     if args.command == "glm-tune":
         from rtdecode.glm.tuning import describe, tune_session
 
         try:
-            print(describe(tune_session(args.session, args.tr, out=args.out)))
-        except ValueError as exc:
+            runs, held = _tuning_split(args.session, "glm-tune", args.holdout) if args.holdout else (None, set())
+            if args.runs is not None:
+                runs = [r for r in args.runs if runs is None or r in runs]
+            print(describe(tune_session(args.session, args.tr, out=args.out, runs=runs, held_out=held)))
+        except (OSError, ValueError) as exc:
             raise ConfigError(f"rtdecode glm-tune: {exc}") from None
         print(f"GLM tuning -> {args.out / 'glm_tuning.npz'}")
         return 0
@@ -556,14 +577,17 @@ def _session_glm(args: argparse.Namespace) -> dict:
     when asked for) and which betas to train on."""
     from rtdecode.config import denoise_count, needs_tuning
     from rtdecode.glm.incremental import GLMSettings
+    from rtdecode.glm.runner import tuned_count
     from rtdecode.glm.tuning import describe, tune_session
 
     denoise = args.glm_denoise  # checked by argparse (_denoise)
     tuning = None
     if needs_tuning(args.glm_hrf, denoise):
-        tuning = tune_session(args.session, out=args.out)
+        runs, held = _tuning_split(args.session, args.subject, args.holdout)
+        tuning = tune_session(args.session, out=args.out, runs=runs, held_out=held)
         print(describe(tuning))
-    n = denoise_count(denoise, tuning.n_components if tuning is not None else None)
+    # Subtracted from each volume, as many as were chosen for the betas trained on (fast tier or end of run).
+    n = denoise_count(denoise, tuned_count(tuning, "subtract", args.train_delay if args.train_on == "realtime" else None))
     settings = GLMSettings(hrf=args.glm_hrf, denoise=n, delay_s=args.train_delay)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "glm.json").write_text(json.dumps({
@@ -572,6 +596,24 @@ def _session_glm(args: argparse.Namespace) -> dict:
         "session_config": {"glm": {"hrf": args.glm_hrf, "denoise": denoise, **({"tuning": str(args.out)} if tuning else {}),
                                    "delay_s": args.train_delay}}}, indent=2))
     return {"glm": settings, "train_on": args.train_on, "tuning": tuning}
+
+
+def _tuning_split(session: Path, subject: str, holdout: str | None) -> tuple[list[int] | None, set[str]]:
+    """What calibrate's GLM tuning may see: the same held-out images as training leaves out (calibration/splits.py),
+    and with ``runs:N,M`` the other runs only."""
+    import numpy as np
+
+    from calibration.data import SubjectData
+    from calibration.splits import parse_holdout
+    from rtdecode.glm.offline import session_folder, session_trials
+
+    images, runs = session_trials(session_folder(session))
+    shown = SubjectData(subject, np.zeros((len(images), 0)), images, np.zeros((len(images), 0, 0)), runs=np.asarray(runs))
+    held = parse_holdout(holdout, shown)
+    if holdout is not None and holdout.startswith("runs:"):
+        out = {int(r) for r in holdout[5:].split(",") if r.strip()}
+        return sorted(set(runs) - out), held
+    return None, held
 
 
 def _finalize(args: argparse.Namespace) -> int:

@@ -142,7 +142,10 @@ class GLMSection:
     # `rtdecode calibrate --glm-tune` or `rtdecode glm-tune`) is read from `tuning` (the model folder).
     hrf: Literal["glover", "library"] = "glover"  # library: each voxel's HRF from the tuning
     denoise: str = "off"  # "off", "auto" (the tuning's count) or a number of noise components, 1 to 10
-    denoise_min_frames: int = 30  # components only once this many volumes are in the fit
+    denoise_min_frames: int = 30  # components only once this many volumes are in the fit (regress)
+    # "subtract": the calibration hour's noise removed from every volume, its count chosen for delay_s;
+    # "regress": the current run's components as confounds in every fit (issue 20; costs the fast tier)
+    denoise_mode: Literal["subtract", "regress"] = "subtract"
     tuning: Path | None = None
     refine: bool = False  # each trial re-estimated at every volume from first_delay_s to final_delay_s (rtX.X)
     first_delay_s: float = 4.5

@@ -3,13 +3,15 @@ every trial refined as its response completes (docs/glm.md)."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
 from rtdecode.config import config_from_dict
 from rtdecode.errors import ConfigError
 from rtdecode.events import write_events
-from rtdecode.glm.denoise import baseline_columns, noise_components
+from rtdecode.glm.denoise import NoiseSubtraction, baseline_columns, noise_components
 from rtdecode.glm.hrf_library import GLOVER_INDEX, library_params, nearest_member, residualize
 from rtdecode.glm.incremental import GLMSettings, IncrementalGLM
 from rtdecode.glm.runner import TrialBetas
@@ -108,16 +110,21 @@ def test_a_tuning_is_saved_read_back_and_checked(tmp_path, tuned):
 
 def _synthetic_tuning(n_voxels: int, components: int = 2) -> GLMTuning:
     rng = np.random.default_rng(4)
-    return GLMTuning(rng.choice([3, 8, 14], n_voxels), library_params(), np.sort(rng.choice(n_voxels, 40, replace=False)),
-                     np.zeros(n_voxels), components, np.zeros(1))
+    pool = np.sort(rng.choice(n_voxels, 40, replace=False))
+    tuning = GLMTuning(rng.choice([3, 8, 14], n_voxels), library_params(), pool, np.zeros(n_voxels), components,
+                       np.zeros(1))
+    tuning.subtraction = NoiseSubtraction(pool, np.full(40, 100.0), np.full(40, 2.0), np.linalg.qr(
+        rng.normal(size=(40, components)))[0], rng.normal(0, 0.3, (components, n_voxels)))
+    return tuning
 
 
-@pytest.mark.parametrize("hrf, denoise", [("glover", 0), ("library", 2)])
-def test_refinements_come_at_the_right_volumes_and_equal_the_offline_glm(hrf, denoise):
+@pytest.mark.parametrize("hrf, denoise, mode", [("glover", 0, "subtract"), ("library", 2, "regress"),
+                                                ("library", 2, "subtract")])
+def test_refinements_come_at_the_right_volumes_and_equal_the_offline_glm(hrf, denoise, mode):
     """Each trial from 4.5 s to 15 s after onset, once per volume, named by that volume's delay; each
     estimate (running products, at the volume) equals the direct fit of the same rows made afterwards."""
     events, data, motion = masked_run(120, volumes=60, seed=2)
-    settings = GLMSettings(refine=True, hrf=hrf, denoise=denoise, denoise_min_frames=20)
+    settings = GLMSettings(refine=True, hrf=hrf, denoise=denoise, denoise_min_frames=20, denoise_mode=mode)
     tuning = _synthetic_tuning(120)
     glm = make_glm(events, 120, settings, 60, tuning)
     made: dict[tuple[int, str], tuple[int, np.ndarray]] = {}
@@ -209,9 +216,14 @@ def test_a_restart_mid_refinement_sends_no_version_twice(tmp_path):
             reference.mark(j, version)
             expected.add((j, version))
     assert set(fresh) == expected
-    stored, raw, _ = BetaStore(folder, 1, "refine").load()
+    store = BetaStore(folder, 1, "refine")
+    stored, raw, _ = store.load()
     assert sorted((int(r["trial"]), r["version"]) for r in stored) == sorted(expected)
     assert raw.shape == (len(expected), 50)
+    # Each version's design is kept (issue 32), and the sidecar names the model.
+    assert sorted(p.name for p in store.design_dir.glob("*.npy")) == sorted(f"trial-{j:03d}_{v}.npy" for j, v in expected)
+    model = json.loads(store.info.read_text())["model"]
+    assert model["hrf"]["kind"] == "glover" and model["noise_components"] == {"mode": "none", "count": 0}
 
 
 @pytest.mark.parametrize("glm, message", [

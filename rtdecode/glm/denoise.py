@@ -9,6 +9,8 @@ components of the frames received so far, the same computation on fewer rows.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from rtdecode.glm.design import cosine_drift, frame_times
@@ -117,3 +119,88 @@ class NoisePool:
         out[rows, : comps.shape[1]] = comps
         self._cache = (key, out)
         return out
+
+
+@dataclass
+class NoiseSubtraction:
+    """Noise learned on the calibration hour and subtracted from every volume (issue 32).
+
+    ``patterns`` (pool voxels, K) are the pool's leading spatial principal components over the whole hour,
+    ``loadings`` (K, voxels) how much of each component every voxel carries. A volume's component values
+    come from its pool voxels alone (z-scored with the hour's ``center`` and ``scale``), so a short fit
+    spends no rows on noise regressors and nothing is re-fitted from a few frames. What the hour's
+    constant and drift would have removed (an offset, a slow trend) is left to the GLM's own.
+    """
+
+    pool: np.ndarray
+    center: np.ndarray
+    scale: np.ndarray
+    patterns: np.ndarray
+    loadings: np.ndarray
+
+    @property
+    def max_components(self) -> int:
+        return self.patterns.shape[1]
+
+    def values(self, vectors: np.ndarray) -> np.ndarray:
+        """(..., K) component values of volumes (..., voxels)."""
+        return ((np.asarray(vectors, float)[..., self.pool] - self.center) / self.scale) @ self.patterns
+
+    def clean(self, vectors: np.ndarray, k: int) -> np.ndarray:
+        """``vectors`` with the first ``k`` components' share removed from every voxel (float32)."""
+        if k <= 0:
+            return np.asarray(vectors, np.float32)
+        out = np.asarray(vectors, float) - self.values(vectors)[..., :k] @ self.loadings[:k]
+        return out.astype(np.float32)
+
+
+def learn_subtraction(runs: list[tuple[np.ndarray, np.ndarray, np.ndarray]], pool: np.ndarray,
+                      k: int = MAX_COMPONENTS) -> NoiseSubtraction:
+    """Patterns and loadings from calibration runs, each (data (frames, voxels), baseline columns, task
+    columns): the pool's series with each run's baseline removed give the patterns; every voxel's series
+    and the component values, both with baseline and task removed, give its loadings (least squares
+    over the hour, so tens of minutes of data decide each loading, not a few frames)."""
+    pool = np.asarray(pool, int)
+    resid = [residualize(base, data[:, pool].astype(float)) for data, base, _ in runs]
+    raw = np.concatenate([data[:, pool] for data, _, _ in runs]).astype(float)
+    center, scale = raw.mean(0), np.maximum(np.concatenate(resid).std(0), 1e-9)
+    z = np.concatenate(resid) / scale
+    k = max(0, min(k, len(pool) - 1, len(z) - 1))
+    _, _, vt = np.linalg.svd(z, full_matrices=False)
+    patterns = vt[:k].T
+    comps, ys = [], []
+    for (data, base, task), r in zip(runs, resid, strict=True):
+        nuisance = np.c_[base, task]
+        comps.append(residualize(nuisance, (r / scale) @ patterns))
+        ys.append(residualize(nuisance, data.astype(float)))
+    c, y = np.concatenate(comps), np.concatenate(ys)
+    loadings = np.linalg.lstsq(c, y, rcond=None)[0] if k else np.zeros((0, y.shape[1]))
+    return NoiseSubtraction(pool, center, scale, patterns, loadings)
+
+
+def subtraction_scores(runs: list, sub: NoiseSubtraction, voxels: np.ndarray, pairs: np.ndarray, settings,
+                       delay_s: float) -> tuple[np.ndarray, np.ndarray]:
+    """Repeat reliability of ``voxels``' betas with 0..K components subtracted, (K + 1, voxels) at each trial's
+    fast tier (``delay_s`` after onset: the rows the live GLM has then) and at the end of its run. ``runs``:
+    :class:`rtdecode.glm.tuning.TuningRun`; ``settings``: the GLM's (Glover's design for every voxel)."""
+    from rtdecode.events import Events
+    from rtdecode.glm.incremental import IncrementalGLM
+
+    fast, end = [], []
+    for k in range(sub.max_components + 1):
+        tiers: tuple[list, list] = ([], [])
+        for run in runs:
+            data = sub.clean(run.data, k)[:, voxels]
+            events = Events(run.onsets, run.durations, tuple(run.images) or ("",) * len(run.onsets))
+            glm = IncrementalGLM(events, len(voxels), settings, len(run.rows))
+            for t, frame in enumerate(np.flatnonzero(run.rows)):
+                glm.add(int(frame), data[t], run.motion[t])
+            for frame in np.flatnonzero(~run.rows):
+                glm.add_missing(int(frame))
+            for j in range(len(events)):
+                n = min(glm.frames_at(j, delay_s), len(run.rows))
+                tiers[0].append(glm.estimate(j, n, version="endofrun").beta)
+                tiers[1].append(glm.estimate(j, version="endofrun").beta)
+        fast.append(repeat_reliability(np.stack(tiers[0]), pairs))
+        end.append(repeat_reliability(np.stack(tiers[1]), pairs))
+    return np.stack(fast), np.stack(end)

@@ -43,7 +43,10 @@ class GLMSettings:
     # noise components from the pool voxels of the current run, and refined estimates.
     hrf: str = "glover"  # "glover" or "library" (each voxel's member, from the GLM tuning)
     denoise: int = 0  # noise components used as confounds (0: none)
-    denoise_min_frames: int = 30  # components only once this many volumes are in the fit
+    denoise_min_frames: int = 30  # components only once this many volumes are in the fit (regress)
+    # "subtract": the calibration hour's components removed from every volume (issue 32); "regress": the
+    # current run's components re-fitted as confounds in every fit (issue 20).
+    denoise_mode: str = "subtract"
     refine: bool = False  # re-estimate each trial at every volume from first_delay_s to final_delay_s
     first_delay_s: float = 4.5
     final_delay_s: float = 15.0

@@ -50,6 +50,19 @@ def recorded_runs(folder: SessionFolder) -> Iterator[tuple[int, Events, list[dic
             yield run, read_events(events_file), rows, vectors
 
 
+def session_trials(folder: SessionFolder) -> tuple[list[str], list[int]]:
+    """The image and run of every trial the offline GLM would estimate (runs with volumes and events)."""
+    images, runs = [], []
+    for run in folder.runs():
+        number = int(run["run"])
+        events_file = folder.path / "func" / f"{folder.prefix(number)}_events.tsv"
+        if events_file.exists() and folder.run_store(number).vectors.exists():
+            ev = read_events(events_file)
+            images += list(ev.image)
+            runs += [number] * len(ev.image)
+    return images, runs
+
+
 def offline_betas(folder: SessionFolder, settings: GLMSettings, version: str = "endofrun",
                   tuning: GLMTuning | None = None) -> SessionBetas:
     """Betas of every run with an events table: 'endofrun' (whole run) or 'realtime' (replayed at
@@ -100,14 +113,28 @@ def training_betas(folder: SessionFolder, settings: GLMSettings, train_on: str =
 
 
 def write_offline_betas(session: Path, out: Path, noise_model: str = "ar1", version: str = "endofrun",
-                        tr_s: float = 1.5, delay_s: float = 7.5) -> Path:
-    """``rtdecode glm``: estimate and write betas.npy + trials.tsv (the simulator's trial-level layout)."""
+                        tr_s: float = 1.5, delay_s: float = 7.5, tuning: Path | None = None, hrf: str | None = None,
+                        denoise: str = "auto") -> Path:
+    """``rtdecode glm``: estimate and write betas.npy + trials.tsv (the simulator's trial-level layout) and
+    betas.json naming the model. ``tuning``: a folder with glm_tuning.npz; with it the HRFs are the
+    tuning's (``hrf`` "library", the default) and ``denoise`` "auto" subtracts the count chosen for the
+    version's tier (``delay_s`` for realtime, end of run for endofrun)."""
+    import json
+
+    from rtdecode.config import check_denoise, denoise_count
     from rtdecode.errors import ConfigError
     from rtdecode.events import EventsError
+    from rtdecode.glm.store import betas_model_description
 
     try:
-        result = offline_betas(session_folder(session), GLMSettings(t_r=tr_s, noise_model=noise_model, delay_s=delay_s),
-                               version)
+        tuned = GLMTuning.load(tuning) if tuning is not None else None
+        if tuned is None and (hrf == "library" or denoise not in ("auto", "off")):
+            raise ValueError("--hrf library and --denoise N need --tuning MODEL (a folder with glm_tuning.npz)")
+        count = 0 if tuned is None else denoise_count(check_denoise(denoise), tuned.components_for(
+            delay_s if version == "realtime" else None))
+        settings = GLMSettings(t_r=tr_s, noise_model=noise_model, delay_s=delay_s,
+                               hrf=hrf or ("library" if tuned is not None else "glover"), denoise=count)
+        result = offline_betas(session_folder(session), settings, version, tuned)
     except (ValueError, EventsError) as exc:
         raise ConfigError(f"rtdecode glm: {exc}") from None
     out = Path(out)
@@ -117,5 +144,8 @@ def write_offline_betas(session: Path, out: Path, noise_model: str = "ar1", vers
         fh.write("trial\trun\timage\n")
         for i, (run, image) in enumerate(zip(result.runs, result.images, strict=True)):
             fh.write(f"{i}\t{run}\t{image}\n")
+    (out / "betas.json").write_text(json.dumps({
+        "session": str(session), "version": version, "delay_s": delay_s if version == "realtime" else None,
+        "n_voxels": int(result.betas.shape[1]), "model": betas_model_description(settings, tuned, tuning)}, indent=2))
     print(f"{len(result.images)} betas from {len(set(result.runs.tolist()))} run(s) of {session} -> {out}")
     return out

@@ -30,7 +30,7 @@ from rtdecode.errors import ConfigError, VoxelSpaceError
 from rtdecode.events import Events, EventsError, read_events, write_events
 from rtdecode.glm.incremental import GLMSettings, IncrementalGLM, TrialEstimate
 from rtdecode.glm.normalize import FixedZScore, NoZScore, RepeatAverager, RunningZScore
-from rtdecode.glm.store import BetaStore
+from rtdecode.glm.store import BetaStore, betas_model_description
 from rtdecode.glm.tuning import GLMTuning
 from rtdecode.glm.voxelwise import VoxelwiseGLM, make_glm
 from rtdecode.session import SessionFolder
@@ -41,12 +41,20 @@ log = logging.getLogger(__name__)
 def settings_from_config(config: SessionConfig, tuning: GLMTuning | None = None) -> GLMSettings:
     """The GLM's settings; ``denoise = "auto"`` takes the count the tuning chose."""
     g = config.glm
-    denoise = denoise_count(g.denoise, tuning.n_components if tuning is not None else None)
+    denoise = denoise_count(g.denoise, tuned_count(tuning, g.denoise_mode, g.delay_s))
     return GLMSettings(t_r=config.scanner.tr_s, hrf_model=g.hrf_model, drift_model=g.drift_model,
                        high_pass=g.high_pass, noise_model=g.noise_model, delay_s=g.delay_s,
                        motion_confounds=g.motion_confounds, motion_min_frames=g.motion_min_frames,
-                       hrf=g.hrf, denoise=denoise, denoise_min_frames=g.denoise_min_frames, refine=g.refine,
+                       hrf=g.hrf, denoise=denoise, denoise_min_frames=g.denoise_min_frames,
+                       denoise_mode=g.denoise_mode, refine=g.refine,
                        first_delay_s=g.first_delay_s, final_delay_s=g.final_delay_s)
+
+
+def tuned_count(tuning: GLMTuning | None, mode: str, delay_s: float | None) -> int | None:
+    """``denoise = "auto"``: the tuning's count for this mode and tier (None: end-of-run betas)."""
+    if tuning is None:
+        return None
+    return tuning.components_for(delay_s) if mode == "subtract" else tuning.n_components
 
 
 def load_tuning(config: SessionConfig) -> GLMTuning | None:
@@ -218,7 +226,8 @@ class TrialBetas:
             raise ConfigError(f"glm.tuning: {exc}") from None
         self.glms[run] = glm
         names = ("realtime", "endofrun", "refine") if self.settings.refine else ("realtime", "endofrun")
-        self.stores[run] = {v: BetaStore(self.folder, run, v) for v in names}
+        model = betas_model_description(self.settings, self.tuning, self.config.glm.tuning)
+        self.stores[run] = {v: BetaStore(self.folder, run, v, model) for v in names}
         self.n_voxels = n_voxels if self.n_voxels is None else self.n_voxels
         return glm
 

@@ -19,16 +19,26 @@ import numpy as np
 from rtdecode.events import Events
 from rtdecode.glm.denoise import (
     MAX_COMPONENTS,
+    NoiseSubtraction,
     baseline_columns,
     choose_count,
+    learn_subtraction,
     noise_components,
     repeat_pairs,
     repeat_reliability,
+    subtraction_scores,
 )
-from rtdecode.glm.hrf_library import GLOVER_INDEX, choose_members, library_kernel, library_params
+from rtdecode.glm.design import frame_times, trial_regressors
+from rtdecode.glm.hrf_library import (
+    GLOVER_INDEX,
+    VoxelGrid,
+    choose_members,
+    library_kernel,
+    library_params,
+)
 from rtdecode.glm.incremental import GLMSettings, IncrementalGLM
 
-FORMAT = 1
+FORMAT = 2  # 2: the noise subtraction (issue 32); format 1 files are still read
 MIN_POOL = 30  # fewer pool voxels than this and the components are mostly one voxel's noise
 EVOKED_T = 2.0  # a pool voxel's mean beta over the calibration trials is within this many standard errors of 0
 
@@ -56,6 +66,19 @@ class GLMTuning:
     source: str = ""
     notes: list[str] = field(default_factory=list)
     hrf_gain: np.ndarray | None = None  # held-out gain of each voxel's choice over Glover (share of variance)
+    runs: list[int] = field(default_factory=list)  # the session's runs it was tuned on ([]: not recorded)
+    held_out: int = 0  # how many images were left out of every criterion
+    subtraction: NoiseSubtraction | None = None  # the hour's noise, subtracted from each volume (denoise_mode)
+    tier_delay_s: float = 7.5  # the fast tier the subtraction's count was chosen for
+    fast_components: int = 0  # components to subtract for betas at tier_delay_s ...
+    end_components: int = 0  # ... and for end-of-run betas
+    # The HRF choice's evidence, repeat reliability per (member, voxel) on each half of the repeated images and
+    # on all of them ("a", "b", "all"); kept in memory for checks, not saved.
+    evidence: dict | None = field(default=None, repr=False)
+
+    def components_for(self, delay_s: float | None) -> int:
+        """How many components to subtract for betas ``delay_s`` after onset (None: end of run)."""
+        return self.end_components if delay_s is None or delay_s > 2 * self.tier_delay_s else self.fast_components
 
     @property
     def n_voxels(self) -> int:
@@ -68,15 +91,21 @@ class GLMTuning:
                 "member_delays_s": self.library[:, 0].round(3).tolist(),
                 "member_fraction": (counts / max(self.n_voxels, 1)).round(4).tolist(),
                 "median_reliability": float(np.median(self.reliability)),
-                "component_scores": self.component_scores.round(5).tolist()}
+                "component_scores": self.component_scores.round(5).tolist(), "runs": list(self.runs),
+                "held_out_images": int(self.held_out), "subtraction": self.subtraction is not None,
+                "tier_delay_s": self.tier_delay_s, "fast_components": self.fast_components,
+                "end_components": self.end_components}
 
     def save(self, folder: str | Path) -> Path:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         gain = np.zeros(self.n_voxels) if self.hrf_gain is None else self.hrf_gain
+        sub = self.subtraction
+        extra = {} if sub is None else {f"sub_{k}": getattr(sub, k).astype(np.float32)
+                                        for k in ("center", "scale", "patterns", "loadings")}
         np.savez(folder / "glm_tuning.npz", hrf_index=self.hrf_index.astype(np.int16), library=self.library,
                  pool=self.pool.astype(np.int64), reliability=self.reliability.astype(np.float32),
-                 component_scores=self.component_scores, hrf_gain=gain.astype(np.float32))
+                 component_scores=self.component_scores, hrf_gain=gain.astype(np.float32), **extra)
         (folder / "glm_tuning.json").write_text(json.dumps(self.summary(), indent=2))
         return folder / "glm_tuning.npz"
 
@@ -92,18 +121,29 @@ class GLMTuning:
             if not isinstance(meta, dict):
                 raise ValueError(f"expected a JSON object, got {type(meta).__name__}")
             fmt = meta.get("format")
-            if fmt == FORMAT:
+            if fmt in (1, FORMAT):
                 with np.load(path, allow_pickle=False) as z:
                     t = cls(z["hrf_index"].astype(int), z["library"].astype(float), z["pool"].astype(int),
                             z["reliability"].astype(float), int(meta["n_components"]),
                             z["component_scores"].astype(float), str(meta.get("source", "")),
-                            list(meta.get("notes", [])), z["hrf_gain"].astype(float))
+                            list(meta.get("notes", [])), z["hrf_gain"].astype(float),
+                            [int(r) for r in meta.get("runs", [])], int(meta.get("held_out_images", 0)))
+                    if meta.get("subtraction"):
+                        t.subtraction = NoiseSubtraction(t.pool, *(z[f"sub_{k}"].astype(float) for k in
+                                                                   ("center", "scale", "patterns", "loadings")))
+                        t.tier_delay_s = float(meta["tier_delay_s"])
+                        t.fast_components, t.end_components = int(meta["fast_components"]), int(meta["end_components"])
         # np.load of a file that is not a zip raises a ValueError (it refuses the pickle fallback)
         except (OSError, KeyError, TypeError, ValueError, zipfile.BadZipFile) as exc:
             raise ValueError(f"{folder}: glm_tuning.npz/.json unreadable ({type(exc).__name__}: {exc})") from None
-        if fmt != FORMAT:
-            raise ValueError(f"{meta_path}: format {fmt!r}, this rtdecode reads {FORMAT}")
+        if fmt not in (1, FORMAT):
+            raise ValueError(f"{meta_path}: format {fmt!r}, this rtdecode reads 1 and {FORMAT}")
         n = t.n_voxels
+        sub = t.subtraction
+        if sub is not None and (sub.center.shape != (len(t.pool),) or sub.scale.shape != (len(t.pool),)
+                                or sub.patterns.shape[0] != len(t.pool)
+                                or sub.loadings.shape != (sub.patterns.shape[1], n)):
+            raise ValueError(f"{path}: the noise subtraction's arrays disagree with the pool ({len(t.pool)}) or n_voxels ({n})")
         if meta.get("n_voxels") != n or len(t.reliability) != n or (len(t.pool) and (t.pool.min() < 0 or t.pool.max() >= n)) \
                 or t.hrf_index.min(initial=0) < 0 or t.hrf_index.max(initial=0) >= len(t.library):
             raise ValueError(f"{path}: arrays disagree with each other or with n_voxels {meta.get('n_voxels')}")
@@ -125,31 +165,38 @@ def _run_betas(run: TuningRun, tr_s: float, settings: GLMSettings, kernel: np.nd
 
 
 def tune(runs: list[TuningRun], tr_s: float, high_pass_hz: float = 0.01, max_components: int = MAX_COMPONENTS,
-         motion: bool = True, source: str = "", seed: int = 0) -> GLMTuning:
+         motion: bool = True, source: str = "", seed: int = 0, held_out: frozenset[str] | set[str] = frozenset(),
+         grid: VoxelGrid | None = None, tier_delay_s: float = 7.5) -> GLMTuning:
     """Choose each voxel's HRF, the noise pool and the number of components from calibration runs.
 
     Every choice is scored by how well single-trial betas (whole-run LSS, OLS) of the same image agree
-    across its presentations, which lie in different runs: HRF members per voxel (shrunk towards the
-    person's curve, :func:`choose_members`), the pool (voxels whose betas do not repeat, reliability at
-    or below 0, and whose mean beta is within ``EVOKED_T`` standard errors of 0), the number of
-    components (:func:`choose_count`). Without repeated images nothing
-    can be scored: every voxel keeps Glover's neighbour and no components are chosen (said in notes).
+    across its presentations, which lie in different runs: HRF members per voxel (pooled over
+    neighbours on ``grid``, else shrunk towards the person's curve: :func:`choose_members`), the pool
+    (voxels whose betas do not repeat, reliability at or below 0, and whose mean beta is within
+    ``EVOKED_T`` standard errors of 0), the number of components (:func:`choose_count`). Trials of
+    ``held_out`` images stay in the design (they were shown) but their betas score nothing: the
+    tuning sees training data only. Without repeated training images nothing can be scored: every
+    voxel keeps Glover's neighbour and no components are chosen (said in notes).
     """
     if len(runs) < 2:
         raise ValueError(f"GLM tuning needs at least 2 calibration runs with events, got {len(runs)}")
     params = library_params()
     n_vox = runs[0].data.shape[1]
-    images = [img for run in runs for img in run.images]
+    shown = [img for run in runs for img in run.images]
+    scored = np.array([img not in held_out for img in shown])
+    images = [img if keep else f"held-out trial {i}" for i, (img, keep) in enumerate(zip(shown, scored, strict=True))]
     pairs = repeat_pairs(images)
-    notes: list[str] = []
+    notes: list[str] = [f"{int((~scored).sum())} trial(s) of {len(set(shown) & set(held_out))} held-out image(s) "
+                        "left out of every criterion"] if (~scored).any() else []
     settings = GLMSettings(t_r=tr_s, high_pass=high_pass_hz, noise_model="ols", motion_confounds=motion)
     if len(pairs) < 10:
-        notes.append(f"only {len(pairs)} pairs of repeated images: HRFs stay Glover's, no noise components")
+        notes.append(f"only {len(pairs)} pairs of repeated training images (held-out images do not count): HRFs "
+                     "stay Glover's, no noise components")
         return GLMTuning(np.full(n_vox, GLOVER_INDEX), params, np.zeros(0, int), np.zeros(n_vox), 0,
                          np.zeros(1), source, notes, np.zeros(n_vox))
     rng = np.random.default_rng(seed)
-    shown = sorted({images[i] for i in pairs[:, 0]})
-    half = {img for img, h in zip(shown, rng.permutation(len(shown)) % 2, strict=True) if h}
+    repeated = sorted({images[i] for i in pairs[:, 0]})
+    half = {img for img, h in zip(repeated, rng.permutation(len(repeated)) % 2, strict=True) if h}
     in_a = np.array([images[i] in half for i in pairs[:, 0]])
     rel: dict[str, list] = {"a": [], "b": [], "all": [], "evoked_t": []}
     for m in range(len(params)):
@@ -157,10 +204,11 @@ def tune(runs: list[TuningRun], tr_s: float, high_pass_hz: float = 0.01, max_com
         betas = np.concatenate([_run_betas(run, tr_s, settings, kernel) for run in runs])
         for key, sel in (("a", in_a), ("b", ~in_a), ("all", np.ones(len(pairs), bool))):
             rel[key].append(repeat_reliability(betas, pairs[sel]))
-        rel["evoked_t"].append(betas.mean(0) / np.maximum(betas.std(0) / np.sqrt(len(betas)), 1e-12))
+        ev = betas[scored]
+        rel["evoked_t"].append(ev.mean(0) / np.maximum(ev.std(0) / np.sqrt(len(ev)), 1e-12))
     rel = {k: np.stack(v) for k, v in rel.items()}  # (members, voxels)
-    best, shrink, held = choose_members(rel["a"], rel["b"], rel["all"])
-    notes.append(f"HRF choice shrunk {shrink:g} towards the person's curve (held-out reliability "
+    best, how, held = choose_members(rel["a"], rel["b"], rel["all"], grid)
+    notes.append(f"HRF choice {how} (held-out reliability "
                  + ", ".join(f"{s:g}: {v:.4f}" for s, v in held.items()) + ")")
     reliability = rel["all"][best, np.arange(n_vox)]
     gain = reliability - rel["all"][GLOVER_INDEX]
@@ -168,7 +216,9 @@ def tune(runs: list[TuningRun], tr_s: float, high_pass_hz: float = 0.01, max_com
     pool = np.flatnonzero((reliability <= 0) & (np.abs(rel["evoked_t"][best, np.arange(n_vox)]) < EVOKED_T))
     if len(pool) < MIN_POOL:
         notes.append(f"only {len(pool)} voxels with betas that do not repeat; no noise components")
-        return GLMTuning(best, params, pool, reliability, 0, np.zeros(1), source, notes, gain)
+        tuning = GLMTuning(best, params, pool, reliability, 0, np.zeros(1), source, notes, gain)
+        tuning.evidence = {key: rel[key] for key in ("a", "b", "all")}
+        return tuning
     others = np.setdiff1d(np.arange(n_vox), pool)
     scores = []
     for k in range(max_components + 1):
@@ -187,18 +237,48 @@ def tune(runs: list[TuningRun], tr_s: float, high_pass_hz: float = 0.01, max_com
             betas[row: row + len(part)] = part
             row += len(part)
         scores.append(repeat_reliability(betas, pairs))
-    k, mean = choose_count(np.stack(scores), np.clip(reliability[others], 0, None))
-    notes.append(f"{k} noise component(s): reliability of the other voxels (weighted by their own) with "
-                 f"0..{max_components}: " + ", ".join(f"{v:.4f}" for v in mean))
-    return GLMTuning(best, params, pool, reliability, k, mean, source, notes, gain)
+    weights = np.clip(reliability[others], 0, None)
+    k, mean = choose_count(np.stack(scores), weights)
+    notes.append(f"{k} noise component(s) as regressors: reliability of the other voxels (weighted by their own) "
+                 f"with 0..{max_components}: " + ", ".join(f"{v:.4f}" for v in mean))
+    tuning = GLMTuning(best, params, pool, reliability, k, mean, source, notes, gain)
+    tuning.evidence = {key: rel[key] for key in ("a", "b", "all")}
+    _tune_subtraction(tuning, runs, others, weights, pairs, settings, max_components, tier_delay_s)
+    return tuning
 
 
-def session_runs(folder) -> list[tuple[int, TuningRun]]:
-    """Every run of a session folder with stored volumes and an events table, as tuning input."""
+def _tune_subtraction(tuning: GLMTuning, runs: list[TuningRun], others: np.ndarray, weights: np.ndarray,
+                      pairs: np.ndarray, settings: GLMSettings, max_components: int, tier_delay_s: float) -> None:
+    """Learn the pool's noise on the whole hour and how many components to subtract, for the fast tier
+    (``tier_delay_s`` after onset) and for end-of-run betas, each by its own betas' repeat reliability."""
+    learn = []
+    for run in runs:
+        base = baseline_columns(len(run.rows), settings.t_r, settings.high_pass, run.rows)
+        task = trial_regressors(run.onsets, run.durations, frame_times(len(run.rows), settings.t_r), settings.t_r)
+        learn.append((run.data, base, task.sum(1, keepdims=True)[run.rows]))
+    tuning.subtraction = learn_subtraction(learn, tuning.pool, max_components)
+    fast, end = subtraction_scores(runs, tuning.subtraction, others, pairs, settings, tier_delay_s)
+    (k_fast, s_fast), (k_end, s_end) = choose_count(fast, weights), choose_count(end, weights)
+    tuning.tier_delay_s, tuning.fast_components, tuning.end_components = tier_delay_s, k_fast, k_end
+    for name, k, sc in ((f"fast tier ({tier_delay_s:g} s)", k_fast, s_fast), ("end of run", k_end, s_end)):
+        tuning.notes.append(f"{name}: subtract {k} component(s) (reliability with 0..{len(sc) - 1}: "
+                            + ", ".join(f"{v:.4f}" for v in sc) + ")")
+
+
+def session_runs(folder, runs: list[int] | None = None) -> list[tuple[int, TuningRun]]:
+    """Every run of a session folder with stored volumes and an events table (those in ``runs`` when
+    given; a run asked for that has none is a ValueError naming it), as tuning input."""
     from rtdecode.glm.offline import MOTION, recorded_runs
 
     out = []
-    for run, ev, rows, vectors in recorded_runs(folder):
+    found = list(recorded_runs(folder))
+    missing = sorted(set(runs or []) - {run for run, *_ in found})
+    if missing:
+        raise ValueError(f"{folder.path}: run(s) {missing} asked for, but only runs {[r for r, *_ in found]} have "
+                         "stored volumes and an events table")
+    for run, ev, rows, vectors in found:
+        if runs is not None and run not in runs:
+            continue
         ok = [r for r in rows if r["status"] == "ok"]  # in the order their vectors were stored
         order = np.array([int(r["volume"]) for r in ok])
         present = np.zeros(max(int(r["volume"]) for r in rows) + 1, bool)
@@ -211,13 +291,32 @@ def session_runs(folder) -> list[tuple[int, TuningRun]]:
     return out
 
 
+def session_grid(folder, run: int, n_voxels: int) -> VoxelGrid | None:
+    """Where the session's voxels lie, from a run's stored mask (None when it has none or another count)."""
+    store = folder.run_store(run)
+    if not store.mask.exists():
+        return None
+    import nibabel as nib
+
+    img = nib.load(store.mask)
+    mask = np.asarray(img.dataobj) > 0
+    return VoxelGrid.from_mask(mask, img.affine) if int(mask.sum()) == n_voxels else None
+
+
 def tune_session(path: str | Path, tr_s: float = 1.5, high_pass_hz: float = 0.01, out: str | Path | None = None,
-                 max_components: int = MAX_COMPONENTS) -> GLMTuning:
-    """``rtdecode glm-tune``: tune on a recorded session folder; saved into ``out`` when given."""
+                 max_components: int = MAX_COMPONENTS, runs: list[int] | None = None,
+                 held_out: set[str] | frozenset[str] = frozenset()) -> GLMTuning:
+    """``rtdecode glm-tune``: tune on a recorded session folder's ``runs`` (default all), leaving
+    ``held_out`` images out of every criterion; saved into ``out`` when given."""
     from rtdecode.glm.offline import session_folder
 
-    runs = [r for _, r in session_runs(session_folder(path))]
-    tuning = tune(runs, tr_s, high_pass_hz, max_components, source=str(path))
+    folder = session_folder(path)
+    chosen = session_runs(folder, runs)
+    data = [r for _, r in chosen]
+    grid = session_grid(folder, chosen[0][0], data[0].data.shape[1]) if chosen else None
+    tuning = tune(data, tr_s, high_pass_hz, max_components, source=str(path), held_out=frozenset(held_out), grid=grid)
+    tuning.runs = [run for run, _ in chosen]
+    tuning.held_out = len(set(held_out))
     if out is not None:
         tuning.save(out)
     return tuning

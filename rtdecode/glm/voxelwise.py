@@ -2,7 +2,8 @@
 
 Voxels that chose the same library member share a design, so the run is split into groups, each an
 :class:`IncrementalGLM` over its voxels with that member's kernel; every group draws the same noise
-components from one :class:`NoisePool`. Per-trial cost: the same passes over the data as one GLM
+components from one :class:`NoisePool` (``denoise_mode = "regress"``), or is fed volumes with the
+calibration hour's noise subtracted (``"subtract"``, :class:`NoiseSubtraction`). Per-trial cost: the same passes over the data as one GLM
 (each voxel is in one group), plus a small fixed cost per group (its design's normal equations).
 """
 
@@ -28,11 +29,19 @@ class VoxelwiseGLM:
             raise ValueError(f"GLM tuning {tuning.source}: made for {tuning.n_voxels} voxels, the mask has {n_voxels}")
         self.settings, self.events, self.n_voxels = settings, events, n_voxels
         members = tuning.hrf_index if settings.hrf == "library" else np.full(n_voxels, -1)
-        self.pool = None
+        self.pool, self.subtract = None, None
         if settings.denoise > 0 and len(tuning.pool) < settings.denoise + 1:
             raise ValueError(f"GLM tuning {tuning.source}: {settings.denoise} noise component(s) asked for, but its "
                              f"noise pool has {len(tuning.pool)} voxels ({'; '.join(tuning.notes) or 'none found'})")
-        if settings.denoise > 0:
+        if settings.denoise > 0 and settings.denoise_mode == "subtract":
+            sub = tuning.subtraction
+            if sub is None or sub.max_components < settings.denoise:
+                have = "none" if sub is None else f"{sub.max_components}"
+                raise ValueError(f"GLM tuning {tuning.source}: {settings.denoise} noise component(s) to subtract asked "
+                                 f"for, it holds {have} (a tuning made before issue 32: run rtdecode glm-tune again, "
+                                 "or set glm.denoise_mode = \"regress\")")
+            self.subtract = sub
+        elif settings.denoise > 0:
             self.pool = NoisePool(tuning.pool, settings.denoise, settings.t_r, settings.high_pass,
                                   settings.denoise_min_frames, expected_volumes)
         extra = self.pool.components if self.pool is not None else None
@@ -52,6 +61,8 @@ class VoxelwiseGLM:
         vector = np.asarray(vector, np.float32).ravel()
         if vector.size != self.n_voxels:
             raise ValueError(f"volume {index}: expected {self.n_voxels} voxels, got {vector.size}")
+        if self.subtract is not None:
+            vector = self.subtract.clean(vector, self.settings.denoise)
         if self.pool is not None:
             self.pool.add(index, vector)
         for idx, glm in self.groups:

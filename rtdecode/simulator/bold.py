@@ -242,6 +242,15 @@ class BoldRun:
             out[t] = frame
         return out
 
+    def structured_noise(self, which: np.ndarray) -> np.ndarray:
+        """(frames, len(which)) the shared slow noise in brain voxels ``which`` (absolute units, zeros under
+        "canonical"): exactly what :meth:`masked_series` adds, for an oracle that removes it."""
+        which = np.asarray(which, int)
+        if self._components is None:
+            return np.zeros((self.n_volumes, len(which)))
+        mix = self._components @ self._loadings[which].T
+        return mix * np.sqrt(self._noise.structured_share) * self.head_sd[which][None, :]
+
     def save_truth(self, folder: str | Path, prefix: str) -> dict[str, Path]:
         """Ground truth beside the data: events, motion, true betas, voxel indices, latents, settings."""
         folder = Path(folder)

@@ -31,13 +31,17 @@ def _tuned_glm(s: DemoSettings, session: Path, model_dir: Path):
     from rtdecode.config import denoise_count, needs_tuning
     from rtdecode.demo.settings import GLM_BEST
     from rtdecode.glm.incremental import GLMSettings
+    from rtdecode.glm.runner import tuned_count
     from rtdecode.glm.tuning import describe, tune_session
 
     tuning = None
     if needs_tuning(s.glm_hrf, s.glm_denoise):
         tuning = tune_session(session, out=model_dir)
         _say(f"   {describe(tuning)}")
-    n = denoise_count(s.glm_denoise, tuning.n_components if tuning is not None else None)
+    # The scanner side subtracts the calibration hour's components (glm.denoise_mode "subtract"), whose
+    # count is chosen per tier: the training betas' tier decides it (None: end of run).
+    delay = s.train_delay_s if s.train_on != "endofrun" else None
+    n = denoise_count(s.glm_denoise, tuned_count(tuning, "subtract", delay))
     chosen = {"hrf": s.glm_hrf, "denoise": s.glm_denoise, "train_on": s.train_on}
     name = GLM_BEST["name"] if all(GLM_BEST[k] == v for k, v in chosen.items()) else "as set"
     _say(f"   GLM configuration {name}: hrf {s.glm_hrf}, denoise {s.glm_denoise} ({n} components), trained on "
@@ -330,7 +334,8 @@ def _lines(summary: dict) -> list[str]:
                       f"{threads['decoder']} (0: every core; docs/real-scanner.md, one machine)."]
     dropped = summary.get("realtime_dropped") or []
     if dropped:
-        lines += ["", f"Volume(s) {', '.join(str(i + 1) for i in dropped)} of the real-time run were withheld on purpose "
+        named = ", ".join(f"{i + 1} (index {i})" for i in dropped)  # from 1, as the console; the index as in BIDS
+        lines += ["", f"Volume(s) {named} of the real-time run were withheld on purpose "
                   "(an export that loses a file): the scanner side declared them missing, the GLM kept the time axis, "
                   "and the console marks the gap."]
     t = summary["timings_s"]

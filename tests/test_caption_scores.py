@@ -82,3 +82,41 @@ def test_sentence_similarity_from_a_local_network(tmp_path):
     trials = [Trial(1, 0, "realtime", "sim-01000", f"{uid}:1:0:realtime", True)]
     scores = score_captions(trials, {trials[0].key: "a red house"}, None, tmp_path)
     assert "Sentence" in scores.per_trial[0] and not any(n.startswith("Sentence") for n in scores.notes)
+
+
+def test_an_oracle_scores_each_images_own_caption_and_says_so(tmp_path):
+    """--oracle: the caption metrics see each image's own reference as the caption (a plumbing check),
+    whatever the decoder said; the table is titled as an oracle check, not a result."""
+    uid = "e" * 32
+    images = ["sim-01003", "sim-01011", "sim-01003"]  # one image shown twice
+    trials = [Trial(1, t, "realtime", image, f"{uid}:1:{t}:realtime", True) for t, image in enumerate(images)]
+    wrong = {t.key: "a night sky with stars" for t in trials}
+    scores = score_captions(trials, wrong, None, None, oracle=True)
+    assert [r["caption"] for r in scores.per_trial] == [painted_caption(i) for i in images]
+    for row in scores.summary:
+        assert row["ROUGE-1"] == row["ROUGE-L"] == 1.0
+        ceiling = [meteor(painted_caption(i), painted_caption(i)) for i in sorted(set(images))]
+        assert row["METEOR"] == pytest.approx(sum(ceiling) / 2 if row["repeats"] == "averaged" else
+                                              (2 * ceiling[0] + ceiling[1]) / 3) and row["METEOR"] > 0.9
+    assert any(n.startswith("oracle:") for n in scores.notes)
+    md = write_captions(scores, tmp_path, "Oracle check of the caption metrics, sub-01 ses-01 (not a result)")
+    assert md["captions_md"].read_text().startswith("# Oracle check of the caption metrics")
+    assert score_captions(trials, wrong, None, None).summary[0]["ROUGE-1"] < 0.5  # not the oracle: the captions
+
+
+def test_captions_averaged_over_an_images_repeats_and_chance_never_its_own_image():
+    """averaged: one score per image (the mean of its trials'), then over images; single-trial: over trials.
+    Chance pairs a caption with another *image's* reference, never another showing of its own."""
+    uid = "f" * 32
+    images = ["sim-01000", "sim-01000", "sim-01007"]
+    trials = [Trial(1, t, "endofrun", image, f"{uid}:1:{t}:endofrun", True) for t, image in enumerate(images)]
+    said = [painted_caption("sim-01000"), "a blue car", "a blue car"]
+    scores = score_captions(trials, {t.key: c for t, c in zip(trials, said, strict=True)}, None, None)
+    r1 = [rouge(c, painted_caption(i))[0] for c, i in zip(said, images, strict=True)]
+    by_way = {r["repeats"]: r for r in scores.summary}
+    assert by_way["single-trial"]["ROUGE-1"] == pytest.approx(sum(r1) / 3)
+    assert by_way["averaged"]["ROUGE-1"] == pytest.approx(((r1[0] + r1[1]) / 2 + r1[2]) / 2)
+    assert by_way["averaged"]["images"] == 2 and by_way["averaged"]["trials"] == 3
+    first = scores.per_trial[0]  # its next row shows the same image: chance skips to sim-01007's reference
+    assert first["chance ROUGE-L"] == pytest.approx(rouge(said[0], painted_caption("sim-01007"))[1])
+    assert first["chance ROUGE-L"] < 1.0

@@ -200,6 +200,9 @@ def test_an_oracle_scores_perfectly_everywhere_repeats_included(decoded, tmp_pat
     assert all(float(r["AlexNet(2)"]) == 1.0 for r in trials)
     assert "oracle: the shown images scored as their own reconstructions" in (tmp_path / "ev" / "summary.md").read_text()
     assert Image.open(tmp_path / "ev" / "histograms.png").size[0] > 100
+    # never mistaken for a result: every titled output says it is an oracle check
+    assert (tmp_path / "ev" / "summary.md").read_text().startswith("# Oracle check of sub-01 ses-01 (not a result)")
+    assert (tmp_path / "ev" / "captions.md").read_text().startswith("# Oracle check of the caption metrics")
 
 
 def test_evaluate_refuses_results_of_another_session_in_one_line(decoded, tmp_path, capsys):
@@ -260,3 +263,22 @@ def test_histograms_take_an_oracles_scores(tmp_path):
     rows.append({"version": "endofrun", "PixCorr": float("nan"), "SSIM": 0.5})  # a constant image's PixCorr
     out = write_histograms(Scores(rows, [], []), tmp_path / "histograms.png")
     assert Image.open(out).size[0] > 100
+
+
+def test_summary_keeps_every_column_and_gives_chance_only_beside_a_figure(tmp_path):
+    """Metrics not computed stay in summary.md as n/a; '2-way 50%' only where a 2-way figure is."""
+    from rtdecode.evaluate.report import SUMMARY_COLUMNS, write_tables
+    from rtdecode.evaluate.score import Scores
+
+    base = {"version": "realtime", "run": "all", "trials": 7, "images": 7, "reconstructions": 7, "PixCorr": 0.1,
+            "SSIM": 0.3, "retrieval_images": 7, "retrieval_brains": 7, "image_for_brain_top1_all": 0.25,
+            "brain_for_image_top1_all": 0.5}
+    rows = [{**base, "repeats": "averaged"}, {**base, "repeats": "single-trial", "AlexNet(2)": 0.75}]
+    paths = write_tables(Scores([], rows, []), tmp_path, "Evaluation of sub-01 ses-01")
+    lines = paths["summary_md"].read_text().splitlines()
+    head = [c.strip() for c in lines[2].strip("|").split("|")]
+    assert head == [*SUMMARY_COLUMNS, "chance"]
+    cells = [dict(zip(head, (c.strip() for c in line.strip("|").split("|")), strict=True)) for line in lines[4:6]]
+    assert cells[0]["AlexNet(2)"] == cells[0]["SwAV"] == cells[0]["brain_for_image_top1_50"] == "n/a"
+    assert cells[0]["chance"] == "all-way 1/7 = 14.3%"  # no 2-way figure in this row
+    assert cells[1]["chance"] == "2-way 50%; all-way 1/7 = 14.3%" and cells[1]["AlexNet(2)"] == "75.0%"

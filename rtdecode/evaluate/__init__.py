@@ -47,10 +47,14 @@ def evaluate_session(session: str | Path, decoded: str | Path, out: str | Path |
     scores = score(collected, source, Path(weights) if weights else None, Path(model) if model else None, seed,
                    draws, oracle)
     out = Path(out) if out is not None else collected.store.folder / "evaluation"
-    title = f"Evaluation of sub-{collected.folder.subject} ses-{collected.folder.session}"
+    who = f"sub-{collected.folder.subject} ses-{collected.folder.session}"
+    # an oracle's perfect figures must never be mistaken for a session's: every output says what it is
+    title = f"Oracle check of {who} (not a result)" if oracle else f"Evaluation of {who}"
+    caption_title = f"Oracle check of the caption metrics, {who} (not a result)" if oracle else "Captions"
     paths = write_tables(scores, out, title)
-    paths.update(write_captions(score_captions(collected.trials, collected.store.captions(), Path(gallery) if gallery
-                                               else None, Path(weights) if weights else None), out))
+    captions = score_captions(collected.trials, collected.store.captions(), Path(gallery) if gallery else None,
+                              Path(weights) if weights else None, oracle)
+    paths.update(write_captions(captions, out, caption_title))
     recon = {(t.version, t.run, t.trial): t.recon for t in collected.trials}
 
     def recon_image(row: dict) -> np.ndarray:
@@ -60,7 +64,8 @@ def evaluate_session(session: str | Path, decoded: str | Path, out: str | Path |
 
         return load_image(recon[(row["version"], row["run"], row["trial"])])
 
-    grid = write_grid(scores, source.load, recon_image, out / "grid.png")
-    hist = write_histograms(scores, out / "histograms.png")
+    banner = "ORACLE CHECK (not a result)" if oracle else None
+    grid = write_grid(scores, source.load, recon_image, out / "grid.png", banner=banner)
+    hist = write_histograms(scores, out / "histograms.png", banner=banner)
     paths.update({k: v for k, v in (("grid", grid), ("histograms", hist)) if v is not None})
     return scores, paths

@@ -33,6 +33,9 @@ from rtdecode.evaluate.collect import Trial
 TEXT_NETWORKS = {"Sentence": "all-MiniLM-L6-v2", "CLIP-B": "clip-vit-base-patch32", "CLIP-L": "clip-vit-large-patch14"}
 METRICS = ("METEOR", "ROUGE-1", "ROUGE-L", *TEXT_NETWORKS)
 CHANCE = ("chance METEOR", "chance ROUGE-L")
+# MindEye2 captions one averaged output per image; rtdecode captions every trial, so `averaged` averages
+# the scores of an image's captions (one figure per image), as the image metrics' `averaged` rows do
+REPEATS = ("averaged", "single-trial")
 # MindEye2's figure beside ours: the evaluation notebook's printed output (subject 1, 40 sessions, brain
 # captions against COCO's); the paper's Table 2 holds the other columns, not read from a source here.
 PAPER = [("MindEye2 subj01 40 h (final_evaluations.ipynb output)", {"METEOR": 0.248})]
@@ -150,16 +153,23 @@ def refined_trials(trials: list[Trial], refined_path) -> list[Trial]:
 
 
 def score_captions(trials: list[Trial], captions: dict[str, str], gallery: Path | None,
-                   weights: Path | None) -> CaptionScores:
-    """Every trial with a caption against its image's reference; summary per version."""
+                   weights: Path | None, oracle: bool = False) -> CaptionScores:
+    """Every trial with a caption against its image's reference; summary per version and way of handling
+    repeats. ``oracle``: each trial's caption is its image's own reference (a plumbing check of the
+    metrics: ROUGE and the network similarities 1.0, METEOR its ceiling just under 1)."""
     refs, notes = reference_captions([t.image for t in trials], gallery)
     rows = []
     for t in trials:
-        text = captions.get(t.key, "")
-        if text and t.image in refs and not t.version.endswith("-refined"):
+        if t.version.endswith("-refined") or t.image not in refs:
+            continue
+        text = refs[t.image] if oracle else captions.get(t.key, "")
+        if text:
             r1, rl = rouge(text, refs[t.image])
             rows.append({"version": t.version, "run": t.run, "trial": t.trial, "image": t.image, "caption": text,
                          "reference": refs[t.image], "METEOR": meteor(text, refs[t.image]), "ROUGE-1": r1, "ROUGE-L": rl})
+    if oracle:
+        notes.append("oracle: each shown image's own reference caption scored as the caption; every figure should "
+                     "be the metric's best (1.0; METEOR just under 1, its fragmentation penalty for one chunk)")
     if not rows:
         return CaptionScores([], [], [*notes, "no captions: the decoder ran without a captioner (--captioner)"])
     for metric, name in TEXT_NETWORKS.items():
@@ -173,25 +183,41 @@ def score_captions(trials: list[Trial], captions: dict[str, str], gallery: Path 
     summary = []
     for version in sorted({r["version"] for r in rows}):
         mine = [r for r in rows if r["version"] == version]
-        summary.append({"version": version, "trials": len(mine),
-                        **{m: float(np.mean([r[m] for r in mine])) for m in METRICS if m in mine[0]},
-                        **chance(mine)})
+        chance(mine)
+        for way in REPEATS:
+            summary.append({"version": version, "repeats": way, "trials": len(mine),
+                            "images": len({r["image"] for r in mine}),
+                            **{m: _mean(mine, m, way) for m in (*METRICS, *CHANCE) if m in mine[0]}})
     return CaptionScores(rows, summary, notes)
 
 
+def _mean(rows: list[dict], metric: str, way: str) -> float:
+    # averaged: one score per image (the mean over its trials), then the mean over images, as the image
+    # metrics' `averaged` rows; single-trial: the mean over trials
+    if way == "single-trial":
+        return float(np.mean([r[metric] for r in rows]))
+    by_image: dict[str, list[float]] = {}
+    for r in rows:
+        by_image.setdefault(r["image"], []).append(r[metric])
+    return float(np.mean([np.mean(v) for v in by_image.values()]))
+
+
 def chance(rows: list[dict]) -> dict[str, float]:
-    """METEOR and ROUGE-L of each caption against another trial's reference (the next one's, in turn):
-    what the scores are worth when the captioner says nothing about the trial (captions of one template
-    share words)."""
-    if len(rows) < 2:
+    """Each row's METEOR and ROUGE-L against another image's reference (the next such row's, in turn),
+    set in the rows; returns their means over trials. What the scores are worth when the captioner says
+    nothing about the trial (captions of one template share words). Another showing of the same image is
+    skipped: it would be a true match, not chance."""
+    if len({r["image"] for r in rows}) < 2:
         return {}
-    others = [rows[(i + 1) % len(rows)]["reference"] for i in range(len(rows))]
-    return {"chance METEOR": float(np.mean([meteor(r["caption"], o) for r, o in zip(rows, others, strict=True)])),
-            "chance ROUGE-L": float(np.mean([rouge(r["caption"], o)[1] for r, o in zip(rows, others, strict=True)]))}
+    for i, row in enumerate(rows):
+        other = next(rows[(i + k) % len(rows)] for k in range(1, len(rows)) if rows[(i + k) % len(rows)]["image"] != row["image"])
+        row["chance METEOR"] = meteor(row["caption"], other["reference"])
+        row["chance ROUGE-L"] = rouge(row["caption"], other["reference"])[1]
+    return {m: float(np.mean([r[m] for r in rows])) for m in CHANCE}
 
 
-def write_captions(scores: CaptionScores, out: Path) -> dict[str, Path]:
-    """captions.md (per version, MindEye2's figure beside), captions.csv (per trial)."""
+def write_captions(scores: CaptionScores, out: Path, title: str = "Captions") -> dict[str, Path]:
+    """captions.md (per version and repeats, MindEye2's figure beside), captions.csv (per trial)."""
     out.mkdir(parents=True, exist_ok=True)
     md, table = out / "captions.md", out / "captions.csv"
     columns = ("version", "run", "trial", "image", "caption", "reference", *METRICS)
@@ -201,11 +227,15 @@ def write_captions(scores: CaptionScores, out: Path) -> dict[str, Path]:
         for row in scores.per_trial:
             writer.writerow({c: row.get(c, "") for c in columns})
     shown = (*METRICS, *CHANCE)
-    lines = ["# Captions", "", "| version | trials | " + " | ".join(shown) + " |", "|" + " --- |" * (len(shown) + 2)]
+    lines = [f"# {title}", "", "| version | repeats | trials | images | " + " | ".join(shown) + " |",
+             "|" + " --- |" * (len(shown) + 4)]
     for row in scores.summary:
-        lines.append(f"| {row['version']} | {row['trials']} | " + " | ".join(_fmt(row.get(m)) for m in shown) + " |")
+        lines.append(f"| {row['version']} | {row['repeats']} | {row['trials']} | {row['images']} | "
+                     + " | ".join(_fmt(row.get(m)) for m in shown) + " |")
     lines += ["", "METEOR without WordNet synonyms (exact and stem matches); chance: each caption against another "
-                  "trial's reference; docs/evaluation.md, Captions.", "",
+                  "image's reference. repeats `averaged`: one score per image (the mean over its trials' captions; "
+                  "MindEye2 captions one averaged output per image), then the mean over images; `single-trial`: "
+                  "the mean over trials. docs/evaluation.md, Captions.", "",
               "## For reference: MindEye2's figures (not this session's)", "",
               "| source | " + " | ".join(METRICS) + " |", "|" + " --- |" * (len(METRICS) + 1)]
     for name, figures in PAPER:

@@ -58,12 +58,14 @@ def _fmt(column: str, value) -> str:
 
 
 def _chance(row: dict) -> str:
+    """Chance for the columns this row has a figure in, and for no other."""
+    parts = ["2-way 50%"] if any(row.get(m) is not None for m in NETWORK_METRICS if SPECS[m].kind == "two_way") else []
     n = row.get("retrieval_images") or 0
-    parts = ["2-way 50%"]
-    if n >= 2:
+    if n >= 2 and any(row.get(f"{d}_top1_all") is not None for d in DIRECTIONS):
         parts.append(f"all-way 1/{n} = {100 / n:.1f}%")
-    parts += [f"{w}-way {100 / w:.2g}%" for w in RETRIEVAL_WAYS if n >= w]
-    return "; ".join(parts)
+    parts += [f"{w}-way {100 / w:.2g}%" for w in RETRIEVAL_WAYS
+              if n >= w and any(row.get(f"{d}_top1_{w}") is not None for d in DIRECTIONS)]
+    return "; ".join(parts) or "n/a"
 
 
 def write_tables(scores: Scores, out: Path, title: str) -> dict[str, Path]:
@@ -78,7 +80,7 @@ def write_tables(scores: Scores, out: Path, title: str) -> dict[str, Path]:
                 writer.writerow({c: ("" if row.get(c) is None else row.get(c)) for c in columns})
     paths["summary_json"].write_text(json.dumps({"title": title, "summary": scores.summary, "notes": scores.notes},
                                                 indent=1, default=float))
-    shown = [c for c in SUMMARY_COLUMNS if any(r.get(c) is not None for r in scores.summary)]
+    shown = SUMMARY_COLUMNS  # every column, n/a where not computed (the notes say why)
     lines = [f"# {title}", "", "| " + " | ".join(shown) + " | chance |", "|" + " --- |" * (len(shown) + 1)]
     for row in scores.summary:
         lines.append("| " + " | ".join(_fmt(c, row.get(c)) for c in shown) + f" | {_chance(row)} |")
@@ -102,8 +104,10 @@ def ranking_metric(scores: Scores) -> str | None:
     return None
 
 
-def write_grid(scores: Scores, shown_image, recon_image, out: Path, per_version: int = 3) -> Path | None:
-    """Rows of the best, median and worst trials of each version by :func:`ranking_metric`: shown | reconstructed."""
+def write_grid(scores: Scores, shown_image, recon_image, out: Path, per_version: int = 3,
+               banner: str | None = None) -> Path | None:
+    """Rows of the best, median and worst trials of each version by :func:`ranking_metric`: shown | reconstructed.
+    ``banner`` heads the picture (an oracle check's)."""
     from PIL import Image, ImageDraw
 
     metric = ranking_metric(scores)
@@ -119,7 +123,7 @@ def write_grid(scores: Scores, shown_image, recon_image, out: Path, per_version:
         rows += [(f"{version} {label}", r) for label, r in list(picks.items())[:per_version]]
     canvas = Image.new("RGB", (2 * (cell + pad) + pad + 220, len(rows) * (cell + pad) + pad + head), "white")
     draw = ImageDraw.Draw(canvas)
-    draw.text((pad, 3), f"shown | reconstructed   (ranked by {metric})", fill="black")
+    draw.text((pad, 3), f"{banner + '   ' if banner else ''}shown | reconstructed   (ranked by {metric})", fill="black")
     for i, (label, r) in enumerate(rows):
         y = head + pad + i * (cell + pad)
         canvas.paste(Image.fromarray(shown_image(r["image"])).resize((cell, cell)), (pad, y))
@@ -130,8 +134,8 @@ def write_grid(scores: Scores, shown_image, recon_image, out: Path, per_version:
     return out
 
 
-def write_histograms(scores: Scores, out: Path) -> Path | None:
-    """One panel per metric, one histogram per version."""
+def write_histograms(scores: Scores, out: Path, banner: str | None = None) -> Path | None:
+    """One panel per metric, one histogram per version; ``banner`` titles the figure (an oracle check's)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -156,6 +160,8 @@ def write_histograms(scores: Scores, out: Path) -> Path | None:
     for ax in list(axes.flat)[len(present):]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=7)
+    if banner:
+        fig.suptitle(banner, fontsize=10)
     fig.tight_layout()
     fig.savefig(out, dpi=90)
     plt.close(fig)

@@ -30,7 +30,11 @@ class Paradigm:
         onsets = self.lead_in_s + soa * np.arange(len(images))
         last_end = onsets[-1] + self.image_s if len(images) else 0.0
         if last_end > self.run_duration_s:
-            raise ValueError(f"the last image ends at {last_end:g} s, after the run ({self.run_duration_s:g} s)")
+            fit = max(0, int((self.run_duration_s - self.lead_in_s - self.image_s) // soa) + 1)
+            need = int(np.ceil(last_end / self.tr_s))
+            raise ValueError(f"the last image ends at {last_end:g} s, after the run ({self.run_duration_s:g} s), "
+                             f"{self.volumes} volumes x {self.tr_s:g} s: {fit} trials fit in it (--trials {fit}), "
+                             f"or {len(images)} trials need at least {need} volumes (--volumes {need})")
         return Events(onsets, np.full(len(images), self.image_s), tuple(images))
 
 

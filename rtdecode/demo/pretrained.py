@@ -19,7 +19,8 @@ def pretrained_key(settings: DemoSettings, latent_dim: int) -> str:
     recipe = {"subjects": settings.pretrain_subjects, "sessions": settings.pretrain_sessions,
               "runs": settings.pretrain_runs,
               "epochs": settings.pretrain_epochs, "hidden": settings.hidden, "latent_dim": latent_dim,
-              "seed": settings.seed, "version": 3}  # 2: no test-pool image; 3: one backbone pass per step
+              "seed": settings.seed, "version": 4}
+    # 2: no test-pool image; 3: one backbone pass per step; 4: no new-person-pool image (issue 35)
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
 
 

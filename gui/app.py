@@ -74,6 +74,24 @@ def install_excepthook() -> None:
     sys.excepthook = hook
 
 
+# Qt messages that say nothing to an operator: the offscreen platform (screenshots, the headless demo) cannot
+# pass a window's size hints on, and says so each time a shown window's size limits change
+QUIET_QT_MESSAGES = frozenset({"This plugin does not support propagateSizeHints()"})
+
+
+def install_message_filter() -> None:
+    """Qt's messages go to stderr as Qt's own handler writes them (its message pattern), less
+    :data:`QUIET_QT_MESSAGES`; every other warning still shows."""
+    from PyQt6 import QtCore
+
+    def handler(mode, context, message: str) -> None:
+        if message in QUIET_QT_MESSAGES:
+            return
+        print(QtCore.qFormatLogMessage(mode, context, message), file=sys.stderr, flush=True)
+
+    QtCore.qInstallMessageHandler(handler)
+
+
 Replay = Callable[[Path | None, Path | None], list[tuple[str, Message]]]
 SCREENSHOT_WAIT_S = 15.0  # a live screenshot waits at most this long for the senders' replays
 
@@ -136,6 +154,7 @@ def main(argv: list[str] | None = None, display: bool = False, replay: Replay | 
               file=sys.stderr)
         return 2
     install_excepthook()
+    install_message_filter()
 
     from PyQt6 import QtWidgets
 

@@ -303,6 +303,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if not args.verbose:  # matplotlib's INFO notes (e.g. categorical units) are not the operator's; warnings stay
+        logging.getLogger("matplotlib").setLevel(logging.WARNING)
     try:
         return _dispatch(args)
     except RtdecodeError as exc:

@@ -9,13 +9,13 @@ channels. It is read through ``models.legacy_pickle`` (no code runs), renamed by
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from models.jsonconfig import JsonConfig
 from models.legacy_pickle import load_checkpoint
 
 PUBLISHED_KEYS = {"linear1.weight": "tokens.weight", "linear1.bias": "tokens.bias",
@@ -25,24 +25,13 @@ WEIGHTS, CONFIG = "bigG_to_L.safetensors", "bigG_to_L.json"
 
 
 @dataclass(frozen=True)
-class ConverterConfig:
+class ConverterConfig(JsonConfig):
     """Sizes of the converter; the published file's by default."""
 
     tokens_in: int = 256
     tokens_out: int = 257
     dim_in: int = 1664
     dim_out: int = 1024
-
-    @classmethod
-    def from_json(cls, path: str | Path) -> ConverterConfig:
-        raw = json.loads(Path(path).read_text())
-        unknown = set(raw) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"{path}: unknown ConverterConfig field(s) {sorted(unknown)}")
-        return cls(**raw)
-
-    def to_json(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(asdict(self), indent=2))
 
 
 class BigGToL(nn.Module):

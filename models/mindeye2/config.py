@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
+
+from models.jsonconfig import JsonConfig
 
 
 @dataclass
-class MindEye2Config:
+class MindEye2Config(JsonConfig):
     """Sizes of a MindEye2 model. Defaults are the published 4096-hidden model with the blurry branch.
 
     ``subjects`` names the ridge inputs in order (``ridge.linears.i`` maps ``subjects[i]``) and
@@ -43,17 +43,6 @@ class MindEye2Config:
             return self.subjects.index(subject)
         except ValueError:
             raise KeyError(f"subject {subject!r} has no ridge in this model; it has {self.subjects}") from None
-
-    def to_json(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(asdict(self), indent=2))
-
-    @classmethod
-    def from_json(cls, path: str | Path) -> MindEye2Config:
-        raw = json.loads(Path(path).read_text())
-        unknown = set(raw) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"{path}: unknown MindEye2Config field(s) {sorted(unknown)}")
-        return cls(**raw)
 
 
 def standin_config(subjects: list[str], voxels: list[int], hidden: int = 128, blurry: bool = False) -> MindEye2Config:

@@ -15,8 +15,7 @@ is commented out beside it); this refiner loads any SDXL checkpoint, SDXL base 1
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +23,7 @@ import torch
 
 from models.caption.converter import same_device
 from models.devices import to_device
+from models.jsonconfig import JsonConfig
 
 NEGATIVE = ("painting, extra fingers, mutated hands, poorly drawn hands, poorly drawn face, deformed, ugly, "
             "blurry, bad anatomy, bad proportions, extra limbs, cloned face, skinny, glitchy, double torso, "
@@ -32,7 +32,7 @@ SETTINGS = "rtdecode_refine.json"  # optional, beside the diffusers layout: a ti
 
 
 @dataclass(frozen=True)
-class RefineSettings:
+class RefineSettings(JsonConfig):
     """MindEye2's settings by default."""
 
     steps: int = 25
@@ -54,17 +54,6 @@ class RefineSettings:
     def strength(self) -> float:
         """diffusers runs the last int(steps x strength) steps; the half step keeps float rounding out of it."""
         return min(1.0, (self.last_steps + 0.5) / self.steps)
-
-    @classmethod
-    def from_json(cls, path: str | Path) -> RefineSettings:
-        raw = json.loads(Path(path).read_text())
-        unknown = set(raw) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"{path}: unknown RefineSettings field(s) {sorted(unknown)}")
-        return cls(**raw)
-
-    def to_json(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(asdict(self), indent=2))
 
 
 def _image(array: np.ndarray, name: str) -> np.ndarray:

@@ -8,6 +8,9 @@ from PyQt6 import QtCore, QtGui, QtWidgets
 
 from gui.state import ConsoleState
 
+MOSAIC_W = 420  # a mosaic's width where its height allows (at most 2x its pixels)
+MOSAIC_MIN_H = 160  # never shorter: a wide row of slices was drawn as a ~30 px strip (the tab scrolls instead)
+
 
 def registration_text(view) -> str:
     """What the run was registered to and how far that moved it; for a run that was not registered
@@ -38,6 +41,8 @@ class AlignmentPanel(QtWidgets.QWidget):
         self.mosaic = QtWidgets.QLabel()
         self.tsnr_caption = QtWidgets.QLabel("")
         self.tsnr = QtWidgets.QLabel()
+        for label in (self.mosaic, self.tsnr):  # left-aligned: a mosaic wider than the tab scrolls sideways
+            label.setAlignment(QtCore.Qt.AlignmentFlag.AlignLeft | QtCore.Qt.AlignmentFlag.AlignTop)
         for w in (self.figures, self.warning, self.mosaic, self.tsnr_caption, self.tsnr):
             layout.addWidget(w)
         layout.addStretch(1)
@@ -66,8 +71,9 @@ class AlignmentPanel(QtWidgets.QWidget):
                 label.clear()
                 continue
             h, w = image.shape[:2]
-            scale = min(2.0, 420 / max(w, 1))
+            scale = max(min(2.0, MOSAIC_W / max(w, 1)), MOSAIC_MIN_H / max(h, 1))
             label.setPixmap(_scaled(image, int(w * scale), int(h * scale), dpr))
+            label.setMinimumSize(int(w * scale), int(h * scale))  # the scroll area scrolls rather than squeezing it
         self.tsnr_caption.setText("" if view.median_tsnr is None else
                                   f"temporal SNR at volume {view.tsnr_at + 1} (median {view.median_tsnr:.0f}; 0 to 100)")
 

@@ -49,6 +49,10 @@ def ask(parent: QtWidgets.QWidget) -> Confirm:
     return confirm
 
 
+TABS_MIN_H = 300  # the tabs' first height where the window allows: about five rows of the trials table
+STRIP_MIN_H = 60  # the recent-reconstructions strip gives up height to the tabs down to this (it scrolls)
+
+
 def scrolling(widget: QtWidgets.QWidget) -> QtWidgets.QScrollArea:
     """``widget`` in a frameless scroll area that fits it to the width and scrolls what does not fit."""
     area = QtWidgets.QScrollArea()
@@ -79,7 +83,8 @@ class ConsoleWindow(QtWidgets.QMainWindow):
         outer = QtWidgets.QVBoxLayout(central)
 
         self.banner = QtWidgets.QLabel("REPLAY of a finished session: nothing here is live")
-        self.banner.setStyleSheet("background: #6a4a00; color: white; font-weight: bold; padding: 4px;")
+        # One thin line: at 768 px every row of height goes to the trials table.
+        self.banner.setStyleSheet("background: #6a4a00; color: white; font-weight: bold; padding: 0px 4px;")
         self.banner.setVisible(state.replay)
         outer.addWidget(self.banner)
         self.alignment_warning = QtWidgets.QLabel("")
@@ -360,6 +365,9 @@ class ConsoleWindow(QtWidgets.QMainWindow):
         self.splitter.setSizes([max(1, width - right), right])
         height = self.right_splitter.height() or self.height()
         top = [trial.height() + 10, strip.height() + scroll]
+        # The tabs keep room for ~5 trial rows (a 768 px screen left 2): the strip, which scrolls, gives it first.
+        short = max(0, min(TABS_MIN_H, height // 2) - (height - sum(top)))
+        top[1] -= min(short, max(0, top[1] - STRIP_MIN_H))  # the current trial stays whole: captions in view
         self.right_splitter.setSizes([*top, max(1, height - sum(top))])
 
     def save_layout(self) -> None:

@@ -59,13 +59,14 @@ class LiveFeed(QtCore.QObject):
         return changed
 
     def drain(self, seconds: float, quiet_s: float = 0.5) -> list[str]:
-        """Take the senders' replays before a screenshot: poll until every source was heard from and no
-        history (anything but heartbeats) came for ``quiet_s``, at most ``seconds``. Returns the sources
-        never heard from."""
+        """Take the senders' replays before a screenshot: poll until every source was heard from, the
+        decoder's heartbeat (its gallery: top-1 chance) came where there is a decoder, and no history
+        (anything but heartbeats) came for ``quiet_s``, at most ``seconds``. Returns the sources never
+        heard from."""
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             self.poll()
-            heard = all(self.received.values())
+            heard = all(self.received.values()) and ("decoder" not in self.received or self.state.gallery_from == "decoder")
             if heard and time.monotonic() - self.last_history >= quiet_s:
                 break
             time.sleep(0.02)

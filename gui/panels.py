@@ -157,8 +157,10 @@ class TrialTable(QtWidgets.QWidget):
         self._sync_runs()
         run = self.selected_run()
         decoded = set(self._runs)  # calibration runs, never decoded, stay out of the table
-        keys = [k for k in sorted(self.state.trials) if k[0] in decoded and (run is None or k[0] == run)
-                and k[2] in LIVE]  # a refined trial is one row: its newest version
+        # A refined trial is one row (its newest version); a trial's end-of-run estimate, once the run
+        # ended, is a row of its own under the live one (version 'endofrun').
+        keys = sorted((k for k in self.state.trials if k[0] in decoded and (run is None or k[0] == run)
+                       and (k[2] in LIVE or k[2] == "endofrun")), key=lambda k: (k[0], k[1], k[2] == "endofrun"))
         rows = []
         metric = next((v.eval_metric for k, v in sorted(self.state.trials.items()) if v.eval_metric), "")
         columns = self.COLUMNS + ((f"eval: {metric}",) if metric else ())
@@ -175,8 +177,11 @@ class TrialTable(QtWidgets.QWidget):
                          *((_eval_text(v),) if metric else ())))
         hits = self.state.hits(run)
         n = self.state.gallery_size
-        chance = f" (chance {100 / n:.1f}% among {n} images)" if n else " (chance: the decoder has not said its gallery)"
-        self.rate.setText(f"top-1 {100 * sum(hits) / len(hits):.0f}% of {len(hits)} trials{chance}" if hits
+        whose = "" if self.state.gallery_from == "decoder" else " of the console's --gallery: the decoder has not said its own"
+        chance = f" (chance {100 / n:.1f}% among {n} images{whose})" if n else " (chance: the decoder has not said its gallery)"
+        final = self.state.hits(run, "endofrun")  # marked trials are left out of both counts
+        after = f"; end of run {100 * sum(final) / len(final):.0f}% of {len(final)}" if final else ""
+        self.rate.setText(f"top-1 {100 * sum(hits) / len(hits):.0f}% of {len(hits)} trials{after}{chance}" if hits
                           else "no decoded trial yet")
         if rows == self._rows and not force:
             return

@@ -24,10 +24,10 @@ class QAPlots(pg.GraphicsLayoutWidget):
 
     def __init__(self) -> None:
         super().__init__()
-        self.translation = self.addPlot(row=0, col=0, title="translation (mm)")
-        self.rotation = self.addPlot(row=1, col=0, title="rotation (degrees)")
-        self.translation.addLegend(offset=(5, 5))
-        self.rotation.addLegend(offset=(5, 5))
+        # The colour key in the title, above the traces (a legend inside the plot sat under them).
+        self.translation = self.addPlot(row=0, col=0, title="translation (mm) " + _key(TRANSLATION_COLOURS, "xyz"))
+        self.rotation = self.addPlot(row=1, col=0, title="rotation (degrees) " + _key(
+            ROTATION_COLOURS, ("pitch (x)", "roll (y)", "yaw (z)")))
         self.motion_curves = [self.translation.plot(pen=pg.mkPen(c, width=1), name=n, connect="finite")
                               for c, n in zip(TRANSLATION_COLOURS, "xyz", strict=True)]
         self.motion_curves += [self.rotation.plot(pen=pg.mkPen(c, width=1), name=n, connect="finite")
@@ -74,6 +74,7 @@ class QAPlots(pg.GraphicsLayoutWidget):
             curve.setData(x, y[:, i]) if len(x) else curve.setData([], [])
         alarm = np.asarray(q.alarm, bool)
         self.fd_alarm.setData(np.asarray(q.index, float)[alarm] + 1, np.asarray(q.fd, float)[alarm])
+        self._latency_range(y[:, 8], q.tr_s)
         for i, curve in ((9, self.read_curve), (10, self.preprocess_curve)):
             # Not said (a replay, an older scanner side): no curve, rather than an all-NaN one that upsets the axis.
             curve.setData(x, y[:, i]) if np.isfinite(y[:, i]).any() else curve.setData([], [])
@@ -83,6 +84,16 @@ class QAPlots(pg.GraphicsLayoutWidget):
         if key != self._drawn:  # markers change rarely: rebuilt only then
             self._drawn = key
             self._markers(q.missing, [t for t, _ in trials], q.tr_s)
+
+    def _latency_range(self, latency: np.ndarray, tr_s: float | None) -> None:
+        """Up to 1.2x the TR or 1.5x the 95th percentile, whichever is higher: a restart's one late volume
+        (minutes) goes off the top instead of flattening every other volume onto a '0' tick."""
+        finite = latency[np.isfinite(latency)]
+        if not len(finite):
+            self.latency_plot.enableAutoRange(axis="y")
+            return
+        top = max(1.5 * float(np.percentile(finite, 95)), 1200 * tr_s if tr_s else 0.0, 1.0)  # the TR line in view
+        self.latency_plot.setYRange(0, top, padding=0)
 
     def _markers(self, missing: list[int], onsets: list[float], tr_s: float | None) -> None:
         for item in self.gap_lines:
@@ -103,3 +114,8 @@ class QAPlots(pg.GraphicsLayoutWidget):
                 region.setZValue(-10)
                 self.fd_plot.addItem(region)
                 self.trial_regions.append(region)
+
+
+def _key(colours, names) -> str:
+    """A plot title's colour key: each trace's name in its colour."""
+    return " ".join(f"<span style='color: {c}'>{n}</span>" for c, n in zip(colours, names, strict=True))

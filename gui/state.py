@@ -17,6 +17,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+from gui.lifecycle import SOURCE_NAMES, elided, restart_record, session_started, silence_line
 from gui.quality import RunQuality, episodes
 from gui.sessions import SessionFilter
 from gui.views import LIVE, AlignmentView, LogEntry, TrialView, trial_key
@@ -24,7 +25,6 @@ from rtdecode.wire.protocol import Message, decode_png
 from rtdecode.wire.schema import refine_delay
 
 log = logging.getLogger(__name__)
-SOURCE_NAMES = {"scanner": "scanner side", "decoder": "decoder"}
 SEVERITIES = ("info", "warning", "error")
 REFUSAL_LOG_S = 60.0  # a rising refusal count is logged at most this often
 STOPPED_BY_OPERATOR = "run stopped by operator"  # the scanner side's reason for a stopped series' later files
@@ -59,16 +59,23 @@ class ConsoleState:
     alignment: dict[int, AlignmentView] = field(default_factory=dict)
     model: str = ""  # the decoder's model folder name, from its heartbeat
     gallery_size: int = 0  # images the decoder retrieves among (top-1 chance is 1 / this); 0: not said
+    gallery_from: str = ""  # who said gallery_size: "decoder" (its heartbeat), else the console's --gallery
     run_warnings: dict[int, str] = field(default_factory=dict)  # run -> why it gives no betas (shown on its row)
     silent: set[str] = field(default_factory=set)  # services whose silence is logged and not yet over
+    silence_s: float = 5.0  # a silence longer than this is logged (the console's light; a rebuilt one uses it too)
+    restart_boots: set[str] = field(default_factory=set)  # boot ids whose start is counted as a restart
+    _boot_lines: dict[str, list[LogEntry]] = field(default_factory=dict)  # boot -> its live restart/silence lines
+    _silence_line: dict[str, LogEntry] = field(default_factory=dict)  # service -> its silence line not yet over
     _at: float | None = None  # while a message is applied: when its sender produced it (the log's time)
 
     def apply(self, msg: Message, source: str = "scanner") -> bool:
         """Update from one message; False for a repeat (a late-joiner replay already seen) or a refusal."""
         if msg.boot and self.boots.get(source) != msg.boot:
-            if source in self.boots:
+            if source in self.boots:  # heard live; the start's record (wire.lifecycle) then sets its time
                 self.restarts[source] = self.restarts.get(source, 0) + 1
-                self.notice(f"{SOURCE_NAMES.get(source, source)} restarted", "warning")
+                self.restart_boots.add(msg.boot)
+                self.status = f"{SOURCE_NAMES.get(source, source)} restarted"
+                self._boot_lines.setdefault(msg.boot, []).append(self.add_log("warning", self.status, time.time()))
             self.boots[source] = msg.boot
             self.seen_seq[source] = set()
         seen = self.seen_seq.setdefault(source, set())
@@ -83,7 +90,10 @@ class ConsoleState:
             self._new_session(msg)  # the next participant's scanner side: a clean page before its first run
         if source in self.silent:
             self.silent.discard(source)
-            self.add_log("info", f"{SOURCE_NAMES.get(source, source)} heard from again")
+            lines = self._boot_lines.setdefault(msg.boot, [])
+            if source in self._silence_line:
+                lines.append(self._silence_line.pop(source))
+            lines.append(self.add_log("info", f"{SOURCE_NAMES.get(source, source)} heard from again", time.time()))
         handler = getattr(self, f"_on_{msg.type}", None)
         if handler is not None:
             self._at = msg.time or None  # a replayed or re-sent event is logged at the time it happened
@@ -100,20 +110,21 @@ class ConsoleState:
     def _new_session(self, msg: Message) -> None:
         """The scanner side names another session: nothing of the one shown stays (gui/sessions.py)."""
         f = msg.fields
-        before = bool(self.identity)
         self.sessions.switch(self, {k: str(f[k]) for k in ("subject", "session", "session_uid") if k in f})
         line = f"session sub-{f.get('subject')} ses-{f.get('session')}"
         self.add_log("info", line, msg.time or None)
-        if before:
-            self.status = f"{line}: waiting for its first run"
+        # The first console of the day too (the operator guide's words); the run's own lines follow it.
+        self.status = f"{line}: waiting for its first run"
 
     def check_silence(self, limit_s: float, now: float | None = None) -> list[str]:
         """Log each service silent for longer than ``limit_s`` once per silence; returns the silent ones."""
         now = now or time.time()
+        self.silence_s = limit_s
         for service, last in self.last_seen.items():
             if service not in self.silent and now - last > limit_s and not self.replay:
                 self.silent.add(service)
-                self.add_log("warning", f"{SOURCE_NAMES.get(service, service)} silent for {now - last:.0f} s", now)
+                # At the moment it became a silence, as a console rebuilding it from the start's record says.
+                self._silence_line[service] = self.add_log("warning", silence_line(service, limit_s), last + limit_s)
         return sorted(self.silent)
 
     def refuse(self, reason: str, count: int = 1) -> None:
@@ -122,10 +133,12 @@ class ConsoleState:
         log.warning("console: refused a message: %s", reason)
         self.add_log("error", f"refused: {reason}")
 
-    def add_log(self, severity: str, text: str, when: float | None = None) -> None:
+    def add_log(self, severity: str, text: str, when: float | None = None) -> LogEntry:
         """A log line at ``when``, else at the time the message being applied was produced, else now."""
         when = when if when is not None else (self._at if self._at is not None else time.time())
-        self.log.append(LogEntry(when, severity if severity in SEVERITIES else "info", text))
+        entry = LogEntry(when, severity if severity in SEVERITIES else "info", text)
+        self.log.append(entry)
+        return entry
 
     def notice(self, text: str, severity: str = "info") -> None:
         """A line in the event log that also becomes the status line."""
@@ -219,7 +232,8 @@ class ConsoleState:
             self._quality(run).rejected += 1
         # Files of a series the operator stopped are expected to be set aside: a plain line, not an error.
         expected = str(f["reason"]).startswith(STOPPED_BY_OPERATOR)
-        self.notice(f"file set aside: {f['path']}: {f['reason']}", "info" if expected else "error")
+        # The reason first and the name shortened in its middle: a 60-character UID hid it at 1366 px.
+        self.notice(f"file set aside: {f['reason']} (file {elided(str(f['path']))})", "info" if expected else "error")
 
     def _on_run_ended(self, f: dict, _msg: Message) -> None:
         run = int(f["run"])
@@ -246,6 +260,13 @@ class ConsoleState:
             text = str(f.get("reason", state))
             if not any(e.text == text for e in self.log):
                 self.notice(text, "warning" if state == "storage_low" else "error")
+        elif state == "restarted":
+            restart_record(self, f, _msg)
+        elif state == "started":  # the scanner side's first start: when the session began
+            session_started(self, f, _msg)
+        elif state == "warning":  # the scanner side's warning (e.g. a run left open at shutdown), once
+            if not any(e.text == f.get("reason") for e in self.log):
+                self.add_log("warning", str(f.get("reason", "")))
         elif state in ("disarmed", "armed", "waiting_for_start"):
             self.notice({"disarmed": "stopped by the operator: a new series waits for start run",
                          "armed": "armed: the next series starts a new run",
@@ -323,7 +344,8 @@ class ConsoleState:
         if f.get("service") == "decoder":
             self.decoder_queue, self.decoder_decoded = f.get("queue"), f.get("decoded")
             self.model = str(f.get("model", self.model))
-            self.gallery_size = int(f.get("gallery", self.gallery_size))
+            if "gallery" in f:
+                self.gallery_size, self.gallery_from = int(f["gallery"]), "decoder"
             self._note_refusals(f.get("refused"), _msg.time or time.time())
 
     def _note_refusals(self, refused: int | None, when: float) -> None:

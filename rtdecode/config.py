@@ -178,6 +178,7 @@ _POSITIVE = {
     "network.max_message_mb",
 }
 _PORTS = {"network.betas_port", "network.results_port"}
+_FOLDERS = {"session.stimuli", "models.folder"}  # named as folders in a missing-path error
 _MUST_EXIST = {"session.stimuli", "preprocess.session_reference", "preprocess.mask", "models.folder", "glm.zscore_stats", "glm.tuning",
                "network.curve_secret", "network.curve_decoder_key", "network.curve_allowed"}
 
@@ -276,7 +277,8 @@ def _validate(cfg: SessionConfig, source: str) -> None:
     for dotted in _MUST_EXIST:
         value = _get(cfg, dotted)
         if value is not None and not Path(value).exists():
-            raise ConfigError(f"{source}: {dotted} names a file that does not exist: {value}")
+            what = "folder" if dotted in _FOLDERS else "file"
+            raise ConfigError(f"{source}: {dotted} names a {what} that does not exist: {value}")
     for name in ("min_free_gb", "space_check_every"):
         if getattr(cfg.session, name) < 0:
             raise ConfigError(f"{source}: session.{name} must be >= 0 (0: off), got {getattr(cfg.session, name)!r}")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from rtdecode.decoder.results import open_results, reconstruction_message, retrieval_message
 from rtdecode.scanner.history import session_events, session_settings
+from rtdecode.wire.lifecycle import STARTS, lifecycle_messages
 from rtdecode.wire.protocol import Message
 
 
@@ -22,7 +23,7 @@ def session_messages(session: str | Path) -> list[Message]:
     identity = _identity(session)
     for seq, msg in enumerate(out, start=1):
         msg.seq = seq
-        if msg.type == "run_started":  # whose session it is, as the live run_started says
+        if msg.type == "run_started" or msg.type == "status":  # whose session it is, as the live ones say
             msg.fields.update(identity)
     return out
 
@@ -101,4 +102,11 @@ def replayed(session: Path | None, decoded: Path | None) -> list[tuple[str, Mess
     out = [("scanner", m) for m in (session_messages(session) if session else [])]
     if decoded is None:
         return out
-    return out + [("decoder", m) for m in decoder_messages(decoded_for(Path(decoded), session))]
+    own = decoded_for(Path(decoded), session)
+    # The decoder's starts are kept in its --out: the folder given, or the one above a session's folder.
+    root = next((p for p in (Path(decoded), own.parent.parent) if (p / STARTS).exists()), None)
+    starts = lifecycle_messages(root, "decoder") if root is not None else []
+    decoder = starts + decoder_messages(own)
+    for seq, msg in enumerate(decoder, start=1):  # one sender: one sequence
+        msg.seq = seq
+    return out + [("decoder", m) for m in decoder]

@@ -7,6 +7,7 @@ own process (killed and started again), ``rtdecode console --replay``'s message 
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 import signal
@@ -41,7 +42,11 @@ N_VOLUMES = 12
 ONSETS = (0.0, 3.0, 6.0)
 STOP_AT = 6  # run 2 is stopped by the operator after this many volumes
 KEPT_LINES = re.compile(r"^(run \d+ ended|file set aside|run \d+: FD alarm|run \d+: volume \d+ missing|"
-                        r"run \d+ trial \d+ marked|run \d+ started)")  # started: with the mask's voxel count
+                        r"run \d+ trial \d+ mark|run \d+ started|"  # started: with the mask's voxel count
+                        r".* (restarted|silent for over \d+ s|heard from again)$|run \d+ left open|"
+                        r"session sub-\w+ ses-\w+$)")  # the session's line: at its first start
+SAME_TIME = re.compile(r"^(run \d+ ended|.* (restarted|silent for over \d+ s|heard from again)$|session sub-)")
+SILENCE_S = 5.0  # as the console's light (gui.display.SILENT_S); each restart below waits longer than this
 
 
 class Feed:
@@ -59,9 +64,10 @@ class Feed:
         while not self._stop.is_set():
             for sub, source in self.subs:
                 msg = sub.recv(timeout_ms=10)
-                if msg is not None:
-                    with self.lock:
+                with self.lock:
+                    if msg is not None:
                         self.state.apply(msg, source)
+                    self.state.check_silence(SILENCE_S)  # as the console's refresh does
 
     def close(self) -> ConsoleState:
         self._stop.set()
@@ -75,6 +81,7 @@ def facts(s: ConsoleState) -> dict:
     """What an operator reads off a console, by field (not connection lights, not the order of arrival)."""
     return {
         "identity": dict(s.identity),
+        "restarts": dict(s.restarts),  # the lights' "(restarted Nx)"
         "fd_threshold_mm": s.fd_threshold_mm,
         "rejected": sorted(s.rejected),
         "run_warnings": dict(s.run_warnings),
@@ -99,8 +106,11 @@ def history_differences(live: ConsoleState, other: ConsoleState) -> list[str]:
     out = []
     lines = {e.text: e.time for e in live.log if KEPT_LINES.match(e.text)}
     theirs = {e.text: e.time for e in other.log if KEPT_LINES.match(e.text)}
-    out += [f"log: {t!r} missing" for t in lines if "marked" not in t and t not in theirs]  # a mark: its newest only
+    out += [f"log: {t!r} missing" for t in lines if t not in theirs]  # every mark and its removal too
     out += [f"log: {t!r} at {theirs[t] - lines[t]:+.1f} s" for t in theirs if t in lines and abs(theirs[t] - lines[t]) > 2.5]
+    # A run's end, a restart and a silence carry the time their sender recorded: the same to the 50 ms.
+    out += [f"log: {t!r} at {theirs[t] - lines[t]:+.3f} s, not the recorded time" for t in theirs
+            if t in lines and SAME_TIME.match(t) and abs(theirs[t] - lines[t]) > 0.05]
     out += [f"log: {t!r} never happened" for t in theirs if t not in lines]
     for key, view in other.trials.items():
         mine = live.trials.get(key)
@@ -118,13 +128,16 @@ def history_differences(live: ConsoleState, other: ConsoleState) -> list[str]:
 _wait = wait_until
 
 
-def _settle(feed: Feed, live: ConsoleState, seconds: float = 30) -> ConsoleState:
-    """A joined console, once it shows what the all-day one shows (or the time is up: the diff says what not)."""
+def _settle(feed: Feed, all_day: Feed, seconds: float = 30) -> tuple[ConsoleState, ConsoleState]:
+    """A joined console, once it shows what the all-day one shows (or the time is up: the diff says what
+    not), and the all-day console as it was then (what happens later is not the joined one's to show)."""
     def same() -> bool:
-        with feed.lock:
-            return not differences(live, feed.state) and not history_differences(live, feed.state)
+        with feed.lock, all_day.lock:
+            return not differences(all_day.state, feed.state) and not history_differences(all_day.state, feed.state)
     _wait(same, seconds)
-    return feed.close()
+    with all_day.lock:
+        then = copy.deepcopy(all_day.state)
+    return feed.close(), then
 
 
 def _setup(tmp_path: Path, small_run) -> tuple:
@@ -161,7 +174,7 @@ def test_late_reopened_and_replayed_consoles_tell_the_all_day_story(tmp_path, sm
     log = open(tmp_path / "decoder.log", "w")
     decoder = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     all_day = Feed(events, results)
-    joined: dict[str, ConsoleState] = {}
+    joined: dict[str, tuple[ConsoleState, ConsoleState]] = {}
     watch = cfg.scanner.watch_dir
     folder = SessionFolder(tmp_path / "sessions", "01", "01")
     out = tmp_path / "decoded" / "sub-01" / "ses-01"
@@ -193,16 +206,18 @@ def test_late_reopened_and_replayed_consoles_tell_the_all_day_story(tmp_path, sm
             assert _wait(lambda: sum(v.reconstruction is not None for v in all_day.state.trials.values()) >= sent
                          and all_day.state.trials.get((1, 1, "realtime"), None) is not None
                          and all_day.state.trials[(1, 1, "realtime")].note == "b", 30)
-            joined["late"] = _settle(Feed(events, results), all_day.state)
+            joined["late"] = _settle(Feed(events, results), all_day)
             st.side.stop()
+        time.sleep(SILENCE_S + 2)  # a silence every console must log, at the same time
         with SideThread(cfg, n=10_000, timeout=300) as st2:  # the scanner side started again
             assert _wait(lambda: st2.side.publisher.boot in all_day.state.boots.values(), 20)
-            joined["after a scanner-side restart"] = _settle(Feed(events, results), all_day.state)
+            joined["after a scanner-side restart"] = _settle(Feed(events, results), all_day)
             decoder.send_signal(signal.SIGTERM)
             decoder.wait(timeout=30)
+            time.sleep(SILENCE_S + 2)
             decoder = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
             assert _wait(lambda: all_day.state.restarts.get("decoder") == 1, 60)
-            joined["after a decoder restart"] = _settle(Feed(events, results), all_day.state)
+            joined["after a decoder restart"] = _settle(Feed(events, results), all_day)
             st2.side.stop()
     finally:
         live = all_day.close()
@@ -212,12 +227,18 @@ def test_late_reopened_and_replayed_consoles_tell_the_all_day_story(tmp_path, sm
     replay = ConsoleState(replay=True)
     for source, msg in replayed(folder.path, out):
         replay.apply(msg, source)
-    joined["replay"] = replay
+    joined["replay"] = replay, live
     # The all-day console is the reference: it must itself have seen the day as it was.
     assert live.runs[2].ended.startswith("ended (") and live.runs[2].received == STOP_AT and live.runs[2].expected == N_VOLUMES
     assert live.rejected and live.fd_threshold_mm == 0.05
     assert not live.trials[(1, 0, "realtime")].bad and live.trials[(1, 1, "realtime")].note == "b"
-    problems = {who: differences(live, s) + history_differences(live, s) for who, s in joined.items()}
+    assert live.restarts == {"scanner": 1, "decoder": 1}
+    said = [e.text for e in live.log]
+    for line in ("scanner side silent for over 5 s", "scanner side restarted", "scanner side heard from again",
+                 "decoder silent for over 5 s", "decoder restarted", "decoder heard from again",
+                 "run 1 trial 0 marked bad", "run 1 trial 0 mark removed", "run 1 trial 1 marked bad (b)"):
+        assert line in said, f"the all-day console did not log {line!r}: {said}"
+    problems = {who: differences(then, s) + history_differences(then, s) for who, (s, then) in joined.items()}
     assert not any(problems.values()), "\n".join(f"{who}: {p}" for who, ps in problems.items() for p in ps)
 
 
@@ -252,7 +273,7 @@ def test_a_reopened_console_shows_each_marks_newest_value():
         state = ConsoleState()
         for msg in got:
             state.apply(msg, "scanner")
-        assert [m.type for m in got] == ["run_started", "mark", "mark"]
+        assert [m.type for m in got] == ["run_started", "mark", "mark", "mark", "mark"]  # each, in order
         assert not state.trials[(1, 0, "realtime")].bad
         assert (state.trials[(1, 1, "realtime")].bad, state.trials[(1, 1, "realtime")].note) == (True, "b")
     finally:
@@ -282,7 +303,8 @@ def test_decoder_silence_is_logged_once_and_its_end_too():
     assert state.check_silence(5.0, now=heard + 60.0) == ["decoder"]
     state.apply(Message("heartbeat", {"service": "decoder"}, seq=2, boot="1" * 16, time=200.0), "decoder")
     texts = [e.text for e in state.log]
-    assert texts == ["decoder silent for 6 s", "decoder heard from again"]
+    assert texts == ["decoder silent for over 5 s", "decoder heard from again"]
+    assert state.log[0].time == heard + 5.0  # when it became a silence, as a rebuilt one says
 
 
 def test_a_logged_event_and_a_results_age_keep_the_time_they_happened():
@@ -294,3 +316,50 @@ def test_a_logged_event_and_a_results_age_keep_the_time_they_happened():
                         seq=1, boot="2" * 16, time=1500.0), "decoder")
     assert [e.time for e in state.log] == [1000.0]
     assert state.trials[(1, 0, "realtime")].received == 1500.0 and state.result_age(now=1560.0) == 60.0
+
+
+def test_a_replay_rebuilds_restarts_silences_and_the_left_open_warning(tmp_path):
+    """Round 4: a late or replayed console showed no restart, no silence and no 'run 3 left open'."""
+    from rtdecode.replay import session_messages
+    from rtdecode.wire.lifecycle import note_alive, record_start, record_warning
+
+    folder = SessionFolder(tmp_path / "sessions", "01", "01").create()
+    record_start(folder.path, "scanner", "a" * 16, when=1000.0)
+    note_alive(folder.path, 1100.0)
+    record_warning(folder.path, "scanner", "run 3 left open: series 9 was still arriving", 1100.5)
+    record_start(folder.path, "scanner", "b" * 16, when=1130.0)  # 30 s without a word
+    note_alive(folder.path, 1200.0)
+    record_start(folder.path, "scanner", "c" * 16, when=1202.0)  # back within the limit: no silence
+    state = ConsoleState(replay=True)
+    for msg in session_messages(folder.path):
+        state.apply(msg, "scanner")
+    assert state.restarts == {"scanner": 2}
+    assert [(e.time, e.text) for e in state.log] == [
+        (1000.0, "session sub-01 ses-01"),  # when it began, not at its first run
+        (1100.5, "run 3 left open: series 9 was still arriving"),
+        (1105.0, "scanner side silent for over 5 s"), (1130.0, "scanner side restarted"),
+        (1130.0, "scanner side heard from again"), (1202.0, "scanner side restarted")]
+
+
+def test_a_file_set_aside_before_the_first_run_names_the_next_participant(tmp_path, small_run):
+    """Round 4 (3): a console opened for participant 2 showed set-aside lines without the session."""
+    cfg = make_config(tmp_path, session={"subject": "02"}, network={"events_port": free_port(), "control_port": 0})
+    sub = Subscriber(f"tcp://127.0.0.1:{cfg.network.events_port}", topics=("volume_rejected",))
+    try:
+        with SideThread(cfg, n=10_000, timeout=120) as st:
+            time.sleep(0.5)  # the subscription reaches the publisher
+            one = tmp_path / "one.dcm"  # a stray single slice: set aside
+            write_enhanced(one, small_run.volumes[0][:, :, :1], small_run.affine, series_number=99, instance=1)
+            _put(cfg.scanner.watch_dir, format_name(PATTERN, 99, 0), one.read_bytes())
+            got = None
+            deadline = time.monotonic() + 60
+            while got is None and time.monotonic() < deadline:
+                got = sub.recv(timeout_ms=100)
+            st.side.stop()
+    finally:
+        sub.close()
+    assert got is not None, "no file set aside was announced"
+    state = ConsoleState()
+    state.apply(got, "scanner")
+    assert state.identity.get("subject") == "02" and got.fields["subject"] == "02"
+    assert state.log[-1].text.startswith("file set aside: not a volume"), state.log[-1].text

@@ -119,7 +119,7 @@ def test_the_scanner_side_assembles_a_per_slice_export_and_names_a_volume_whose_
     assert np.allclose(stored.affine, small_run.affine, atol=1e-3)
     reasons = [r["reason"] for r in folder.rejected()]
     assert len(reasons) == n - 4
-    assert all(f"volume 3 declared missing ({n - 4} of {n} slices arrived)" in r for r in reasons)
+    assert all(f"volume 4 (index 3) declared missing ({n - 4} of {n} slices arrived)" in r for r in reasons)
 
 
 def test_a_slice_with_a_bad_volume_number_is_named(tmp_path, rng):

@@ -37,6 +37,7 @@ from rtdecode.decoder.results import (
     stem,
 )
 from rtdecode.storage import FolderLock, is_storage, storage_error
+from rtdecode.wire.lifecycle import lifecycle_messages, note_alive, record_start
 from rtdecode.wire.protocol import MAX_FRAME_BYTES, Message
 from rtdecode.wire.reliable import BetaReceiver, beta_key
 from rtdecode.wire.schema import refine_delay
@@ -74,6 +75,8 @@ def keep_result(msg: Message) -> tuple[str, Message] | None:
     """Every trial's retrieval result and picture goes to a console that joins late (pictures in the
     group 'picture', bounded by PICTURES_KEPT_BYTES)."""
     f = msg.fields
+    if msg.type == "status" and f.get("state") == "restarted":  # every restart (rtdecode.wire.lifecycle)
+        return f"restarted:{f.get('boot_id', '')}", msg
     if msg.type != "result":
         return None
     trial = f"{f.get('session_uid', '')}:{f['run']}:{f['trial']}:{f.get('version', 'realtime')}"
@@ -148,6 +151,9 @@ class DecoderService(AfterRetrieval):
         self.receiver = BetaReceiver(betas_address, context=context, curve=curve, max_bytes=max_bytes)
         self.publisher = Publisher(results_address, context=context, curve=curve, replay=replay, max_bytes=max_bytes,
                                    keep=keep_result, keep_bytes={"picture": PICTURES_KEPT_BYTES})
+        record_start(self.out, "decoder", self.publisher.boot)  # before the re-sends: a console logs it first
+        for msg in lifecycle_messages(self.out, "decoder"):
+            self.publisher.send(msg)
         for store in self.stores.values():  # after a restart: every decoded trial again, for consoles that join
             for msg in store.retrieval_messages():  # rows that fail the schema are skipped with one line
                 self.publisher.send(msg)
@@ -205,6 +211,7 @@ class DecoderService(AfterRetrieval):
         now = time.monotonic()
         if now - self._last_beat >= self.heartbeat_s:
             self._last_beat = now
+            note_alive(self.out)  # the next start's silence begins here
             self.publisher.send(Message("heartbeat", {"service": "decoder", "queue": len(self.queue), "model": self.decoder.name,
                                                       "gallery": len(self.decoder.gallery_ids),
                                                       "decoded": self.decoded_count(),

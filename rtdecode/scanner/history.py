@@ -18,6 +18,7 @@ from pathlib import Path
 
 from rtdecode.errors import ProtocolError
 from rtdecode.session import read_tsv
+from rtdecode.wire.lifecycle import lifecycle_messages
 from rtdecode.wire.protocol import Message
 from rtdecode.wire.schema import check_fields
 
@@ -30,6 +31,11 @@ log = logging.getLogger(__name__)
 
 MOTION = ("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z")
 MARK_COLUMNS = ("time", "run", "trial", "version", "bad", "note")
+
+
+def volume_name(index: int) -> str:
+    """A volume as an operator reads it: numbered from 1, with the 0-based index BIDS and the tables use."""
+    return f"volume {index + 1} (index {index})"
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -54,12 +60,14 @@ def keep_event(msg: Message) -> tuple[str, Message] | None:
         return f"rejected:{f['path']}", msg
     if msg.type == "qa_map":
         return f"qa_map:{f['run']}", msg
-    if msg.type == "mark":
-        return f"mark:{f['run']}:{f['trial']}:{f['version']}", msg
+    if msg.type == "mark":  # every mark, in order: a late console logs each as the all-day one did
+        return f"mark:{f['run']}:{f['trial']}:{f['version']}:{msg.time!r}", msg
     if msg.type == "beta":  # the description, not the values (they go to the decoder)
         fields = {k: f[k] for k in ("run", "trial", "image", "version", "onset", "subject", "session", "session_uid")
                   if k in f}
         return f"trial:{f['run']}:{f['trial']}:{f['version']}", Message("trial", fields)
+    if msg.type == "status" and f.get("state") in ("started", "restarted", "warning"):  # rtdecode.wire.lifecycle
+        return f"{f['state']}:{f.get('boot_id', '')}:{msg.time!r}", msg
     if msg.type == "status" and f.get("state") in ("glm_error", "no_betas", "storage_low", "storage_error"):
         return f"{f['state']}:{f.get('run')}", msg
     return None
@@ -181,13 +189,11 @@ def session_settings(path: Path) -> dict[str, float | None]:
 
 
 def mark_events(rows: list[dict]) -> list[Message]:
-    """The latest mark of each trial, from the session's marks.tsv. A row that does not make a valid
-    mark (written by an older rtdecode, or edited by hand) is skipped with one line, never fatal."""
-    latest: dict[tuple, dict] = {}
-    for r in rows:
-        latest[(r["run"], r["trial"], r["version"])] = r
+    """Every mark, in the order made (the newest of a trial last), from the session's marks.tsv. A row
+    that does not make a valid mark (written by an older rtdecode, or edited by hand) is skipped with
+    one line, never fatal."""
     out = []
-    for r in latest.values():
+    for r in rows:
         try:
             fields = {"run": int(r["run"]), "trial": int(r["trial"]), "version": r["version"], "bad": r["bad"] == "1",
                       **({"note": r["note"]} if r.get("note") else {})}
@@ -303,4 +309,5 @@ def session_events(session: Path, settings: dict[str, float | None], ends: dict[
         out += events + tsnr_event(deriv, prefix, run, events)
     out += rejected_events(read_rows(session / "rejected.tsv"))
     out += mark_events(read_rows(session / "marks.tsv"))
+    out += lifecycle_messages(session, "scanner")  # its restarts and warnings
     return in_time_order(out)

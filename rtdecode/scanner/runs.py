@@ -32,6 +32,7 @@ class RunState:
     held: list = field(default_factory=list)  # volumes before the reference volume arrived
     slices: dict = field(default_factory=dict)  # per-slice exports: volume index -> {file name: Slice}
     n_ok: int = 0
+    n_missing: int = 0  # volumes declared missing (the run-end line says how many)
     ended: bool = False
     end_reason: str = ""  # "" while open; "complete", "new series", "stopped by operator", or closed (CLOSED_*)
     last_file: float = field(default_factory=time.monotonic)  # when a file of this run was last read (monotonic s)

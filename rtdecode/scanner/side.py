@@ -31,7 +31,7 @@ from rtdecode.ingest.reader import Volume, read_volume
 from rtdecode.ingest.slices import Slice, assemble, read_slice
 from rtdecode.preprocess.pipeline import Mask
 from rtdecode.scanner.close import keep_config
-from rtdecode.scanner.history import recorded_elsewhere, session_events
+from rtdecode.scanner.history import recorded_elsewhere, session_events, volume_name
 from rtdecode.scanner.network import ScannerNetwork
 from rtdecode.scanner.runs import CLOSED_AT_SHUTDOWN, RunBook, RunState
 from rtdecode.scanner.volumes import VolumeEvent, VolumeStage, open_space
@@ -44,6 +44,7 @@ from rtdecode.storage import (
     unique_path,
 )
 from rtdecode.watcher import FolderWatcher
+from rtdecode.wire.lifecycle import note_alive, record_start, record_warning
 from rtdecode.wire.protocol import Message
 from rtdecode.wire.reliable import beta_message
 
@@ -123,6 +124,8 @@ class ScannerSide:
         self._finalizer = Finalizer(self.folder) if config.session.bids else None
         try:
             self._resume_runs()
+            if self.net.publisher is not None:  # a console that joins later hears of this start (wire.lifecycle)
+                record_start(self.folder.path, "scanner", self.net.publisher.boot)
             self._publish_history()
         except Exception:
             self.net.close()
@@ -256,6 +259,7 @@ class ScannerSide:
         did |= self.net.serve(self._command)
         if now - self._last_beat >= HEARTBEAT_S:  # liveness between runs, and what the sockets refused
             self._last_beat = now
+            note_alive(self.folder.path)
             # Whose session: a console still showing the previous participant's clears its page at once.
             self._send(Message("heartbeat", {"service": "scanner", "refused": self.net.refused, **self.identity}))
         return did
@@ -301,7 +305,7 @@ class ScannerSide:
                     "volumes_per_run": self.config.scanner.volumes_per_run}
         ends = {run.number: run.end_reason if run.ended else None for run in self.book.runs.values()}
         for msg in session_events(self.folder.path, settings, ends):
-            self._send(msg if msg.type in ("volume", "volume_missing", "volume_rejected", "mark") else
+            self._send(msg if msg.type in ("volume", "volume_missing", "mark") else
                        Message(msg.type, {**msg.fields, **self.identity}, images=msg.images, time=msg.time))
 
     def _take(self, pend: _Pending, now: float) -> bool:
@@ -364,7 +368,7 @@ class ScannerSide:
             # Usually a late modification event for a file already taken; a resent file looks the same.
             log.debug("%s: volume %d of run %d already received; duplicate ignored", path.name, key.volume, run.number)
         elif status == "late":
-            self._reject(path, f"volume {key.volume} arrived after it was declared missing")
+            self._reject(path, f"{volume_name(key.volume)} arrived after it was declared missing")
         return True
 
     def _read(self, pend: _Pending) -> tuple[Volume, os.stat_result]:
@@ -393,7 +397,7 @@ class ScannerSide:
                       run.number)
             return None
         if index < run.sequencer.next_index:
-            self._reject(path, f"a slice of volume {index}, which was declared missing before it was complete")
+            self._reject(path, f"a slice of {volume_name(index)}, which was declared missing before it was complete")
             return None
         parts = run.slices.setdefault(index, {})
         parts[path.name] = piece
@@ -404,7 +408,7 @@ class ScannerSide:
             volume = assemble(list(parts.values()))
         except IngestError as exc:
             for part in [parts[k] for k in sorted(parts)]:
-                self._reject(Path(part.source), f"volume {index} not assembled from its {n} slices: {exc.reason}")
+                self._reject(Path(part.source), f"{volume_name(index)} not assembled from its {n} slices: {exc.reason}")
             return None
         volume.meta["t_file"] = max(p.meta.get("t_file", 0.0) for p in parts.values())
         return volume
@@ -451,9 +455,9 @@ class ScannerSide:
         for delivery in run.sequencer.pop_ready(time.monotonic()):
             did = True
             if delivery.missing:
-                got = self._drop_slices(run, delivery.index, f"volume {delivery.index} declared missing")
+                got = self._drop_slices(run, delivery.index, f"{volume_name(delivery.index)} declared missing")
                 slices = f" ({got} of {self.config.scanner.slices_per_volume} slices)" if self.config.scanner.slices_per_volume else ""
-                log.warning("run %d: volume %d missing after %.1f s%s; its row is dropped", run.number, delivery.index,
+                log.warning("run %d: %s missing after %.1f s%s; its row is dropped", run.number, volume_name(delivery.index),
                             self.config.scanner.missing_timeout_s, slices)
                 self.stage.missing(run, delivery.index)
             else:
@@ -492,17 +496,23 @@ class ScannerSide:
                 return
             self.step(0.05)
         if not run.ended:
-            log.warning("run %d left open: series %d was still arriving; the next start resumes it "
-                        "(rtdecode session finalize closes it)", run.number, run.series_key)
+            text = (f"run {run.number} left open: series {run.series_key} was still arriving; the next start "
+                    "resumes it (rtdecode session finalize closes it)")
+            log.warning("%s", text)
+            when = time.time()  # kept for consoles that join after this process is gone
+            record_warning(self.folder.path, "scanner", text, when)
+            self._send(Message("status", {"state": "warning", "service": "scanner", "reason": text, **self.identity},
+                               time=when))
 
     def _end_run(self, run: RunState, reason: str) -> None:
+        at = time.time()  # run_ends.tsv's time: every console, live, late or replayed, logs the end then
         self.book.record_end(run, reason)
         for index, (volume, _t) in sorted(run.sequencer.take_buffered().items()):
             # Read but not yet in order when the run ended: kept in quarantine with the reason.
-            self._reject(Path(volume.source), f"volume {index} arrived but run {run.number} ended ({reason})")
+            self._reject(Path(volume.source), f"{volume_name(index)} arrived but run {run.number} ended ({reason})")
         for index in sorted(run.slices):
-            self._drop_slices(run, index, f"volume {index} incomplete when run {run.number} ended ({reason})")
-        self.stage.end(run, reason)
+            self._drop_slices(run, index, f"{volume_name(index)} incomplete when run {run.number} ended ({reason})")
+        self.stage.end(run, reason, at)
         if self._finalizer is not None:
             self._finalizer.submit(run.number)
 
@@ -519,7 +529,8 @@ class ScannerSide:
         except OSError:
             moved = " (left in place: watch folder not writable)"
         self.folder.reject(path.name, reason + moved)
-        self._send(Message("volume_rejected", {"path": path.name[:255], "reason": reason[:2000]}))
+        # Whose session it is: a console opened before the first run names the participant from it.
+        self._send(Message("volume_rejected", {"path": path.name[:255], "reason": reason[:2000], **self.identity}))
 
     def _send(self, message: Message) -> None:
         self.net.publish(message)

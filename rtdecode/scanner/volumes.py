@@ -227,6 +227,7 @@ class VolumeStage:
                 run.sequencer.done.add(idx)
             run.sequencer.next_index = max(run.sequencer.next_index, idx + 1)
         run.n_ok = len(vectors)
+        run.n_missing = sum(1 for r in rows if r["status"] != "ok")
         if len(rows) >= self.config.scanner.volumes_per_run and not run.ended:
             run.ended, run.end_reason = True, "complete"
         ref = run.store.load_reference()
@@ -315,17 +316,19 @@ class VolumeStage:
 
     def missing(self, run: RunState, index: int) -> None:
         run.store.append_missing(index)
+        run.n_missing += 1
         self.send(Message("volume_missing", {"run": run.number, "index": index}))
         self._glm(run, "missing volume", lambda: self.betas.missing(run.number, index))
 
-    def end(self, run: RunState, reason: str) -> None:
+    def end(self, run: RunState, reason: str, at: float | None = None) -> None:
+        """End ``run``: its end-of-run betas, then the run_ended message stamped ``at`` (when it was recorded)."""
         run.ended, run.end_reason = True, reason
         self._glm(run, "end of run", lambda: self.betas.end_run(run.number))
         self.betas.release(run.number)
         run.release()
         return_free_memory()
-        self.send(Message("run_ended", {"run": run.number, "n_volumes": run.n_ok, "reason": reason}))
-        log.info("run %d ended (%s): %d volumes stored", run.number, reason, run.n_ok)
+        self.send(Message("run_ended", {"run": run.number, "n_volumes": run.n_ok, "reason": reason}, time=at or 0.0))
+        log.info("run %d ended (%s): %d volumes stored, %d missing", run.number, reason, run.n_ok, run.n_missing)
 
     def _glm(self, run: RunState, what: str, call: Callable[[], object]) -> None:
         """Run a GLM step; a failure ends this run's betas with one line and a status, never the scanner side."""

@@ -41,17 +41,19 @@ def _simulate(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     pattern = args.pattern or ("{run:03d}_{volume:06d}.nii" if args.format == "nifti" else "001_{run:06d}_{volume:06d}.dcm")
+    from rtdecode.simulator.visit import Visit
+
     series = args.series if args.series is not None else args.run
+    subject, _, session = str(args.participant).partition("/")
+    seed = Visit.participant_seed(args.seed, args.subject_seed, subject, session)  # each participant's order and motion
     if args.rest:
         run = simulate_run(args.volumes, shape=args.shape, voxel_mm=args.voxel_mm, max_mm=args.max_mm,
-                           max_deg=args.max_deg, seed=args.seed)
+                           max_deg=args.max_deg, seed=seed)
     else:
-        from rtdecode.simulator.visit import Visit
-
         spec = SubjectSpec(name=f"sim{args.subject_seed:02d}", n_voxels=args.voxels, seed=args.subject_seed,
                            reliability=args.reliability)
         visit = Visit(spec, n_runs=args.runs, paradigm=Paradigm(tr_s=args.tr, volumes=args.volumes, trials=args.trials),
-                      shape=args.shape, voxel_mm=args.voxel_mm, max_mm=args.max_mm, max_deg=args.max_deg, seed=args.seed)
+                      shape=args.shape, voxel_mm=args.voxel_mm, max_mm=args.max_mm, max_deg=args.max_deg, seed=seed)
         run = visit.run(args.run - 1)
         if args.truth is not None:
             run.save_truth(args.truth, f"series-{series:03d}")
@@ -59,7 +61,6 @@ def _run(args: argparse.Namespace) -> int:
             visit.save_stimuli(args.stimuli)
         print(f"subject {spec.name}: {len(run.roi_index)} visual voxels on this grid, {len(run.events)} trials, "
               f"median reliability {np.median(run.reliability):.2f}")
-    subject, _, session = str(args.participant).partition("/")
     report = write_run(run, args.out, pattern=pattern, series=series, fmt=args.format, tr_s=args.tr,
                        speedup=args.speedup, truth_dir=args.truth, subject=subject, session=session)
     print(f"wrote {len(report.paths)} volumes to {args.out}; latest file {report.max_lag_s * 1000:.0f} ms behind the "

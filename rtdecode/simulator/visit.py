@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,6 +53,16 @@ class Visit:
         return BoldRun(self.subject, self.paradigm.events(images), latents, n_volumes=self.paradigm.volumes,
                        shape=self.shape, voxel_mm=self.voxel_mm, tr_s=self.paradigm.tr_s, motion=motion,
                        seed=self.seed * 1000 + index)
+
+    @staticmethod
+    def participant_seed(seed: int, subject_seed: int, subject: str, session: str) -> int:
+        """The visit's seed for one participant: each (subject seed, subject, session) gets its own stimulus
+        order and head motion. The defaults (subject seed 1, participant 01/01) keep ``seed`` as given, so
+        a run simulated before participants had their own stays the same."""
+        if (subject_seed, subject, session) == (1, "01", "01"):
+            return seed
+        digest = hashlib.sha256(f"{seed}/{subject_seed}/{subject}/{session}".encode()).digest()
+        return int.from_bytes(digest[:4], "big")
 
     @property
     def shown(self) -> tuple[int, ...]:

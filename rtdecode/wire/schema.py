@@ -100,7 +100,9 @@ SCHEMAS: dict[str, dict[str, F]] = {
     "qa_map": {"run": _run(), "index": _index(), "median_tsnr": F("float", lo=0, hi=1e6)},
     "run_ended": {"run": _run(), "n_volumes": F("int", lo=0, hi=MAX_INDEX), "reason": F("text", False, hi=MAX_TEXT)},
     "status": {"state": F("name", pattern=WORD), "service": F("name", False, choices=("scanner", "decoder")),
-               "run": F("int", False, lo=1, hi=MAX_RUN), "reason": F("text", False, hi=MAX_TEXT)},
+               "run": F("int", False, lo=1, hi=MAX_RUN), "reason": F("text", False, hi=MAX_TEXT),
+               # state 'restarted' (rtdecode.wire.lifecycle): the new process's boot id, when the old one was last heard
+               "boot_id": F("name", False, pattern=BOOT), "last_heard": F("float", False, lo=0, hi=1e11)},
     "heartbeat": {"service": F("name", choices=("scanner", "decoder")), "queue": F("int", False, lo=0, hi=MAX_INT),
                   "decoded": F("int", False, lo=0, hi=MAX_INT), "refused": F("int", False, lo=0, hi=MAX_INT),
                   "model": F("name", False, pattern=IMAGE_ID), "gallery": F("int", False, lo=1, hi=MAX_INT)},

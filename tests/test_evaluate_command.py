@@ -263,6 +263,12 @@ def test_histograms_take_an_oracles_scores(tmp_path):
     rows.append({"version": "endofrun", "PixCorr": float("nan"), "SSIM": 0.5})  # a constant image's PixCorr
     out = write_histograms(Scores(rows, [], []), tmp_path / "histograms.png")
     assert Image.open(out).size[0] > 100
+    # and the perfect scores are drawn: a bar as narrow as their spread (2e-16) was invisible
+    only = write_histograms(Scores(rows[:3], [], []), tmp_path / "pixcorr.png", banner="ORACLE CHECK (not a result)")
+    pixels = np.asarray(Image.open(only).convert("RGB")).astype(int)
+    panel = pixels[:, : pixels.shape[1] // 2]  # PixCorr's panel, the left one (SSIM's is the right)
+    bar = (panel[..., 2] - panel[..., 0] > 40).sum()  # matplotlib's first colour (blue) over white
+    assert bar > 1000, bar
 
 
 def test_summary_keeps_every_column_and_gives_chance_only_beside_a_figure(tmp_path):

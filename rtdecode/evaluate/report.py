@@ -153,9 +153,12 @@ def write_histograms(scores: Scores, out: Path, banner: str | None = None) -> Pa
             values = np.asarray(values, float)
             values = values[np.isfinite(values)]
             if len(values):
-                # one bin for a spread numpy cannot split (an oracle's 1.0 and 0.9999999999999998)
-                bins = 20 if np.ptp(values) > 1e-6 * max(1.0, np.abs(values).max()) else 1
-                ax.hist(values, bins=bins, alpha=0.6, label=version)
+                if np.ptp(values) > 1e-6 * max(1.0, np.abs(values).max()):
+                    ax.hist(values, bins=20, alpha=0.6, label=version)
+                else:  # a spread numpy cannot split (an oracle's 1.0 and 0.9999999999999998): one bar of unit
+                    # width, as numpy draws equal values; a bin as narrow as the spread would be invisible
+                    mid = float(values.mean())
+                    ax.hist(values, bins=1, range=(mid - 0.5, mid + 0.5), alpha=0.6, label=version)
         ax.set_title(m, fontsize=9)
     for ax in list(axes.flat)[len(present):]:
         ax.axis("off")

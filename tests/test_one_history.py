@@ -8,6 +8,7 @@ own process (killed and started again), ``rtdecode console --replay``'s message 
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import re
 import signal
@@ -363,3 +364,16 @@ def test_a_file_set_aside_before_the_first_run_names_the_next_participant(tmp_pa
     state.apply(got, "scanner")
     assert state.identity.get("subject") == "02" and got.fields["subject"] == "02"
     assert state.log[-1].text.startswith("file set aside: not a volume"), state.log[-1].text
+
+
+def test_a_runs_end_line_says_how_many_volumes_are_missing(tmp_path, small_run, caplog):
+    """Round 4 (8): the scanner side's run-end line gave the volumes stored, not how many were missing."""
+    cfg = make_config(tmp_path, scanner={"volumes_per_run": 6, "missing_timeout_s": 1.0})
+    caplog.set_level(logging.INFO, logger="rtdecode.scanner.volumes")
+    with SideThread(cfg, n=10_000, timeout=120) as st:
+        for t in (0, 1, 2, 4, 5):  # volume 4 (index 3) never comes
+            _put(cfg.scanner.watch_dir, format_name(PATTERN, 7, t), _dicom_bytes(tmp_path, small_run, t, series=7))
+        assert _wait(lambda: any("ended" in r.getMessage() for r in caplog.records), 60)
+        st.side.stop()
+    ended = [r.getMessage() for r in caplog.records if "ended" in r.getMessage()]
+    assert ended == ["run 1 ended (complete): 5 volumes stored, 1 missing"], ended

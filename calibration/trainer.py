@@ -137,6 +137,16 @@ def _share(batch: list[tuple[int, np.ndarray]], rank: int, world: int) -> tuple[
     return np.arange(rank, per, world), places[rank], np.concatenate(places)
 
 
+def _schedule(opt: torch.optim.Optimizer, config: TrainConfig, total: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """MindEye2's one-cycle schedule (warm-up over two epochs, at most half the run). A run of two steps
+    or fewer keeps the rate constant: torch's schedule would divide by a warm-up of length 0."""
+    if total < 3:
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    pct = min(2 / config.epochs, 0.5)
+    return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.max_lr, total_steps=total, pct_start=pct,
+                                               final_div_factor=1000)
+
+
 def train(model: MindEye2, subjects: list[SubjectData], config: TrainConfig, out: str | Path | None = None,
           resume: bool = False, progress=None) -> dict:
     """Train ``model`` on ``subjects`` (each must have a ridge of its name). Returns the loss history."""
@@ -159,8 +169,7 @@ def train(model: MindEye2, subjects: list[SubjectData], config: TrainConfig, out
     kernel = {"fused": True} if config.fused_adam else {"foreach": True}
     opt = torch.optim.AdamW(model.parameters(), lr=config.max_lr, weight_decay=config.weight_decay, **kernel)
     model.activation_checkpointing(config.checkpoint_activations)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.max_lr, total_steps=total,
-                                                pct_start=min(2 / config.epochs, 0.5), final_div_factor=1000)
+    sched = _schedule(opt, config, total)
     history: dict[str, list[float]] = {"loss": [], "clip": [], "prior": [], "blurry": []}
     step, epoch0 = 0, 0
     ckpt = Path(out) / "checkpoint.pt" if out is not None else None

@@ -48,6 +48,15 @@ def _model(v: int = 30) -> MindEye2:
                                    blurry=False, prior_depth=1, prior_dim_head=4))
 
 
+@pytest.mark.parametrize(("n", "epochs", "batch"), [(17, 1, 8), (17, 2, 16), (40, 1, 8)])
+def test_a_run_of_very_few_steps_trains(n, epochs, batch):
+    # 2, 2 and 5 steps: torch's one-cycle schedule divides by its warm-up's length, 0 steps in the first two.
+    data = _toy(n=n)
+    history = train(_model(), [data], TrainConfig(epochs=epochs, batch_size=batch))
+    assert history["steps"] == history["total_steps"] == n // batch * epochs
+    assert np.isfinite(history["loss"]).all()
+
+
 def test_split_by_image_keeps_repeats_together():
     data = _toy()
     train_set, val = split_by_image(data, {"im0", "im1"})

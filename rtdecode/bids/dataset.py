@@ -25,6 +25,7 @@ sub-*/ses-*/session.json
 sub-*/ses-*/operator.tsv
 sub-*/ses-*/runs.tsv
 sub-*/ses-*/run_ends.tsv
+sub-*/ses-*/starts.tsv
 sub-*/ses-*/rejected.tsv
 sub-*/ses-*/marks.tsv
 sub-*/ses-*/config.toml

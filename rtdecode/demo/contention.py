@@ -48,6 +48,7 @@ def _setup(work: Path, volumes: int, shape: tuple[int, int, int], n_voxels: int,
     from models.mindeye2.config import standin_config
     from models.mindeye2.model import MindEye2
     from rtdecode.gallery.builtin import StimulusSet
+    from rtdecode.glm.denoise import NoiseSubtraction
     from rtdecode.glm.hrf_library import library_params
     from rtdecode.glm.tuning import GLMTuning
     from rtdecode.scanner.bench import roi_mask
@@ -70,9 +71,14 @@ def _setup(work: Path, volumes: int, shape: tuple[int, int, int], n_voxels: int,
     torch.manual_seed(seed)
     model = write_model_folder(MindEye2(standin_config(["bench"], [n_voxels], hidden=hidden)), work / "model", "bench")
     members = rng.choice(len(library_params()), 12, replace=False)
-    GLMTuning(rng.choice(members, n_voxels), library_params(), np.sort(rng.choice(n_voxels, min(2000, n_voxels),
-                                                                               replace=False)),
-              np.zeros(n_voxels), 3, np.zeros(1), source="rtdecode bench contention (synthetic)").save(model)
+    pool_voxels = np.sort(rng.choice(n_voxels, min(2000, n_voxels), replace=False))
+    # Three components subtracted from every volume (glm.denoise_mode "subtract", the default): random
+    # patterns and loadings cost what learned ones do.
+    noise = NoiseSubtraction(pool_voxels, np.zeros(len(pool_voxels)), np.ones(len(pool_voxels)),
+                             rng.normal(0, 1, (len(pool_voxels), 3)), rng.normal(0, 0.01, (3, n_voxels)))
+    GLMTuning(rng.choice(members, n_voxels), library_params(), pool_voxels, np.zeros(n_voxels), 3, np.zeros(1),
+              source="rtdecode bench contention (synthetic)", subtraction=noise, fast_components=3,
+              end_components=3).save(model)
     return files, work / "roi.nii", work / "events.tsv", work / "gallery", model
 
 

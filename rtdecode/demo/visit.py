@@ -263,7 +263,7 @@ def _caption_lines(rows: list[dict]) -> list[str]:
     for version in sorted({r["version"] for r in rows}):
         mine = [r for r in rows if r["version"] == version]
         means = [sum(float(r[m]) for r in mine) / len(mine) for m in ("METEOR", "ROUGE-1", "ROUGE-L")]
-        means += list(chance(mine).values())
+        means += list(chance([dict(r) for r in mine]).values())  # copies: chance() sets its figures in the rows
         lines.append(f"| {version} | {len(mine)} | " + " | ".join(f"{v:.3f}" for v in means) + " |")
     lines += ["", "Chance: each caption against another trial's reference (the painter's captions share a template)."]
     lines += ["", "MindEye2 (subject 1, 40 h, GIT on COCO): METEOR 0.248. Not comparable: these are painted scenes, "

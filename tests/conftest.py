@@ -173,3 +173,22 @@ def windows(qtbot):
 
     yield keep
     dispose(*held)
+
+
+def record_session(root, runs):
+    """A session folder as the scanner side leaves it: each run's masked vectors, confounds and events
+    (runs: (simulated run with .events, (volumes, voxels) series) pairs)."""
+    from rtdecode.events import write_events
+    from rtdecode.session import SessionFolder
+
+    folder = SessionFolder(root, "01", "01").create()
+    for number, (run, series) in enumerate(runs, start=1):
+        folder.add_run(number, 10 + number, f"1.2.3.{number}")
+        store = folder.run_store(number)
+        n = series.shape[1]
+        store.save_reference(np.zeros((2, 2, 2)), np.eye(4), np.ones((n, 1, 1), bool), np.eye(4))
+        for t, vector in enumerate(series):
+            store.append(vector, {"volume": t, "trans_x": 0, "trans_y": 0, "trans_z": 0, "rot_x": 0, "rot_y": 0,
+                                  "rot_z": 0})
+        write_events(folder.path / "func" / f"{folder.prefix(number)}_events.tsv", run.events)
+    return folder

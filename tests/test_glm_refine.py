@@ -21,6 +21,8 @@ from rtdecode.glm.voxelwise import VoxelwiseGLM, make_glm
 from rtdecode.session import SessionFolder
 from rtdecode.simulator.masked import masked_run
 
+from conftest import record_session
+
 TR = 1.5
 
 
@@ -250,20 +252,6 @@ def test_calibrate_glm_options_are_checked_on_the_command_line(capsys, option, v
     assert message in capsys.readouterr().err
 
 
-def _recorded_session(root, runs) -> SessionFolder:
-    """A session folder as the scanner side leaves it: each run's masked vectors, confounds and events."""
-    folder = SessionFolder(root, "01", "01").create()
-    for number, (run, series) in enumerate(runs, start=1):
-        folder.add_run(number, 10 + number, f"1.2.3.{number}")
-        store = folder.run_store(number)
-        n = series.shape[1]
-        store.save_reference(np.zeros((2, 2, 2)), np.eye(4), np.ones((n, 1, 1), bool), np.eye(4))
-        for t, vector in enumerate(series):
-            store.append(vector, {"volume": t, "trans_x": 0, "trans_y": 0, "trans_z": 0, "rot_x": 0, "rot_y": 0,
-                                  "rot_z": 0})
-        write_events(folder.path / "func" / f"{folder.prefix(number)}_events.tsv", run.events)
-    return folder
-
 
 def test_calibration_trains_on_what_the_live_path_sends(tmp_path, varied_visit):
     """train_on='realtime' gives each trial's beta as the live GLM sends it at the delay; 'both' adds the
@@ -272,7 +260,7 @@ def test_calibration_trains_on_what_the_live_path_sends(tmp_path, varied_visit):
     from rtdecode.glm.offline import offline_betas, training_betas
 
     runs, _ = varied_visit
-    folder = _recorded_session(tmp_path / "sessions", runs[:6])
+    folder = record_session(tmp_path / "sessions", runs[:6])
     settings = GLMSettings(delay_s=9.0)
     live = training_betas(folder, settings, "realtime")
     run, series = runs[1]

@@ -10,6 +10,8 @@ from rtdecode.events import Events, read_events, write_events
 from rtdecode.glm.tuning import GLMTuning
 from rtdecode.session import SessionFolder
 
+from conftest import record_session
+
 TR = 1.5
 # A 2 mm visit of 9 runs and its tuning: about two minutes on an idle 2-core machine, more when others share it.
 SLOW = pytest.mark.timeout(1200)
@@ -35,20 +37,6 @@ def small_varied(latent_space):
     return runs
 
 
-def _record(root, runs) -> SessionFolder:
-    """A session folder as the scanner side leaves it: masked vectors, confounds and events per run."""
-    folder = SessionFolder(root, "01", "01").create()
-    for number, (run, series) in enumerate(runs, start=1):
-        folder.add_run(number, 10 + number, f"1.2.3.{number}")
-        store = folder.run_store(number)
-        n = series.shape[1]
-        store.save_reference(np.zeros((2, 2, 2)), np.eye(4), np.ones((n, 1, 1), bool), np.eye(4))
-        for t, vector in enumerate(series):
-            store.append(vector, {"volume": t, "trans_x": 0, "trans_y": 0, "trans_z": 0, "rot_x": 0, "rot_y": 0,
-                                  "rot_z": 0})
-        write_events(folder.path / "func" / f"{folder.prefix(number)}_events.tsv", run.events)
-    return folder
-
 
 def _shuffle_held_out(folder: SessionFolder, held: set[str], seed: int) -> None:
     """Which held-out image each held-out trial showed, shuffled across the session (onsets kept)."""
@@ -70,7 +58,7 @@ def test_calibrate_leaves_its_held_out_images_out_of_the_glm_tuning(tmp_path, sm
     split is calibrate's own (the repeated images by default; runs:N leaves those runs out)."""
     from rtdecode.cli import _session_glm
 
-    folder = _record(tmp_path / "s", small_varied)
+    folder = record_session(tmp_path / "s", small_varied)
     images = [img for run, _ in small_varied for img in run.events.image]
     repeated = sorted({i for i in images if images.count(i) > 1})
     assert len(repeated) >= 20
@@ -100,7 +88,7 @@ def test_calibrate_leaves_its_held_out_images_out_of_the_glm_tuning(tmp_path, sm
 
 
 def test_glm_tune_takes_runs_and_says_which(tmp_path, small_varied, capsys):
-    folder = _record(tmp_path / "s", small_varied[:4])
+    folder = record_session(tmp_path / "s", small_varied[:4])
     assert main(["glm-tune", str(folder.path), "--out", str(tmp_path / "m"), "--runs", "1,2,4"]) == 0
     assert GLMTuning.load(tmp_path / "m").runs == [1, 2, 4]
     assert main(["glm-tune", str(folder.path), "--out", str(tmp_path / "x"), "--runs", "2,9"]) == 2
@@ -232,7 +220,7 @@ def test_rtdecode_glm_applies_a_tuning_and_names_its_model(tmp_path, small_varie
     without a tuning it is Glover's, and asking for library HRFs without one is refused in one line."""
     import json
 
-    folder = _record(tmp_path / "s", small_varied[:4])
+    folder = record_session(tmp_path / "s", small_varied[:4])
     assert main(["glm-tune", str(folder.path), "--out", str(tmp_path / "model")]) == 0
     assert main(["glm", str(folder.path), "--out", str(tmp_path / "tuned"), "--tuning", str(tmp_path / "model")]) == 0
     assert main(["glm", str(folder.path), "--out", str(tmp_path / "plain")]) == 0

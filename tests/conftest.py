@@ -192,3 +192,14 @@ def record_session(root, runs):
                                   "rot_z": 0})
         write_events(folder.path / "func" / f"{folder.prefix(number)}_events.tsv", run.events)
     return folder
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models on a shared 2-core machine: one torch thread, or the OpenMP pool spins against the others."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -23,13 +23,7 @@ from models.caption.tiny import write_tiny_captioner
 T_IN, T_OUT, D_IN, D_OUT = 6, 7, 10, 4  # tokens 6 -> 7, channels 10 -> 4: unequal everywhere
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on a shared 2-core machine: one thread, or the OpenMP pool spins against the others."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _published_state(seed: int = 0, t_out: int = T_OUT, d_out: int = D_OUT) -> dict[str, torch.Tensor]:

@@ -9,19 +9,8 @@ import numpy as np
 import pytest
 
 
-@pytest.fixture
-def one_thread():
-    """Twelve small trainings: one thread each is several times faster than two on a shared 2-core machine."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.slow
-def test_tuning_never_looks_at_the_held_out_images_and_both_arms_search_alike(tmp_path, latent_space, one_thread):
+def test_tuning_never_looks_at_the_held_out_images_and_both_arms_search_alike(tmp_path, latent_space, one_torch_thread):
     from calibration.build import calibrate, load_trial_dataset, pretrain
     from calibration.data import SubjectData
     from calibration.splits import repeated_images

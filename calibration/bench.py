@@ -7,7 +7,7 @@ import time
 import numpy as np
 import torch
 
-from rtdecode.timing import summarize
+from rtdecode.base.timing import summarize
 
 RECIPE_STEPS = 150 * 31  # the one-hour recipe: 150 epochs of 31 steps (750 trials, batch 24)
 

@@ -45,7 +45,7 @@ from calibration.losses import (
 )
 from models.devices import generator_on, to_device
 from models.mindeye2.model import MindEye2
-from rtdecode.crash import crash_point
+from rtdecode.base.crash import crash_point
 
 log = logging.getLogger(__name__)
 BLUR_SHAPE = (4, 28, 28)  # the backbone's low-level latent

@@ -117,7 +117,7 @@ def _live_screenshot(app, window, feed, path: Path) -> int:
 
 def main(argv: list[str] | None = None, display: bool = False, replay: Replay | None = None) -> int:
     """``rtdecode console`` / ``rtdecode display``. ``replay`` rebuilds a finished session's messages
-    for ``--replay`` / ``--decoded`` (the CLI passes :func:`rtdecode.replay.replayed`)."""
+    for ``--replay`` / ``--decoded`` (the CLI passes :func:`rtdecode.tools.replay.replayed`)."""
     parser = argparse.ArgumentParser(prog="rtdecode display" if display else "rtdecode console")
     parser.add_argument("--events", default=None, help="scanner side events address, e.g. tcp://127.0.0.1:5555")
     parser.add_argument("--results", default=None, help="decoder results address, e.g. tcp://127.0.0.1:5557")

@@ -8,8 +8,8 @@ import logging
 import sys
 from pathlib import Path
 
-from rtdecode.errors import ConfigError, RtdecodeError
-from rtdecode.threads import DEFAULTS, MAX_THREADS
+from rtdecode.base.errors import ConfigError, RtdecodeError
+from rtdecode.base.threads import DEFAULTS, MAX_THREADS
 
 
 def _shape(text: str) -> tuple[int, int, int]:
@@ -20,7 +20,7 @@ def _shape(text: str) -> tuple[int, int, int]:
 
 
 def _denoise(text: str) -> str:
-    from rtdecode.config import check_denoise
+    from rtdecode.base.config import check_denoise
 
     try:
         return check_denoise(text)
@@ -292,12 +292,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in GUI_COMMANDS:
         if argv[0] == "screenshots":
-            from rtdecode.screenshots import main as screenshots_main
+            from rtdecode.tools.screenshots import main as screenshots_main
 
             return screenshots_main(argv[1:])
         _gui_threads(argv[0], argv[1:])
         from gui.app import main as gui_main
-        from rtdecode.replay import replayed
+        from rtdecode.tools.replay import replayed
 
         return gui_main(argv[1:], display=argv[0] == "display", replay=replayed)
     args = build_parser().parse_args(argv)
@@ -317,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
 def _gui_threads(command: str, argv: list[str]) -> None:
     """The console's or display's threads (``--threads``, read again by gui.app for its help), set before Qt
     and numpy load."""
-    from rtdecode.threads import apply_role
+    from rtdecode.base.threads import apply_role
 
     parser = argparse.ArgumentParser(prog=f"rtdecode {command}", add_help=False)
     parser.add_argument("--threads", type=_threads, default=DEFAULTS.console)
@@ -328,7 +328,7 @@ def _gui_threads(command: str, argv: list[str]) -> None:
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "config":
-        from rtdecode.config import SessionConfig, config_to_toml, load_config
+        from rtdecode.base.config import SessionConfig, config_to_toml, load_config
 
         if args.action == "template":
             text = config_to_toml(SessionConfig())
@@ -340,7 +340,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.path is None:
             raise SystemExit("rtdecode config check: give the configuration file to check")
         cfg = load_config(args.path)
-        from rtdecode.storage import SpaceWatch
+        from rtdecode.base.storage import SpaceWatch
 
         space = SpaceWatch(cfg.session_dir, cfg.session.min_free_gb, 0, cfg.scanner.volumes_per_run).at_start()
         if space is not None:
@@ -355,8 +355,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"{args.path}: ok")
         return 0
     if args.command == "run":
-        from rtdecode.config import load_config
-        from rtdecode.live import run_scanner_side
+        from rtdecode.base.config import load_config
+        from rtdecode.scanner.live import run_scanner_side
 
         run_scanner_side(load_config(args.config), idle_timeout=args.idle_timeout, quiet=args.quiet)
         return 0
@@ -383,7 +383,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"GLM tuning -> {args.out / 'glm_tuning.npz'}")
         return 0
     if args.command in ("calibrate", "pretrain"):
-        from rtdecode.threads import apply_role
+        from rtdecode.base.threads import apply_role
 
         apply_role("calibration", args.threads, torch=True)
         return _calibration(args)
@@ -393,7 +393,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         # Ctrl-C stops the decoder even when its parent ignored SIGINT (a shell's background job, a test
         # runner), which a child otherwise inherits: a stop would then wait for SIGKILL.
         signal.signal(signal.SIGINT, signal.default_int_handler)
-        from rtdecode.threads import apply_role
+        from rtdecode.base.threads import apply_role
 
         apply_role("decoder", args.threads, torch=True)
         from rtdecode.decoder.service import run_decoder
@@ -419,21 +419,21 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "models":
         return _models(args)
     if args.command == "bench" and args.stage == "betas":
-        from rtdecode.betas_bench import main as bench_betas
+        from rtdecode.tools.betas_bench import main as bench_betas
 
         argv = ["--seeds", *map(str, args.seeds or [0])] + (["--out", str(args.out)] if args.out else []) \
             + (["--voxels", str(args.n_voxels)] if args.n_voxels else [])
         return bench_betas(argv)
     if args.command == "bench":
-        from rtdecode.bench import run_stage
+        from rtdecode.tools.bench import run_stage
 
         if args.project:
-            from rtdecode.bench import run_projection
+            from rtdecode.tools.bench import run_projection
 
             run_projection(args.stage, as_json=args.json, hidden=args.hidden, n_voxels=args.n_voxels)
             return 0
         if args.stage == "gpu":  # prints its own JSON object and tables, and writes them under --out
-            from rtdecode.gpu_bench import bench_gpu
+            from rtdecode.tools.gpu_bench import bench_gpu
 
             bench_gpu(out=args.out or Path("benchmarks/results"), hidden=args.hidden, n_voxels=args.n_voxels)
             return 0
@@ -577,7 +577,7 @@ def _calibration(args: argparse.Namespace) -> int:
 def _session_glm(args: argparse.Namespace) -> dict:
     """calibrate --session: the GLM settings, the tuning (made on the session itself and saved into --out
     when asked for) and which betas to train on."""
-    from rtdecode.config import denoise_count, needs_tuning
+    from rtdecode.base.config import denoise_count, needs_tuning
     from rtdecode.glm.incremental import GLMSettings
     from rtdecode.glm.runner import tuned_count
     from rtdecode.glm.tuning import describe, tune_session
@@ -628,7 +628,7 @@ def _finalize(args: argparse.Namespace) -> int:
         raise ConfigError(f"rtdecode session finalize: {exc}") from None
     if not (folder.path / "session.json").exists():
         raise ConfigError(f"rtdecode session finalize: {folder.path}: not a session folder (no session.json)")
-    from rtdecode.storage import FolderLock
+    from rtdecode.base.storage import FolderLock
 
     lock = FolderLock(folder.path, "rtdecode session finalize").acquire()  # a live rtdecode run: one line, no start
     try:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rtdecode.config import SessionConfig, config_from_dict
+from rtdecode.base.config import SessionConfig, config_from_dict
 from rtdecode.scanner import ScannerSide, VolumeEvent
 from rtdecode.simulator.scanner import SimulatedRun, simulate_run
 
@@ -178,8 +178,8 @@ def windows(qtbot):
 def record_session(root, runs):
     """A session folder as the scanner side leaves it: each run's masked vectors, confounds and events
     (runs: (simulated run with .events, (volumes, voxels) series) pairs)."""
-    from rtdecode.events import write_events
-    from rtdecode.session import SessionFolder
+    from rtdecode.base.events import write_events
+    from rtdecode.base.session import SessionFolder
 
     folder = SessionFolder(root, "01", "01").create()
     for number, (run, series) in enumerate(runs, start=1):

@@ -16,7 +16,7 @@ import pytest
 @pytest.mark.timeout(3600)  # the claim's own deadline (3,000 s) comes first and names what was still running
 def test_the_claim_in_a_fair_fight(tmp_path):
     from calibration.splits import read_training_images
-    from rtdecode.claim import ClaimSetup, measure, paired, table
+    from rtdecode.tools.claim import ClaimSetup, measure, paired, table
 
     setup = ClaimSetup(deadline_s=3000)
     rows = measure(tmp_path, setup)

@@ -37,7 +37,7 @@ def test_a_caption_is_one_pass_over_the_image_tokens_and_18_cached_steps():
 
 @pytest.mark.long
 def test_bench_gpu_reports_the_decoder_with_refinement_against_24_gb():
-    from rtdecode.gpu_bench import project_captions_and_refinement
+    from rtdecode.tools.gpu_bench import project_captions_and_refinement
 
     out = project_captions_and_refinement(decoder_gb=9.56)
     memory = out["memory_with_refinement"]
@@ -53,7 +53,7 @@ def test_bench_gpu_times_a_caption_and_a_refinement_with_both_held():
     the published sizes); each measured figure sits beside its projection for the same GPU."""
     import torch
 
-    from rtdecode.gpu_bench import bench_caption_refine, beside
+    from rtdecode.tools.gpu_bench import bench_caption_refine, beside
 
     before = torch.get_num_threads()
     torch.set_num_threads(1)

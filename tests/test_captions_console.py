@@ -51,7 +51,7 @@ def test_a_replay_shows_each_caption_with_its_score(windows, tmp_path):
     from gui.console import ConsoleWindow
     from rtdecode.decoder.results import ResultStore
     from rtdecode.evaluate.captions import CaptionScores, write_captions
-    from rtdecode.replay import decoder_messages
+    from rtdecode.tools.replay import decoder_messages
 
     identity = {"subject": "01", "session": "01", "session_uid": "e" * 32}
     store = ResultStore(tmp_path / "sub-01" / "ses-01", identity)

@@ -12,10 +12,10 @@ from models.folder import write_model_folder
 from models.mindeye2.config import standin_config
 from models.mindeye2.model import MindEye2
 from models.standin import StandInEmbedder
+from rtdecode.base.errors import ProtocolError
 from rtdecode.decoder.core import Decoder, clean_caption
 from rtdecode.decoder.results import ResultStore
 from rtdecode.decoder.service import DecoderService
-from rtdecode.errors import ProtocolError
 from rtdecode.gallery.builtin import StimulusSet, image_id
 from rtdecode.gallery.captions import StandinCaptioner, fit_captioner, painted_caption
 from rtdecode.wire.reliable import BetaSender, beta_message

@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from rtdecode.config import SessionConfig, config_to_toml, load_config
-from rtdecode.errors import ConfigError
+from rtdecode.base.config import SessionConfig, config_to_toml, load_config
+from rtdecode.base.errors import ConfigError
 
 
 def _write(tmp_path: Path, text: str) -> Path:

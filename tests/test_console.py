@@ -133,7 +133,7 @@ def test_start_and_stop_a_run_from_the_console(qtbot, windows, tmp_path, small_r
 
 @pytest.mark.slow
 def test_screenshots_command_runs_the_real_path(tmp_path):
-    from rtdecode.screenshots import make_screenshots
+    from rtdecode.tools.screenshots import make_screenshots
 
     paths = make_screenshots(tmp_path / "shots", tmp_path / "work", volumes=30)
     assert [p.name for p in paths] == ["console.png", "display.png"] and all(p.stat().st_size > 5000 for p in paths)

@@ -180,7 +180,7 @@ def test_captions_say_tier_and_version_and_the_title_the_model(qtbot, windows):
 def test_replay_is_labelled_and_counts_each_run_on_its_own(tmp_path, qtbot, windows):
     """On the round-1 main a replay said 'run 2 ended: 2304 volumes' (the session's total)."""
     from gui.console import ConsoleWindow
-    from rtdecode.replay import session_messages
+    from rtdecode.tools.replay import session_messages
 
     session = tmp_path / "sub-01" / "ses-01"
     deriv = session / "derivatives" / "rtdecode" / "func"
@@ -249,7 +249,7 @@ def test_marks_are_saved_by_the_scanner_side_and_reach_consoles_that_start_later
 
     from gui.console import ConsoleWindow
     from gui.feed import LiveFeed
-    from rtdecode.session import SessionFolder
+    from rtdecode.base.session import SessionFolder
     from rtdecode.wire.control import send_command
 
     cfg = make_config(tmp_path)

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from rtdecode.threads import ENV_VARS
+from rtdecode.base.threads import ENV_VARS
 
 RTDECODE = str(Path(sys.executable).with_name("rtdecode"))
 

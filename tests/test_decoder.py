@@ -283,7 +283,7 @@ def test_scanner_side_to_decoder_to_two_subscribers(tmp_path, small_visit):
         decoder.join(timeout=10)
         for sub in subs:
             sub.close()
-    from rtdecode.replay import decoder_messages, session_messages
+    from rtdecode.tools.replay import decoder_messages, session_messages
 
     replayed = session_messages(st.side.folder.path)
     assert sum(m.type == "volume" for m in replayed) == 192
@@ -293,7 +293,7 @@ def test_scanner_side_to_decoder_to_two_subscribers(tmp_path, small_visit):
     # One --out for the whole day: a second participant's folder beside it, and the replay still finds
     # this session's own results (before, "expected one decoded session ... found sub-01/ses-01, sub-02/ses-01").
     from rtdecode.decoder.results import ResultStore
-    from rtdecode.replay import replayed as replay_pairs
+    from rtdecode.tools.replay import replayed as replay_pairs
 
     ResultStore(tmp_path / "decoded" / "sub-02" / "ses-01", {"subject": "02", "session": "01", "session_uid": "e" * 32})
     pairs = replay_pairs(st.side.folder.path, tmp_path / "decoded")

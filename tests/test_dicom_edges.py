@@ -18,12 +18,12 @@ from pydicom.filewriter import write_dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from rtdecode.config import load_config
-from rtdecode.errors import IngestError, PartialFileError
+from rtdecode.base.config import load_config
+from rtdecode.base.errors import IngestError, PartialFileError
+from rtdecode.base.session import SessionFolder
 from rtdecode.ingest import read_volume
 from rtdecode.ingest.slices import assemble, read_slice
 from rtdecode.preprocess.rigid import rotation_matrix
-from rtdecode.session import SessionFolder
 from rtdecode.simulator.dicom_writer import write_enhanced, write_mosaic, write_slices
 
 from conftest import SKYRA_RUN, SideThread, wait_until

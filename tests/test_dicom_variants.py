@@ -12,7 +12,7 @@ import pydicom
 import pytest
 from pydicom.uid import UID, ExplicitVRBigEndian, JPEG2000Lossless, JPEGLSLossless, RLELossless
 
-from rtdecode.errors import IngestError, PartialFileError
+from rtdecode.base.errors import IngestError, PartialFileError
 from rtdecode.ingest import read_volume
 from rtdecode.preprocess.rigid import rotation_matrix
 from rtdecode.simulator.dicom_writer import write_enhanced, write_mosaic

@@ -19,6 +19,7 @@ from models.folder import write_model_folder
 from models.mindeye2.config import standin_config
 from models.mindeye2.model import MindEye2
 from models.retrieval import similarity
+from rtdecode.base.session import SessionFolder, append_tsv
 from rtdecode.cli import main
 from rtdecode.decoder.core import Decoder
 from rtdecode.decoder.results import ResultStore
@@ -26,7 +27,6 @@ from rtdecode.decoder.service import DecoderService
 from rtdecode.evaluate import metrics
 from rtdecode.gallery.builtin import StimulusSet
 from rtdecode.glm.store import BETA_COLUMNS
-from rtdecode.session import SessionFolder, append_tsv
 from rtdecode.wire.reliable import BetaSender, beta_message
 
 N_VOXELS = 41
@@ -222,7 +222,7 @@ def test_without_weights_the_pixel_metrics_and_retrieval_still_run(decoded, tmp_
 
 
 def test_a_replayed_session_carries_each_trials_score_to_the_console(decoded):
-    from rtdecode.replay import decoder_messages
+    from rtdecode.tools.replay import decoder_messages
 
     folder, out, weights, _, _ = decoded
     assert main(["evaluate", str(folder.path), "--decoded", str(out), "--weights", str(weights)]) == 0  # default --out
@@ -237,7 +237,7 @@ def test_readers_beside_a_live_decoder_change_nothing_in_its_folder(decoded, tmp
     """A row the decoder is writing (no newline yet) must survive a replay or an evaluation started now."""
     import shutil
 
-    from rtdecode.replay import decoder_messages
+    from rtdecode.tools.replay import decoder_messages
 
     folder, out, _, _, _ = decoded
     live = tmp_path / "out"

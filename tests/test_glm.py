@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from rtdecode.base.events import EventsError, events_from_records, read_events
 from rtdecode.cli import main
-from rtdecode.events import EventsError, events_from_records, read_events
 from rtdecode.glm.design import cosine_drift, event_regressor, frame_times
 from rtdecode.glm.estimate import ar1_beta
 from rtdecode.glm.incremental import GLMSettings, IncrementalGLM

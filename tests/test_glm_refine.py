@@ -8,9 +8,10 @@ import json
 import numpy as np
 import pytest
 
-from rtdecode.config import config_from_dict
-from rtdecode.errors import ConfigError
-from rtdecode.events import write_events
+from rtdecode.base.config import config_from_dict
+from rtdecode.base.errors import ConfigError
+from rtdecode.base.events import write_events
+from rtdecode.base.session import SessionFolder
 from rtdecode.glm.denoise import NoiseSubtraction, baseline_columns, noise_components
 from rtdecode.glm.hrf_library import GLOVER_INDEX, library_params, nearest_member, residualize
 from rtdecode.glm.incremental import GLMSettings, IncrementalGLM
@@ -18,7 +19,6 @@ from rtdecode.glm.runner import TrialBetas
 from rtdecode.glm.store import BetaStore
 from rtdecode.glm.tuning import GLMTuning, TuningRun, tune
 from rtdecode.glm.voxelwise import VoxelwiseGLM, make_glm
-from rtdecode.session import SessionFolder
 from rtdecode.simulator.masked import masked_run
 
 from conftest import record_session

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from rtdecode.base.events import Events, read_events, write_events
+from rtdecode.base.session import SessionFolder
 from rtdecode.cli import _tuning_split, build_parser, main
-from rtdecode.events import Events, read_events, write_events
 from rtdecode.glm.tuning import GLMTuning
-from rtdecode.session import SessionFolder
 
 from conftest import record_session
 

@@ -14,7 +14,7 @@ from test_unclip import TINY, TINY_VAE
 from models.devices import build_on_device
 from models.mindeye2.config import MindEye2Config
 from models.mindeye2.model import MindEye2
-from rtdecode.gpu_bench import Sizes, bench_gpu, beside
+from rtdecode.tools.gpu_bench import Sizes, bench_gpu, beside
 
 
 def _tiny() -> Sizes:

@@ -5,7 +5,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from rtdecode.errors import IngestError, PartialFileError
+from rtdecode.base.errors import IngestError, PartialFileError
 from rtdecode.ingest import read_volume
 from rtdecode.ingest.naming import compile_pattern, parse_name
 from rtdecode.preprocess.rigid import rotation_matrix

@@ -18,8 +18,8 @@ import numpy as np
 from test_scanner_side import PATTERN, _dicom_bytes, _put
 
 from gui.state import ConsoleState
+from rtdecode.base.session import SessionFolder
 from rtdecode.scanner.history import keep_event
-from rtdecode.session import SessionFolder
 from rtdecode.simulator.dicom_writer import series_uid_for
 from rtdecode.simulator.scanner import format_name
 from rtdecode.wire.protocol import Message, decode_png, encode_png

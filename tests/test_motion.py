@@ -51,7 +51,7 @@ def test_registration_to_session_reference_maps_the_mask(rng):
 
 
 def test_run_preprocessor_rejects_other_grids(small_run):
-    from rtdecode.errors import IngestError
+    from rtdecode.base.errors import IngestError
 
     pre = RunPreprocessor(Volume(small_run.volumes[0], small_run.affine))
     with pytest.raises(IngestError, match="differs from the run's"):

@@ -27,12 +27,12 @@ from gui.state import ConsoleState
 from models.folder import write_model_folder
 from models.mindeye2.config import standin_config
 from models.mindeye2.model import MindEye2
+from rtdecode.base.session import SessionFolder, read_tsv
 from rtdecode.gallery.builtin import StimulusSet
-from rtdecode.replay import replayed
 from rtdecode.scanner.history import keep_event
-from rtdecode.session import SessionFolder, read_tsv
 from rtdecode.simulator.dicom_writer import write_enhanced
 from rtdecode.simulator.scanner import format_name
+from rtdecode.tools.replay import replayed
 from rtdecode.wire.control import send_command
 from rtdecode.wire.protocol import Message
 from rtdecode.wire.sockets import Publisher, Subscriber
@@ -321,7 +321,7 @@ def test_a_logged_event_and_a_results_age_keep_the_time_they_happened():
 
 def test_a_replay_rebuilds_restarts_silences_and_the_left_open_warning(tmp_path):
     """Round 4: a late or replayed console showed no restart, no silence and no 'run 3 left open'."""
-    from rtdecode.replay import session_messages
+    from rtdecode.tools.replay import session_messages
     from rtdecode.wire.lifecycle import note_alive, record_start, record_warning
 
     folder = SessionFolder(tmp_path / "sessions", "01", "01").create()

@@ -28,8 +28,8 @@ from gui.state import ConsoleState
 from models.folder import write_model_folder
 from models.mindeye2.config import standin_config
 from models.mindeye2.model import MindEye2
+from rtdecode.base.session import SessionFolder, read_tsv
 from rtdecode.gallery.builtin import StimulusSet
-from rtdecode.session import SessionFolder, read_tsv
 from rtdecode.simulator.dicom_writer import write_enhanced
 from rtdecode.simulator.scanner import format_name
 from rtdecode.wire.control import send_command

@@ -39,7 +39,7 @@ def test_projection_is_the_slower_of_compute_and_memory_and_says_projected():
 
 @pytest.mark.long
 def test_bench_gpu_without_cuda_writes_the_projections_and_measures_nothing(tmp_path):
-    from rtdecode.bench import bench_gpu
+    from rtdecode.tools.bench import bench_gpu
 
     result = bench_gpu(out=tmp_path, hidden=256)  # a small hidden size keeps the count quick; the UNet is full size
     assert result["cuda"] is False

@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from rtdecode.errors import ProtocolError
+from rtdecode.base.errors import ProtocolError
 from rtdecode.wire.protocol import PROTOCOL_VERSION, Message, decode, decode_png, encode, encode_png
 
 UID = "0123456789abcdef0123456789abcdef"

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from test_scanner_side import PATTERN, _dicom_bytes, _put
 
-from rtdecode.session import SessionFolder, read_tsv
+from rtdecode.base.session import SessionFolder, read_tsv
 from rtdecode.simulator.scanner import format_name, simulate_run
 
 from conftest import SMALL_SHAPE

@@ -6,8 +6,8 @@ import pytest
 from test_scanner_side import PATTERN, _dicom_bytes, _put
 
 from gui.state import ConsoleState
-from rtdecode.errors import ConfigError
-from rtdecode.session import SessionFolder
+from rtdecode.base.errors import ConfigError
+from rtdecode.base.session import SessionFolder
 from rtdecode.simulator.dicom_writer import write_enhanced
 from rtdecode.simulator.scanner import format_name
 from rtdecode.wire.control import send_command
@@ -117,7 +117,7 @@ def _keys(tmp_path):
 def test_curve_on_the_scanner_sides_events_and_control(tmp_path, small_run):
     """An unknown key can neither read events nor stop a run; an allowed console can do both.
 
-    On the round-1 main these sockets had no CURVE at all (rtdecode/live.py, rtdecode/control.py)."""
+    On the round-1 main these sockets had no CURVE at all (rtdecode/scanner/live.py, rtdecode/control.py)."""
     keys = _keys(tmp_path)
     cfg = make_config(tmp_path, network={"curve_secret": str(keys / "scanner" / "scanner.key_secret"),
                                          "curve_allowed": str(keys / "allowed")})
@@ -234,8 +234,8 @@ def test_the_console_window_stays_up_on_malformed_messages(qtbot, windows):
 
 @pytest.mark.slow
 def test_bench_endurance_drives_the_whole_scanner_side():
-    # Through rtdecode.bench, which hands the simulator's volumes to the scanner side's bench.
-    from rtdecode.bench import bench_endurance
+    # Through rtdecode.tools.bench, which hands the simulator's volumes to the scanner side's bench.
+    from rtdecode.tools.bench import bench_endurance
 
     result = bench_endurance(volumes=40, run_volumes=20, shape=(40, 46, 36), n_voxels=1500)
     assert result["runs"] == 2 and result["volumes"] == 40

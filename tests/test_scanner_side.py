@@ -7,7 +7,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from rtdecode.session import SessionFolder
+from rtdecode.base.session import SessionFolder
 from rtdecode.simulator.dicom_writer import write_mosaic
 from rtdecode.simulator.scanner import format_name, write_in_chunks
 
@@ -178,7 +178,7 @@ def test_nifti_volumes_and_a_mask_file(tmp_path, small_run):
 
 
 def test_unreadable_session_reference_or_mask_stops_before_the_run(tmp_path):
-    from rtdecode.errors import ConfigError
+    from rtdecode.base.errors import ConfigError
     from rtdecode.scanner import ScannerSide
 
     (tmp_path / "boldref.dcm").write_bytes(b"\x00" * 64)

@@ -1,7 +1,7 @@
 import numpy as np
 
-from rtdecode.sequencer import RunSequencer
-from rtdecode.session import SessionFolder
+from rtdecode.base.session import SessionFolder
+from rtdecode.ingest.sequencer import RunSequencer
 
 
 def test_sequencer_orders_buffers_and_gives_up_on_gaps():

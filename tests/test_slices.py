@@ -8,11 +8,11 @@ import numpy as np
 import pydicom
 import pytest
 
-from rtdecode.errors import IngestError
+from rtdecode.base.errors import IngestError
+from rtdecode.base.session import SessionFolder
 from rtdecode.ingest import read_volume
 from rtdecode.ingest.slices import assemble, read_slice
 from rtdecode.preprocess.rigid import rotation_matrix
-from rtdecode.session import SessionFolder
 from rtdecode.simulator.dicom_writer import write_enhanced, write_mosaic, write_slices
 
 from conftest import SideThread, make_config

@@ -2,7 +2,7 @@
 
 Full storage without root or a mount: the child process runs under RLIMIT_FSIZE (Python ignores SIGXFSZ),
 so a write that would make a file larger than the limit fails with EFBIG, as a full disk fails with
-ENOSPC; both reach the same handling (rtdecode.storage.FULL). What this does not show: a disk that fills
+ENOSPC; both reach the same handling (rtdecode.base.storage.FULL). What this does not show: a disk that fills
 for every file at once, or a read-only mount (a test as root cannot make one without privileges).
 """
 
@@ -19,8 +19,8 @@ import pytest
 from test_scanner_side import PATTERN, _dicom_bytes, _put
 
 from gui.state import ConsoleState
-from rtdecode.config import config_from_dict, config_to_toml
-from rtdecode.session import SessionFolder, read_tsv
+from rtdecode.base.config import config_from_dict, config_to_toml
+from rtdecode.base.session import SessionFolder, read_tsv
 from rtdecode.simulator.scanner import format_name
 from rtdecode.wire.reliable import BetaSender, beta_message
 from rtdecode.wire.sockets import Subscriber

@@ -17,10 +17,10 @@ import torch
 from models.folder import write_model_folder
 from models.mindeye2.config import standin_config
 from models.mindeye2.model import MindEye2
+from rtdecode.base.errors import ConfigError
+from rtdecode.base.threads import ENV_VARS, ThreadsSection, cores
 from rtdecode.demo.decoder_process import start_decoder, stop_decoder
-from rtdecode.errors import ConfigError
 from rtdecode.gallery.builtin import StimulusSet
-from rtdecode.threads import ENV_VARS, ThreadsSection, cores
 
 RTDECODE = str(Path(sys.executable).with_name("rtdecode"))
 LINE = re.compile(r"threads \((\w+)\): (.*) of (\d+) cores")
@@ -99,7 +99,7 @@ def test_a_process_that_loaded_torch_first_is_limited_too():
     """The demo's process: torch loaded (and used) by calibration, then the real-time run on one thread."""
     code = ("import torch, json\n"
             "torch.ones(64, 64) @ torch.ones(64, 64)\n"
-            "from rtdecode.threads import limit_threads\n"
+            "from rtdecode.base.threads import limit_threads\n"
             "print(json.dumps(limit_threads(1)))\n")
     done = subprocess.run([sys.executable, "-c", code], env=_clean_env(), capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr

@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 
 from gui.state import ConsoleState
+from rtdecode.base.session import SessionFolder, read_tsv
 from rtdecode.cli import main
-from rtdecode.session import SessionFolder, read_tsv
 from rtdecode.wire.sockets import Subscriber
 
 from conftest import free_port, wait_until

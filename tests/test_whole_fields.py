@@ -26,9 +26,9 @@ from hypothesis import strategies as st
 from test_scanner_side import PATTERN, _dicom_bytes, _put
 
 from gui.state import ConsoleState
+from rtdecode.base.session import SessionFolder, read_tsv
 from rtdecode.cli import main as cli_main
 from rtdecode.scanner.history import mark_events
-from rtdecode.session import SessionFolder, read_tsv
 from rtdecode.simulator.scanner import format_name
 from rtdecode.wire.control import send_command
 from rtdecode.wire.protocol import Message, decode, encode
@@ -297,7 +297,7 @@ def test_fuzzed_events_and_results_never_stop_the_console_or_enter_its_state(tmp
                        min_size=2, max_size=4))
 def test_a_session_table_reads_back_every_field_it_wrote(tmp_path_factory, values):
     """append_tsv / read_tsv: tabs, newlines, backslashes, quotes and lone surrogates come back equal."""
-    from rtdecode.session import append_tsv
+    from rtdecode.base.session import append_tsv
 
     path = tmp_path_factory.mktemp("tsv") / "marks.tsv"
     columns = tuple(f"c{i}" for i in range(len(values)))
@@ -309,7 +309,7 @@ def test_a_session_table_reads_back_every_field_it_wrote(tmp_path_factory, value
 @pytest.mark.parametrize("field, value", [("note", "\ud800"), ("version", "endofrun\n"), ("action", "\nmark"),
                                           ("version", "real\u2028time")])
 def test_a_field_is_taken_whole_and_text_only_as_utf8(field, value):
-    from rtdecode.errors import ProtocolError
+    from rtdecode.base.errors import ProtocolError
 
     fields = {"action": "mark", "run": 1, "trial": 0, "version": "realtime", "bad": True, field: value}
     with pytest.raises(ProtocolError, match=f"command.{field}: expected"):

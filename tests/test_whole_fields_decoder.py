@@ -24,10 +24,10 @@ from test_whole_fields import FUZZ, _ping, _process, _recv, _scanner, fuzz
 from models.folder import write_model_folder
 from models.mindeye2.config import standin_config
 from models.mindeye2.model import MindEye2
+from rtdecode.base.session import SessionFolder, read_tsv
 from rtdecode.decoder.results import retrieval_message, session_stores, stem
 from rtdecode.gallery.builtin import StimulusSet
 from rtdecode.scanner.history import mark_events
-from rtdecode.session import SessionFolder, read_tsv
 from rtdecode.wire.protocol import Message, encode
 from rtdecode.wire.reliable import beta_message
 from rtdecode.wire.schema import IMAGE_ID, LABEL, UID, VERSION

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
-from rtdecode.errors import ConfigError
-from rtdecode.threads import ThreadsSection
+from rtdecode.base.errors import ConfigError
+from rtdecode.base.threads import ThreadsSection
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -162,7 +162,7 @@ class SessionConfig:
     glm: GLMSection = field(default_factory=GLMSection)
     network: NetworkSection = field(default_factory=NetworkSection)
     models: ModelsSection = field(default_factory=ModelsSection)
-    threads: ThreadsSection = field(default_factory=ThreadsSection)  # per process (rtdecode/threads.py)
+    threads: ThreadsSection = field(default_factory=ThreadsSection)  # per process (rtdecode/base/threads.py)
 
     @property
     def session_dir(self) -> Path:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rtdecode.errors import RtdecodeError
+from rtdecode.base.errors import RtdecodeError
 
 IMAGE_ID = re.compile(r"\A[A-Za-z0-9._-]{1,128}\Z")
 REQUIRED = ("onset", "duration", "image")

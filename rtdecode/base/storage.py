@@ -19,7 +19,7 @@ import os
 import time
 from pathlib import Path
 
-from rtdecode.errors import RtdecodeError
+from rtdecode.base.errors import RtdecodeError
 
 LOCK_NAME = ".rtdecode.lock"
 # A run takes 2.1 times its raw volumes with its BIDS copy and derivatives (measured on a simulated

@@ -16,7 +16,7 @@ import os
 import sys
 from dataclasses import dataclass, fields
 
-from rtdecode.errors import ConfigError
+from rtdecode.base.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

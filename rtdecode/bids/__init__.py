@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rtdecode.base.session import SessionFolder
 from rtdecode.bids.dataset import Stimuli, write_dataset_files
 from rtdecode.bids.lock import DatasetBusy
 from rtdecode.bids.names import bold_path
 from rtdecode.bids.run import FinalizeError, finalize_run
 from rtdecode.bids.sidecars import configured_stimuli
-from rtdecode.session import SessionFolder
 
 __all__ = ["FinalizeError", "finalize_run", "finalize_session", "is_finalized", "write_dataset_files"]
 

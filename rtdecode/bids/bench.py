@@ -14,8 +14,8 @@ import numpy as np
 def bench_finalize(pool: list[np.ndarray], affine: np.ndarray, volumes: int = 192, n_voxels: int = 8627,
                    trials: int = 63) -> dict:
     """Record ``volumes`` volumes (cycling through ``pool``) and ``trials`` betas, then finalise the run."""
+    from rtdecode.base.session import SessionFolder, append_tsv
     from rtdecode.bids import finalize_session
-    from rtdecode.session import SessionFolder, append_tsv
 
     shape = pool[0].shape
     with tempfile.TemporaryDirectory() as tmp:

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from rtdecode.errors import RtdecodeError
+from rtdecode.base.errors import RtdecodeError
 
 LOCK_NAME = ".rtdecode-bids.lock"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rtdecode.session import SessionFolder
+from rtdecode.base.session import SessionFolder
 
 DERIVATIVE = "rtdecode"
 

@@ -7,8 +7,8 @@ import json
 import nibabel as nib
 import numpy as np
 
+from rtdecode.base.session import SessionFolder, read_tsv
 from rtdecode.bids.names import derivative_func
-from rtdecode.session import SessionFolder, read_tsv
 
 
 def finalized_files(folder: SessionFolder, run: int) -> dict | None:

@@ -18,12 +18,12 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from rtdecode.base.session import SessionFolder, read_tsv
 from rtdecode.bids.confounds import COLUMNS, confound_rows, description, dvars_scale
 from rtdecode.bids.dataset import write_atomic
 from rtdecode.bids.lock import DatasetLock
 from rtdecode.bids.names import bold_path, derivative_func
 from rtdecode.bids.sidecars import betas_model, raw_sidecar, spatial_reference
-from rtdecode.session import SessionFolder, read_tsv
 
 
 class FinalizeError(ValueError):

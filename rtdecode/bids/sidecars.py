@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from rtdecode.session import SessionFolder, read_tsv
+from rtdecode.base.session import SessionFolder, read_tsv
 
 try:  # Python 3.11+
     import tomllib

@@ -7,11 +7,11 @@ import queue
 import threading
 from pathlib import Path
 
+from rtdecode.base.session import SessionFolder
 from rtdecode.bids.dataset import Stimuli, write_dataset_files
 from rtdecode.bids.lock import DatasetBusy
 from rtdecode.bids.run import FinalizeError, finalize_run
 from rtdecode.bids.sidecars import configured_stimuli
-from rtdecode.session import SessionFolder
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from models.devices import build_on_device
-from rtdecode.timing import summarize
+from rtdecode.base.timing import summarize
 
 
 def _timed(fn, repeats: int, sync) -> list[float]:

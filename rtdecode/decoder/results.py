@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from rtdecode.errors import ProtocolError
-from rtdecode.session import append_tsv, read_tsv, repair_tail
+from rtdecode.base.errors import ProtocolError
+from rtdecode.base.session import append_tsv, read_tsv, repair_tail
 from rtdecode.wire.protocol import Message
 from rtdecode.wire.reliable import Ledger
 from rtdecode.wire.schema import WORD, check_fields, check_identity

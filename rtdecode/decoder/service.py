@@ -25,7 +25,8 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
-from rtdecode.crash import crash_point
+from rtdecode.base.crash import crash_point
+from rtdecode.base.storage import FolderLock, is_storage, storage_error
 from rtdecode.decoder.core import Decoder
 from rtdecode.decoder.later import REFINE, AfterRetrieval, refine_mode
 from rtdecode.decoder.results import (
@@ -36,7 +37,6 @@ from rtdecode.decoder.results import (
     session_stores,
     stem,
 )
-from rtdecode.storage import FolderLock, is_storage, storage_error
 from rtdecode.wire.lifecycle import lifecycle_messages, note_alive, record_start
 from rtdecode.wire.protocol import MAX_FRAME_BYTES, Message
 from rtdecode.wire.reliable import BetaReceiver, beta_key
@@ -105,7 +105,7 @@ class DecoderService(AfterRetrieval):
         self.refined_here = 0
         self.superseded = 0  # reconstructions dropped by the refine policy for a newer version
         self.out = Path(out)
-        # One decoder per --out, before anything is read, written or bound (rtdecode.storage).
+        # One decoder per --out, before anything is read, written or bound (rtdecode.base.storage).
         self._lock = FolderLock(self.out, "rtdecode decode").acquire()
         try:
             self._open(betas_address, results_address, curve, replay, context, max_bytes)

@@ -30,7 +30,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from rtdecode.threads import ENV_VARS, ThreadsSection, apply_role, cores
+from rtdecode.base.threads import ENV_VARS, ThreadsSection, apply_role, cores
 
 # Another user's job: numpy at its defaults (every core), never idle.
 LOAD = "import numpy as np\na = np.random.default_rng(0).random((768, 768))\nwhile True:\n    a = np.tanh(a @ a)\n"
@@ -132,7 +132,7 @@ def _decoder_threads(log: Path) -> str:
 def bench_contention(volumes: int = 120, tr_s: float = 1.5, n_voxels: int = 3646, shape=(64, 64, 36),
                      threads: int | None = None, load: int = 1, hidden: int = 128, seed: int = 0) -> dict:
     """Run the scanner side, the decoder and ``load`` busy processes together; each stage's median and p99."""
-    from rtdecode.config import config_from_dict
+    from rtdecode.base.config import config_from_dict
     from rtdecode.demo.decoder_process import ResultListener, start_decoder, stop_decoder
     from rtdecode.scanner import ScannerSide
 

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rtdecode.threads import DEFAULTS, thread_env
+from rtdecode.base.threads import DEFAULTS, thread_env
 from rtdecode.wire.sockets import Subscriber
 
 

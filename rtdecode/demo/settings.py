@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
 
-from rtdecode.threads import ThreadsSection
+from rtdecode.base.threads import ThreadsSection
 
 # The best row of `rtdecode bench betas` (docs/glm.md, 3 seeds): (b), per-voxel HRFs, had the best held-out
 # top-1 at every tier; noise components and matched training did not add to it. What the demo runs and says.

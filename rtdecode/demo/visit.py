@@ -28,7 +28,7 @@ from rtdecode.demo.settings import DemoSettings
 def _tuned_glm(s: DemoSettings, session: Path, model_dir: Path):
     """The demo's GLM (settings.GLM_BEST): tuned on the calibration hour when it needs a tuning; returns the
     offline settings, the tuning and the scanner side's [glm] lines, and says which configuration runs."""
-    from rtdecode.config import denoise_count, needs_tuning
+    from rtdecode.base.config import denoise_count, needs_tuning
     from rtdecode.demo.settings import GLM_BEST
     from rtdecode.glm.incremental import GLMSettings
     from rtdecode.glm.runner import tuned_count
@@ -71,8 +71,9 @@ def run_demo(out: Path, settings: DemoSettings | None = None, cache: Path | None
     from calibration.splits import read_training_images, require_disjoint
     from calibration.trainer import TrainConfig
     from calibration.tuning import Grid
-    from rtdecode.cache import cache_dir
-    from rtdecode.config import config_from_dict, config_to_toml
+    from rtdecode.base.cache import cache_dir
+    from rtdecode.base.config import config_from_dict, config_to_toml
+    from rtdecode.base.threads import apply_role, thread_env
     from rtdecode.demo.decoder_process import ResultListener, start_decoder, stop_decoder
     from rtdecode.demo.pretrained import shared_model
     from rtdecode.demo.stream import stream_runs
@@ -84,7 +85,6 @@ def run_demo(out: Path, settings: DemoSettings | None = None, cache: Path | None
     from rtdecode.simulator.paradigm import Paradigm
     from rtdecode.simulator.subjects import LatentSpace, SubjectSpec
     from rtdecode.simulator.visit import Visit
-    from rtdecode.threads import apply_role, thread_env
     from rtdecode.wire.sockets import Publisher
 
     s = settings or DemoSettings()

@@ -127,7 +127,7 @@ def reference_captions(images: list[str], gallery: Path | None) -> tuple[dict[st
     given: dict[str, str] = {}
     table = gallery / "captions.tsv" if gallery is not None else None
     if table is not None and table.is_file():
-        from rtdecode.session import read_tsv
+        from rtdecode.base.session import read_tsv
 
         given = {r["id"]: r["caption"] for r in read_tsv(table) if r.get("id") and r.get("caption")}
     refs, issues = {}, []

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from rtdecode.timing import summarize
+from rtdecode.base.timing import summarize
 
 
 def _nilearn(events, data, motion, trial: int, noise_model: str) -> tuple[float, np.ndarray]:

@@ -183,7 +183,7 @@ def subtraction_scores(runs: list, sub: NoiseSubtraction, voxels: np.ndarray, pa
     """Repeat reliability of ``voxels``' betas with 0..K components subtracted, (K + 1, voxels) at each trial's
     fast tier (``delay_s`` after onset: the rows the live GLM has then) and at the end of its run. ``runs``:
     :class:`rtdecode.glm.tuning.TuningRun`; ``settings``: the GLM's (Glover's design for every voxel)."""
-    from rtdecode.events import Events
+    from rtdecode.base.events import Events
     from rtdecode.glm.incremental import IncrementalGLM
 
     fast, end = [], []

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rtdecode.events import Events
+from rtdecode.base.events import Events
 from rtdecode.glm.design import cosine_drift, frame_times, lss_design, trial_regressors
 from rtdecode.glm.estimate import Workspace, ar1_beta, ols_beta
 from rtdecode.glm.sufficient import RunningProducts, probe_betas

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rtdecode.errors import VoxelSpaceError
+from rtdecode.base.errors import VoxelSpaceError
 
 EPS = 1e-6
 

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
-from rtdecode.events import Events, read_events
+from rtdecode.base.events import Events, read_events
+from rtdecode.base.session import SessionFolder
 from rtdecode.glm.incremental import GLMSettings
 from rtdecode.glm.tuning import GLMTuning
 from rtdecode.glm.voxelwise import make_glm
-from rtdecode.session import SessionFolder
 
 MOTION = ("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z")
 
@@ -121,9 +121,9 @@ def write_offline_betas(session: Path, out: Path, noise_model: str = "ar1", vers
     version's tier (``delay_s`` for realtime, end of run for endofrun)."""
     import json
 
-    from rtdecode.config import check_denoise, denoise_count
-    from rtdecode.errors import ConfigError
-    from rtdecode.events import EventsError
+    from rtdecode.base.config import check_denoise, denoise_count
+    from rtdecode.base.errors import ConfigError
+    from rtdecode.base.events import EventsError
     from rtdecode.glm.store import betas_model_description
 
     try:

@@ -25,15 +25,15 @@ from pathlib import Path
 
 import numpy as np
 
-from rtdecode.config import SessionConfig, denoise_count, needs_tuning
-from rtdecode.errors import ConfigError, VoxelSpaceError
-from rtdecode.events import Events, EventsError, read_events, write_events
+from rtdecode.base.config import SessionConfig, denoise_count, needs_tuning
+from rtdecode.base.errors import ConfigError, VoxelSpaceError
+from rtdecode.base.events import Events, EventsError, read_events, write_events
+from rtdecode.base.session import SessionFolder
 from rtdecode.glm.incremental import GLMSettings, IncrementalGLM, TrialEstimate
 from rtdecode.glm.normalize import FixedZScore, NoZScore, RepeatAverager, RunningZScore
 from rtdecode.glm.store import BetaStore, betas_model_description
 from rtdecode.glm.tuning import GLMTuning
 from rtdecode.glm.voxelwise import VoxelwiseGLM, make_glm
-from rtdecode.session import SessionFolder
 
 log = logging.getLogger(__name__)
 

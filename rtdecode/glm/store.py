@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from rtdecode.base.session import SessionFolder, append_tsv, read_tsv, repair_tail
 from rtdecode.glm.incremental import GLMSettings, TrialEstimate
-from rtdecode.session import SessionFolder, append_tsv, read_tsv, repair_tail
 
 BETA_COLUMNS = ("trial", "image", "onset", "version", "n_frames", "n_used", "noise_model", "rho_median",
                 "estimate_ms", "n_repeats", "t_ready", "t_done")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rtdecode.events import Events
+from rtdecode.base.events import Events
 from rtdecode.glm.denoise import (
     MAX_COMPONENTS,
     NoiseSubtraction,

@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from rtdecode.events import Events
+from rtdecode.base.events import Events
 from rtdecode.glm.denoise import NoisePool
 from rtdecode.glm.hrf_library import library_kernel
 from rtdecode.glm.incremental import GLMSettings, IncrementalGLM, TrialEstimate

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from rtdecode.errors import IngestError, PartialFileError
+from rtdecode.base.errors import IngestError, PartialFileError
 
 PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 PIXEL_TAGS = {"PixelData": 0x7FE00010, "FloatPixelData": 0x7FE00008, "DoubleFloatPixelData": 0x7FE00009}

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from rtdecode.errors import IngestError
+from rtdecode.base.errors import IngestError
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 SAME_ORIENTATION = 1e-4  # cosines of one series agree to this

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from rtdecode.errors import IngestError
+from rtdecode.base.errors import IngestError
 from rtdecode.ingest.dicom_pixels import untile
 from rtdecode.ingest.geometry import stack_slices
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from rtdecode.errors import IngestError, PartialFileError
+from rtdecode.base.errors import IngestError, PartialFileError
 from rtdecode.ingest.acquisition import acquisition_fields
 from rtdecode.ingest.completeness import NOT_PART10, SHORT, WHOLE, judge
 from rtdecode.ingest.dicom_kind import not_a_volume, not_part10

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from rtdecode.errors import IngestError
+from rtdecode.base.errors import IngestError
 from rtdecode.ingest.dicom_pixels import decode_frames
 from rtdecode.ingest.geometry import SAME_ORIENTATION, orientation, stack_slices
 from rtdecode.ingest.reader import Volume, open_dicom, safe_meta, series_of

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rtdecode.errors import IngestError
+from rtdecode.base.errors import IngestError
 from rtdecode.ingest.reader import Volume
 from rtdecode.preprocess.motion import RigidReference, sample_world
 from rtdecode.preprocess.qa import RunningQA, framewise_displacement

@@ -17,7 +17,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from rtdecode.errors import ConfigError
+from rtdecode.base.errors import ConfigError
 from rtdecode.ingest.reader import Volume
 from rtdecode.preprocess.pipeline import Mask, same_volume
 

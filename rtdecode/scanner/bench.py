@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rtdecode.timing import summarize
+from rtdecode.base.timing import summarize
 
 MB = 2**20
 WriteVolume = Callable[[Path, np.ndarray, np.ndarray, int, int], None]  # (path, data, affine, series, instance)
@@ -42,9 +42,9 @@ def roi_mask(reference: np.ndarray, n_voxels: int) -> np.ndarray:
 def bench_preprocess(volumes: list[np.ndarray], affine: np.ndarray, write: WriteVolume, n_voxels: int = 8627,
                      fmt: str = "mosaic") -> dict:
     """File closed -> masked vector for each of ``volumes`` (each written by ``write`` first), with storage."""
+    from rtdecode.base.session import SessionFolder
     from rtdecode.ingest.reader import read_volume
     from rtdecode.preprocess.pipeline import Mask, RunPreprocessor
-    from rtdecode.session import SessionFolder
 
     read_ms, prep_ms, store_ms, total_ms, cpu_ms = [], [], [], [], []
     with tempfile.TemporaryDirectory() as tmp:
@@ -87,7 +87,7 @@ def bench_endurance(pool: list[np.ndarray], affine: np.ndarray, write: WriteVolu
     import nibabel as nib
     import psutil
 
-    from rtdecode.config import config_from_dict
+    from rtdecode.base.config import config_from_dict
     from rtdecode.scanner import ScannerSide
     from rtdecode.wire.reliable import BetaReceiver, beta_key
 

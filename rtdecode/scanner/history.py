@@ -16,8 +16,8 @@ import logging
 import time
 from pathlib import Path
 
-from rtdecode.errors import ProtocolError
-from rtdecode.session import read_tsv
+from rtdecode.base.errors import ProtocolError
+from rtdecode.base.session import read_tsv
 from rtdecode.wire.lifecycle import lifecycle_messages
 from rtdecode.wire.protocol import Message
 from rtdecode.wire.schema import check_fields
@@ -39,7 +39,7 @@ def volume_name(index: int) -> str:
 
 
 def read_rows(path: Path) -> list[dict]:
-    """A session table's rows, read as rtdecode.session wrote them (fields unescaped)."""
+    """A session table's rows, read as rtdecode.base.session wrote them (fields unescaped)."""
     return read_tsv(path)
 
 
@@ -128,7 +128,7 @@ def epoch(value: object) -> float | None:
         return float(value)
     except ValueError:
         pass
-    whole, _, fraction = value.partition(".")  # rtdecode.session.local_stamp: milliseconds since round 3
+    whole, _, fraction = value.partition(".")  # rtdecode.base.session.local_stamp: milliseconds since round 3
     try:
         return time.mktime(time.strptime(whole, "%Y-%m-%dT%H:%M:%S")) + (float(f"0.{fraction}") if fraction else 0.0)
     except (ValueError, OverflowError):

@@ -8,9 +8,9 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from rtdecode.config import SessionConfig
+from rtdecode.base.config import SessionConfig
+from rtdecode.base.threads import apply_role
 from rtdecode.scanner import ScannerSide, VolumeEvent
-from rtdecode.threads import apply_role
 
 
 class LiveSummary:

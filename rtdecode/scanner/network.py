@@ -12,9 +12,9 @@ import logging
 import time
 from collections.abc import Callable
 
-from rtdecode.config import SessionConfig
+from rtdecode.base.config import SessionConfig
+from rtdecode.base.session import SessionFolder
 from rtdecode.scanner.history import keep_event
-from rtdecode.session import SessionFolder
 from rtdecode.wire.protocol import Message
 from rtdecode.wire.sockets import Publisher
 

@@ -11,9 +11,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from rtdecode.base.session import RunStore, SessionFolder
+from rtdecode.ingest.sequencer import RunSequencer
 from rtdecode.preprocess.pipeline import RunPreprocessor
-from rtdecode.sequencer import RunSequencer
-from rtdecode.session import RunStore, SessionFolder
 
 log = logging.getLogger(__name__)
 

@@ -21,29 +21,29 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from rtdecode.bids import is_finalized
-from rtdecode.bids.worker import Finalizer
-from rtdecode.config import SessionConfig
-from rtdecode.errors import ConfigError, IngestError, PartialFileError
-from rtdecode.glm.runner import SentBeta, TrialBetas
-from rtdecode.ingest.naming import compile_pattern, parse_name
-from rtdecode.ingest.reader import Volume, read_volume
-from rtdecode.ingest.slices import Slice, assemble, read_slice
-from rtdecode.preprocess.pipeline import Mask
-from rtdecode.scanner.close import keep_config
-from rtdecode.scanner.history import recorded_elsewhere, session_events, volume_name
-from rtdecode.scanner.network import ScannerNetwork
-from rtdecode.scanner.runs import CLOSED_AT_SHUTDOWN, RunBook, RunState
-from rtdecode.scanner.volumes import VolumeEvent, VolumeStage, open_space
-from rtdecode.session import SessionFolder
-from rtdecode.storage import (
+from rtdecode.base.config import SessionConfig
+from rtdecode.base.errors import ConfigError, IngestError, PartialFileError
+from rtdecode.base.session import SessionFolder
+from rtdecode.base.storage import (
     FolderLock,
     SpaceWatch,
     is_storage,
     storage_error,
     unique_path,
 )
-from rtdecode.watcher import FolderWatcher
+from rtdecode.bids import is_finalized
+from rtdecode.bids.worker import Finalizer
+from rtdecode.glm.runner import SentBeta, TrialBetas
+from rtdecode.ingest.naming import compile_pattern, parse_name
+from rtdecode.ingest.reader import Volume, read_volume
+from rtdecode.ingest.slices import Slice, assemble, read_slice
+from rtdecode.ingest.watcher import FolderWatcher
+from rtdecode.preprocess.pipeline import Mask
+from rtdecode.scanner.close import keep_config
+from rtdecode.scanner.history import recorded_elsewhere, session_events, volume_name
+from rtdecode.scanner.network import ScannerNetwork
+from rtdecode.scanner.runs import CLOSED_AT_SHUTDOWN, RunBook, RunState
+from rtdecode.scanner.volumes import VolumeEvent, VolumeStage, open_space
 from rtdecode.wire.lifecycle import note_alive, record_start, record_warning
 from rtdecode.wire.protocol import Message
 from rtdecode.wire.reliable import beta_message
@@ -81,7 +81,7 @@ class ScannerSide:
         if not config.scanner.watch_dir.is_dir():  # before the session folder is made: nothing half set up
             raise ConfigError(f"scanner.watch_dir: folder does not exist: {config.scanner.watch_dir} (create it, or "
                               "point it at the folder the scanner exports to)")
-        # One writer per session folder, taken before anything is written or bound (rtdecode.storage).
+        # One writer per session folder, taken before anything is written or bound (rtdecode.base.storage).
         self._lock = FolderLock(SessionFolder(s.root, s.subject, s.session, s.task).path, "rtdecode run").acquire()
         try:
             self._setup(config, publisher, on_volume, on_beta)

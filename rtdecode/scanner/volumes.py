@@ -21,8 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from rtdecode.config import SessionConfig
-from rtdecode.errors import ConfigError, IngestError, VoxelSpaceError
+from rtdecode.base.config import SessionConfig
+from rtdecode.base.errors import ConfigError, IngestError, VoxelSpaceError
+from rtdecode.base.session import SessionFolder
+from rtdecode.base.storage import FULL
 from rtdecode.glm.runner import TrialBetas
 from rtdecode.ingest.reader import Volume
 from rtdecode.preprocess.alignment import (
@@ -36,8 +38,6 @@ from rtdecode.preprocess.pipeline import Mask, RunPreprocessor
 from rtdecode.preprocess.space import SpaceFiles, VoxelSpace, config_conflict, same_mask
 from rtdecode.scanner.history import store_tsnr
 from rtdecode.scanner.runs import RunState
-from rtdecode.session import SessionFolder
-from rtdecode.storage import FULL
 from rtdecode.wire.protocol import Message, encode_png
 
 log = logging.getLogger(__name__)

@@ -6,7 +6,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from rtdecode.timing import summarize
+from rtdecode.base.timing import summarize
 
 
 def bench_simulate(volumes: int = 192, shape: tuple[int, int, int] = (100, 100, 52), n_voxels: int = 8627,

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rtdecode.events import Events, write_events
+from rtdecode.base.events import Events, write_events
 from rtdecode.simulator.head import moved_volume
 from rtdecode.simulator.hrf import boxcar_responses, slow_cosines, voxel_signal
 from rtdecode.simulator.phantom import brain_volume

@@ -6,7 +6,7 @@ import argparse
 
 import numpy as np
 
-from rtdecode.errors import ConfigError
+from rtdecode.base.errors import ConfigError
 from rtdecode.gallery.builtin import StimulusSet
 from rtdecode.simulator.paradigm import Paradigm
 from rtdecode.simulator.scanner import simulate_run, write_run

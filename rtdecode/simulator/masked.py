@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from rtdecode.events import Events
+from rtdecode.base.events import Events
 from rtdecode.gallery.builtin import image_id
 from rtdecode.simulator.hrf import boxcar_responses
 from rtdecode.simulator.paradigm import Paradigm

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rtdecode.events import Events
+from rtdecode.base.events import Events
 from rtdecode.gallery.builtin import image_id
 
 

@@ -7,7 +7,7 @@ from functools import lru_cache
 import numpy as np
 from scipy import ndimage
 
-from rtdecode.cache import cached_arrays
+from rtdecode.base.cache import cached_arrays
 from rtdecode.simulator.head import grid_centre, pose
 
 

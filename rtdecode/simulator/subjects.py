@@ -23,7 +23,7 @@ import numpy as np
 from scipy.stats import norm
 
 from models.standin import StandInConfig, StandInEmbedder
-from rtdecode.cache import cached_arrays
+from rtdecode.base.cache import cached_arrays
 from rtdecode.gallery.builtin import StimulusSet
 from rtdecode.simulator.hrf import DISPERSION, GLOVER, PEAK_S, RATIO, UNDERSHOOT_S, HrfShape
 from rtdecode.simulator.phantom import mni_template

@@ -124,8 +124,8 @@ def run_projection(stage: str, as_json: bool = False, **kwargs) -> dict:
 
 
 def bench_gpu(**kwargs) -> dict:
-    """Every GPU figure at once, beside the projections (rtdecode/gpu_bench.py)."""
-    from rtdecode.gpu_bench import bench_gpu as bench
+    """Every GPU figure at once, beside the projections (rtdecode/tools/gpu_bench.py)."""
+    from rtdecode.tools.gpu_bench import bench_gpu as bench
 
     return bench(**kwargs)
 

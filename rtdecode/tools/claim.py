@@ -2,7 +2,7 @@
 people, then fine-tuned on one hour of a new person, against one trained from scratch on that hour, and
 against one pretrained on people who share no code with the new person (scrambled codes).
 
-``python -m rtdecode.claim --out WORK`` prints the table docs/calibration.md gives;
+``python -m rtdecode.tools.claim --out WORK`` prints the table docs/calibration.md gives;
 ``tests/test_calibration_claim.py`` (``make claim``) asserts it. Fair by construction:
 - every new person is new: their seeds and names are no pretraining person's (checked by calibrate);
 - their images are new: held-out images from the test pool, the rest from the new-person pool, which
@@ -243,7 +243,7 @@ def table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m rtdecode.claim", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m rtdecode.tools.claim", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="a work folder (datasets and models are kept)")
     for f in fields(ClaimSetup):
         value = getattr(ClaimSetup(), f.name)

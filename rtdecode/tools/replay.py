@@ -32,7 +32,7 @@ def _identity(session: Path) -> dict[str, str]:
     """The session's subject, session and uid (its folder names and session.json); {} if it has none."""
     import json
 
-    from rtdecode.errors import ProtocolError
+    from rtdecode.base.errors import ProtocolError
     from rtdecode.wire.schema import check_identity
 
     try:

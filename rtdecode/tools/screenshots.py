@@ -30,7 +30,7 @@ def make_screenshots(out: Path, work: Path, model: Path | None = None, volumes: 
     import nibabel as nib
     import numpy as np
 
-    from rtdecode.config import config_from_dict
+    from rtdecode.base.config import config_from_dict
     from rtdecode.decoder.core import Decoder
     from rtdecode.decoder.service import DecoderService
     from rtdecode.scanner import ScannerSide
@@ -74,7 +74,7 @@ def make_screenshots(out: Path, work: Path, model: Path | None = None, volumes: 
     service.stop()
     thread.join(timeout=10)
     from gui.screenshots import capture  # the only Qt in this command
-    from rtdecode.replay import replayed
+    from rtdecode.tools.replay import replayed
 
     note = UNTRAINED_NOTE if model.name == "untrained-model" else ""
     return capture(out, replayed(side.folder.path, work / "decoded"), work / "stimuli", note)

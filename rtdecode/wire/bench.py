@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rtdecode.timing import summarize
+from rtdecode.base.timing import summarize
 
 BENCH_SESSION = {"subject": "bench", "session": "01", "session_uid": "0" * 32}
 

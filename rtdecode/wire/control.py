@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import zmq
 
-from rtdecode.errors import ProtocolError
+from rtdecode.base.errors import ProtocolError
 from rtdecode.wire.protocol import MAX_FRAME_BYTES, Message, decode, encode, new_boot_id
 from rtdecode.wire.sockets import bind, make_socket
 

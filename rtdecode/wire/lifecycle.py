@@ -14,8 +14,8 @@ import logging
 import time
 from pathlib import Path
 
-from rtdecode.errors import ProtocolError
-from rtdecode.session import append_tsv, read_tsv
+from rtdecode.base.errors import ProtocolError
+from rtdecode.base.session import append_tsv, read_tsv
 from rtdecode.wire.protocol import Message
 from rtdecode.wire.schema import check_fields
 

@@ -2,7 +2,7 @@
 
 Every process speaks this module and nothing else: arrays travel as a dtype/shape description in the
 header plus their raw bytes in a frame, images as PNG bytes. Nothing is ever pickled. A message that
-fails validation raises :class:`~rtdecode.errors.ProtocolError` naming the field at fault, so a receiver
+fails validation raises :class:`~rtdecode.base.errors.ProtocolError` naming the field at fault, so a receiver
 can log one line and carry on.
 
 This module imports neither ZeroMQ nor Qt: the GUI and the tests use it on plain byte lists.
@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from rtdecode.errors import ProtocolError
+from rtdecode.base.errors import ProtocolError
 from rtdecode.wire.schema import (
     BOOT,
     REQUIRED_ARRAYS,

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from rtdecode.errors import ProtocolError
+from rtdecode.base.errors import ProtocolError
 
 LABEL = re.compile(r"\A[A-Za-z0-9]{1,32}\Z")  # BIDS subject / session labels
 UID = re.compile(r"\A[0-9a-f]{32}\Z")  # a session's uid (uuid4 hex)

@@ -21,7 +21,7 @@ import zmq.auth
 import zmq.utils.z85
 from zmq.auth.thread import ThreadAuthenticator
 
-from rtdecode.errors import ConfigError
+from rtdecode.base.errors import ConfigError
 from rtdecode.wire.sockets import is_local
 
 log = logging.getLogger(__name__)

@@ -6,8 +6,8 @@ import pydicom
 import pytest
 
 from rtdecode.base.errors import IngestError, PartialFileError
+from rtdecode.base.naming import compile_pattern, parse_name
 from rtdecode.ingest import read_volume
-from rtdecode.ingest.naming import compile_pattern, parse_name
 from rtdecode.preprocess.rigid import rotation_matrix
 from rtdecode.simulator.dicom_writer import PSEUDONYM, write_enhanced, write_mosaic
 from rtdecode.simulator.scanner import format_name

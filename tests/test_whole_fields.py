@@ -325,7 +325,7 @@ def test_our_own_text_with_an_undecodable_file_name_is_sent_visibly_escaped():
 
 def test_a_session_label_or_a_file_name_with_a_final_newline_is_not_taken(tmp_path, capsys):
     """`$` let 'sub-01\\n' become a folder name; a file name matched before its final newline."""
-    from rtdecode.ingest.naming import compile_pattern, parse_name
+    from rtdecode.base.naming import compile_pattern, parse_name
 
     assert cli_main(["config", "check", str(_template(tmp_path, {"session.subject": "01\n"}))]) == 2
     assert "session.subject must be letters and digits only" in capsys.readouterr().err

@@ -303,7 +303,7 @@ def _validate(cfg: SessionConfig, source: str) -> None:
         except (KeyError, IndexError, ValueError) as exc:
             raise ConfigError(f"{source}: glm.events: only {{run}} and {{series}} placeholders are allowed, "
                               f"got {str(cfg.glm.events)!r} ({exc})") from None
-    from rtdecode.ingest.naming import compile_pattern
+    from rtdecode.base.naming import compile_pattern
 
     if cfg.scanner.slices_per_volume < 0:
         raise ConfigError(f"{source}: scanner.slices_per_volume must be 0 (one file per volume) or the number of "

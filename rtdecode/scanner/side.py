@@ -23,6 +23,7 @@ import numpy as np
 
 from rtdecode.base.config import SessionConfig
 from rtdecode.base.errors import ConfigError, IngestError, PartialFileError
+from rtdecode.base.naming import compile_pattern, parse_name
 from rtdecode.base.session import SessionFolder
 from rtdecode.base.storage import (
     FolderLock,
@@ -34,7 +35,6 @@ from rtdecode.base.storage import (
 from rtdecode.bids import is_finalized
 from rtdecode.bids.worker import Finalizer
 from rtdecode.glm.runner import SentBeta, TrialBetas
-from rtdecode.ingest.naming import compile_pattern, parse_name
 from rtdecode.ingest.reader import Volume, read_volume
 from rtdecode.ingest.slices import Slice, assemble, read_slice
 from rtdecode.ingest.watcher import FolderWatcher

@@ -19,13 +19,16 @@ from PyQt6 import QtCore, QtGui, QtWidgets
 from gui.display import SILENT_S, DisplayWindow
 from gui.panels import (
     AlignmentPanel,
+    Confirm,
     ElidedLabel,
     EventLog,
     ImageTile,
     RunsTable,
     TrialTable,
+    ask,
     reconstruction_caption,
     refinement_caption,
+    scrolling,
     to_pixmap,
 )
 from gui.plots import QAPlots
@@ -39,27 +42,8 @@ SHORTCUTS = (("Ctrl+B", "mark the selected trial(s) bad"), ("Ctrl+U", "remove th
              ("Ctrl+T", "show the trial table"), ("Ctrl+G", "show the alignment"), ("F1", "this help"))
 NO_CONTROL = "no scanner side to command: start the console with --control tcp://SCANNER-PC:5558"
 
-Confirm = Callable[[str, str], bool]
-
-
-def ask(parent: QtWidgets.QWidget) -> Confirm:
-    def confirm(title: str, text: str) -> bool:
-        answer = QtWidgets.QMessageBox.question(parent, title, text)
-        return answer == QtWidgets.QMessageBox.StandardButton.Yes
-    return confirm
-
-
 TABS_MIN_H = 300  # the tabs' first height where the window allows: about five rows of the trials table
 STRIP_MIN_H = 60  # the recent-reconstructions strip gives up height to the tabs down to this (it scrolls)
-
-
-def scrolling(widget: QtWidgets.QWidget) -> QtWidgets.QScrollArea:
-    """``widget`` in a frameless scroll area that fits it to the width and scrolls what does not fit."""
-    area = QtWidgets.QScrollArea()
-    area.setWidget(widget)
-    area.setWidgetResizable(True)
-    area.setFrameShape(QtWidgets.QFrame.Shape.NoFrame)
-    return area
 
 
 class ConsoleWindow(QtWidgets.QMainWindow):
@@ -81,20 +65,43 @@ class ConsoleWindow(QtWidgets.QMainWindow):
         central = QtWidgets.QWidget()
         self.setCentralWidget(central)
         outer = QtWidgets.QVBoxLayout(central)
+        self._build_banners(outer)
+        outer.addLayout(self._build_controls())
+        self.plots = QAPlots()
+        # Backwards-compatible names for the plot items (tests and the screenshot tool use them).
+        self.fd_curve, self.fd_alarm, self.fd_line = self.plots.fd_curve, self.plots.fd_alarm, self.plots.fd_line
+        self.motion_curves = self.plots.motion_curves
+        trial_box, strip_box = self._build_trial()
+        self._build_tabs()
+        self._build_splitters(trial_box, strip_box)
+        outer.addWidget(self.splitter, 1)
+        self.help = QtWidgets.QLabel(self.help_text(), self)
+        self.help.setStyleSheet("background: rgba(20, 20, 20, 230); color: white; padding: 16px; font-size: 14px;")
+        self.help.setVisible(False)
+        self._shortcuts()
+        screen = self.screen().availableGeometry() if self.screen() is not None else None
+        self.resize(min(1400, screen.width()) if screen else 1400, min(950, screen.height()) if screen else 950)
+        self._restore()
 
+    # -- building the window (in the order the widgets are made) ---------------------------------
+    def _build_banners(self, outer: QtWidgets.QVBoxLayout) -> None:
+        """The REPLAY banner and the alignment warning, both hidden until needed."""
         self.banner = QtWidgets.QLabel("REPLAY of a finished session: nothing here is live")
         # One thin line: at 768 px every row of height goes to the trials table.
         self.banner.setStyleSheet("background: #6a4a00; color: white; font-weight: bold; padding: 0px 4px;")
-        self.banner.setVisible(state.replay)
+        self.banner.setVisible(self.state.replay)
         outer.addWidget(self.banner)
         self.alignment_warning = QtWidgets.QLabel("")
         self.alignment_warning.setWordWrap(True)  # a long warning wraps rather than widening the window
         self.alignment_warning.setStyleSheet("background: #701818; color: white; font-weight: bold; padding: 4px;")
         self.alignment_warning.setVisible(False)
         outer.addWidget(self.alignment_warning)
+
+    def _build_controls(self) -> QtWidgets.QHBoxLayout:
+        """The status row: status line, connection lights, run buttons, help, the last reply."""
         top = QtWidgets.QHBoxLayout()
         # The status row shortens with the window (each label elides; the full text in its tooltip).
-        self.status = ElidedLabel(state.status)
+        self.status = ElidedLabel(self.state.status)
         self.status.setObjectName("status")
         top.addWidget(self.status, 1)
         self.lights = {name: ElidedLabel(name) for name in ("scanner", "decoder")}
@@ -107,19 +114,16 @@ class ConsoleWindow(QtWidgets.QMainWindow):
         self.stop_button.clicked.connect(self.stop_run)
         self.help_button.clicked.connect(self.toggle_help)
         for button in (self.start_button, self.stop_button):
-            button.setEnabled(control is not None)
-            button.setToolTip("" if control is not None else NO_CONTROL)
+            button.setEnabled(self.control is not None)
+            button.setToolTip("" if self.control is not None else NO_CONTROL)
             top.addWidget(button)
         top.addWidget(self.help_button)
         self.reply = ElidedLabel("")
         top.addWidget(self.reply)
-        outer.addLayout(top)
+        return top
 
-        self.plots = QAPlots()
-        # Backwards-compatible names for the plot items (tests and the screenshot tool use them).
-        self.fd_curve, self.fd_alarm, self.fd_line = self.plots.fd_curve, self.plots.fd_alarm, self.plots.fd_line
-        self.motion_curves = self.plots.motion_curves
-
+    def _build_trial(self) -> tuple[QtWidgets.QGroupBox, QtWidgets.QGroupBox]:
+        """The current trial (stimulus, reconstruction, top-5 retrieved) and the recent reconstructions."""
         trial_box = QtWidgets.QGroupBox("current trial")
         trial_layout = QtWidgets.QGridLayout(trial_box)
         self.stimulus = ImageTile("stimulus", 180)
@@ -137,8 +141,11 @@ class ConsoleWindow(QtWidgets.QMainWindow):
         self.history = [ImageTile("", 64) for _ in range(8)]
         for tile in self.history:
             strip.addWidget(tile)
+        return trial_box, strip_box
 
-        self.trials = TrialTable(state)
+    def _build_tabs(self) -> None:
+        """The tabs: trials (with the mark buttons), runs, event log, alignment."""
+        self.trials = TrialTable(self.state)
         self.table = self.trials.table
         self.mark = QtWidgets.QPushButton("mark selected bad (Ctrl+B)")
         self.unmark = QtWidgets.QPushButton("remove mark (Ctrl+U)")
@@ -155,15 +162,17 @@ class ConsoleWindow(QtWidgets.QMainWindow):
         buttons.addWidget(self.mark)
         buttons.addWidget(self.unmark)
         trial_tab_layout.addLayout(buttons)
-        self.runs = RunsTable(state)
-        self.log = EventLog(state)
-        self.alignment = AlignmentPanel(state)
+        self.runs = RunsTable(self.state)
+        self.log = EventLog(self.state)
+        self.alignment = AlignmentPanel(self.state)
         self.tabs = QtWidgets.QTabWidget()
         self.tabs.addTab(trial_tab, "trials")
         self.tabs.addTab(self.runs, "runs")
         self.tabs.addTab(self.log, "event log")
         self.tabs.addTab(scrolling(self.alignment), "alignment")  # two mosaics: taller than a laptop screen
 
+    def _build_splitters(self, trial_box: QtWidgets.QGroupBox, strip_box: QtWidgets.QGroupBox) -> None:
+        """Plots on the left; the trial, the strip and the tabs on the right, each resizable."""
         right = QtWidgets.QSplitter(QtCore.Qt.Orientation.Vertical)
         # Scrollable, so the splitter can shrink any of them on a small screen and each stays reachable.
         right.addWidget(scrolling(trial_box))
@@ -175,15 +184,6 @@ class ConsoleWindow(QtWidgets.QMainWindow):
         self.splitter.addWidget(right)
         self.splitter.setStretchFactor(0, 1)
         self.right_splitter = right
-        outer.addWidget(self.splitter, 1)
-
-        self.help = QtWidgets.QLabel(self.help_text(), self)
-        self.help.setStyleSheet("background: rgba(20, 20, 20, 230); color: white; padding: 16px; font-size: 14px;")
-        self.help.setVisible(False)
-        self._shortcuts()
-        screen = self.screen().availableGeometry() if self.screen() is not None else None
-        self.resize(min(1400, screen.width()) if screen else 1400, min(950, screen.height()) if screen else 950)
-        self._restore()
 
     # -- controls ------------------------------------------------------------------------------------
     def _shortcuts(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Callable
 
 import numpy as np
 from PyQt6 import QtCore, QtGui, QtWidgets
@@ -13,11 +14,31 @@ from gui.alignment import AlignmentPanel, registration_text
 from gui.quality import summary
 from gui.state import LIVE, ConsoleState, LogEntry, TrialView
 
-__all__ = ["AlignmentPanel", "ElidedLabel", "EventLog", "ImageTile", "RunsTable", "TrialTable",
-           "reconstruction_caption", "refinement_caption", "registration_text", "to_pixmap"]
+__all__ = ["AlignmentPanel", "Confirm", "ElidedLabel", "EventLog", "ImageTile", "RunsTable", "TrialTable", "ask",
+           "reconstruction_caption", "refinement_caption", "registration_text", "scrolling", "to_pixmap"]
 
 SEVERITY_COLOURS = {"info": "#c8c8c8", "warning": "#e0a020", "error": "#ff5050"}
 HIT, MISS = QtGui.QColor("#1e5a28"), QtGui.QColor("#5a1e1e")
+
+
+Confirm = Callable[[str, str], bool]  # (title, text) -> the operator said yes
+
+
+def ask(parent: QtWidgets.QWidget) -> Confirm:
+    """A yes/no question box over ``parent``, as a :data:`Confirm`."""
+    def confirm(title: str, text: str) -> bool:
+        answer = QtWidgets.QMessageBox.question(parent, title, text)
+        return answer == QtWidgets.QMessageBox.StandardButton.Yes
+    return confirm
+
+
+def scrolling(widget: QtWidgets.QWidget) -> QtWidgets.QScrollArea:
+    """``widget`` in a frameless scroll area that fits it to the width and scrolls what does not fit."""
+    area = QtWidgets.QScrollArea()
+    area.setWidget(widget)
+    area.setWidgetResizable(True)
+    area.setFrameShape(QtWidgets.QFrame.Shape.NoFrame)
+    return area
 
 
 def to_pixmap(image: np.ndarray | None, side: int, dpr: float = 1.0) -> QtGui.QPixmap:

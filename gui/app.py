@@ -118,6 +118,48 @@ def _live_screenshot(app, window, feed, path: Path) -> int:
 def main(argv: list[str] | None = None, display: bool = False, replay: Replay | None = None) -> int:
     """``rtdecode console`` / ``rtdecode display``. ``replay`` rebuilds a finished session's messages
     for ``--replay`` / ``--decoded`` (the CLI passes :func:`rtdecode.tools.replay.replayed`)."""
+    args = build_parser(display).parse_args(argv)
+    try:
+        events_curve, results_curve = curve_options(args)
+        if (args.replay or args.decoded) and replay is None:
+            raise ValueError("--replay / --decoded are read by the rtdecode command (rtdecode console --replay ...)")
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"rtdecode {'display' if display else 'console'}: error: {exc}", file=sys.stderr)
+        return 2
+    missing = missing_qt_libraries()
+    if missing:
+        print(f"rtdecode {'display' if display else 'console'}: error: Qt's X11 platform needs system libraries "
+              f"that are not installed: sudo apt install {' '.join(missing)} (or run with QT_QPA_PLATFORM=wayland)",
+              file=sys.stderr)
+        return 2
+    install_excepthook()
+    install_message_filter()
+
+    from gui.console import dispose
+    from gui.feed import LiveFeed
+
+    app, state, window = _open_window(args, display, replay, events_curve)
+    window.showFullScreen() if display and not args.screenshot else window.show()
+    live = bool(args.events or args.results)
+    if args.screenshot and not live:
+        app.processEvents()
+        window.grab().save(str(args.screenshot))
+        print(f"screenshot: {args.screenshot}")
+        dispose(window)
+        return 0
+    feed = LiveFeed(state, [window], args.events, args.results, events_curve=events_curve,
+                    results_curve=results_curve)
+    if args.screenshot:  # a live console: what the senders replay is taken (bounded wait) before the picture
+        return _live_screenshot(app, window, feed, args.screenshot)
+    try:
+        return app.exec()
+    finally:
+        feed.close()
+        dispose(window)
+
+
+def build_parser(display: bool = False) -> argparse.ArgumentParser:
+    """The options of ``rtdecode console`` (and of ``rtdecode display``, which shares them)."""
     parser = argparse.ArgumentParser(prog="rtdecode display" if display else "rtdecode console")
     parser.add_argument("--events", default=None, help="scanner side events address, e.g. tcp://127.0.0.1:5555")
     parser.add_argument("--results", default=None, help="decoder results address, e.g. tcp://127.0.0.1:5557")
@@ -139,38 +181,33 @@ def main(argv: list[str] | None = None, display: bool = False, replay: Replay | 
                         help="the scanner side's public key (events and control with CURVE)")
     parser.add_argument("--curve-decoder-key", type=Path, default=None,
                         help="the decoder's public key (results with CURVE)")
-    args = parser.parse_args(argv)
-    try:
-        events_curve, results_curve = curve_options(args)
-        if (args.replay or args.decoded) and replay is None:
-            raise ValueError("--replay / --decoded are read by the rtdecode command (rtdecode console --replay ...)")
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"rtdecode {'display' if display else 'console'}: error: {exc}", file=sys.stderr)
-        return 2
-    missing = missing_qt_libraries()
-    if missing:
-        print(f"rtdecode {'display' if display else 'console'}: error: Qt's X11 platform needs system libraries "
-              f"that are not installed: sudo apt install {' '.join(missing)} (or run with QT_QPA_PLATFORM=wayland)",
-              file=sys.stderr)
-        return 2
-    install_excepthook()
-    install_message_filter()
+    return parser
 
+
+def _control(address: str | None, curve: dict | None) -> Callable[..., str] | None:
+    """The run buttons' and marks' link to the scanner side's control socket (None: not asked for)."""
+    if not address:
+        return None
+    from rtdecode.wire.control import send_command
+
+    def control(action: str, fields: dict | None = None) -> str:
+        reply = send_command(address, action, curve=curve, fields=fields)
+        return "no answer from the scanner side" if reply is None else str(reply.fields["detail"])
+
+    return control
+
+
+def _open_window(args: argparse.Namespace, display: bool, replay: Replay | None, events_curve: dict | None):
+    """The Qt application, the state and its window, drawn once (with the finished session of
+    ``--replay`` / ``--decoded`` when given); returns (app, state, window), not yet shown."""
     from PyQt6 import QtWidgets
 
-    from gui.console import ConsoleWindow, DisplayWindow, dispose
-    from gui.feed import LiveFeed
+    from gui.console import ConsoleWindow, DisplayWindow
     from gui.state import ConsoleState
 
     app = QtWidgets.QApplication.instance() or QtWidgets.QApplication(sys.argv[:1])
     state = ConsoleState(fd_threshold_mm=args.fd_threshold)
-    control = None
-    if args.control:
-        from rtdecode.wire.control import send_command
-
-        def control(action: str, fields: dict | None = None) -> str:
-            reply = send_command(args.control, action, curve=events_curve, fields=fields)
-            return "no answer from the scanner side" if reply is None else str(reply.fields["detail"])
+    control = _control(args.control, events_curve)
 
     from PyQt6 import QtCore
 
@@ -189,20 +226,4 @@ def main(argv: list[str] | None = None, display: bool = False, replay: Replay | 
     if not display:
         window.tabs.setCurrentIndex(("trials", "runs", "log", "alignment").index(args.tab))
     window.refresh()
-    window.showFullScreen() if display and not args.screenshot else window.show()
-    live = bool(args.events or args.results)
-    if args.screenshot and not live:
-        app.processEvents()
-        window.grab().save(str(args.screenshot))
-        print(f"screenshot: {args.screenshot}")
-        dispose(window)
-        return 0
-    feed = LiveFeed(state, [window], args.events, args.results, events_curve=events_curve,
-                    results_curve=results_curve)
-    if args.screenshot:  # a live console: what the senders replay is taken (bounded wait) before the picture
-        return _live_screenshot(app, window, feed, args.screenshot)
-    try:
-        return app.exec()
-    finally:
-        feed.close()
-        dispose(window)
+    return app, state, window

@@ -80,14 +80,52 @@ def bench_preprocess(volumes: list[np.ndarray], affine: np.ndarray, write: Write
     }
 
 
+def _endurance_config(tmp: Path, watch: Path, roi: np.ndarray, affine: np.ndarray, run_volumes: int,
+                      decoder: str):
+    """The endurance session's configuration, its ROI mask and events table written into ``tmp``."""
+    import nibabel as nib
+
+    from rtdecode.base.config import config_from_dict
+
+    nib.save(nib.Nifti1Image(roi.astype(np.uint8), affine), tmp / "roi.nii")
+    onsets = np.arange(0, (run_volumes - 10) * 1.5, 4.5)  # a trial every 4.5 s until 15 s before the end
+    rows = "\n".join(f"{o:.1f}\t3.0\timg-{i:04d}" for i, o in enumerate(onsets))
+    (tmp / "events.tsv").write_text("onset\tduration\timage\n" + rows + "\n")
+    return config_from_dict({
+        "session": {"root": str(tmp / "sessions"), "subject": "bench"},
+        "scanner": {"watch_dir": str(watch), "volumes_per_run": run_volumes, "quarantine_dir": str(tmp / "q"),
+                    "pattern": "bench_{run:03d}_{volume:05d}.dcm"},
+        "preprocess": {"mask": str(tmp / "roi.nii")},
+        "glm": {"events": str(tmp / "events.tsv"), "noise_model": "ar1"},
+        "network": {"events_port": 0, "control_port": -1, "decoder": decoder, "resend_s": 5.0},
+    })
+
+
+def _one_volume(side, write: WriteVolume, tmp: Path, watch: Path, data: np.ndarray, affine: np.ndarray, run: int,
+                t: int, run_volumes: int) -> float:
+    """Volume ``t`` of run ``run`` (from 0) written into the watch folder and stepped through; its ms."""
+    name = f"bench_{run + 1:03d}_{t:05d}.dcm"
+    staged = tmp / f"{name}.part"
+    write(staged, data, affine, run + 1, t + 1)
+    staged.replace(watch / name)
+    t0 = time.perf_counter()
+    target = run * run_volumes + t + 1
+    deadline = time.monotonic() + 60
+    while side.processed < target:
+        side.step(timeout=0.01)
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"volume {t} of run {run + 1} was not processed within 60 s")
+    latency = (time.perf_counter() - t0) * 1e3
+    (watch / name).unlink()  # the scanner's folder is not the archive: keep the disk flat
+    return latency
+
+
 def bench_endurance(pool: list[np.ndarray], affine: np.ndarray, write: WriteVolume, volumes: int = 4800,
                     n_voxels: int = 8627, run_volumes: int = 192, seed: int = 0, budget_mb: float = 50.0) -> dict:
     """``volumes`` volumes in runs of ``run_volumes`` (4,800 = 25 runs = 2 h at TR 1.5 s), each one of
     ``pool`` with fresh noise."""
-    import nibabel as nib
     import psutil
 
-    from rtdecode.base.config import config_from_dict
     from rtdecode.scanner import ScannerSide
     from rtdecode.wire.reliable import BetaReceiver, beta_key
 
@@ -113,36 +151,13 @@ def bench_endurance(pool: list[np.ndarray], affine: np.ndarray, write: WriteVolu
         tmp = Path(tmp)
         watch = tmp / "watch"
         watch.mkdir()
-        nib.save(nib.Nifti1Image(roi_mask(pool[0], n_voxels).astype(np.uint8), affine), tmp / "roi.nii")
-        onsets = np.arange(0, (run_volumes - 10) * 1.5, 4.5)  # a trial every 4.5 s until 15 s before the end
-        rows = "\n".join(f"{o:.1f}\t3.0\timg-{i:04d}" for i, o in enumerate(onsets))
-        (tmp / "events.tsv").write_text("onset\tduration\timage\n" + rows + "\n")
-        cfg = config_from_dict({
-            "session": {"root": str(tmp / "sessions"), "subject": "bench"},
-            "scanner": {"watch_dir": str(watch), "volumes_per_run": run_volumes, "quarantine_dir": str(tmp / "q"),
-                        "pattern": "bench_{run:03d}_{volume:05d}.dcm"},
-            "preprocess": {"mask": str(tmp / "roi.nii")},
-            "glm": {"events": str(tmp / "events.tsv"), "noise_model": "ar1"},
-            "network": {"events_port": 0, "control_port": -1, "decoder": receiver.address, "resend_s": 5.0},
-        })
+        cfg = _endurance_config(tmp, watch, roi_mask(pool[0], n_voxels), affine, run_volumes, receiver.address)
         side = ScannerSide(cfg).start()
         try:
             for run in range(n_runs):
                 for t in range(run_volumes):
                     data = pool[t % len(pool)] + rng.normal(0, 5, shape).astype(np.float32)
-                    name = f"bench_{run + 1:03d}_{t:05d}.dcm"
-                    staged = tmp / f"{name}.part"
-                    write(staged, data, affine, run + 1, t + 1)
-                    staged.replace(watch / name)
-                    t0 = time.perf_counter()
-                    target = run * run_volumes + t + 1
-                    deadline = time.monotonic() + 60
-                    while side.processed < target:
-                        side.step(timeout=0.01)
-                        if time.monotonic() > deadline:
-                            raise RuntimeError(f"volume {t} of run {run + 1} was not processed within 60 s")
-                    latency.append((time.perf_counter() - t0) * 1e3)
-                    (watch / name).unlink()  # the scanner's folder is not the archive: keep the disk flat
+                    latency.append(_one_volume(side, write, tmp, watch, data, affine, run, t, run_volumes))
                 for _ in range(20):  # the end-of-run betas go out with the last volume; let them be acked
                     side.step(timeout=0.01)
                 rss_end_of_run.append(proc.memory_info().rss / MB)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import glob
+import os
 from pathlib import Path
 
 import numpy as np
@@ -106,3 +107,107 @@ def report_grid(decoded: Path, scores: dict, out: Path, rows: int = 10) -> Path:
 
 def pct(x: float) -> str:
     return f"{100 * x:.0f}%" if np.isfinite(x) else "n/a"
+
+
+def caption_rows(table: Path | None, run: int) -> list[dict]:
+    """The real-time run's captions and their scores, from the evaluation's captions.csv."""
+    if table is None or not Path(table).is_file():
+        return []
+    with open(table, newline="", encoding="utf-8") as fh:
+        return [r for r in csv.DictReader(fh) if r["run"] == str(run)]
+
+
+def _caption_lines(rows: list[dict]) -> list[str]:
+    """The report's caption table (and a few examples), or why there is none."""
+    if not rows:
+        return ["", "No captions were scored (the decoder ran without a captioner)."]
+    from rtdecode.evaluate.captions import chance
+
+    lines = ["", "| captions, real-time run (stand-in captioner; painter's captions as reference) | trials | METEOR | "
+                 "ROUGE-1 | ROUGE-L | chance METEOR | chance ROUGE-L |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for version in sorted({r["version"] for r in rows}):
+        mine = [r for r in rows if r["version"] == version]
+        means = [sum(float(r[m]) for r in mine) / len(mine) for m in ("METEOR", "ROUGE-1", "ROUGE-L")]
+        means += list(chance([dict(r) for r in mine]).values())  # copies: chance() sets its figures in the rows
+        lines.append(f"| {version} | {len(mine)} | " + " | ".join(f"{v:.3f}" for v in means) + " |")
+    lines += ["", "Chance: each caption against another trial's reference (the painter's captions share a template)."]
+    lines += ["", "MindEye2 (subject 1, 40 h, GIT on COCO): METEOR 0.248. Not comparable: these are painted scenes, "
+                  "a stand-in token space and a captioner of a few thousand numbers; refinement is off (no SDXL on "
+                  "the CPU).", "", "| trial | shown | caption from the brain | the painter's caption |",
+              "| --- | --- | --- | --- |"]
+    for r in [r for r in rows if r["version"] == "realtime"][:6]:
+        lines.append(f"| {r['trial']} | {r['image']} | {r['caption']} | {r['reference']} |")
+    return lines
+
+
+def report_lines(summary: dict) -> list[str]:
+    """The demo's figures as Markdown tables and notes (printed, and the body of report.md)."""
+    r, ev, tr = summary["retrieval"], summary["held_out_calibration"], summary["tr_s"]
+    lines = ["| retrieval, real-time run (new images) | top-1 | chance |", "| --- | --- | --- |"]
+    if "fifty_way" in r:
+        lines.append(f"| 50-way, brain -> image (30 draws) | {pct(r['fifty_way'])} | 2% |")
+    lines += [f"| 2-way (every pair) | {pct(r['two_way'])} | 50% |",
+              f"| {r['gallery_size']}-way (the run's whole gallery) | {pct(r['gallery_top1'])} | "
+              f"{pct(1 / r['gallery_size'])} |",
+              f"| calibration held-out, {ev['n_way']}-way (repeats averaged), pretrained then fine-tuned, 1 seed | "
+              f"{pct(ev['top1_brain_to_image'])} | {pct(ev['chance'])} |"]
+    if summary.get("scratch"):
+        sc = summary["scratch"]
+        lines.append(f"| same held-out images, model trained from scratch on the hour, 1 seed | "
+                     f"{pct(sc['top1_brain_to_image'])} | {pct(sc['chance'])} |")
+    lines += ["", "Held-out and real-time images come from the built-in test pool, which no training set "
+                  "draws from (pretraining included)."]
+    if summary.get("evaluation"):
+        lines += ["", "| rtdecode evaluate, real-time run (single-trial) | trials | PixCorr | SSIM | 50-way, for each "
+                      "brain sample which image / for each image which brain sample | all-way, the same two |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for row in summary["evaluation"]:
+            def both(a: str, b: str, row=row) -> str:
+                return f"{pct(row.get(a, float('nan')))} / {pct(row.get(b, float('nan')))}"
+            lines.append(f"| {row['version']} | {row['trials']} | {_num(row['PixCorr'])} | {_num(row['SSIM'])} | "
+                         f"{both('image_for_brain_top1_50', 'brain_for_image_top1_50')} | "
+                         f"{both('image_for_brain_top1_all', 'brain_for_image_top1_all')} "
+                         f"(of {row.get('retrieval_images', 0)}) |")
+        lines += ["", "AlexNet, InceptionV3, CLIP, EffNet-B and SwAV are not available in the demo (no feature-network "
+                      "weights; docs/evaluation.md), and the stand-in's reconstructions are coarse by design."]
+    lines += _caption_lines(summary.get("captions") or [])
+    lines += ["", f"| stage (real-time run) | median ms | p99 ms | n | TR = {tr * 1e3:.0f} ms |",
+              "| --- | --- | --- | --- | --- |"]
+    for row in summary["latency_ms"]:
+        ok = "within" if row["p99"] <= tr * 1e3 else "over"
+        lines.append(f"| {row['stage']} | {row['median']:.0f} | {row['p99']:.0f} | {row['n']} | {ok} |")
+    threads = summary["settings"].get("threads")
+    if threads:
+        lines += ["", f"Threads (torch, OpenMP, BLAS) in the real-time run: scanner side {threads['scanner']}, decoder "
+                      f"{threads['decoder']} (0: every core; docs/real-scanner.md, one machine)."]
+    dropped = summary.get("realtime_dropped") or []
+    if dropped:
+        named = ", ".join(f"{i + 1} (index {i})" for i in dropped)  # from 1, as the console; the index as in BIDS
+        lines += ["", f"Volume(s) {named} of the real-time run were withheld on purpose "
+                  "(an export that loses a file): the scanner side declared them missing, the GLM kept the time axis, "
+                  "and the console marks the gap."]
+    t = summary["timings_s"]
+    lines += ["", f"Pretraining {t['pretraining_s']:.0f} s (0 when cached), calibration scan {t['calibration_scan_s']:.0f} s, "
+              f"calibration {t['calibration_s']:.0f} s, real-time run {t['realtime_s']:.0f} s; "
+              f"total {t['total_s'] / 60:.1f} min."]
+    return lines
+
+
+def _num(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def write_report(path: Path, summary: dict) -> Path:
+    """report.md: the figures, the grid, the screenshots and where everything went."""
+    p = summary["paths"]
+    rel = {k: os.path.relpath(v, path.parent) for k, v in p.items() if isinstance(v, str)}
+    lines = ["# rtdecode demo: one simulated visit", "",
+             "Simulated data and a CPU-sized model in a stand-in token space (not CLIP); reconstructions are the "
+             "stand-in's coarse inversion of the predicted tokens, not SDXL unCLIP images.", "", *report_lines(summary), "",
+             "## Real-time run: shown, reconstructed, top-5 retrieved", "", f"![grid]({rel['grid']})", ""]
+    for shot in p["screenshots"]:
+        lines += [f"![{Path(shot).stem}]({os.path.relpath(shot, path.parent)})", ""]
+    lines += ["## Where everything went", "",
+              *[f"- {k.replace('_', ' ')}: `{v}`" for k, v in p.items() if isinstance(v, str)]]
+    path.write_text("\n".join(lines) + "\n")
+    return path

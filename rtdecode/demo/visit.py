@@ -17,7 +17,9 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -62,30 +64,42 @@ def _has_display() -> bool:
     return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")) or sys.platform in ("darwin", "win32")
 
 
+@dataclass
+class _Demo:
+    """The visit as it goes: the settings and folders, the simulated people, then what each step made."""
+
+    s: DemoSettings
+    out: Path
+    cache: Path
+    watch: Path  # the scanner's export folder
+    truth: Path  # ground truth: events, motion, true betas
+    spec: Any  # the simulated subject
+    latent: Any
+    paradigm: Any
+    calib: Any  # the calibration hour's visit
+    live: Any  # the real-time run's visit
+    timings: dict[str, float] = field(default_factory=dict)
+    shared: Path | None = None  # 1. the shared model
+    base: dict = field(default_factory=dict)  # 2. the scanner side's settings
+    session: Path | None = None
+    model_dir: Path | None = None  # 3. the calibrated model
+    data: Any = None
+    glm_lines: dict = field(default_factory=dict)
+    summary_cal: dict = field(default_factory=dict)
+    cal_report: Path | None = None
+    gallery: Path | None = None  # 4. the real-time run
+    decoded: Path | None = None
+    listener: Any = None
+    viewer: subprocess.Popen | None = None
+    scanner_threads: Any = None
+    run_number: int = 0
+
+
 def run_demo(out: Path, settings: DemoSettings | None = None, cache: Path | None = None,
              console: bool | None = None) -> dict:
     """Run the visit into ``out``; returns the summary (also written to ``out/summary.json``)."""
-    from calibration.build import calibrate, load_session
-    from calibration.progress import Progress
-    from calibration.report import write_report
-    from calibration.splits import read_training_images, require_disjoint
-    from calibration.trainer import TrainConfig
-    from calibration.tuning import Grid
     from rtdecode.base.cache import cache_dir
-    from rtdecode.base.config import config_from_dict, config_to_toml
-    from rtdecode.base.threads import apply_role, thread_env
-    from rtdecode.demo.decoder_process import ResultListener, start_decoder, stop_decoder
-    from rtdecode.demo.pretrained import shared_model
-    from rtdecode.demo.stream import stream_runs
-    from rtdecode.demo.summary import latencies, pct, realtime_retrieval, report_grid
-    from rtdecode.evaluate import evaluate_session
-    from rtdecode.gallery.builtin import image_id
-    from rtdecode.gallery.splits import test_pool, training_pool
-    from rtdecode.scanner import ScannerSide
-    from rtdecode.simulator.paradigm import Paradigm
-    from rtdecode.simulator.subjects import LatentSpace, SubjectSpec
-    from rtdecode.simulator.visit import Visit
-    from rtdecode.wire.sockets import Publisher
+    from rtdecode.base.threads import apply_role
 
     s = settings or DemoSettings()
     out = Path(out).resolve()
@@ -94,8 +108,28 @@ def run_demo(out: Path, settings: DemoSettings | None = None, cache: Path | None
     cache = Path(cache) if cache is not None else cache_dir()
     watch, truth = out / "scanner-export", out / "ground-truth"
     watch.mkdir(parents=True)
-    timings: dict[str, float] = {}
     t0 = time.monotonic()
+    d = _plan(s, out, cache, watch, truth)
+    apply_role("calibration", s.threads.calibration, torch=True)  # nothing else runs yet: every core
+    _shared_model(d)
+    _calibration_hour(d)
+    _calibration(d)
+    _captions(d)
+    _realtime_run(d, console)
+    apply_role("calibration", s.threads.calibration)  # the live part is over: every core for the rest
+    summary = _results(d, t0)
+    if d.viewer is not None:
+        _say("   the console stays open; close it to finish")
+        d.viewer.wait()
+    return summary
+
+
+def _plan(s: DemoSettings, out: Path, cache: Path, watch: Path, truth: Path) -> _Demo:
+    """The simulated subject and its two visits: the calibration hour and the real-time run."""
+    from rtdecode.gallery.splits import test_pool, training_pool
+    from rtdecode.simulator.paradigm import Paradigm
+    from rtdecode.simulator.subjects import LatentSpace, SubjectSpec
+    from rtdecode.simulator.visit import Visit
 
     spec = SubjectSpec(name="demo01", n_voxels=s.subject_voxels, seed=1, reliability=s.reliability,
                        physiology=s.physiology)
@@ -108,87 +142,130 @@ def run_demo(out: Path, settings: DemoSettings | None = None, cache: Path | None
                   seed=s.seed, latent=latent, unique_from=rest, repeated_from=pool)
     live = Visit(spec, n_runs=s.realtime_runs, n_repeated=0, paradigm=paradigm, shape=s.shape, voxel_mm=s.voxel_mm,
                  seed=s.seed + 1000, latent=latent, exclude=calib.shown, unique_from=pool)
+    return _Demo(s, out, cache, watch, truth, spec, latent, paradigm, calib, live)
 
-    apply_role("calibration", s.threads.calibration, torch=True)  # nothing else runs yet: every core
+
+def _shared_model(d: _Demo) -> None:
+    """1. The shared model, pretrained on simulated subjects (built once, then cached)."""
+    from rtdecode.demo.pretrained import shared_model
+
     _say("1. shared model: a small MindEye2 pretrained on simulated subjects")
     t = time.monotonic()
-    shared, built = shared_model(s, cache, latent, log=_say)
-    timings["pretraining_s"] = time.monotonic() - t
-    _say(f"   {'built and cached' if built else 'from the cache'}: {shared} ({timings['pretraining_s']:.0f} s)")
+    d.shared, built = shared_model(d.s, d.cache, d.latent, log=_say)
+    d.timings["pretraining_s"] = time.monotonic() - t
+    _say(f"   {'built and cached' if built else 'from the cache'}: {d.shared} ({d.timings['pretraining_s']:.0f} s)")
 
-    first = calib.run(0)
+
+def _calibration_hour(d: _Demo) -> None:
+    """2. The calibration hour: the task runs written as DICOM files, recorded by the real scanner side."""
+    from rtdecode.base.config import config_from_dict, config_to_toml
+    from rtdecode.demo.stream import stream_runs
+    from rtdecode.scanner import ScannerSide
+
+    s, out, paradigm = d.s, d.out, d.paradigm
+    first = d.calib.run(0)
     roi = np.zeros(first.shape, np.uint8)
     roi.ravel()[first.roi_index] = 1
     nib.save(nib.Nifti1Image(roi, first.affine), out / "visual-roi.nii")
-    base = {
-        "session": {"root": str(out / "sessions"), "subject": spec.name, "session": "01"},
-        "scanner": {"watch_dir": str(watch), "tr_s": paradigm.tr_s, "volumes_per_run": s.volumes,
+    d.base = {
+        "session": {"root": str(out / "sessions"), "subject": d.spec.name, "session": "01"},
+        "scanner": {"watch_dir": str(d.watch), "tr_s": paradigm.tr_s, "volumes_per_run": s.volumes,
                     "missing_timeout_s": 5.0},
         "preprocess": {"mask": str(out / "visual-roi.nii")},
-        "glm": {"events": str(truth / "series-{series:03d}_events.tsv")},
+        "glm": {"events": str(d.truth / "series-{series:03d}_events.tsv")},
         "network": {"events_port": 0, "control_port": -1},
     }
     n_cal = s.calibration_runs * s.volumes
-    _say(f"2. calibration hour: subject '{spec.name}', {s.calibration_runs} runs x {s.trials} images "
+    _say(f"2. calibration hour: subject '{d.spec.name}', {s.calibration_runs} runs x {s.trials} images "
          f"({n_cal} volumes of {'x'.join(map(str, s.shape))} at {s.voxel_mm:g} mm, {len(first.roi_index)} visual "
          f"voxels), written as DICOM {s.calibration_speedup:g}x faster than the {paradigm.tr_s:g} s TR")
     t = time.monotonic()
-    cfg = config_from_dict(base)
+    cfg = config_from_dict(d.base)
     side = ScannerSide(cfg)
-    session = side.folder.path
+    d.session = session = side.folder.path
     (session / "config.toml").write_text(config_to_toml(cfg))
-    stream_runs(side, calib, list(range(s.calibration_runs)), 1, watch, truth, s.calibration_speedup)
-    timings["calibration_scan_s"] = time.monotonic() - t
+    stream_runs(side, d.calib, list(range(s.calibration_runs)), 1, d.watch, d.truth, s.calibration_speedup)
+    d.timings["calibration_scan_s"] = time.monotonic() - t
     _say(f"   {side.processed} volumes watched, motion-corrected, masked and stored in {session} "
-         f"({timings['calibration_scan_s']:.0f} s)")
+         f"({d.timings['calibration_scan_s']:.0f} s)")
 
+
+def _calibration(d: _Demo) -> None:
+    """3. Calibration from the session folder: the GLM tuned on the hour, offline betas, fine-tuning."""
+    from calibration.build import calibrate, load_session
+    from calibration.progress import Progress
+    from calibration.report import write_report
+    from calibration.trainer import TrainConfig
+    from calibration.tuning import Grid
+    from rtdecode.demo.summary import pct
+
+    s, session = d.s, d.session
     _say("3. calibration (the GLM tuned on the hour, offline betas, then fine-tuning the shared model)")
     t = time.monotonic()
-    model_dir = out / "model"
-    glm_settings, tuning, glm_lines = _tuned_glm(s, session, model_dir)
-    data = load_session(session, spec.name, cache / "embeddings", glm=glm_settings, train_on=s.train_on, tuning=tuning)
+    d.model_dir = model_dir = d.out / "model"
+    glm_settings, tuning, d.glm_lines = _tuned_glm(s, session, model_dir)
+    d.data = data = load_session(session, d.spec.name, d.cache / "embeddings", glm=glm_settings, train_on=s.train_on,
+                                 tuning=tuning)
     config = TrainConfig(epochs=s.calibrate_epochs, batch_size=24, max_lr=s.calibrate_lr, seed=s.seed,
                          checkpoint_s=60.0, cpu=True)
     grid = Grid(s.calibrate_tune, (s.calibrate_epochs,)) if s.calibrate_tune else None  # on calibration data only
-    calibrate(data, model_dir, config, pretrained=shared, progress=Progress("   calibrating"), source=str(session),
+    calibrate(data, model_dir, config, pretrained=d.shared, progress=Progress("   calibrating"), source=str(session),
               compare_scratch=s.compare_scratch, tune=grid)
-    timings["calibration_s"] = time.monotonic() - t
-    cal_report = write_report(model_dir, session=session)
-    summary_cal = json.loads((model_dir / "training.json").read_text())
-    ev = summary_cal["evaluation"]
+    d.timings["calibration_s"] = time.monotonic() - t
+    d.cal_report = write_report(model_dir, session=session)
+    d.summary_cal = json.loads((model_dir / "training.json").read_text())
+    ev = d.summary_cal["evaluation"]
     _say(f"   {len(data.betas)} trials; held-out {ev['n_way']}-way top-1 {pct(ev['top1_brain_to_image'])} "
-         f"(chance {pct(ev['chance'])}); {timings['calibration_s']:.0f} s; report {cal_report}")
+         f"(chance {pct(ev['chance'])}); {d.timings['calibration_s']:.0f} s; report {d.cal_report}")
 
-    captioner = _captioner(data, out / "captioner")
-    shown_live = {image_id(i) for i in live.shown}
-    require_disjoint(shown_live, {"pretraining": read_training_images(shared), "calibration": set(data.images),
+
+def _captions(d: _Demo) -> None:
+    """The stand-in captioner, trained on calibration images only; no real-time image in any training set."""
+    from calibration.splits import read_training_images, require_disjoint
+    from rtdecode.gallery.builtin import image_id
+
+    captioner = _captioner(d.data, d.out / "captioner")
+    shown_live = {image_id(i) for i in d.live.shown}
+    require_disjoint(shown_live, {"pretraining": read_training_images(d.shared), "calibration": set(d.data.images),
                                   "captioner": set(captioner.trained_on)})
     _say(f"   captions: the demo's stand-in captioner, trained on {len(captioner.trained_on)} calibration images "
          "outside the test pool; refinement off (SDXL is not run on the CPU)")
+
+
+def _realtime_run(d: _Demo, console: bool | None) -> None:
+    """4. The real-time run: the decoder in its own process, betas and results over ZeroMQ, the console
+    on screen when there is a display."""
+    from rtdecode.base.config import config_from_dict
+    from rtdecode.base.threads import apply_role, thread_env
+    from rtdecode.demo.decoder_process import ResultListener, start_decoder, stop_decoder
+    from rtdecode.demo.stream import stream_runs
+    from rtdecode.scanner import ScannerSide
+    from rtdecode.wire.sockets import Publisher
+
+    s, out, base, model_dir = d.s, d.out, d.base, d.model_dir
     _say(f"4. real-time run: {s.trials} new images (none in any training set), files {s.realtime_speedup:g}x "
          "faster than the TR; decoder in its own process")
-    gallery, decoded = out / "gallery", out / "decoded"
-    live.save_stimuli(gallery)
+    d.gallery, d.decoded = gallery, decoded = out / "gallery", out / "decoded"
+    d.live.save_stimuli(gallery)
     # From here two processes share the cores: this one as the scanner side, the decoder (issue 27).
-    scanner_threads = apply_role("scanner", s.threads.scanner)
+    d.scanner_threads = apply_role("scanner", s.threads.scanner)
     proc, addresses = start_decoder(model_dir, gallery, decoded, threads=s.threads.decoder, captioner=out / "captioner")
-    listener = ResultListener(addresses["results"])
+    d.listener = listener = ResultListener(addresses["results"])
     rt_cfg = config_from_dict({**base, "glm": {**base["glm"], "zscore": "calibration", "zscore_stats": str(model_dir),
-                                               **glm_lines},
+                                               **d.glm_lines},
                                "network": {**base["network"], "decoder": addresses["betas"], "drain_s": 60.0}})
     publisher = Publisher("tcp://127.0.0.1:0", replay=500)  # a console that starts late catches up
-    viewer = None
     if console if console is not None else _has_display():
-        viewer = subprocess.Popen([sys.executable, "-m", "rtdecode.cli", "console", "--events", publisher.address,
-                                   "--results", addresses["results"], "--gallery", str(gallery),
-                                   "--threads", str(s.threads.console)],
-                                  env={**os.environ, **thread_env(s.threads.console)})
+        d.viewer = subprocess.Popen([sys.executable, "-m", "rtdecode.cli", "console", "--events", publisher.address,
+                                     "--results", addresses["results"], "--gallery", str(gallery),
+                                     "--threads", str(s.threads.console)],
+                                    env={**os.environ, **thread_env(s.threads.console)})
         time.sleep(3.0)  # let the window come up before the first volume
     t = time.monotonic()
     try:
         rt_side = ScannerSide(rt_cfg, publisher=publisher)
         runs_before = len(rt_side.runs)
-        stream_runs(rt_side, live, list(range(s.realtime_runs)), s.calibration_runs + 1, watch, truth,
+        stream_runs(rt_side, d.live, list(range(s.realtime_runs)), s.calibration_runs + 1, d.watch, d.truth,
                     s.realtime_speedup, drop=frozenset(i for i in s.realtime_dropped if i < s.volumes))
         expected = 2 * s.trials * s.realtime_runs  # real-time and end-of-run betas
         if not listener.wait_for(expected, timeout_s=120):
@@ -197,37 +274,48 @@ def run_demo(out: Path, settings: DemoSettings | None = None, cache: Path | None
         stop_decoder(proc)
         listener.close()
         publisher.close()
-    timings["realtime_s"] = time.monotonic() - t
-    apply_role("calibration", s.threads.calibration)  # the live part is over: every core for the rest
-    run_number = runs_before + 1
+    d.timings["realtime_s"] = time.monotonic() - t
+    d.run_number = runs_before + 1
+
+
+def _results(d: _Demo, t0: float) -> dict:
+    """5. The results: scores, latencies, screenshots, the evaluation, summary.json and report.md."""
+    from rtdecode.demo.summary import (
+        caption_rows,
+        latencies,
+        realtime_retrieval,
+        report_grid,
+        write_report,
+    )
+    from rtdecode.evaluate import evaluate_session
+
+    s, out, session, decoded, run_number = d.s, d.out, d.session, d.decoded, d.run_number
     scores = realtime_retrieval(decoded, run_number, seed=s.seed)
-    stages = latencies(session, run_number, decoded, listener)
+    stages = latencies(session, run_number, decoded, d.listener)
 
     _say("5. results")
     shots: list[Path] = []
-    if viewer is None:
-        shots = _screenshots(out / "screenshots", session, decoded, gallery)
+    if d.viewer is None:
+        shots = _screenshots(out / "screenshots", session, decoded, d.gallery)
     grid = report_grid(decoded, scores, out / "realtime_grid.png")
     # MindEye2's metrics on the real-time run (no feature-network weights here: those are marked not available).
     evaluation, eval_paths = evaluate_session(session, decoded, out / "evaluation", seed=s.seed)
-    timings["total_s"] = time.monotonic() - t0
+    d.timings["total_s"] = time.monotonic() - t0
     summary = {"settings": s.to_dict(), "retrieval": {k: v for k, v in scores.items()
                                                       if k not in ("top5", "images", "keys")},
-               "held_out_calibration": ev, "scratch": summary_cal.get("scratch"),
+               "held_out_calibration": d.summary_cal["evaluation"], "scratch": d.summary_cal.get("scratch"),
                "evaluation": [r for r in evaluation.summary if r["run"] == run_number and r["repeats"] == "single-trial"],
-               "captions": _caption_rows(eval_paths.get("captions_csv"), run_number),
+               "captions": caption_rows(eval_paths.get("captions_csv"), run_number),
                "latency_ms": [{"stage": n, "median": m, "p99": p, "n": c} for n, m, p, c in stages],
-               "timings_s": timings, "tr_s": paradigm.tr_s, "scanner_threads": scanner_threads, "realtime_dropped": [i for i in s.realtime_dropped if i < s.volumes],
-               "paths": {"session": str(session), "model": str(model_dir), "decoded": str(decoded),
-                         "calibration_report": str(cal_report), "grid": str(grid),
+               "timings_s": d.timings, "tr_s": d.paradigm.tr_s, "scanner_threads": d.scanner_threads,
+               "realtime_dropped": [i for i in s.realtime_dropped if i < s.volumes],
+               "paths": {"session": str(session), "model": str(d.model_dir), "decoded": str(decoded),
+                         "calibration_report": str(d.cal_report), "grid": str(grid),
                          "evaluation": str(eval_paths["summary_md"]),
-                         "screenshots": [str(p) for p in shots], "shared_model": str(shared)}}
+                         "screenshots": [str(p) for p in shots], "shared_model": str(d.shared)}}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    report = _write_report(out / "report.md", summary)
+    report = write_report(out / "report.md", summary)
     _print_summary(summary, report)
-    if viewer is not None:
-        _say("   the console stays open; close it to finish")
-        viewer.wait()
     return summary
 
 
@@ -241,38 +329,6 @@ def _captioner(data, folder: Path):
     captioner = fit_captioner([data.images[k] for k in keep], data.tokens[keep])
     captioner.save(folder)
     return captioner
-
-
-def _caption_rows(table: Path | None, run: int) -> list[dict]:
-    """The real-time run's captions and their scores, from the evaluation's captions.csv."""
-    import csv
-
-    if table is None or not Path(table).is_file():
-        return []
-    with open(table, newline="", encoding="utf-8") as fh:
-        return [r for r in csv.DictReader(fh) if r["run"] == str(run)]
-
-
-def _caption_lines(rows: list[dict]) -> list[str]:
-    if not rows:
-        return ["", "No captions were scored (the decoder ran without a captioner)."]
-    from rtdecode.evaluate.captions import chance
-
-    lines = ["", "| captions, real-time run (stand-in captioner; painter's captions as reference) | trials | METEOR | "
-                 "ROUGE-1 | ROUGE-L | chance METEOR | chance ROUGE-L |", "| --- | --- | --- | --- | --- | --- | --- |"]
-    for version in sorted({r["version"] for r in rows}):
-        mine = [r for r in rows if r["version"] == version]
-        means = [sum(float(r[m]) for r in mine) / len(mine) for m in ("METEOR", "ROUGE-1", "ROUGE-L")]
-        means += list(chance([dict(r) for r in mine]).values())  # copies: chance() sets its figures in the rows
-        lines.append(f"| {version} | {len(mine)} | " + " | ".join(f"{v:.3f}" for v in means) + " |")
-    lines += ["", "Chance: each caption against another trial's reference (the painter's captions share a template)."]
-    lines += ["", "MindEye2 (subject 1, 40 h, GIT on COCO): METEOR 0.248. Not comparable: these are painted scenes, "
-                  "a stand-in token space and a captioner of a few thousand numbers; refinement is off (no SDXL on "
-                  "the CPU).", "", "| trial | shown | caption from the brain | the painter's caption |",
-              "| --- | --- | --- | --- |"]
-    for r in [r for r in rows if r["version"] == "realtime"][:6]:
-        lines.append(f"| {r['trial']} | {r['image']} | {r['caption']} | {r['reference']} |")
-    return lines
 
 
 def _screenshots(folder: Path, session: Path, decoded: Path, gallery: Path) -> list[Path]:
@@ -291,81 +347,10 @@ def _screenshots(folder: Path, session: Path, decoded: Path, gallery: Path) -> l
     return shots
 
 
-def _lines(summary: dict) -> list[str]:
-    from rtdecode.demo.summary import pct
-
-    r, ev, tr = summary["retrieval"], summary["held_out_calibration"], summary["tr_s"]
-    lines = ["| retrieval, real-time run (new images) | top-1 | chance |", "| --- | --- | --- |"]
-    if "fifty_way" in r:
-        lines.append(f"| 50-way, brain -> image (30 draws) | {pct(r['fifty_way'])} | 2% |")
-    lines += [f"| 2-way (every pair) | {pct(r['two_way'])} | 50% |",
-              f"| {r['gallery_size']}-way (the run's whole gallery) | {pct(r['gallery_top1'])} | "
-              f"{pct(1 / r['gallery_size'])} |",
-              f"| calibration held-out, {ev['n_way']}-way (repeats averaged), pretrained then fine-tuned, 1 seed | "
-              f"{pct(ev['top1_brain_to_image'])} | {pct(ev['chance'])} |"]
-    if summary.get("scratch"):
-        sc = summary["scratch"]
-        lines.append(f"| same held-out images, model trained from scratch on the hour, 1 seed | "
-                     f"{pct(sc['top1_brain_to_image'])} | {pct(sc['chance'])} |")
-    lines += ["", "Held-out and real-time images come from the built-in test pool, which no training set "
-                  "draws from (pretraining included)."]
-    if summary.get("evaluation"):
-        lines += ["", "| rtdecode evaluate, real-time run (single-trial) | trials | PixCorr | SSIM | 50-way, for each "
-                      "brain sample which image / for each image which brain sample | all-way, the same two |",
-                  "| --- | --- | --- | --- | --- | --- |"]
-        for row in summary["evaluation"]:
-            def both(a: str, b: str, row=row) -> str:
-                return f"{pct(row.get(a, float('nan')))} / {pct(row.get(b, float('nan')))}"
-            lines.append(f"| {row['version']} | {row['trials']} | {_num(row['PixCorr'])} | {_num(row['SSIM'])} | "
-                         f"{both('image_for_brain_top1_50', 'brain_for_image_top1_50')} | "
-                         f"{both('image_for_brain_top1_all', 'brain_for_image_top1_all')} "
-                         f"(of {row.get('retrieval_images', 0)}) |")
-        lines += ["", "AlexNet, InceptionV3, CLIP, EffNet-B and SwAV are not available in the demo (no feature-network "
-                      "weights; docs/evaluation.md), and the stand-in's reconstructions are coarse by design."]
-    lines += _caption_lines(summary.get("captions") or [])
-    lines += ["", f"| stage (real-time run) | median ms | p99 ms | n | TR = {tr * 1e3:.0f} ms |",
-              "| --- | --- | --- | --- | --- |"]
-    for row in summary["latency_ms"]:
-        ok = "within" if row["p99"] <= tr * 1e3 else "over"
-        lines.append(f"| {row['stage']} | {row['median']:.0f} | {row['p99']:.0f} | {row['n']} | {ok} |")
-    threads = summary["settings"].get("threads")
-    if threads:
-        lines += ["", f"Threads (torch, OpenMP, BLAS) in the real-time run: scanner side {threads['scanner']}, decoder "
-                      f"{threads['decoder']} (0: every core; docs/real-scanner.md, one machine)."]
-    dropped = summary.get("realtime_dropped") or []
-    if dropped:
-        named = ", ".join(f"{i + 1} (index {i})" for i in dropped)  # from 1, as the console; the index as in BIDS
-        lines += ["", f"Volume(s) {named} of the real-time run were withheld on purpose "
-                  "(an export that loses a file): the scanner side declared them missing, the GLM kept the time axis, "
-                  "and the console marks the gap."]
-    t = summary["timings_s"]
-    lines += ["", f"Pretraining {t['pretraining_s']:.0f} s (0 when cached), calibration scan {t['calibration_scan_s']:.0f} s, "
-              f"calibration {t['calibration_s']:.0f} s, real-time run {t['realtime_s']:.0f} s; "
-              f"total {t['total_s'] / 60:.1f} min."]
-    return lines
-
-
-def _num(value) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
-
-
-def _write_report(path: Path, summary: dict) -> Path:
-    p = summary["paths"]
-    rel = {k: os.path.relpath(v, path.parent) for k, v in p.items() if isinstance(v, str)}
-    lines = ["# rtdecode demo: one simulated visit", "",
-             "Simulated data and a CPU-sized model in a stand-in token space (not CLIP); reconstructions are the "
-             "stand-in's coarse inversion of the predicted tokens, not SDXL unCLIP images.", "", *_lines(summary), "",
-             "## Real-time run: shown, reconstructed, top-5 retrieved", "", f"![grid]({rel['grid']})", ""]
-    for shot in p["screenshots"]:
-        lines += [f"![{Path(shot).stem}]({os.path.relpath(shot, path.parent)})", ""]
-    lines += ["## Where everything went", "",
-              *[f"- {k.replace('_', ' ')}: `{v}`" for k, v in p.items() if isinstance(v, str)]]
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
 def _print_summary(summary: dict, report: Path) -> None:
-    for line in _lines(summary):
+    from rtdecode.demo.summary import report_lines
+
+    for line in report_lines(summary):
         _say("   " + line)
     _say(f"   report: {report}")
     for k, v in summary["paths"].items():

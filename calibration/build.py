@@ -81,8 +81,9 @@ def load_session(session: str | Path, subject: str, cache: Path | None = None, n
     GLM tuning) say how; ``train_on`` which betas: 'endofrun' (whole run), 'realtime' (as the live GLM
     sends them at ``glm.delay_s``) or 'both'. ``vae`` (a :class:`models.blurry.VaeTargets`) adds
     blurry-branch targets of the shown images."""
+    from rtdecode.base.recorded import session_folder
     from rtdecode.glm.incremental import GLMSettings
-    from rtdecode.glm.offline import session_folder, training_betas
+    from rtdecode.glm.offline import training_betas
 
     settings = glm or GLMSettings(noise_model=noise_model)
     result = training_betas(session_folder(session), settings, train_on, tuning)

@@ -328,7 +328,8 @@ def _gui_threads(command: str, argv: list[str]) -> None:
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "config":
-        from rtdecode.base.config import SessionConfig, config_to_toml, load_config
+        from rtdecode.base.config import config_to_toml, load_config
+        from rtdecode.base.settings import SessionConfig
 
         if args.action == "template":
             text = config_to_toml(SessionConfig())
@@ -607,7 +608,7 @@ def _tuning_split(session: Path, subject: str, holdout: str | None) -> tuple[lis
 
     from calibration.data import SubjectData
     from calibration.splits import parse_holdout
-    from rtdecode.glm.offline import session_folder, session_trials
+    from rtdecode.base.recorded import session_folder, session_trials
 
     images, runs = session_trials(session_folder(session))
     shown = SubjectData(subject, np.zeros((len(images), 0)), images, np.zeros((len(images), 0, 0)), runs=np.asarray(runs))
@@ -619,8 +620,8 @@ def _tuning_split(session: Path, subject: str, holdout: str | None) -> tuple[lis
 
 
 def _finalize(args: argparse.Namespace) -> int:
+    from rtdecode.base.recorded import session_folder
     from rtdecode.bids import finalize_session
-    from rtdecode.glm.offline import session_folder
 
     try:
         folder = session_folder(args.session)

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rtdecode.base.config import SessionConfig, config_from_dict
+from rtdecode.base.config import config_from_dict
+from rtdecode.base.settings import SessionConfig
 from rtdecode.scanner import ScannerSide, VolumeEvent
 from rtdecode.simulator.scanner import SimulatedRun, simulate_run
 

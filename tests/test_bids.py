@@ -15,12 +15,13 @@ import pandas as pd
 import pytest
 from test_scanner_side import PATTERN, _dicom_bytes, _put
 
-from rtdecode.base.session import SessionFolder
+from rtdecode.base.recorded import session_folder
+from rtdecode.base.session import SessionFolder, derivative_func
 from rtdecode.bids import finalize_run, finalize_session
 from rtdecode.bids.confounds import MISSING_FLAG
-from rtdecode.bids.names import bold_path, derivative_func
+from rtdecode.bids.names import bold_path
 from rtdecode.glm.incremental import GLMSettings
-from rtdecode.glm.offline import offline_betas, session_folder
+from rtdecode.glm.offline import offline_betas
 from rtdecode.glm.store import BetaStore
 from rtdecode.simulator.scanner import format_name
 

@@ -19,11 +19,11 @@ import pytest
 from PIL import Image
 from test_scanner_side import PATTERN, _dicom_bytes, _put
 
-from rtdecode.base.session import SessionFolder, read_tsv
+from rtdecode.base.session import SessionFolder, derivative_func, read_tsv
 from rtdecode.bids import finalize_session
 from rtdecode.bids.confounds import DVARS_SCALE, MISSING_FLAG
 from rtdecode.bids.lock import DatasetBusy, DatasetLock
-from rtdecode.bids.names import bold_path, derivative_func
+from rtdecode.bids.names import bold_path
 from rtdecode.simulator.scanner import format_name, simulate_run
 
 from conftest import SMALL_SHAPE, SideThread, make_config

@@ -2,8 +2,9 @@ from pathlib import Path
 
 import pytest
 
-from rtdecode.base.config import SessionConfig, config_to_toml, load_config
+from rtdecode.base.config import config_to_toml, load_config
 from rtdecode.base.errors import ConfigError
+from rtdecode.base.settings import SessionConfig
 
 
 def _write(tmp_path: Path, text: str) -> Path:

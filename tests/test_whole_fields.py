@@ -26,13 +26,14 @@ from hypothesis import strategies as st
 from test_scanner_side import PATTERN, _dicom_bytes, _put
 
 from gui.state import ConsoleState
+from rtdecode.base.ids import IMAGE_ID
 from rtdecode.base.session import SessionFolder, read_tsv
 from rtdecode.cli import main as cli_main
 from rtdecode.scanner.history import mark_events
 from rtdecode.simulator.scanner import format_name
 from rtdecode.wire.control import send_command
 from rtdecode.wire.protocol import Message, decode, encode
-from rtdecode.wire.schema import IMAGE_ID, UID, VERSION
+from rtdecode.wire.schema import UID, VERSION
 from rtdecode.wire.sockets import Subscriber, make_socket
 
 from conftest import free_port

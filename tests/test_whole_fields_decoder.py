@@ -24,13 +24,14 @@ from test_whole_fields import FUZZ, _ping, _process, _recv, _scanner, fuzz
 from models.folder import write_model_folder
 from models.mindeye2.config import standin_config
 from models.mindeye2.model import MindEye2
+from rtdecode.base.ids import IMAGE_ID
 from rtdecode.base.session import SessionFolder, read_tsv
 from rtdecode.decoder.results import retrieval_message, session_stores, stem
 from rtdecode.gallery.builtin import StimulusSet
 from rtdecode.scanner.history import mark_events
 from rtdecode.wire.protocol import Message, encode
 from rtdecode.wire.reliable import beta_message
-from rtdecode.wire.schema import IMAGE_ID, LABEL, UID, VERSION
+from rtdecode.wire.schema import LABEL, UID, VERSION
 from rtdecode.wire.sockets import Subscriber, make_socket
 
 from conftest import free_port

@@ -100,7 +100,7 @@ def outlier_column(k: int) -> str:
 
 def description(missing: list[int], scale: float = 1.0) -> dict:
     """The confounds table's JSON sidecar; ``scale``: the factor dvars was multiplied by (read back by
-    :func:`rtdecode.bids.read.load_finalized`)."""
+    :func:`rtdecode.base.session.load_finalized`)."""
     filled = (f"a volume that never arrived ({', '.join(map(str, missing)) or 'none in this run'}) has the mean "
               "of its nearest received neighbours' value")
     return {

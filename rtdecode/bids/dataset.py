@@ -14,7 +14,8 @@ import shutil
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from rtdecode.bids.names import DERIVATIVE
+from rtdecode.base.ids import IMAGE_ID
+from rtdecode.base.session import DERIVATIVE
 
 BIDS_VERSION = "1.9.0"
 
@@ -139,7 +140,6 @@ class Stimuli:
     def __call__(self, image: str) -> str | None:
         from rtdecode.gallery.builtin import StimulusSet, index_of
         from rtdecode.gallery.folder import SUFFIXES
-        from rtdecode.wire.schema import IMAGE_ID
 
         if not IMAGE_ID.fullmatch(image):  # an id from an events table becomes a file name only when it is a plain one
             return None

@@ -6,13 +6,6 @@ from pathlib import Path
 
 from rtdecode.base.session import SessionFolder
 
-DERIVATIVE = "rtdecode"
-
-
-def derivative_func(folder: SessionFolder) -> Path:
-    """``ROOT/derivatives/rtdecode/sub-XX/ses-YY/func``."""
-    return Path(folder.root) / "derivatives" / DERIVATIVE / f"sub-{folder.subject}" / f"ses-{folder.session}" / "func"
-
 
 def bold_path(folder: SessionFolder, run: int) -> Path:
     """The raw 4-D run; written last, so its presence means the run is finalised whole."""

@@ -18,11 +18,11 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from rtdecode.base.session import SessionFolder, read_tsv
+from rtdecode.base.session import SessionFolder, derivative_func, read_tsv
 from rtdecode.bids.confounds import COLUMNS, confound_rows, description, dvars_scale
 from rtdecode.bids.dataset import write_atomic
 from rtdecode.bids.lock import DatasetLock
-from rtdecode.bids.names import bold_path, derivative_func
+from rtdecode.bids.names import bold_path
 from rtdecode.bids.sidecars import betas_model, raw_sidecar, spatial_reference
 
 

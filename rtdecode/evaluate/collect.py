@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+from rtdecode.base.recorded import session_folder as open_session
 from rtdecode.base.session import SessionFolder, read_tsv
 from rtdecode.decoder.results import ResultStore, session_folder
-from rtdecode.glm.offline import session_folder as open_session
 from rtdecode.wire.schema import VERSION
 
 BETAS_TABLE = re.compile(r"_run-(\d{2,4})_desc-([a-z0-9.]+)_betas\.tsv\Z")

@@ -25,10 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
-from rtdecode.base.config import SessionConfig, denoise_count, needs_tuning
+from rtdecode.base.config import denoise_count, needs_tuning
 from rtdecode.base.errors import ConfigError, VoxelSpaceError
 from rtdecode.base.events import Events, EventsError, read_events, write_events
 from rtdecode.base.session import SessionFolder
+from rtdecode.base.settings import SessionConfig
 from rtdecode.glm.incremental import GLMSettings, IncrementalGLM, TrialEstimate
 from rtdecode.glm.normalize import FixedZScore, NoZScore, RepeatAverager, RunningZScore
 from rtdecode.glm.store import BetaStore, betas_model_description

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from rtdecode.base.events import Events
+from rtdecode.base.recorded import MOTION, recorded_runs, session_folder
 from rtdecode.glm.denoise import (
     MAX_COMPONENTS,
     NoiseSubtraction,
@@ -268,8 +269,6 @@ def _tune_subtraction(tuning: GLMTuning, runs: list[TuningRun], others: np.ndarr
 def session_runs(folder, runs: list[int] | None = None) -> list[tuple[int, TuningRun]]:
     """Every run of a session folder with stored volumes and an events table (those in ``runs`` when
     given; a run asked for that has none is a ValueError naming it), as tuning input."""
-    from rtdecode.glm.offline import MOTION, recorded_runs
-
     out = []
     found = list(recorded_runs(folder))
     missing = sorted(set(runs or []) - {run for run, *_ in found})
@@ -308,8 +307,6 @@ def tune_session(path: str | Path, tr_s: float = 1.5, high_pass_hz: float = 0.01
                  held_out: set[str] | frozenset[str] = frozenset()) -> GLMTuning:
     """``rtdecode glm-tune``: tune on a recorded session folder's ``runs`` (default all), leaving
     ``held_out`` images out of every criterion; saved into ``out`` when given."""
-    from rtdecode.glm.offline import session_folder
-
     folder = session_folder(path)
     chosen = session_runs(folder, runs)
     data = [r for _, r in chosen]

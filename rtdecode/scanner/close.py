@@ -13,9 +13,10 @@ import dataclasses
 import logging
 from pathlib import Path
 
-from rtdecode.base.config import SessionConfig, config_from_dict, config_to_toml
+from rtdecode.base.config import config_from_dict, config_to_toml
 from rtdecode.base.errors import ConfigError
 from rtdecode.base.session import SessionFolder
+from rtdecode.base.settings import SessionConfig
 from rtdecode.glm.runner import TrialBetas, events_path
 from rtdecode.scanner.runs import CLOSED_BY_FINALIZE, RunBook
 

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from rtdecode.base.config import SessionConfig
+from rtdecode.base.settings import SessionConfig
 from rtdecode.base.threads import apply_role
 from rtdecode.scanner import ScannerSide, VolumeEvent
 

@@ -12,8 +12,8 @@ import logging
 import time
 from collections.abc import Callable
 
-from rtdecode.base.config import SessionConfig
 from rtdecode.base.session import SessionFolder
+from rtdecode.base.settings import SessionConfig
 from rtdecode.scanner.history import keep_event
 from rtdecode.wire.protocol import Message
 from rtdecode.wire.sockets import Publisher

@@ -21,10 +21,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from rtdecode.base.config import SessionConfig
 from rtdecode.base.errors import ConfigError, IngestError, PartialFileError
 from rtdecode.base.naming import compile_pattern, parse_name
 from rtdecode.base.session import SessionFolder
+from rtdecode.base.settings import SessionConfig
 from rtdecode.base.storage import (
     FolderLock,
     SpaceWatch,

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from rtdecode.base.config import SessionConfig
 from rtdecode.base.errors import ConfigError, IngestError, VoxelSpaceError
 from rtdecode.base.session import SessionFolder
+from rtdecode.base.settings import SessionConfig
 from rtdecode.base.storage import FULL
 from rtdecode.glm.runner import TrialBetas
 from rtdecode.ingest.reader import Volume

@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from rtdecode.base.errors import ProtocolError
+from rtdecode.base.ids import IMAGE_ID
 
 LABEL = re.compile(r"\A[A-Za-z0-9]{1,32}\Z")  # BIDS subject / session labels
 UID = re.compile(r"\A[0-9a-f]{32}\Z")  # a session's uid (uuid4 hex)
 BOOT = re.compile(r"\A[0-9a-f]{16}\Z")  # a process start's id
-IMAGE_ID = re.compile(r"\A[A-Za-z0-9._-]{0,128}\Z")
 # What a trial's evaluation score can be (rtdecode.evaluate.report.ranking_metric picks one).
 EVALUATION_METRICS = ("CLIP", "AlexNet(5)", "InceptionV3", "AlexNet(2)", "PixCorr")
 # Beta versions: whole-run, the classic real-time estimate, and refinements at a delay (rt4.5, rt12.0).

@@ -7,7 +7,8 @@ import pytest
 
 from rtdecode.base.events import Events, read_events, write_events
 from rtdecode.base.session import SessionFolder
-from rtdecode.cli import _tuning_split, build_parser, main
+from rtdecode.cli import build_parser, main
+from rtdecode.cli.common import tuning_split as _tuning_split
 from rtdecode.glm.tuning import GLMTuning
 
 from conftest import record_session
@@ -56,7 +57,7 @@ def test_calibrate_leaves_its_held_out_images_out_of_the_glm_tuning(tmp_path, sm
     """What calibrate's tuning sees does not depend on the held-out trials' betas: shuffling which held-out image
     each held-out trial showed (which changes every repeat pair among them) leaves the tuning unchanged; the
     split is calibrate's own (the repeated images by default; runs:N leaves those runs out)."""
-    from rtdecode.cli import _session_glm
+    from rtdecode.cli.calibrate import _session_glm
 
     folder = record_session(tmp_path / "s", small_varied)
     images = [img for run, _ in small_varied for img in run.events.image]

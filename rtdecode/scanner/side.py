@@ -10,19 +10,13 @@ file holds stops the loop: any failure to read or use a file sets that file asid
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
-import nibabel as nib
-import numpy as np
-
-from rtdecode.base.errors import ConfigError, IngestError, PartialFileError
-from rtdecode.base.naming import compile_pattern, parse_name
+from rtdecode.base.errors import ConfigError
+from rtdecode.base.naming import compile_pattern
 from rtdecode.base.session import SessionFolder
 from rtdecode.base.settings import SessionConfig
 from rtdecode.base.storage import (
@@ -30,17 +24,14 @@ from rtdecode.base.storage import (
     SpaceWatch,
     is_storage,
     storage_error,
-    unique_path,
 )
 from rtdecode.bids import is_finalized
 from rtdecode.bids.worker import Finalizer
 from rtdecode.glm.runner import SentBeta, TrialBetas
-from rtdecode.ingest.reader import Volume, read_volume
-from rtdecode.ingest.slices import Slice, assemble, read_slice
 from rtdecode.ingest.watcher import FolderWatcher
-from rtdecode.preprocess.pipeline import Mask
 from rtdecode.scanner.close import keep_config
-from rtdecode.scanner.history import recorded_elsewhere, session_events, volume_name
+from rtdecode.scanner.history import session_events, volume_name
+from rtdecode.scanner.intake import Intake, load_mask, load_session_reference, move_aside
 from rtdecode.scanner.network import ScannerNetwork
 from rtdecode.scanner.runs import CLOSED_AT_SHUTDOWN, RunBook, RunState
 from rtdecode.scanner.volumes import VolumeEvent, VolumeStage, open_space
@@ -51,15 +42,6 @@ from rtdecode.wire.reliable import beta_message
 log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 1.0
-
-
-@dataclass
-class _Pending:
-    path: Path
-    first_seen: float
-    retry_at: float
-    volume: Volume | None = None  # read, and waiting for the open run (a newer series); reused while unchanged
-    stamp: tuple[int, int] = (0, 0)  # (size, mtime_ns) of the file as it was read
 
 
 class ScannerSide:
@@ -104,7 +86,7 @@ class ScannerSide:
         self.identity = self.folder.identity
         keep_config(self.folder, config)  # for rtdecode session finalize, should this process be killed
         self.quarantine = sc.quarantine_dir or (sc.watch_dir / "rtdecode-rejected")
-        mask, reference = self._load_mask(), self._load_session_reference()
+        mask, reference = load_mask(config), load_session_reference(config)
         voxel_space = open_space(config, self.folder, mask, reference)  # the session's one voxel set, once made
         self.net = ScannerNetwork(config, self.folder, publisher)
         self._on_beta = on_beta
@@ -115,11 +97,11 @@ class ScannerSide:
         self.stage = VolumeStage(config, self.betas, mask, reference, self._send, self._reject, self._volume_done,
                                  self.identity, space=voxel_space)
         self.book = RunBook(self.folder, sc.missing_timeout_s)
-        self._pending: dict[str, _Pending] = {}
+        self.intake = Intake(config, self.regex, self.book, self.folder.path, self.identity, self._reject,
+                             self._end_run, self._status)
         self._watcher = FolderWatcher(sc.watch_dir, self.regex, sc.mode, sc.poll_interval_s)
         self._stop = threading.Event()
         self._started = False
-        self._waiting_logged: set[int] = set()
         self._last_beat = 0.0
         self._finalizer = Finalizer(self.folder) if config.session.bids else None
         try:
@@ -154,28 +136,6 @@ class ScannerSide:
         return self.net.control
 
     # -- set-up ---------------------------------------------------------------------------------
-    def _load_mask(self) -> Mask | None:
-        path = self.config.preprocess.mask
-        if path is None:
-            return None
-        try:
-            img = nib.load(str(path))
-            data = np.asarray(img.dataobj) > 0
-        except Exception as exc:
-            raise ConfigError(f"preprocess.mask: cannot read {path} as NIfTI ({exc})") from None
-        if data.ndim != 3 or not data.any():
-            raise ConfigError(f"preprocess.mask: expected a 3-D mask with at least one voxel, got shape {data.shape} with {int(data.sum())} voxels")
-        return Mask(data, np.asarray(img.affine, float))
-
-    def _load_session_reference(self) -> Volume | None:
-        path = self.config.preprocess.session_reference
-        if path is None:
-            return None
-        try:
-            return read_volume(path)
-        except (IngestError, OSError) as exc:
-            raise ConfigError(f"preprocess.session_reference: cannot read {path} ({exc})") from None
-
     def _resume_runs(self) -> None:
         rows = self.folder.runs()
         for i, row in enumerate(rows):
@@ -244,16 +204,9 @@ class ScannerSide:
     def step(self, timeout: float) -> bool:
         """Take what arrived within ``timeout`` s; return True if anything was done."""
         did = False
-        path = self._watcher.get(timeout)
-        while path is not None:
-            self._pending.setdefault(path.name, _Pending(path, time.monotonic(), 0.0))
-            self._pending[path.name].path = path
-            path = self._watcher.get(0)
+        self.intake.collect(self._watcher, timeout)
         now = time.monotonic()
-        for name in sorted(self._pending):
-            pend = self._pending.get(name)
-            if pend is not None and pend.retry_at <= now:
-                did |= self._take(pend, now)
+        did |= self.intake.take_due(now)
         for run in self.book:
             did |= self._drain(run)
         did |= self.net.serve(self._command)
@@ -277,7 +230,7 @@ class ScannerSide:
         if action == "start_run":
             ok, detail = self.book.arm()
             if ok:
-                self._waiting_logged.clear()
+                self.intake.waiting_logged.clear()
                 self._status("armed")
             return ok, detail
         return False, f"unknown command {action!r}; expected start_run, stop_run or mark"
@@ -308,146 +261,6 @@ class ScannerSide:
             self._send(msg if msg.type in ("volume", "volume_missing", "mark") else
                        Message(msg.type, {**msg.fields, **self.identity}, images=msg.images, time=msg.time))
 
-    def _take(self, pend: _Pending, now: float) -> bool:
-        path = pend.path
-        key = parse_name(self.regex, path.name)
-        if key is None:
-            self._pending.pop(path.name, None)
-            return False
-        run = self.book.get(key.run)
-        if run is None and not self.book.armed:
-            # A new series while disarmed: the file stays where it is, unread, until start_run.
-            if key.run not in self._waiting_logged:
-                self._waiting_logged.add(key.run)
-                log.warning("series %d: waiting for start run (stopped by the operator)", key.run)
-                self._status("waiting_for_start")
-            pend.retry_at = now + 0.5
-            return False
-        sc = self.config.scanner
-        try:
-            volume, before = self._read(pend)
-        except FileNotFoundError:
-            self._pending.pop(path.name, None)
-            return False
-        except PartialFileError as exc:
-            if now - pend.first_seen < self.config.scanner.partial_timeout_s:
-                pend.retry_at = now + min(0.05, self.config.scanner.poll_interval_s)
-                return False
-            self._reject(path, f"{exc.reason}; still incomplete after {self.config.scanner.partial_timeout_s:g} s")
-            return True
-        except IngestError as exc:
-            self._reject(path, exc.reason)
-            return True
-        except Exception as exc:  # a reader bug or an odd file: set aside, never the end of the session
-            self._reject(path, f"cannot read: {type(exc).__name__}: {exc}")
-            return True
-        volume.meta["t_file"] = before.st_mtime
-        index = volume.volume if sc.slices_per_volume else key.volume
-        if index >= sc.volumes_per_run:  # never a gap of hundreds of "missing" volumes in a run
-            self._reject(path, f"volume index {index} is beyond scanner.volumes_per_run ({sc.volumes_per_run}): "
-                               f"a run has volumes 0 to {sc.volumes_per_run - 1}")
-            return True
-        series_key = self.book.series_key_of(key.run, volume)  # an XA split export: its acquisition's run
-        run = self.book.get(series_key)
-        if run is None and self.book.holds_back(series_key, now, self._pending_series()):
-            # A newer series: kept (read, file in place) until the open run has taken its own files.
-            pend.volume, pend.stamp, pend.retry_at = volume, (before.st_size, before.st_mtime_ns), now
-            return False
-        self._pending.pop(path.name, None)
-        run = self._run_for(series_key, index, volume, path)
-        if run is None:
-            return True
-        if not run.sequencer.holds(index):
-            run.last_file = now
-        if sc.slices_per_volume:
-            volume = self._gather(run, volume, path, now)
-            if volume is None:
-                return True
-        status = run.sequencer.add(index, volume, now)
-        if status == "duplicate":
-            # Usually a late modification event for a file already taken; a resent file looks the same.
-            log.debug("%s: volume %d of run %d already received; duplicate ignored", path.name, key.volume, run.number)
-        elif status == "late":
-            self._reject(path, f"{volume_name(key.volume)} arrived after it was declared missing")
-        return True
-
-    def _read(self, pend: _Pending) -> tuple[Volume, os.stat_result]:
-        """The file as a volume (or a slice), and its stat before reading; raises what the readers raise."""
-        sc, path = self.config.scanner, pend.path
-        before = path.stat()
-        if pend.volume is not None and pend.stamp == (before.st_size, before.st_mtime_ns):
-            return pend.volume, before
-        if sc.slices_per_volume:
-            volume = read_slice(path, sc.slices_per_volume, sc.slice_grouping)
-        else:
-            volume = read_volume(path, sc.format)
-        after = path.stat()
-        if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns):
-            raise PartialFileError(path, "file changed while it was read")
-        if not sc.slices_per_volume and (volume.data.ndim != 3 or min(volume.data.shape) < 2):
-            raise IngestError(path, f"not a volume: image of shape {tuple(volume.data.shape)} "
-                                    "(a single slice or a 2-D image; one-file-per-slice series are not assembled)")
-        return volume, before
-
-    def _gather(self, run: RunState, piece: Slice, path: Path, now: float) -> Volume | None:
-        """Keep a slice until its volume has all its slices; then the assembled volume."""
-        n, index = self.config.scanner.slices_per_volume, piece.volume
-        if run.sequencer.holds(index):
-            log.debug("%s: a slice of volume %d of run %d, already assembled; duplicate ignored", path.name, index,
-                      run.number)
-            return None
-        if index < run.sequencer.next_index:
-            self._reject(path, f"a slice of {volume_name(index)}, which was declared missing before it was complete")
-            return None
-        parts = run.slices.setdefault(index, {})
-        parts[path.name] = piece
-        if len(parts) < n:
-            return None
-        del run.slices[index]
-        try:
-            volume = assemble(list(parts.values()))
-        except IngestError as exc:
-            for part in [parts[k] for k in sorted(parts)]:
-                self._reject(Path(part.source), f"{volume_name(index)} not assembled from its {n} slices: {exc.reason}")
-            return None
-        volume.meta["t_file"] = max(p.meta.get("t_file", 0.0) for p in parts.values())
-        return volume
-
-    def _drop_slices(self, run: RunState, index: int, why: str) -> int:
-        """Set aside the slices of a volume that will not be processed; how many there were."""
-        parts = run.slices.pop(index, {})
-        for part in [parts[k] for k in sorted(parts)]:
-            self._reject(Path(part.source), f"{why} ({len(parts)} of {self.config.scanner.slices_per_volume} slices arrived)")
-        return len(parts)
-
-    def _run_for(self, series_key: int, index: int, volume: Volume, path: Path) -> RunState | None:
-        run = self.book.get(series_key)
-        if run is None:
-            stray = self.book.stray(series_key)
-            if stray is not None:
-                self._reject(path, stray)
-                return None
-            elsewhere = recorded_elsewhere(self.folder.path, volume.series)
-            if elsewhere is not None:  # a previous participant's file left in a shared watch folder
-                self._reject(path, f"series {series_key} (SeriesInstanceUID {volume.series}) was recorded by "
-                                   f"another session ({elsewhere}): not a run of sub-{self.identity['subject']} "
-                                   f"ses-{self.identity['session']}")
-                return None
-            if self.book.open_run is not None:
-                self._end_run(self.book.open_run, "new series")
-            return self.book.open(series_key, volume.series)
-        if run.series_uid and volume.series and volume.series != run.series_uid:
-            self._reject(path, f"series changed mid-run: header says {volume.series}, run {run.number} is {run.series_uid}")
-            return None
-        if run.ended:
-            if index in run.sequencer.done:
-                return run  # a duplicate of a finished run: reported as such by the sequencer
-            why = "run stopped by operator" if run.end_reason == "stopped by operator" else \
-                f"belongs to run {run.number} (series {series_key}), which has ended ({run.end_reason})"
-            self._reject(path, why)
-            return None
-        return run
-
     def _drain(self, run: RunState) -> bool:
         if run.ended:
             return False
@@ -455,7 +268,7 @@ class ScannerSide:
         for delivery in run.sequencer.pop_ready(time.monotonic()):
             did = True
             if delivery.missing:
-                got = self._drop_slices(run, delivery.index, f"{volume_name(delivery.index)} declared missing")
+                got = self.intake.drop_slices(run, delivery.index, f"{volume_name(delivery.index)} declared missing")
                 slices = f" ({got} of {self.config.scanner.slices_per_volume} slices)" if self.config.scanner.slices_per_volume else ""
                 log.warning("run %d: %s missing after %.1f s%s; its row is dropped", run.number, volume_name(delivery.index),
                             self.config.scanner.missing_timeout_s, slices)
@@ -465,11 +278,6 @@ class ScannerSide:
         if not run.ended and run.sequencer.next_index >= self.config.scanner.volumes_per_run:
             self._end_run(run, "complete")
         return did
-
-    def _pending_series(self) -> set[int]:
-        """The series of the files that wait to be read."""
-        keys = (parse_name(self.regex, name) for name in self._pending)
-        return {k.run for k in keys if k is not None}
 
     def shutdown(self) -> None:
         """The end of the day (Ctrl-C, SIGTERM; safe in a signal handler): :meth:`run` stores what is on disk,
@@ -491,7 +299,7 @@ class ScannerSide:
         seen, deadline = run.last_file, time.monotonic() + sc.missing_timeout_s + sc.partial_timeout_s + 1.0
         log.info("run %d: closing unless series %d goes on within %g s", run.number, run.series_key, sc.missing_timeout_s)
         while not run.ended and run.last_file == seen and time.monotonic() < deadline:
-            if time.monotonic() - run.last_file >= sc.missing_timeout_s and not self.book.busy(run, self._pending_series()):
+            if time.monotonic() - run.last_file >= sc.missing_timeout_s and not self.book.busy(run, self.intake.series()):
                 self._end_run(run, CLOSED_AT_SHUTDOWN)
                 return
             self.step(0.05)
@@ -511,23 +319,15 @@ class ScannerSide:
             # Read but not yet in order when the run ended: kept in quarantine with the reason.
             self._reject(Path(volume.source), f"{volume_name(index)} arrived but run {run.number} ended ({reason})")
         for index in sorted(run.slices):
-            self._drop_slices(run, index, f"{volume_name(index)} incomplete when run {run.number} ended ({reason})")
+            self.intake.drop_slices(run, index, f"{volume_name(index)} incomplete when run {run.number} ended ({reason})")
         self.stage.end(run, reason, at)
         if self._finalizer is not None:
             self._finalizer.submit(run.number)
 
     def _reject(self, path: Path, reason: str) -> None:
-        self._pending.pop(path.name, None)
+        self.intake.pending.pop(path.name, None)
         log.error("%s set aside: %s", path.name, reason)
-        moved = ""
-        try:
-            if path.exists():
-                self.quarantine.mkdir(parents=True, exist_ok=True)
-                target = unique_path(self.quarantine, path.name)  # two rejections of one name keep two copies
-                shutil.move(str(path), target)
-                moved = f" (moved to {target})"
-        except OSError:
-            moved = " (left in place: watch folder not writable)"
+        moved = move_aside(path, self.quarantine)
         self.folder.reject(path.name, reason + moved)
         # Whose session it is: a console opened before the first run names the participant from it.
         self._send(Message("volume_rejected", {"path": path.name[:255], "reason": reason[:2000], **self.identity}))

@@ -221,9 +221,24 @@ def tune(runs: list[TuningRun], tr_s: float, high_pass_hz: float = 0.01, max_com
         tuning.evidence = {key: rel[key] for key in ("a", "b", "all")}
         return tuning
     others = np.setdiff1d(np.arange(n_vox), pool)
+    scores = _count_scores(runs, pool, others, pairs, len(images), tr_s, high_pass_hz, settings, max_components)
+    weights = np.clip(reliability[others], 0, None)
+    k, mean = choose_count(np.stack(scores), weights)
+    notes.append(f"{k} noise component(s) as regressors: reliability of the other voxels (weighted by their own) "
+                 f"with 0..{max_components}: " + ", ".join(f"{v:.4f}" for v in mean))
+    tuning = GLMTuning(best, params, pool, reliability, k, mean, source, notes, gain)
+    tuning.evidence = {key: rel[key] for key in ("a", "b", "all")}
+    _tune_subtraction(tuning, runs, others, weights, pairs, settings, max_components, tier_delay_s)
+    return tuning
+
+
+def _count_scores(runs: list[TuningRun], pool: np.ndarray, others: np.ndarray, pairs: np.ndarray, n_trials: int,
+                  tr_s: float, high_pass_hz: float, settings: GLMSettings, max_components: int) -> list[np.ndarray]:
+    """Repeat reliability of the ``others`` voxels' betas with 0..max_components of the pool's noise
+    components as regressors (one score array per count)."""
     scores = []
     for k in range(max_components + 1):
-        betas = np.zeros((len(images), len(others)))
+        betas = np.zeros((n_trials, len(others)))
         row = 0
         for run in runs:
             comps = None
@@ -238,14 +253,7 @@ def tune(runs: list[TuningRun], tr_s: float, high_pass_hz: float = 0.01, max_com
             betas[row: row + len(part)] = part
             row += len(part)
         scores.append(repeat_reliability(betas, pairs))
-    weights = np.clip(reliability[others], 0, None)
-    k, mean = choose_count(np.stack(scores), weights)
-    notes.append(f"{k} noise component(s) as regressors: reliability of the other voxels (weighted by their own) "
-                 f"with 0..{max_components}: " + ", ".join(f"{v:.4f}" for v in mean))
-    tuning = GLMTuning(best, params, pool, reliability, k, mean, source, notes, gain)
-    tuning.evidence = {key: rel[key] for key in ("a", "b", "all")}
-    _tune_subtraction(tuning, runs, others, weights, pairs, settings, max_components, tier_delay_s)
-    return tuning
+    return scores
 
 
 def _tune_subtraction(tuning: GLMTuning, runs: list[TuningRun], others: np.ndarray, weights: np.ndarray,

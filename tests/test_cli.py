@@ -24,3 +24,13 @@ def test_bench_preprocess_json_is_one_object():
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["stage"] == "preprocess" and result["n_voxels"] == 500 and result["volumes"] == 2
     assert result["median_ms"] > 0 and result["p99_ms"] >= result["median_ms"]
+
+
+def test_a_window_command_after_a_top_level_option_is_handed_on(capsys):
+    """`rtdecode -v console --help` reaches the console's own parser (it ended in an AssertionError)."""
+    try:
+        main(["-v", "console", "--help"])
+    except SystemExit as exc:
+        assert exc.code == 0
+    out = capsys.readouterr().out
+    assert "usage: rtdecode console" in out and "--threads" in out

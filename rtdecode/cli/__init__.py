@@ -45,8 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """``rtdecode [-v] COMMAND ...``: 0 on success, 2 on a usage or configuration error, 130 on Ctrl-C."""
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in GUI_COMMANDS:
-        return run_window(argv)
+    window = argv[1:] if argv[:1] in (["-v"], ["--verbose"]) else argv
+    if window and window[0] in GUI_COMMANDS:  # the windows parse their own options, --help included
+        if window is not argv:  # -v: debug logging (the window's own basicConfig then leaves it be)
+            logging.basicConfig(level=logging.DEBUG, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                                datefmt="%H:%M:%S")
+        return run_window(window)
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")

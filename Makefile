@@ -18,7 +18,8 @@ demo: $(STAMP)
 test: $(STAMP)
 	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -q
 
-# Tests too long for the 10-minute suite (marker long): SIGKILLs all over the decoder's write path, the GPU projections.
+# Tests too long for the 10-minute suite (marker long): SIGKILLs all over the decoder's write path, the GPU projections,
+# calibration killed and resumed bit for bit, two-process (accelerate) training.
 long: $(STAMP)
 	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -q -m long
 

@@ -129,7 +129,7 @@ def test_progress_line_shows_step_loss_and_eta():
     assert "step 5/20 (25%) loss 1.234 ETA" in text and text.endswith("(100%) loss 0.500 ETA 0:00\n")
 
 
-@pytest.mark.slow
+@pytest.mark.long  # 1-3 minutes each: make long (CI runs it), not the 10-minute suite
 def test_calibration_killed_with_sigkill_and_resumed_is_the_uninterrupted_run_bit_for_bit(tmp_path, latent_space):
     """Every step's loss and the final weights equal the uninterrupted run's exactly (CPU). Round 2's
     start checked only the step count, which a resume that ignores its checkpoint also reaches."""

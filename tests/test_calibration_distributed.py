@@ -31,7 +31,7 @@ def _launch(*args: str) -> list[str]:
             str(_free_port()), str(HELPER), *args]
 
 
-@pytest.mark.slow
+@pytest.mark.long  # 1-3 minutes each: make long (CI runs it), not the 10-minute suite
 def test_two_processes_through_accelerate_match_one_process(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, str(HELPER), "train", str(tmp_path / "one.safetensors")], env=env, check=True,
@@ -54,7 +54,7 @@ def test_two_processes_through_accelerate_match_one_process(tmp_path):
     assert not torch.allclose(one["predicted.a"], torch.zeros_like(one["predicted.a"]), atol=1e-3)
 
 
-@pytest.mark.slow
+@pytest.mark.long  # 1-3 minutes each: make long (CI runs it), not the 10-minute suite
 def test_two_processes_killed_mid_run_and_resumed_match_the_uninterrupted_run(tmp_path):
     """A process SIGKILLed after step 5 of 12 (a checkpoint every step; torchrun then stops the other,
     so the last whole checkpoint is step 4 or 5), then both resumed."""

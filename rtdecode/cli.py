@@ -215,8 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-plaintext", action="store_true",
                    help="bind a non-loopback address without CURVE (refused otherwise)")
 
-    p = sub.add_parser("session", help="a recorded session folder: write its finished runs as BIDS")
-    p.add_argument("action", choices=["finalize"])
+    p = sub.add_parser("session", help="a session folder: write its finished runs as BIDS (finalize), or bring "
+                                       "recorded NIfTI runs in (import)")
+    p.add_argument("action", choices=["finalize", "import"])
     p.add_argument("session", type=Path, help="the session folder (.../sub-XX/ses-YY)")
     p.add_argument("--runs", type=int, nargs="*", default=None, help="only these runs (default: all in runs.tsv)")
     p.add_argument("--tr", type=float, default=None, help="repetition time in s, for sessions recorded without it")
@@ -224,6 +225,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, default=None,
                    help="the configuration rtdecode run ran with, to close a run it left open (default: the "
                         "session folder's config.toml)")
+    # session import (rtdecode/bids/import_command.py); --tr is finalize's too. Here, not there: rtdecode.bids loads nibabel
+    p.add_argument("--run", dest="import_runs", nargs="+", action="append", default=None, metavar="FILE",
+                   help="import: BOLD.nii[.gz] EVENTS.tsv [CONFOUNDS.tsv], once per run, in order")
+    p.add_argument("--mask", type=Path, default=None, help="import: a 3-D NIfTI mask on the runs' grid")
+    p.add_argument("--image-column", default="image", help="import: the events column naming each trial's image")
+    p.add_argument("--task", default=None, help="import: the task label of a new session folder (default rt)")
 
     p = sub.add_parser("evaluate", help="score a decoded session as MindEye2 and Real-time MindEye do "
                                         "(docs/evaluation.md)")
@@ -411,6 +418,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "evaluate":
         return _evaluate(args)
+    if args.command == "session" and args.action == "import":
+        from rtdecode.bids.import_command import run as run_import
+
+        return run_import(args)
     if args.command == "session":
         return _finalize(args)
     if args.command == "keys":

@@ -124,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--noise-model", choices=["ar1", "ols"], default="ar1")
     p.add_argument("--version", choices=["endofrun", "realtime"], default="endofrun",
                    help="whole-run estimates, or the real-time estimates replayed")
-    p.add_argument("--tr", type=float, default=1.5)
+    p.add_argument("--tr", type=float, default=None, help="default: the TR the session was recorded or imported at, "
+                   "else 1.5 s")
     p.add_argument("--delay", type=float, default=7.5, help="seconds after onset (realtime version)")
     p.add_argument("--tuning", type=Path, default=None,
                    help="model folder with glm_tuning.npz: its per-voxel HRFs and noise subtraction (docs/glm.md)")
@@ -310,6 +311,10 @@ def main(argv: list[str] | None = None) -> int:
         from rtdecode.replay import replayed
 
         return gui_main(argv[1:], display=argv[0] == "display", replay=replayed)
+    if argv[:2] == ["bench", "betas"]:  # every option of python -m rtdecode.betas_bench (docs/glm.md)
+        from rtdecode.betas_bench import main as bench_betas
+
+        return bench_betas(argv[2:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
@@ -432,12 +437,6 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "models":
         return _models(args)
-    if args.command == "bench" and args.stage == "betas":
-        from rtdecode.betas_bench import main as bench_betas
-
-        argv = ["--seeds", *map(str, args.seeds or [0])] + (["--out", str(args.out)] if args.out else []) \
-            + (["--voxels", str(args.n_voxels)] if args.n_voxels else [])
-        return bench_betas(argv)
     if args.command == "bench":
         from rtdecode.bench import run_stage
 

@@ -16,7 +16,8 @@ from rtdecode.bids.importer import LEDGER, plan_import, write_import
 from rtdecode.bids.inputs import read_run
 from rtdecode.cli import main
 from rtdecode.events import write_events
-from rtdecode.glm.offline import session_folder
+from rtdecode.glm.incremental import GLMSettings
+from rtdecode.glm.offline import offline_betas, session_folder
 from rtdecode.glm.tuning import GLMTuning, session_grid
 from rtdecode.session import SessionFolder, read_tsv
 from rtdecode.simulator.masked import masked_run
@@ -122,6 +123,27 @@ def test_imported_runs_give_the_betas_and_tuning_of_the_same_runs_recorded_live(
     assert grid is not None and grid.voxel_mm == (3.0, 3.0, 3.5)
     np.testing.assert_array_equal(grid.ijk, np.argwhere(mask))
     np.testing.assert_array_equal(a.hrf_index, b.hrf_index)
+
+
+def test_the_imported_tr_is_kept_and_read_by_rtdecode_glm_and_calibrate(tmp_path, recorded, capsys):
+    """Runs at TR 2 s: `rtdecode glm` without --tr and calibrate's GLM (settings left at 1.5 s) fit them at 2 s."""
+    mask, runs = recorded
+    groups = write_inputs(tmp_path / "elsewhere", mask, runs[:2], tr=2.0)
+    nib.save(nib.Nifti1Image(mask.astype(np.uint8), AFFINE), tmp_path / "mask.nii.gz")
+    session = tmp_path / "s" / "sub-01" / "ses-01"
+    assert main(["session", "import", str(session), *[a for g in groups for a in ("--run", *g)],
+                 "--mask", str(tmp_path / "mask.nii.gz")]) == 0
+    assert "TR is 2 s (kept" in capsys.readouterr().out
+    live = record_live(tmp_path / "live", mask, runs[:2])  # recorded without its TR: given by --tr
+    assert main(["glm", str(live.path), "--out", str(tmp_path / "live-betas"), "--tr", "2"]) == 0
+    assert main(["glm", str(session), "--out", str(tmp_path / "imported-betas")]) == 0
+    a, b = np.load(tmp_path / "live-betas" / "betas.npy"), np.load(tmp_path / "imported-betas" / "betas.npy")
+    np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-6 * np.abs(a).max())
+    calibrating = offline_betas(session_folder(session), GLMSettings())  # as calibrate --session builds them
+    np.testing.assert_array_equal(calibrating.betas, b)
+    assert main(["glm", str(session), "--out", str(tmp_path / "x"), "--tr", "1.5"]) == 2
+    err = capsys.readouterr().err
+    assert "--tr 1.5, but" in err and "was recorded at TR 2 s" in err
 
 
 def _events_row(where: Path, run: int, row: int, column: str, value: str) -> None:

@@ -67,5 +67,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"{len(written)} run(s) imported into {folder.path}; mask: {int(plan.mask.sum())} voxels "
           f"({plan.mask_origin})")
     if abs(runs[0].tr_s - DEFAULT_TR) > 1e-6:
-        print(f"TR is {runs[0].tr_s:g} s: pass --tr {runs[0].tr_s:g} to rtdecode glm and glm-tune")
+        print(f"TR is {runs[0].tr_s:g} s (kept; rtdecode glm and calibrate read it): pass --tr {runs[0].tr_s:g} to "
+              "rtdecode glm-tune")
     return 0

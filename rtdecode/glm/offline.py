@@ -50,6 +50,24 @@ def recorded_runs(folder: SessionFolder) -> Iterator[tuple[int, Events, list[dic
             yield run, read_events(events_file), rows, vectors
 
 
+def recorded_tr(folder: SessionFolder) -> float | None:
+    """The repetition time (s) the session's runs were recorded or imported at (each run's
+    ``desc-acquisition.json``); None when no run says. Runs that disagree are a ValueError naming both."""
+    import json
+
+    found: dict[float, str] = {}
+    for row in folder.runs():
+        path = folder.derivatives / f"{folder.prefix(int(row['run']))}_desc-acquisition.json"
+        if path.exists():
+            tr = json.loads(path.read_text()).get("tr_s")
+            if tr:
+                found.setdefault(round(float(tr), 6), path.name)
+    if len(found) > 1:
+        (a, fa), (b, fb) = sorted(found.items())[:2]
+        raise ValueError(f"{fb}: TR {b:g} s, but {fa} says {a:g} s: one session, one TR")
+    return next(iter(found), None)
+
+
 def session_trials(folder: SessionFolder) -> tuple[list[str], list[int]]:
     """The image and run of every trial the offline GLM would estimate (runs with volumes and events)."""
     images, runs = [], []
@@ -70,7 +88,7 @@ def offline_betas(folder: SessionFolder, settings: GLMSettings, version: str = "
     hour's GLM tuning, for ``settings.hrf = "library"`` or noise components."""
     if version not in ("endofrun", "realtime"):
         raise ValueError(f"version must be 'endofrun' or 'realtime', got {version!r}")
-    settings = replace(settings, refine=False)
+    settings = replace(settings, refine=False, t_r=recorded_tr(folder) or settings.t_r)  # calibrate: the data's TR
     betas, images, runs, trials = [], [], [], []
     for run, events, rows, vectors in recorded_runs(folder):
         glm = make_glm(events, vectors.shape[1], settings, len(rows), tuning)
@@ -113,10 +131,11 @@ def training_betas(folder: SessionFolder, settings: GLMSettings, train_on: str =
 
 
 def write_offline_betas(session: Path, out: Path, noise_model: str = "ar1", version: str = "endofrun",
-                        tr_s: float = 1.5, delay_s: float = 7.5, tuning: Path | None = None, hrf: str | None = None,
+                        tr_s: float | None = None, delay_s: float = 7.5, tuning: Path | None = None, hrf: str | None = None,
                         denoise: str = "auto") -> Path:
     """``rtdecode glm``: estimate and write betas.npy + trials.tsv (the simulator's trial-level layout) and
-    betas.json naming the model. ``tuning``: a folder with glm_tuning.npz; with it the HRFs are the
+    betas.json naming the model. ``tr_s``: default the TR the session was recorded at, else 1.5 s; one that
+    contradicts the recorded TR is refused. ``tuning``: a folder with glm_tuning.npz; with it the HRFs are the
     tuning's (``hrf`` "library", the default) and ``denoise`` "auto" subtracts the count chosen for the
     version's tier (``delay_s`` for realtime, end of run for endofrun)."""
     import json
@@ -127,6 +146,12 @@ def write_offline_betas(session: Path, out: Path, noise_model: str = "ar1", vers
     from rtdecode.glm.store import betas_model_description
 
     try:
+        folder = session_folder(session)
+        recorded = recorded_tr(folder)
+        if tr_s is not None and recorded is not None and abs(tr_s - recorded) > 1e-3:
+            raise ValueError(f"--tr {tr_s:g}, but {session} was recorded at TR {recorded:g} s "
+                             "(derivatives/rtdecode/func/*_desc-acquisition.json): leave --tr out")
+        tr_s = tr_s if tr_s is not None else recorded or 1.5
         tuned = GLMTuning.load(tuning) if tuning is not None else None
         if tuned is None and (hrf == "library" or denoise not in ("auto", "off")):
             raise ValueError("--hrf library and --denoise N need --tuning MODEL (a folder with glm_tuning.npz)")
@@ -134,7 +159,7 @@ def write_offline_betas(session: Path, out: Path, noise_model: str = "ar1", vers
             delay_s if version == "realtime" else None))
         settings = GLMSettings(t_r=tr_s, noise_model=noise_model, delay_s=delay_s,
                                hrf=hrf or ("library" if tuned is not None else "glover"), denoise=count)
-        result = offline_betas(session_folder(session), settings, version, tuned)
+        result = offline_betas(folder, settings, version, tuned)
     except (ValueError, EventsError) as exc:
         raise ConfigError(f"rtdecode glm: {exc}") from None
     out = Path(out)

@@ -66,7 +66,7 @@ def plan_import(folder: SessionFolder, runs: list[RunInput], mask_path: Path | N
     for run in runs:
         data = run.load()
         if mask is None:  # no mask given nor stored: the first run's own, as the scanner side makes one
-            mean = data[..., [t for t in range(run.n_volumes) if t not in run.missing]].mean(axis=3)
+            mean = received_mean(data, run.missing)
             mask = intensity_mask(np.nan_to_num(mean), MASK_THRESHOLD) & np.isfinite(data).all(axis=3)
             origin = f"intensity mask ({MASK_THRESHOLD} x the 98th percentile) of {run.bold.name}'s mean"
         _check_finite(run, data[mask])
@@ -74,6 +74,12 @@ def plan_import(folder: SessionFolder, runs: list[RunInput], mask_path: Path | N
     plan = ImportPlan(runs, [], digests, mask, origin, new_space)
     _number_runs(folder, plan)
     return plan
+
+
+def received_mean(data: np.ndarray, missing: list[int]) -> np.ndarray:
+    """The mean image of the volumes that arrived, without copying the run (float64 sums)."""
+    total = data.sum(axis=3, dtype=np.float64) - sum(data[..., t].astype(np.float64) for t in missing)
+    return (total / (data.shape[3] - len(missing))).astype(np.float32)
 
 
 def _mask(folder: SessionFolder, first: RunInput, mask_path: Path | None) -> tuple[np.ndarray | None, str, bool]:
@@ -148,7 +154,7 @@ def write_import(folder: SessionFolder, plan: ImportPlan,
     affine = plan.runs[0].affine
     if plan.new_space:
         first = plan.runs[0]
-        ref = first.load()[..., [t for t in range(first.n_volumes) if t not in first.missing]].mean(axis=3)
+        ref = received_mean(first.load(), first.missing)
         session_space(folder).save(VoxelSpace(Volume(ref.astype(np.float32), affine), Mask(plan.mask, affine),
                                               {"reference": f"mean of {first.bold.name} (imported)",
                                                "mask": plan.mask_origin}))
@@ -174,8 +180,7 @@ def _write_run(folder: SessionFolder, number: int, run: RunInput, mask: np.ndarr
         path.unlink(missing_ok=True)  # what an interrupted import of this number left
     store = folder.run_store(number)
     data = run.load()
-    ok = [t for t in range(run.n_volumes) if t not in run.missing]
-    store.save_reference(data[..., ok].mean(axis=3), run.affine, mask, run.affine)
+    store.save_reference(received_mean(data, run.missing), run.affine, mask, run.affine)
     store.save_acquisition({"imported_from": run.bold.name}, run.tr_s)
     vectors = np.ascontiguousarray(data[mask].T)  # (volumes, voxels), the mask's voxel order
     del data

@@ -74,16 +74,13 @@ def run_demo(out: Path, settings: DemoSettings | None = None, cache: Path | None
     from rtdecode.cache import cache_dir
     from rtdecode.config import config_from_dict, config_to_toml
     from rtdecode.demo.decoder_process import ResultListener, start_decoder, stop_decoder
-    from rtdecode.demo.pretrained import shared_model
+    from rtdecode.demo.pretrained import shared_model, visits
     from rtdecode.demo.stream import stream_runs
     from rtdecode.demo.summary import latencies, pct, realtime_retrieval, report_grid
     from rtdecode.evaluate import evaluate_session
     from rtdecode.gallery.builtin import image_id
-    from rtdecode.gallery.splits import test_pool, training_pool
     from rtdecode.scanner import ScannerSide
-    from rtdecode.simulator.paradigm import Paradigm
     from rtdecode.simulator.subjects import LatentSpace, SubjectSpec
-    from rtdecode.simulator.visit import Visit
     from rtdecode.threads import apply_role, thread_env
     from rtdecode.wire.sockets import Publisher
 
@@ -100,14 +97,11 @@ def run_demo(out: Path, settings: DemoSettings | None = None, cache: Path | None
     spec = SubjectSpec(name="demo01", n_voxels=s.subject_voxels, seed=1, reliability=s.reliability,
                        physiology=s.physiology)
     latent = LatentSpace(dim=spec.latent_dim)
-    paradigm = Paradigm(volumes=s.volumes, trials=s.trials)
-    # Held-out images (the hour's repeated ones, the real-time run's) come from the built-in test pool,
-    # which no training set draws from: held-out figures measure generalisation, by construction.
-    pool, rest = test_pool(latent.stimuli.n), training_pool(latent.stimuli.n)
-    calib = Visit(spec, n_runs=s.calibration_runs, paradigm=paradigm, shape=s.shape, voxel_mm=s.voxel_mm,
-                  seed=s.seed, latent=latent, unique_from=rest, repeated_from=pool)
-    live = Visit(spec, n_runs=s.realtime_runs, n_repeated=0, paradigm=paradigm, shape=s.shape, voxel_mm=s.voxel_mm,
-                 seed=s.seed + 1000, latent=latent, exclude=calib.shown, unique_from=pool)
+    # Held-out images (the hour's repeated ones, the real-time run's) come from the built-in test pool, which
+    # no training set draws from; the hour's other images from the new-person pool, which pretraining never
+    # shows (issue 35): held-out figures measure generalisation, fine-tuning meets new images, by construction.
+    calib, live = visits(s, spec, latent)
+    paradigm = calib.paradigm
 
     apply_role("calibration", s.threads.calibration, torch=True)  # nothing else runs yet: every core
     _say("1. shared model: a small MindEye2 pretrained on simulated subjects")
@@ -115,6 +109,10 @@ def run_demo(out: Path, settings: DemoSettings | None = None, cache: Path | None
     shared, built = shared_model(s, cache, latent, log=_say)
     timings["pretraining_s"] = time.monotonic() - t
     _say(f"   {'built and cached' if built else 'from the cache'}: {shared} ({timings['pretraining_s']:.0f} s)")
+    seen = {image_id(i) for i in calib.shown} & read_training_images(shared)
+    if seen:  # e.g. a shared model left in the cache by other code
+        raise RuntimeError(f"{shared}: pretrained on {len(seen)} of the calibration hour's images (e.g. {min(seen)}); "
+                           "a new person's images must be new to it (issue 35): remove that folder to rebuild it")
 
     first = calib.run(0)
     roi = np.zeros(first.shape, np.uint8)

@@ -12,7 +12,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from rtdecode.bids.importer import LEDGER, plan_import, write_import
+from rtdecode.bids.importer import LEDGER, plan_import, session_space, write_import
 from rtdecode.bids.inputs import read_run
 from rtdecode.cli import main
 from rtdecode.events import write_events
@@ -144,6 +144,42 @@ def test_the_imported_tr_is_kept_and_read_by_rtdecode_glm_and_calibrate(tmp_path
     assert main(["glm", str(session), "--out", str(tmp_path / "x"), "--tr", "1.5"]) == 2
     err = capsys.readouterr().err
     assert "--tr 1.5, but" in err and "was recorded at TR 2 s" in err
+
+
+def test_other_forms_plain_confounds_stim_file_sidecar_tr_and_no_mask(tmp_path, recorded, capsys):
+    """SPM's rp_*.txt-style confounds, images named by stim_file, the TR from the sidecar over a wrong header,
+    and no --mask: the same mask and betas as the fMRIPrep-style import with its mask."""
+    mask, runs = recorded
+    groups = write_inputs(tmp_path / "a", mask, runs[:2])
+    other = write_inputs(tmp_path / "b", mask, runs[:2], tr=1.0)  # the header is wrong; the sidecar is right
+    for r, (bold, events, conf) in enumerate(other):
+        sidecar = Path(bold.replace(".nii.gz", ".json"))
+        sidecar.write_text(json.dumps({**(json.loads(sidecar.read_text()) if sidecar.exists() else {}),
+                                       "RepetitionTime": 1.5}))
+        rows = Path(conf).read_text().splitlines()[1:]
+        Path(conf).with_suffix(".txt").write_text("".join("  ".join(f"{float(c):.10e}" for c in ln.split("\t")[1:7])
+                                                          + "\n" for ln in rows))
+        lines = Path(events).read_text().splitlines()
+        Path(events).write_text("onset\tduration\ttrial_type\tstim_file\n" + "".join(
+            f"{ln.split(chr(9))[0]}\t{ln.split(chr(9))[1]}\tstimulus\tstimuli/{ln.split(chr(9))[3]}.png\n"
+            for ln in lines[1:]))
+        other[r] = [bold, events, str(Path(conf).with_suffix(".txt"))]
+    first, second = tmp_path / "s1" / "sub-01" / "ses-01", tmp_path / "s2" / "sub-01" / "ses-01"
+    nib.save(nib.Nifti1Image(mask.astype(np.uint8), AFFINE), tmp_path / "mask.nii.gz")
+    assert main(["session", "import", str(first), *[a for g in groups for a in ("--run", *g)], "--mask",
+                 str(tmp_path / "mask.nii.gz")]) == 0
+    capsys.readouterr()
+    assert main(["session", "import", str(second), *[a for g in other for a in ("--run", *g)],
+                 "--image-column", "stim_file"]) == 0
+    out = capsys.readouterr().out
+    assert "the header says TR 1 s; 1.5 s is used" in out and "intensity mask" in out
+    own = np.asarray(nib.load(session_space(session_folder(second)).mask).dataobj) > 0
+    np.testing.assert_array_equal(own, mask)  # the voxels holding data (about 1000) and none of the zeros around
+    assert main(["glm", str(first), "--out", str(tmp_path / "g1")]) == 0
+    assert main(["glm", str(second), "--out", str(tmp_path / "g2")]) == 0
+    a, b = np.load(tmp_path / "g1" / "betas.npy"), np.load(tmp_path / "g2" / "betas.npy")
+    assert (tmp_path / "g1" / "trials.tsv").read_text() == (tmp_path / "g2" / "trials.tsv").read_text()
+    np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-6 * np.abs(a).max())
 
 
 def _events_row(where: Path, run: int, row: int, column: str, value: str) -> None:

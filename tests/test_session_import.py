@@ -38,12 +38,12 @@ def recorded(tmp_path_factory):
     return MASK, runs
 
 
-def write_inputs(where: Path, mask: np.ndarray, runs, tr: float = TR) -> list[list[str]]:
+def write_inputs(where: Path, mask: np.ndarray, runs, tr: float = TR, outside: float = 0.0) -> list[list[str]]:
     """Each run as another lab would hand it over: 4-D NIfTI (+ sidecar), events and fMRIPrep's confounds."""
     where.mkdir(parents=True, exist_ok=True)
     groups = []
     for r, (events, data, motion) in enumerate(runs):
-        vol = np.zeros((*SHAPE, VOLUMES), np.float32)
+        vol = np.full((*SHAPE, VOLUMES), outside, np.float32)  # outside the mask
         vol[mask] = data.T
         img = nib.Nifti1Image(vol, AFFINE)
         img.header.set_zooms((3.0, 3.0, 3.5, tr))
@@ -180,6 +180,26 @@ def test_other_forms_plain_confounds_stim_file_sidecar_tr_and_no_mask(tmp_path, 
     a, b = np.load(tmp_path / "g1" / "betas.npy"), np.load(tmp_path / "g2" / "betas.npy")
     assert (tmp_path / "g1" / "trials.tsv").read_text() == (tmp_path / "g2" / "trials.tsv").read_text()
     np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-6 * np.abs(a).max())
+
+
+def test_a_run_imported_into_a_live_session_takes_its_voxel_space(tmp_path, recorded, capsys):
+    """Appended to a session the scanner side recorded (its runs' mask; no --mask): the imported run is run 4,
+    sampled in the live runs' voxels, and gives the betas its live twin (run 1) gave."""
+    mask, runs = recorded
+    live = record_live(tmp_path / "live", mask, runs)
+    groups = write_inputs(tmp_path / "elsewhere", mask, runs[:1], outside=1000.0)  # bright: no intensity mask
+    other = np.zeros(SHAPE, np.uint8)
+    other[:4] = 1
+    nib.save(nib.Nifti1Image(other, AFFINE), tmp_path / "other.nii.gz")
+    assert main(["session", "import", str(live.path), "--run", *groups[0], "--mask", str(tmp_path / "other.nii.gz")]) == 2
+    assert f"but the session's voxel space ({live.derivatives / live.prefix(1)}_desc-brain_mask.nii)" in \
+        capsys.readouterr().err
+    assert main(["session", "import", str(live.path), "--run", *groups[0]]) == 0
+    assert "run 4:" in capsys.readouterr().out
+    assert main(["glm", str(live.path), "--out", str(tmp_path / "g")]) == 0
+    betas = np.load(tmp_path / "g" / "betas.npy")
+    runs_of = np.array([int(ln.split("\t")[1]) for ln in (tmp_path / "g" / "trials.tsv").read_text().splitlines()[1:]])
+    np.testing.assert_allclose(betas[runs_of == 4], betas[runs_of == 1], rtol=1e-6, atol=1e-6 * np.abs(betas).max())
 
 
 def _events_row(where: Path, run: int, row: int, column: str, value: str) -> None:

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 
 from rtdecode.bids.inputs import MOTION, RunInput, SessionImportError, check_same_grid, read_mask
@@ -83,20 +84,38 @@ def received_mean(data: np.ndarray, missing: list[int]) -> np.ndarray:
 
 
 def _mask(folder: SessionFolder, first: RunInput, mask_path: Path | None) -> tuple[np.ndarray | None, str, bool]:
-    """(mask, where it came from, whether the session's space is new): the stored space wins; --mask must
+    """(mask, where it came from, whether the session's space is new): the stored one wins; --mask must
     then be the same voxels."""
     given = None if mask_path is None else read_mask(mask_path, first.shape, first.affine)
-    space = session_space(folder).load() if folder.path.exists() else None
-    if space is None:
+    stored = _stored_mask(folder)
+    if stored is None:
         return given, "" if given is None else f"--mask {mask_path.name}", True
-    stored = np.asarray(space.mask.data, bool)
-    if stored.shape != first.shape[:3] or not np.allclose(space.mask.affine, first.affine, atol=1e-3):
-        raise SessionImportError(f"{first.bold}: grid {first.shape[:3]}, but the session's voxel space "
-                                 f"({session_space(folder).mask}) is on {stored.shape}: a session keeps one voxel space")
-    if given is not None and not np.array_equal(given, stored):
+    mask, where = stored
+    data = np.asarray(mask.data, bool)
+    if data.shape != first.shape[:3] or not np.allclose(mask.affine, first.affine, atol=1e-3):
+        raise SessionImportError(f"{first.bold}: grid {first.shape[:3]}, but the session's voxel space ({where}) is on "
+                                 f"{data.shape}{'' if data.shape != first.shape[:3] else ' with another affine'}: a "
+                                 "session keeps one voxel space")
+    if given is not None and not np.array_equal(given, data):
         raise SessionImportError(f"{mask_path}: selects {int(given.sum())} voxels, but the session's voxel space "
-                                 f"({session_space(folder).mask}) has {int(stored.sum())} others; give that mask or none")
-    return stored, "the session's voxel space", False
+                                 f"({where}) has {int(data.sum())} others; give that mask or none")
+    return data, f"the session's voxel space, {where.name}", False
+
+
+def _stored_mask(folder: SessionFolder) -> tuple[Mask, Path] | None:
+    """The session's voxel space; for a session whose runs began before it was stored, its first run's mask
+    (as the scanner side takes it up again)."""
+    if not folder.path.exists():
+        return None
+    space = session_space(folder).load()
+    if space is not None:
+        return space.mask, session_space(folder).mask
+    for row in sorted(folder.runs(), key=lambda r: int(r["run"])):
+        path = folder.derivatives / f"{folder.prefix(int(row['run']))}_desc-brain_mask.nii"
+        if path.exists():
+            img = nib.load(path)
+            return Mask(np.asarray(img.dataobj) > 0, np.asarray(img.affine, float)), path
+    return None
 
 
 def _check_finite(run: RunInput, masked: np.ndarray) -> None:

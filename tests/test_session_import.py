@@ -288,6 +288,17 @@ def test_a_mask_on_another_grid_is_refused(tmp_path, recorded, capsys):
     assert "mask.nii.gz: grid (7, 8, 5)" in capsys.readouterr().err and not session.exists()
 
 
+def test_the_import_refuses_finalizes_options_and_a_run_without_events(tmp_path, capsys):
+    session = str(tmp_path / "s" / "sub-01" / "ses-01")
+    assert main(["session", "import", session, "--run", "a.nii.gz", "a_events.tsv", "--runs", "1"]) == 2
+    assert "--runs belong to session finalize" in capsys.readouterr().err
+    assert main(["session", "import", session, "--run", "a.nii.gz"]) == 2
+    assert "--run takes BOLD EVENTS [CONFOUNDS] (2 or 3 files), got 1" in capsys.readouterr().err
+    assert main(["session", "import", session, "--run", str(tmp_path / "a.nii.gz"), "a_events.tsv"]) == 2
+    assert "a.nii.gz: no such file (expected a 4-D NIfTI run)" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+
+
 class Crash(Exception):
     pass
 

@@ -29,6 +29,11 @@ def run(args: argparse.Namespace) -> int:
     bad = [g for g in args.import_runs if len(g) not in (2, 3)]
     if bad:
         raise ConfigError(f"{where}: --run takes BOLD EVENTS [CONFOUNDS] (2 or 3 files), got {len(bad[0])}: {bad[0]}")
+    stray = [name for name, value in (("--runs", args.runs), ("--gallery", args.gallery), ("--config", args.config))
+             if value is not None]
+    if stray:
+        raise ConfigError(f"{where}: {', '.join(stray)} belong to session finalize; the import takes --run, --mask, "
+                          "--tr, --image-column and --task")
     if args.tr is not None and not 0 < args.tr < 100:
         raise ConfigError(f"{where}: --tr: expected seconds between 0 and 100, got {args.tr}")
     try:

@@ -25,18 +25,29 @@ import numpy as np
 from rtdecode.demo.settings import DemoSettings
 
 
-def _tuned_glm(s: DemoSettings, session: Path, model_dir: Path):
-    """The demo's GLM (settings.GLM_BEST): tuned on the calibration hour when it needs a tuning; returns the
-    offline settings, the tuning and the scanner side's [glm] lines, and says which configuration runs."""
+def _tuned_glm(s: DemoSettings, session: Path, model_dir: Path, cache: Path | None = None):
+    """The demo's GLM (settings.GLM_BEST): tuned on the calibration hour's training data when it needs a tuning
+    (``cache``: the image embeddings' cache); returns the offline settings, the tuning and the scanner side's
+    [glm] lines, and says which configuration runs."""
+    from calibration.build import standin_tokens
+    from calibration.data import SubjectData
+    from calibration.splits import repeated_images
     from rtdecode.config import denoise_count, needs_tuning
     from rtdecode.demo.settings import GLM_BEST
     from rtdecode.glm.incremental import GLMSettings
+    from rtdecode.glm.offline import session_folder, session_trials
     from rtdecode.glm.runner import tuned_count
     from rtdecode.glm.tuning import describe, tune_session
 
     tuning = None
     if needs_tuning(s.glm_hrf, s.glm_denoise):
-        tuning = tune_session(session, out=model_dir)
+        # Training data only: the calibration runs, less the images calibrate holds out (its default, the repeated
+        # ones); without repeats left the images' tokens score the tuning (docs/glm.md).
+        runs = list(range(1, s.calibration_runs + 1))
+        shown = [im for im, r in zip(*session_trials(session_folder(session)), strict=True) if r in runs]
+        held = repeated_images(SubjectData("demo", np.zeros((len(shown), 0)), shown, np.zeros((len(shown), 0, 0))))
+        tuning = tune_session(session, out=model_dir, runs=runs, held_out=held,
+                              features=lambda ids: standin_tokens(ids, cache))
         _say(f"   {describe(tuning)}")
     # The scanner side subtracts the calibration hour's components (glm.denoise_mode "subtract"), whose
     # count is chosen per tier: the training betas' tier decides it (None: end of run).
@@ -143,7 +154,7 @@ def run_demo(out: Path, settings: DemoSettings | None = None, cache: Path | None
     _say("3. calibration (the GLM tuned on the hour, offline betas, then fine-tuning the shared model)")
     t = time.monotonic()
     model_dir = out / "model"
-    glm_settings, tuning, glm_lines = _tuned_glm(s, session, model_dir)
+    glm_settings, tuning, glm_lines = _tuned_glm(s, session, model_dir, cache / "embeddings")
     data = load_session(session, spec.name, cache / "embeddings", glm=glm_settings, train_on=s.train_on, tuning=tuning)
     config = TrainConfig(epochs=s.calibrate_epochs, batch_size=24, max_lr=s.calibrate_lr, seed=s.seed,
                          checkpoint_s=60.0, cpu=True)

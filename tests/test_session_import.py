@@ -152,6 +152,9 @@ def test_other_forms_plain_confounds_stim_file_sidecar_tr_and_no_mask(tmp_path, 
     mask, runs = recorded
     groups = write_inputs(tmp_path / "a", mask, runs[:2])
     other = write_inputs(tmp_path / "b", mask, runs[:2], tr=1.0)  # the header is wrong; the sidecar is right
+    for where in ("a", "b"):  # run 1 lost volume 5; here, in the first run, it must not spoil the mask
+        (tmp_path / where / "sub-x_run-1_desc-preproc_bold.json").write_text('{"MissingVolumes": [5]}')
+    _bold(tmp_path / "b", 1, _volume_5_lost, tr=1.0)  # listed in MissingVolumes: what it holds is no data
     for r, (bold, events, conf) in enumerate(other):
         sidecar = Path(bold.replace(".nii.gz", ".json"))
         sidecar.write_text(json.dumps({**(json.loads(sidecar.read_text()) if sidecar.exists() else {}),
@@ -225,6 +228,16 @@ def _bold(where: Path, run: int, edit, tr: float = TR) -> None:
     nib.save(img, path)
 
 
+def _cut(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) * 2 // 3])  # the header whole, the volumes cut short
+
+
+def _volume_5_lost(d: np.ndarray) -> np.ndarray:
+    d[..., 5] = np.nan
+    return d
+
+
 def _nan_in_volume_7(d: np.ndarray) -> np.ndarray:
     d[(*np.argwhere(MASK)[17], 7)] = np.nan  # a voxel inside the mask
     return d
@@ -254,6 +267,8 @@ BAD = {  # name -> (what is broken, words the one error line must hold)
     "no TR": (lambda w: _bold(w, 1, lambda d: d, tr=0.0), ["run-1_desc-preproc_bold.nii.gz: no repetition time", "--tr"]),
     "NaN in the mask": (lambda w: _bold(w, 3, _nan_in_volume_7), ["run-3_desc-preproc_bold.nii.gz: volume 7 (0-based)"]),
     "one volume": (lambda w: _bold(w, 2, lambda d: d[..., :1]), ["run-2_desc-preproc_bold.nii.gz: expected a 4-D run"]),
+    "run cut short": (lambda w: _cut(w / "sub-x_run-3_desc-preproc_bold.nii.gz"),
+                      ["run-3_desc-preproc_bold.nii.gz: its data cannot be read"]),
     "missing volume out of range": (
         lambda w: (w / "sub-x_run-2_desc-preproc_bold.json").write_text('{"MissingVolumes": [60]}'),
         ["run-2_desc-preproc_bold.json: MissingVolumes: expected 0-based volume numbers below 60, got [60]"]),

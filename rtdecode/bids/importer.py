@@ -68,7 +68,7 @@ def plan_import(folder: SessionFolder, runs: list[RunInput], mask_path: Path | N
         data = run.load()
         if mask is None:  # no mask given nor stored: the first run's own, as the scanner side makes one
             mean = received_mean(data, run.missing)
-            mask = intensity_mask(np.nan_to_num(mean), MASK_THRESHOLD) & np.isfinite(data).all(axis=3)
+            mask = intensity_mask(np.nan_to_num(mean), MASK_THRESHOLD) & _finite(data, run.missing)
             origin = f"intensity mask ({MASK_THRESHOLD} x the 98th percentile) of {run.bold.name}'s mean"
         _check_finite(run, data[mask])
         digests.append(run.digests())
@@ -78,9 +78,21 @@ def plan_import(folder: SessionFolder, runs: list[RunInput], mask_path: Path | N
 
 
 def received_mean(data: np.ndarray, missing: list[int]) -> np.ndarray:
-    """The mean image of the volumes that arrived, without copying the run (float64 sums)."""
-    total = data.sum(axis=3, dtype=np.float64) - sum(data[..., t].astype(np.float64) for t in missing)
-    return (total / (data.shape[3] - len(missing))).astype(np.float32)
+    """The mean image of the volumes that arrived (a missing one may hold anything), without copying the run."""
+    received = [t for t in range(data.shape[3]) if t not in missing]
+    total = np.zeros(data.shape[:3])
+    for t in received:
+        total += data[..., t]
+    return (total / len(received)).astype(np.float32)
+
+
+def _finite(data: np.ndarray, missing: list[int]) -> np.ndarray:
+    """Voxels finite in every volume that arrived."""
+    out = np.ones(data.shape[:3], bool)
+    for t in range(data.shape[3]):
+        if t not in missing:
+            out &= np.isfinite(data[..., t])
+    return out
 
 
 def _mask(folder: SessionFolder, first: RunInput, mask_path: Path | None) -> tuple[np.ndarray | None, str, bool]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,7 +55,11 @@ class RunInput:
 
     def load(self) -> np.ndarray:
         """The 4-D data as float32 (x, y, z, t)."""
-        return np.asarray(nib.load(self.bold).dataobj, np.float32)
+        try:
+            return np.asarray(nib.load(self.bold).dataobj, np.float32)
+        except (OSError, EOFError, ValueError, zlib.error) as exc:  # a file cut short, a damaged gzip stream
+            raise SessionImportError(f"{self.bold}: its data cannot be read ({type(exc).__name__}: {exc}); expected "
+                                     f"{int(np.prod(self.shape))} values") from None
 
 
 def _sha256(path: Path) -> str:

@@ -274,8 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--voxels", dest="n_voxels", type=int, default=None)
     p.add_argument("--hidden", type=int, default=None, help="decoder: MindEye2 hidden size (4096 or 1024)")
     p.add_argument("--unclip", action="store_true", default=None, help="decoder: also time unCLIP on the CPU")
-    p.add_argument("--seeds", type=int, nargs="+", default=None, help="betas: simulated visits to average (default 0)")
-    p.add_argument("--out", type=Path, default=None, help="betas: write results.json and table.md here")
+    p.add_argument("--out", type=Path, default=None, help="gpu: where its tables go (bench betas: see its --help)")
     p.add_argument("--tr", type=float, default=None, help="contention: the TR the run is written at (default 1.5 s)")
     p.add_argument("--threads", type=_threads, default=None,
                    help="contention: threads of the scanner side and the decoder (default: [threads]; 0: every core)")

@@ -108,9 +108,15 @@ def _calibrate(out: Path, setup: ClaimSetup, unit: dict) -> dict:
     scale = total / unit["runs"]
     grid = Grid(setup.lrs, tuple(max(1, round(e * scale)) for e in setup.epochs))
     pretrained = None if unit["arm"] == "scratch" else out / f"shared-{'real' if unit['arm'] == 'pretrained' else 'scrambled'}"
-    folder = calibrate(data, out / "models" / unit["name"], TrainConfig(batch_size=24, checkpoint_s=1e9, seed=unit["seed"]),
-                       pretrained=pretrained, holdout=held, tune=grid)
-    summary = json.loads((folder / "training.json").read_text())
+    calibrate(data, out / "models" / unit["name"], TrainConfig(batch_size=24, checkpoint_s=1e9, seed=unit["seed"]),
+              pretrained=pretrained, holdout=held, tune=grid)
+    return _row(out, setup, unit)
+
+
+def _row(out: Path, setup: ClaimSetup, unit: dict) -> dict:
+    """A finished unit's row, read from its model folder's training.json."""
+    spec = _specs(setup, "new")[unit["seed"]]
+    summary = json.loads((out / "models" / unit["name"] / "training.json").read_text())
     return {**unit, "person": spec.name, "top1": both_ways(summary["evaluation"]),
             "held_out_images": summary["evaluation"]["held_out_images"], "chance": summary["evaluation"]["chance"],
             "overlap": summary["held_out_overlap"], "seen_person": summary["seen_person"],
@@ -134,6 +140,8 @@ def _task(out: str, setup: dict, kind: str, unit: dict):
             _write(out_path, s, unit["group"])
         elif kind == "pretrain" and not (out_path / f"shared-{unit['group']}" / "model.safetensors").exists():
             _pretrain(out_path, s, unit["group"])
+        elif kind == "unit" and (out_path / "models" / unit["name"] / "training.json").exists():
+            result = _row(out_path, s, unit)  # finished in this work folder before (training.json comes last)
         elif kind == "unit":
             result = _calibrate(out_path, s, unit)
     finally:

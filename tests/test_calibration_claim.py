@@ -44,3 +44,18 @@ def test_the_claim_in_a_fair_fight(tmp_path):
     assert real["mean"] > 0 and real["wins"] >= 3, table(rows)
     assert real["ci95"][0] < 0 < real["ci95"][1], "the advantage is now established: update docs/calibration.md"
     assert abs(control["mean"]) < 0.03 and transfer["mean"] > 0, table(rows)
+
+
+@pytest.mark.slow
+def test_a_finished_unit_is_read_back_not_trained_again(tmp_path):
+    """A claim's work folder keeps its datasets, shared models and finished units: measuring again (more
+    sizes, after a stop) reads a unit whose training.json is there instead of training it again."""
+    from rtdecode.claim import ClaimSetup, measure
+
+    setup = ClaimSetup(new_people=2, arms=("scratch",), runs=(1,), lrs=(1e-2,), epochs=(1,), workers=1)
+    first = measure(tmp_path, setup, log=lambda *_: None)
+    stamps = {r["name"]: (tmp_path / "models" / r["name"] / "model.safetensors").stat().st_mtime_ns for r in first}
+    assert len(stamps) == 2 and all(r["held_out_images"] == 50 for r in first)
+    again = measure(tmp_path, setup, log=lambda *_: None)
+    assert again == first
+    assert {n: (tmp_path / "models" / n / "model.safetensors").stat().st_mtime_ns for n in stamps} == stamps

@@ -171,7 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("glm-tune", help="tune the GLM on a calibration session: each voxel's HRF, noise pool and count")
     p.add_argument("session", type=Path, help="session folder (.../sub-XX/ses-YY)")
     p.add_argument("--out", type=Path, required=True, help="folder for glm_tuning.npz and .json (the model folder)")
-    p.add_argument("--tr", type=float, default=1.5)
+    p.add_argument("--tr", type=float, default=None, help="default: the TR the session was recorded or imported at, "
+                   "else 1.5 s")
     p.add_argument("--runs", type=_run_list, default=None, help="tune on these runs only, e.g. 1,2,3 (default: all)")
     p.add_argument("--holdout", default=None, help="images left out of every criterion, as calibrate's --holdout: "
                    "runs:N,M, @FILE or id,id,... (default: none; calibrate leaves out its own held-out images)")

@@ -125,8 +125,9 @@ def test_imported_runs_give_the_betas_and_tuning_of_the_same_runs_recorded_live(
     np.testing.assert_array_equal(a.hrf_index, b.hrf_index)
 
 
-def test_the_imported_tr_is_kept_and_read_by_rtdecode_glm_and_calibrate(tmp_path, recorded, capsys):
-    """Runs at TR 2 s: `rtdecode glm` without --tr and calibrate's GLM (settings left at 1.5 s) fit them at 2 s."""
+def test_the_imported_tr_is_kept_and_read_by_glm_glm_tune_and_calibrate(tmp_path, recorded, capsys):
+    """Runs at TR 2 s: `rtdecode glm` and `glm-tune` without --tr, and calibrate's GLM (settings left at 1.5 s),
+    fit them at 2 s; a --tr that contradicts the record is refused."""
     mask, runs = recorded
     groups = write_inputs(tmp_path / "elsewhere", mask, runs[:2], tr=2.0)
     nib.save(nib.Nifti1Image(mask.astype(np.uint8), AFFINE), tmp_path / "mask.nii.gz")
@@ -144,6 +145,14 @@ def test_the_imported_tr_is_kept_and_read_by_rtdecode_glm_and_calibrate(tmp_path
     assert main(["glm", str(session), "--out", str(tmp_path / "x"), "--tr", "1.5"]) == 2
     err = capsys.readouterr().err
     assert "--tr 1.5, but" in err and "was recorded at TR 2 s" in err
+    # glm-tune (and calibrate's tuning, the same call) tunes the HRFs on the same clock.
+    assert main(["glm-tune", str(live.path), "--out", str(tmp_path / "t-live"), "--tr", "2"]) == 0
+    assert main(["glm-tune", str(session), "--out", str(tmp_path / "t-imported")]) == 0
+    a, b = GLMTuning.load(tmp_path / "t-live"), GLMTuning.load(tmp_path / "t-imported")
+    np.testing.assert_allclose(b.reliability, a.reliability, atol=1e-6)
+    np.testing.assert_array_equal(b.hrf_index, a.hrf_index)
+    assert main(["glm-tune", str(session), "--out", str(tmp_path / "x"), "--tr", "1.5"]) == 2
+    assert "was recorded at TR 2 s" in capsys.readouterr().err
 
 
 def test_other_forms_plain_confounds_stim_file_sidecar_tr_and_no_mask(tmp_path, recorded, capsys):

@@ -13,7 +13,7 @@ from pathlib import Path
 from rtdecode.errors import ConfigError
 
 LABEL = re.compile(r"\A[A-Za-z0-9]{1,32}\Z")
-DEFAULT_TR = 1.5  # what rtdecode glm, glm-tune and calibrate assume without --tr
+DEFAULT_TR = 1.5  # Real-time MindEye's; another TR is worth a line
 
 
 def run(args: argparse.Namespace) -> int:
@@ -72,6 +72,5 @@ def run(args: argparse.Namespace) -> int:
     print(f"{len(written)} run(s) imported into {folder.path}; mask: {int(plan.mask.sum())} voxels "
           f"({plan.mask_origin})")
     if abs(runs[0].tr_s - DEFAULT_TR) > 1e-6:
-        print(f"TR is {runs[0].tr_s:g} s (kept; rtdecode glm and calibrate read it): pass --tr {runs[0].tr_s:g} to "
-              "rtdecode glm-tune")
+        print(f"TR is {runs[0].tr_s:g} s (kept: rtdecode glm, glm-tune and calibrate read it)")
     return 0

@@ -68,6 +68,16 @@ def recorded_tr(folder: SessionFolder) -> float | None:
     return next(iter(found), None)
 
 
+def session_tr(folder: SessionFolder, given: float | None) -> float:
+    """The TR to fit ``folder`` at: ``given`` (--tr), else the recorded one, else 1.5 s; a ``given`` TR that
+    contradicts the record is a ValueError."""
+    recorded = recorded_tr(folder)
+    if given is not None and recorded is not None and abs(given - recorded) > 1e-3:
+        raise ValueError(f"--tr {given:g}, but {folder.path} was recorded at TR {recorded:g} s "
+                         "(derivatives/rtdecode/func/*_desc-acquisition.json): leave --tr out")
+    return float(given if given is not None else recorded or 1.5)
+
+
 def session_trials(folder: SessionFolder) -> tuple[list[str], list[int]]:
     """The image and run of every trial the offline GLM would estimate (runs with volumes and events)."""
     images, runs = [], []
@@ -147,11 +157,7 @@ def write_offline_betas(session: Path, out: Path, noise_model: str = "ar1", vers
 
     try:
         folder = session_folder(session)
-        recorded = recorded_tr(folder)
-        if tr_s is not None and recorded is not None and abs(tr_s - recorded) > 1e-3:
-            raise ValueError(f"--tr {tr_s:g}, but {session} was recorded at TR {recorded:g} s "
-                             "(derivatives/rtdecode/func/*_desc-acquisition.json): leave --tr out")
-        tr_s = tr_s if tr_s is not None else recorded or 1.5
+        tr_s = session_tr(folder, tr_s)
         tuned = GLMTuning.load(tuning) if tuning is not None else None
         if tuned is None and (hrf == "library" or denoise not in ("auto", "off")):
             raise ValueError("--hrf library and --denoise N need --tuning MODEL (a folder with glm_tuning.npz)")

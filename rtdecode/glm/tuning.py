@@ -328,15 +328,17 @@ def session_grid(folder, run: int, n_voxels: int) -> VoxelGrid | None:
     return VoxelGrid.from_mask(mask, img.affine) if int(mask.sum()) == n_voxels else None
 
 
-def tune_session(path: str | Path, tr_s: float = 1.5, high_pass_hz: float = 0.01, out: str | Path | None = None,
+def tune_session(path: str | Path, tr_s: float | None = None, high_pass_hz: float = 0.01, out: str | Path | None = None,
                  max_components: int = MAX_COMPONENTS, runs: list[int] | None = None,
                  held_out: set[str] | frozenset[str] = frozenset(), features: Features | None = None) -> GLMTuning:
     """``rtdecode glm-tune``: tune on a recorded session folder's ``runs`` (default all), leaving
     ``held_out`` images out of every criterion; ``features``: image ids -> features, for the encoding
-    criterion when training images do not repeat (:func:`tune`); saved into ``out`` when given."""
-    from rtdecode.glm.offline import session_folder
+    criterion when training images do not repeat (:func:`tune`); saved into ``out`` when given. ``tr_s``:
+    default the TR the session was recorded or imported at, else 1.5 s."""
+    from rtdecode.glm.offline import session_folder, session_tr
 
     folder = session_folder(path)
+    tr_s = session_tr(folder, tr_s)
     chosen = session_runs(folder, runs)
     data = [r for _, r in chosen]
     grid = session_grid(folder, chosen[0][0], data[0].data.shape[1]) if chosen else None

@@ -59,3 +59,18 @@ def test_a_finished_unit_is_read_back_not_trained_again(tmp_path):
     again = measure(tmp_path, setup, log=lambda *_: None)
     assert again == first
     assert {n: (tmp_path / "models" / n / "model.safetensors").stat().st_mtime_ns for n in stamps} == stamps
+
+
+def test_a_second_pretraining_seed_gets_its_own_shared_models_and_units():
+    """In one work folder a second pretraining seed must not read the first seed's models back."""
+    from rtdecode.claim import ClaimSetup, _plan, _shared
+
+    first, second = ClaimSetup(), ClaimSetup(pretrain_seed=1)
+
+    def units(setup: ClaimSetup) -> set[str]:
+        return {unit["name"] for kind, unit, _ in _plan(setup) if kind == "unit"}
+
+    assert _shared(first, "real") == "shared-real" and _shared(second, "real") == "shared-real-p1"
+    scratch = {n for n in units(first) if n.startswith("scratch-")}
+    assert len(scratch) == 5 and scratch <= units(second)  # scratch needs no pretraining: the same units
+    assert len(units(first) - scratch) == 10 and not (units(first) - scratch) & units(second)

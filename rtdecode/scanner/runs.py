@@ -95,11 +95,17 @@ class RunBook:
 
     def holds_back(self, series_key: int, now: float, pending_series: set[int]) -> bool:
         """Whether a new series' file waits: the open run first takes every file of its own on disk (after a
-        restart or a burst), and a last volume landing up to ``missing_timeout_s`` after its newest one."""
+        restart or a burst), and a last volume landing up to ``missing_timeout_s`` after its newest one.
+
+        A file still waiting to be read under a series number between the open run's and the new one's
+        holds the new series back too: series numbers rise through a session, so it comes first, and in
+        an XA interoperability export it may be the open run's own volume (a series of its own, 7003 in
+        run 7001), unknown until it can be read. It waits ``partial_timeout_s`` at most."""
         run = self.open_run
         if run is None or self.stray(series_key) is not None:
             return False
-        if not self.busy(run, pending_series) and now - run.last_file >= self.missing_timeout_s:
+        between = any(run.series_key < key < series_key for key in pending_series)
+        if not between and not self.busy(run, pending_series) and now - run.last_file >= self.missing_timeout_s:
             return False
         if series_key not in run.held_back:
             run.held_back.add(series_key)

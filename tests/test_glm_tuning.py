@@ -68,6 +68,7 @@ def _shuffle_held_out(folder: SessionFolder, held: set[str], seed: int) -> None:
         write_events(path, Events(ev.onset, ev.duration, tuple(imgs)))
 
 
+@SLOW
 def test_calibrate_leaves_its_held_out_images_out_of_the_glm_tuning(tmp_path, small_varied):
     """What calibrate's tuning sees does not depend on the held-out trials' betas: shuffling which held-out image
     each held-out trial showed (which changes every repeat pair among them) leaves the tuning unchanged; the
@@ -101,6 +102,8 @@ def test_calibrate_leaves_its_held_out_images_out_of_the_glm_tuning(tmp_path, sm
     assert (a.n_components, a.fast_components, a.end_components) == (b.n_components, b.fast_components,
                                                                       b.end_components)
     assert a.held_out == len(held) and any("held-out image(s) left out" in n for n in a.notes)
+    # Training images still repeat here, but the images' tokens are known: the encoding criterion scores it.
+    assert a.criterion == "cross-validated encoding score", a.notes
 
 
 @SLOW
@@ -198,8 +201,8 @@ def test_the_hrf_choice_finds_late_and_venous_voxels(venous_visit, venous_tuned)
     """Late voxels (true peak at least 1 s after the person's median; most are venous here): the share whose
     chosen member peaks within 0.5 s of their true peak, against the bound the library allows (each voxel
     given the member whose peak is nearest its true one, measured the same way) and against issue 20's
-    choice (shrunk towards the person's curve) on the same evidence. Measured on this visit: see docs/glm.md;
-    the issue's goal, a majority, is not met for venous patches (their patches are as small as the pooling)."""
+    choice (shrunk towards the person's curve) on the same evidence, both scored by repeat reliability (no image
+    features given). That criterion does not reach the issue's majority; the encoding criterion does (below)."""
     from rtdecode.glm.hrf_library import choose_members, peak_times
 
     member_peak = peak_times(venous_tuned.library)
@@ -224,6 +227,38 @@ def test_the_hrf_choice_finds_late_and_venous_voxels(venous_visit, venous_tuned)
     assert new[late].mean() >= 2 * old[late].mean() and new[late].mean() >= old[late].mean() + 0.1, report
     assert new_err > old_err + 0.3, report
     assert new.mean() >= old.mean() - 0.05, report  # not bought with the other voxels
+
+
+@SLOW
+def test_the_encoding_criterion_finds_most_late_voxels(venous_visit, venous_tuned, tmp_path_factory):
+    """Scored by the encoding criterion (the images' tokens predicting each run's betas from the other runs'),
+    the HRF choice peaks within 0.5 s of the truth for a majority of late voxels (the issue's goal), well above
+    the repeat criterion's choice on the same runs, without losing the other voxels. Held-out images (the
+    repeated ones, as calibrate holds out) are left out, as calibrate does."""
+    from calibration.build import standin_tokens
+    from rtdecode.glm.hrf_library import peak_times
+    from rtdecode.glm.tuning import tune
+
+    runs = _tuning_runs(venous_visit["runs"][:8])
+    images = [img for run in runs for img in run.images]
+    held = {img for img in images if images.count(img) > 1}
+    cache = tmp_path_factory.mktemp("tokens")
+    tuned = tune(runs, TR, grid=venous_visit["grid"], max_components=0, held_out=held,
+                 features=lambda ids: standin_tokens(ids, cache))
+    assert tuned.criterion == "cross-validated encoding score"
+    member_peak = peak_times(tuned.library)
+    truth, visual = venous_visit["peaks"], venous_visit["visual"]
+    late = truth >= np.median(truth) + 1.0
+
+    def within(tuning):
+        return np.abs(member_peak[tuning.hrf_index[visual]] - truth) <= 0.5
+
+    new, old = within(tuned), within(venous_tuned)
+    report = f"late: {new[late].mean():.0%} (repeats {old[late].mean():.0%}); all visual {new.mean():.0%} ({old.mean():.0%})"
+    print(report)
+    # Measured here: 62 % of late voxels against 22 %; 73 % of all visual voxels against 49 %.
+    assert new[late].mean() > 0.5 and new[late].mean() >= old[late].mean() + 0.2, report
+    assert new.mean() >= old.mean(), report
 
 
 @SLOW

@@ -167,13 +167,16 @@ def _run_betas(run: TuningRun, tr_s: float, settings: GLMSettings, kernel: np.nd
 
 
 Features = Callable[[list[str]], np.ndarray]
+CRITERIA = ("encoding", "repeats")  # what scores the tuning when both could: rtdecode.glm.criteria
 
 
 def _criterion(runs: list[TuningRun], held_out: frozenset[str] | set[str], features: Features | None,
-               seed: int) -> tuple[RepeatCriterion | EncodingCriterion, np.ndarray, list[str]]:
-    """What scores the tuning: repeat reliability where training images repeat, else the encoding score
-    when image ``features`` are given (held-out images' features are never asked for); with the mask of
-    scored trials and the notes."""
+               seed: int, prefer: str) -> tuple[RepeatCriterion | EncodingCriterion, np.ndarray, list[str]]:
+    """What scores the tuning: the encoding score when image ``features`` are given (``prefer`` "encoding") or
+    when training images do not repeat, else repeat reliability (held-out images' features are never asked
+    for); with the mask of scored trials and the notes."""
+    if prefer not in CRITERIA:
+        raise ValueError(f"GLM tuning criterion: expected one of {CRITERIA}, got {prefer!r}")
     shown = [img for run in runs for img in run.images]
     scored = np.array([img not in held_out for img in shown], bool)
     images = [img if keep else f"held-out trial {i}" for i, (img, keep) in enumerate(zip(shown, scored, strict=True))]
@@ -181,7 +184,7 @@ def _criterion(runs: list[TuningRun], held_out: frozenset[str] | set[str], featu
                         "left out of every criterion"] if (~scored).any() else []
     criterion: RepeatCriterion | EncodingCriterion = RepeatCriterion(images, seed)
     complete = all(len(run.images) == len(run.onsets) for run in runs)
-    if not criterion.usable and features is not None and complete:
+    if (prefer == "encoding" or not criterion.usable) and features is not None and complete:
         trial_runs = np.concatenate([np.full(len(run.images), k) for k, run in enumerate(runs)])
         wanted = [img for img, keep in zip(shown, scored, strict=True) if keep]
         if len(set(trial_runs[scored].tolist())) >= 2:
@@ -191,13 +194,15 @@ def _criterion(runs: list[TuningRun], held_out: frozenset[str] | set[str], featu
 
 def tune(runs: list[TuningRun], tr_s: float, high_pass_hz: float = 0.01, max_components: int = MAX_COMPONENTS,
          motion: bool = True, source: str = "", seed: int = 0, held_out: frozenset[str] | set[str] = frozenset(),
-         grid: VoxelGrid | None = None, tier_delay_s: float = 7.5, features: Features | None = None) -> GLMTuning:
+         grid: VoxelGrid | None = None, tier_delay_s: float = 7.5, features: Features | None = None,
+         criterion: str = "encoding") -> GLMTuning:
     """Choose each voxel's HRF, the noise pool and the number of components from calibration runs.
 
     Every choice is scored by one criterion (:mod:`rtdecode.glm.criteria`) on single-trial betas (whole-run
-    LSS, OLS): how well betas of the same image agree across its presentations, or, without repeated
-    training images, how well a ridge map from the images' ``features`` (image ids -> (n, ...) array)
-    fitted on the other runs predicts them. It chooses HRF members per voxel (pooled over neighbours on
+    LSS, OLS): how well a ridge map from the images' ``features`` (image ids -> (n, ...) array) fitted on
+    the other runs predicts them, when features are given (``criterion`` "encoding": it uses every
+    training trial and finds late voxels, docs/glm.md); else, or with ``criterion`` "repeats" where
+    training images repeat, how well betas of the same image agree across its presentations. It chooses HRF members per voxel (pooled over neighbours on
     ``grid``, else shrunk towards the person's curve: :func:`choose_members`), the pool (voxels whose
     betas score at or below 0 and whose mean beta is within ``EVOKED_T`` standard errors of 0) and the
     number of components (:func:`choose_count`). Trials of ``held_out`` images stay in the design (they
@@ -209,7 +214,7 @@ def tune(runs: list[TuningRun], tr_s: float, high_pass_hz: float = 0.01, max_com
         raise ValueError(f"GLM tuning needs at least 2 calibration runs with events, got {len(runs)}")
     params = library_params()
     n_vox = runs[0].data.shape[1]
-    criterion, scored, notes = _criterion(runs, held_out, features, seed)
+    criterion, scored, notes = _criterion(runs, held_out, features, seed, criterion)
     settings = GLMSettings(t_r=tr_s, high_pass=high_pass_hz, noise_model="ols", motion_confounds=motion)
     if not criterion.usable:
         notes.append(f"only {len(criterion.pairs)} pairs of repeated training images (held-out images do not count)"

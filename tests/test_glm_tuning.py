@@ -337,3 +337,22 @@ def test_the_demo_tunes_on_its_calibration_runs_without_calibrates_held_out_imag
     saved = GLMTuning.load(tmp_path / "model")
     assert saved.runs == tuning.runs == [1, 2, 3] and saved.held_out == len(repeated)
     assert saved.criterion == "cross-validated encoding score" and lines["tuning"] == str(tmp_path / "model")
+
+
+def test_images_without_features_fall_back_to_repeats_or_say_why(small_varied):
+    """A recorded session's own image ids have no stand-in tokens: with repeated training images the tuning is
+    scored by repeat reliability and says why; without them the features' error is raised, naming the id."""
+    from rtdecode.glm.tuning import tune
+
+    runs = [run for run, _ in small_varied[:3]]
+    tuning_runs = _tuning_runs([(run, series, None) for run, series in small_varied[:3]])
+
+    def no_tokens(ids):
+        raise ValueError(f"not a built-in stimulus id: {ids[0]!r} (expected 'sim-NNNNN')")
+
+    tuned = tune(tuning_runs, TR, max_components=0, features=no_tokens)
+    assert tuned.criterion == "repeat reliability"
+    assert any(n.startswith("no image features (not a built-in stimulus id") for n in tuned.notes), tuned.notes
+    images = [img for run in runs for img in run.events.image]
+    with pytest.raises(ValueError, match="not a built-in stimulus id"):
+        tune(tuning_runs, TR, max_components=0, features=no_tokens, held_out={i for i in images if images.count(i) > 1})

@@ -188,7 +188,14 @@ def _criterion(runs: list[TuningRun], held_out: frozenset[str] | set[str], featu
         trial_runs = np.concatenate([np.full(len(run.images), k) for k, run in enumerate(runs)])
         wanted = [img for img, keep in zip(shown, scored, strict=True) if keep]
         if len(set(trial_runs[scored].tolist())) >= 2:
-            criterion = EncodingCriterion(np.asarray(features(wanted)), trial_runs, scored)
+            try:
+                found = np.asarray(features(wanted))
+            except (KeyError, ValueError) as exc:  # e.g. a recorded session's own image ids: no tokens for them
+                if criterion.usable:
+                    notes.append(f"no image features ({exc}): scored by repeat reliability instead")
+                    return criterion, scored, notes
+                raise
+            criterion = EncodingCriterion(found, trial_runs, scored)
     return criterion, scored, notes
 
 

@@ -44,3 +44,33 @@ def test_the_claim_in_a_fair_fight(tmp_path):
     assert real["mean"] > 0 and real["wins"] >= 3, table(rows)
     assert real["ci95"][0] < 0 < real["ci95"][1], "the advantage is now established: update docs/calibration.md"
     assert abs(control["mean"]) < 0.03 and transfer["mean"] > 0, table(rows)
+
+
+@pytest.mark.slow
+def test_a_finished_unit_is_read_back_not_trained_again(tmp_path):
+    """A claim's work folder keeps its datasets, shared models and finished units: measuring again (more
+    sizes, after a stop) reads a unit whose training.json is there instead of training it again."""
+    from rtdecode.tools.claim import ClaimSetup, measure
+
+    setup = ClaimSetup(new_people=2, arms=("scratch",), runs=(1,), lrs=(1e-2,), epochs=(1,), workers=1)
+    first = measure(tmp_path, setup, log=lambda *_: None)
+    stamps = {r["name"]: (tmp_path / "models" / r["name"] / "model.safetensors").stat().st_mtime_ns for r in first}
+    assert len(stamps) == 2 and all(r["held_out_images"] == 50 for r in first)
+    again = measure(tmp_path, setup, log=lambda *_: None)
+    assert again == first
+    assert {n: (tmp_path / "models" / n / "model.safetensors").stat().st_mtime_ns for n in stamps} == stamps
+
+
+def test_a_second_pretraining_seed_gets_its_own_shared_models_and_units():
+    """In one work folder a second pretraining seed must not read the first seed's models back."""
+    from rtdecode.tools.claim import ClaimSetup, _plan, _shared
+
+    first, second = ClaimSetup(), ClaimSetup(pretrain_seed=1)
+
+    def units(setup: ClaimSetup) -> set[str]:
+        return {unit["name"] for kind, unit, _ in _plan(setup) if kind == "unit"}
+
+    assert _shared(first, "real") == "shared-real" and _shared(second, "real") == "shared-real-p1"
+    scratch = {n for n in units(first) if n.startswith("scratch-")}
+    assert len(scratch) == 5 and scratch <= units(second)  # scratch needs no pretraining: the same units
+    assert len(units(first) - scratch) == 10 and not (units(first) - scratch) & units(second)

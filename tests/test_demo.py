@@ -31,6 +31,9 @@ def test_short_demo_runs_the_whole_visit(tmp_path):
     assert len(est) == settings.volumes and np.median(np.abs(est - truth[: len(est), :3])) < 0.3
     # The model folder and its report.
     assert (out / "model" / "model.safetensors").exists() and (out / "model" / "report" / "report.md").exists()
+    # Issue 35: the hour's training images are new to the shared model, as a new NSD subject's are.
+    trained = json.loads((out / "model" / "training.json").read_text())["calibration_images_in_pretraining"]
+    assert trained["in_pretraining"] == 0 and trained["images"] > 40, trained
     # Real-time run: every trial decoded by the decoder process and received over ZeroMQ.
     assert summary["retrieval"]["trials"] == settings.trials
     stages = {row["stage"]: row for row in summary["latency_ms"]}

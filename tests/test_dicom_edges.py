@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -289,3 +290,144 @@ def test_an_xa_interoperability_export_forms_one_run_per_acquisition(tmp_path, s
     assert st2.events == [] and folder2.runs() == []
     reasons = {r["reason"] for r in folder2.rejected()}
     assert all("was recorded by another session (sub-01 ses-01, run " in r for r in reasons), reasons
+
+
+def test_a_split_volume_still_being_written_keeps_its_run_open_for_it(tmp_path, small_run):
+    """Acquisition 7's last volume (series 7003) has one slice still being written while acquisition 8's
+    first volume (series 8001) lies whole in the folder, longer than ``missing_timeout_s`` after run 1's
+    last file. The still-partial file is the open run's, under a series number of its own: the next
+    acquisition waits for it. On round 4's start run 1 ended early ("new series") and volume 2's slices
+    were set aside as "incomplete when run 1 ended"."""
+    n = small_run.volumes[0].shape[2]
+    watch = tmp_path / "watch"
+    watch.mkdir()
+    cfg = load_config(_template(tmp_path, {
+        "session": {"root": str(tmp_path / "sessions"), "bids": False},
+        "scanner": {"watch_dir": str(watch), "pattern": NAME, "slices_per_volume": n, "volumes_per_run": 3,
+                    "missing_timeout_s": 0.5, "partial_timeout_s": 60.0, "quarantine_dir": str(tmp_path / "rejected")},
+        "network": {"events_port": 0, "control_port": 0},
+    }))
+
+    def volume(acquisition: int, t: int, order=None) -> list[Path]:
+        return write_slices(tmp_path / "staging" / f"{acquisition}-{t}", NAME, small_run.volumes[t], small_run.affine,
+                            series_number=acquisition, volume=t, xa_split=True, order=order)
+
+    with SideThread(cfg, n=6, timeout=120) as st:
+        for t in range(2):
+            for p in volume(7, t):
+                p.replace(watch / p.name)
+        assert wait_until(lambda: len(st.events) == 2, 60)
+        last = volume(7, 2)
+        raw = last[-1].read_bytes()
+        (watch / last[-1].name).write_bytes(raw[: len(raw) // 2])  # the scanner is still writing it
+        for p in last[:-1] + volume(8, 0):
+            p.replace(watch / p.name)
+        def taken() -> bool:  # volume 2's whole slices are read; its last one is not
+            return (r := st.side.book.get(7001)) is not None and (len(r.slices.get(2, {})) == n - 1 or r.ended)
+
+        assert wait_until(taken, 60)
+        time.sleep(4 * cfg.scanner.missing_timeout_s)  # well past missing_timeout_s: run 1 must still wait
+        (watch / last[-1].name).write_bytes(raw)
+        for t in (1, 2):
+            for p in volume(8, t):
+                p.replace(watch / p.name)
+        st.wait()
+    assert st.error is None
+    folder = SessionFolder(cfg.session.root, "01", "01")
+    assert folder.rejected() == []
+    assert st.indices == [(1, 0), (1, 1), (1, 2), (2, 0), (2, 1), (2, 2)]
+    assert [(r["run"], r["series"]) for r in folder.runs()] == [("1", "7001"), ("2", "8001")]
+    assert folder.run_ends()[1] == "complete"  # all three volumes, not ended early by acquisition 8
+
+
+def test_a_split_volume_still_being_written_at_shutdown_keeps_its_run_open(tmp_path, small_run):
+    """Shutdown (Ctrl-C) while acquisition 7's third volume (series 7003) has one slice still being
+    written, longer than ``missing_timeout_s``: the run is not closed under it; the volume is taken when
+    whole, and the run is left open for the next start, as a run whose files are still arriving is. On
+    round 4's start the run was closed at shutdown and volume 2's slices were set aside."""
+    n = small_run.volumes[0].shape[2]
+    watch = tmp_path / "watch"
+    watch.mkdir()
+    cfg = load_config(_template(tmp_path, {
+        "session": {"root": str(tmp_path / "sessions"), "bids": False},
+        "scanner": {"watch_dir": str(watch), "pattern": NAME, "slices_per_volume": n, "volumes_per_run": 5,
+                    "missing_timeout_s": 0.5, "partial_timeout_s": 60.0, "quarantine_dir": str(tmp_path / "rejected")},
+        "network": {"events_port": 0, "control_port": 0},
+    }))
+    staging = tmp_path / "staging"
+    with SideThread(cfg, n=10, timeout=120) as st:
+        for t in range(2):
+            for p in write_slices(staging / str(t), NAME, small_run.volumes[t], small_run.affine, series_number=7,
+                                  volume=t, xa_split=True):
+                p.replace(watch / p.name)
+        assert wait_until(lambda: len(st.events) == 2, 60)
+        last = write_slices(staging / "2", NAME, small_run.volumes[2], small_run.affine, series_number=7, volume=2,
+                            xa_split=True)
+        raw = last[-1].read_bytes()
+        (watch / last[-1].name).write_bytes(raw[: len(raw) // 2])  # the scanner is still writing it
+        for p in last[:-1]:
+            p.replace(watch / p.name)
+
+        def taken() -> bool:  # volume 2's whole slices are read; its last one is not
+            return (r := st.side.book.get(7001)) is not None and (len(r.slices.get(2, {})) == n - 1 or r.ended)
+
+        assert wait_until(taken, 60)
+        st.side.shutdown()
+        time.sleep(4 * cfg.scanner.missing_timeout_s)  # well past missing_timeout_s: the run must still wait
+        (watch / last[-1].name).write_bytes(raw)
+        st.wait()
+    assert st.error is None
+    folder = SessionFolder(cfg.session.root, "01", "01")
+    assert folder.rejected() == []
+    assert st.indices == [(1, 0), (1, 1), (1, 2)]
+    assert folder.run_ends() == {}  # left open: the next start resumes it
+
+
+def test_after_a_restart_a_split_volume_still_being_written_keeps_its_run_open_for_it(tmp_path, small_run):
+    """As above, but the scanner side restarts between acquisition 7's second and third volumes (their
+    files gone from the folder), and all of the third volume's slices (series 7003) are still being
+    written when acquisition 8 lands: the restarted side has read no split file of run 1, so only the
+    series numbers say 7003 comes before 8001."""
+    n = small_run.volumes[0].shape[2]
+    watch = tmp_path / "watch"
+    watch.mkdir()
+    cfg = load_config(_template(tmp_path, {
+        "session": {"root": str(tmp_path / "sessions"), "bids": False},
+        "scanner": {"watch_dir": str(watch), "pattern": NAME, "slices_per_volume": n, "volumes_per_run": 3,
+                    "missing_timeout_s": 0.5, "partial_timeout_s": 60.0, "quarantine_dir": str(tmp_path / "rejected")},
+        "network": {"events_port": 0, "control_port": 0},
+    }))
+
+    def volume(acquisition: int, t: int) -> list[Path]:
+        return write_slices(tmp_path / "staging" / f"{acquisition}-{t}", NAME, small_run.volumes[t], small_run.affine,
+                            series_number=acquisition, volume=t, xa_split=True)
+
+    with SideThread(cfg, n=2, timeout=60) as st:
+        for t in range(2):
+            for p in volume(7, t):
+                p.replace(watch / p.name)
+        st.wait()
+    assert st.indices == [(1, 0), (1, 1)]
+    for p in watch.iterdir():  # stored; moved out of the export folder (as some sites do) while it was down
+        p.unlink()
+    last = volume(7, 2)
+    raws = [p.read_bytes() for p in last]
+    with SideThread(cfg, n=4, timeout=120) as st:
+        for p, raw in zip(last, raws, strict=True):
+            (watch / p.name).write_bytes(raw[: len(raw) // 2])  # every slice of volume 2 still being written
+        for p in volume(8, 0):
+            p.replace(watch / p.name)
+        assert wait_until(lambda: len(st.side.intake.pending) == 2 * n, 60)  # all seen; 8001's files are whole
+        time.sleep(4 * cfg.scanner.missing_timeout_s)  # well past missing_timeout_s: run 1 must still wait
+        for p, raw in zip(last, raws, strict=True):
+            (watch / p.name).write_bytes(raw)
+        for t in (1, 2):
+            for p in volume(8, t):
+                p.replace(watch / p.name)
+        st.wait()
+    assert st.error is None
+    folder = SessionFolder(cfg.session.root, "01", "01")
+    assert folder.rejected() == []
+    assert st.indices == [(1, 2), (2, 0), (2, 1), (2, 2)]
+    assert [(r["run"], r["series"]) for r in folder.runs()] == [("1", "7001"), ("2", "8001")]
+    assert folder.run_ends()[1] == "complete"

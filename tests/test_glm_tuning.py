@@ -31,11 +31,27 @@ def small_varied(latent_space):
     for r in range(visit.n_runs):
         run = visit.run(r)
         if mask is None:
-            roi = np.searchsorted(run.brain_index, run.roi_index)
-            others = np.setdiff1d(np.arange(len(run.brain_index)), roi)
-            mask = np.sort(np.r_[roi, np.random.default_rng(1).choice(others, len(roi), replace=False)])
+            mask = _mask(run)[0]
         runs.append((run, run.masked_series(mask, seed=r)))
     return runs
+
+
+def _mask(run) -> tuple[np.ndarray, np.ndarray]:
+    """The visual voxels and as many that do not respond (brain indices), and which of them are visual."""
+    roi = np.searchsorted(run.brain_index, run.roi_index)
+    others = np.setdiff1d(np.arange(len(run.brain_index)), roi)
+    mask = np.sort(np.r_[roi, np.random.default_rng(1).choice(others, len(roi), replace=False)])
+    return mask, np.isin(mask, roi)
+
+
+def _true_peaks(run) -> np.ndarray:
+    """Each visual voxel's true HRF peak (s), judged as a library member is (peak_times)."""
+    from rtdecode.glm.hrf_library import peak_times
+
+    h = run.hrf
+    n = len(run.roi_index)
+    return peak_times(np.stack([np.broadcast_to(np.asarray(v, float), (n,)) for v in
+                                (h.peak_s, h.undershoot_s, h.dispersion, h.ratio)], 1))
 
 
 
@@ -53,6 +69,7 @@ def _shuffle_held_out(folder: SessionFolder, held: set[str], seed: int) -> None:
         write_events(path, Events(ev.onset, ev.duration, tuple(imgs)))
 
 
+@SLOW
 def test_calibrate_leaves_its_held_out_images_out_of_the_glm_tuning(tmp_path, small_varied):
     """What calibrate's tuning sees does not depend on the held-out trials' betas: shuffling which held-out image
     each held-out trial showed (which changes every repeat pair among them) leaves the tuning unchanged; the
@@ -86,6 +103,44 @@ def test_calibrate_leaves_its_held_out_images_out_of_the_glm_tuning(tmp_path, sm
     assert (a.n_components, a.fast_components, a.end_components) == (b.n_components, b.fast_components,
                                                                       b.end_components)
     assert a.held_out == len(held) and any("held-out image(s) left out" in n for n in a.notes)
+    # Training images still repeat here, but the images' tokens are known: the encoding criterion scores it.
+    assert a.criterion == "cross-validated encoding score", a.notes
+
+
+@SLOW
+def test_calibrate_tunes_with_its_default_holdout_by_encoding_and_sees_no_held_out_image(tmp_path, small_varied):
+    """calibrate's default held-out images are the repeated ones, so no training image repeats: the encoding
+    criterion (ridge from the images' tokens to betas, scored on the other runs) tunes instead of leaving Glover's
+    HRF everywhere. Its choice moves towards the true peaks, and shuffling which held-out image each held-out
+    trial showed leaves it unchanged (their trials neither train the map nor score it)."""
+    from rtdecode.cli import _session_glm
+    from rtdecode.glm.hrf_library import GLOVER_INDEX, peak_times
+
+    folder = record_session(tmp_path / "s", small_varied)
+    _, held = _tuning_split(folder.path, "t01", None)
+    tunings = []
+    for k in range(2):
+        if k:
+            _shuffle_held_out(folder, held, seed=5)
+        args = build_parser().parse_args(["calibrate", "--session", str(folder.path), "--subject", "t01", "--out",
+                                          str(tmp_path / f"m{k}"), "--glm-hrf", "library", "--glm-denoise", "auto"])
+        _session_glm(args)
+        tunings.append(GLMTuning.load(tmp_path / f"m{k}"))
+    a, b = tunings
+    assert a.criterion == "cross-validated encoding score" and a.held_out == len(held) >= 20
+    assert any("leave one of 6 runs out" in n for n in a.notes), a.notes
+    member_peak = peak_times(a.library)
+    truth, visual = _true_peaks(small_varied[0][0]), _mask(small_varied[0][0])[1]
+    error = np.abs(member_peak[a.hrf_index[visual]] - truth)
+    glover = np.abs(member_peak[GLOVER_INDEX] - truth)
+    # Measured here: 43 % of visual voxels within 0.5 s of their true peak, Glover's member 0 % (a late person).
+    assert (error <= 0.5).mean() >= (glover <= 0.5).mean() + 0.2, ((error <= 0.5).mean(), (glover <= 0.5).mean())
+    assert np.median(error) < np.median(glover) - 0.3
+    np.testing.assert_allclose(a.reliability, b.reliability, atol=1e-6)
+    np.testing.assert_array_equal(a.hrf_index, b.hrf_index)
+    np.testing.assert_array_equal(a.pool, b.pool)
+    assert (a.n_components, a.fast_components, a.end_components) == (b.n_components, b.fast_components,
+                                                                      b.end_components)
 
 
 def test_glm_tune_takes_runs_and_says_which(tmp_path, small_varied, capsys):
@@ -147,8 +202,8 @@ def test_the_hrf_choice_finds_late_and_venous_voxels(venous_visit, venous_tuned)
     """Late voxels (true peak at least 1 s after the person's median; most are venous here): the share whose
     chosen member peaks within 0.5 s of their true peak, against the bound the library allows (each voxel
     given the member whose peak is nearest its true one, measured the same way) and against issue 20's
-    choice (shrunk towards the person's curve) on the same evidence. Measured on this visit: see docs/glm.md;
-    the issue's goal, a majority, is not met for venous patches (their patches are as small as the pooling)."""
+    choice (shrunk towards the person's curve) on the same evidence, both scored by repeat reliability (no image
+    features given). That criterion does not reach the issue's majority; the encoding criterion does (below)."""
     from rtdecode.glm.hrf_library import choose_members, peak_times
 
     member_peak = peak_times(venous_tuned.library)
@@ -173,6 +228,38 @@ def test_the_hrf_choice_finds_late_and_venous_voxels(venous_visit, venous_tuned)
     assert new[late].mean() >= 2 * old[late].mean() and new[late].mean() >= old[late].mean() + 0.1, report
     assert new_err > old_err + 0.3, report
     assert new.mean() >= old.mean() - 0.05, report  # not bought with the other voxels
+
+
+@SLOW
+def test_the_encoding_criterion_finds_most_late_voxels(venous_visit, venous_tuned, tmp_path_factory):
+    """Scored by the encoding criterion (the images' tokens predicting each run's betas from the other runs'),
+    the HRF choice peaks within 0.5 s of the truth for a majority of late voxels (the issue's goal), well above
+    the repeat criterion's choice on the same runs, without losing the other voxels. Held-out images (the
+    repeated ones, as calibrate holds out) are left out, as calibrate does."""
+    from calibration.build import standin_tokens
+    from rtdecode.glm.hrf_library import peak_times
+    from rtdecode.glm.tuning import tune
+
+    runs = _tuning_runs(venous_visit["runs"][:8])
+    images = [img for run in runs for img in run.images]
+    held = {img for img in images if images.count(img) > 1}
+    cache = tmp_path_factory.mktemp("tokens")
+    tuned = tune(runs, TR, grid=venous_visit["grid"], max_components=0, held_out=held,
+                 features=lambda ids: standin_tokens(ids, cache))
+    assert tuned.criterion == "cross-validated encoding score"
+    member_peak = peak_times(tuned.library)
+    truth, visual = venous_visit["peaks"], venous_visit["visual"]
+    late = truth >= np.median(truth) + 1.0
+
+    def within(tuning):
+        return np.abs(member_peak[tuning.hrf_index[visual]] - truth) <= 0.5
+
+    new, old = within(tuned), within(venous_tuned)
+    report = f"late: {new[late].mean():.0%} (repeats {old[late].mean():.0%}); all visual {new.mean():.0%} ({old.mean():.0%})"
+    print(report)
+    # Measured here: 62 % of late voxels against 22 %; 73 % of all visual voxels against 49 %.
+    assert new[late].mean() > 0.5 and new[late].mean() >= old[late].mean() + 0.2, report
+    assert new.mean() >= old.mean(), report
 
 
 @SLOW
@@ -233,3 +320,40 @@ def test_rtdecode_glm_applies_a_tuning_and_names_its_model(tmp_path, small_varie
     capsys.readouterr()
     assert main(["glm", str(folder.path), "--out", str(tmp_path / "x"), "--hrf", "library"]) == 2
     assert "--hrf library and --denoise N need --tuning MODEL" in capsys.readouterr().err
+
+
+@SLOW
+def test_the_demo_tunes_on_its_calibration_runs_without_calibrates_held_out_images(tmp_path, small_varied):
+    """The demo's GLM tuning sees what calibrate trains on: the calibration runs only (not a later real-time run
+    in the same session) and none of the images calibrate holds out (the repeated ones)."""
+    from rtdecode.demo.settings import DemoSettings
+    from rtdecode.demo.visit import _tuned_glm
+
+    folder = record_session(tmp_path / "s", small_varied[:4])  # 3 calibration runs, then a "real-time" run
+    s = DemoSettings(calibration_runs=3, glm_hrf="library", glm_denoise="auto")
+    _, tuning, lines = _tuned_glm(s, folder.path, tmp_path / "model", tmp_path / "cache")
+    images = [img for run, _ in small_varied[:3] for img in run.events.image]
+    repeated = {img for img in images if images.count(img) > 1}
+    assert repeated and tuning.held_out == len(repeated)
+    saved = GLMTuning.load(tmp_path / "model")
+    assert saved.runs == tuning.runs == [1, 2, 3] and saved.held_out == len(repeated)
+    assert saved.criterion == "cross-validated encoding score" and lines["tuning"] == str(tmp_path / "model")
+
+
+def test_images_without_features_fall_back_to_repeats_or_say_why(small_varied):
+    """A recorded session's own image ids have no stand-in tokens: with repeated training images the tuning is
+    scored by repeat reliability and says why; without them the features' error is raised, naming the id."""
+    from rtdecode.glm.tuning import tune
+
+    runs = [run for run, _ in small_varied[:3]]
+    tuning_runs = _tuning_runs([(run, series, None) for run, series in small_varied[:3]])
+
+    def no_tokens(ids):
+        raise ValueError(f"not a built-in stimulus id: {ids[0]!r} (expected 'sim-NNNNN')")
+
+    tuned = tune(tuning_runs, TR, max_components=0, features=no_tokens)
+    assert tuned.criterion == "repeat reliability"
+    assert any(n.startswith("no image features (not a built-in stimulus id") for n in tuned.notes), tuned.notes
+    images = [img for run in runs for img in run.events.image]
+    with pytest.raises(ValueError, match="not a built-in stimulus id"):
+        tune(tuning_runs, TR, max_components=0, features=no_tokens, held_out={i for i in images if images.count(i) > 1})

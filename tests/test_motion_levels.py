@@ -5,6 +5,7 @@ and a last pass on every sampled voxel."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from rtdecode.preprocess.motion import STEEP_POINTS, RigidReference, half_affine, halve
 from rtdecode.preprocess.rigid import rotation_matrix
@@ -43,3 +44,23 @@ def test_the_middle_pass_samples_the_steepest_voxels_and_the_last_pass_all():
     assert steepness(steep.points).min() >= np.percentile(steepness(last.points), 75)
     without = RigidReference(ref, affine, steep_points=0).levels
     assert len(without) == 2 and len(without[1].points) == len(last.points)
+
+
+def test_the_preprocess_bench_measures_motion_error_against_the_true_motion():
+    """``rtdecode bench preprocess`` prints how far the estimated motion lies from the simulator's (issue
+    34: motion error no worse than before); small against the true motion, large against a wrong one,
+    and printed with its digits (not 0.00)."""
+    from rtdecode.scanner.bench import bench_preprocess
+    from rtdecode.simulator.scanner import simulate_run
+    from rtdecode.tools.bench import _writer, format_table
+
+    run = simulate_run(5, shape=(40, 48, 28), voxel_mm=4.0, max_mm=2.0, max_deg=2.0, seed=5)
+    assert np.abs(run.motion[1:, :3]).max() > 0.4 and np.rad2deg(np.abs(run.motion[1:, 3:]).max()) > 0.8  # it moves
+    right = bench_preprocess(run.volumes, run.affine, _writer("mosaic"), n_voxels=400, motion=run.motion)
+    # 4 mm voxels on a small grid: errors near 0.1 mm / 0.2 degrees (0.006 / 0.008 on the bench's 2 mm grid)
+    assert right["motion_error_max_mm"] < 0.3 and right["motion_error_max_deg"] < 0.4, right
+    assert right["motion_error_median_mm"] > 0  # measured, not a constant
+    wrong = bench_preprocess(run.volumes, run.affine, _writer("mosaic"), n_voxels=400, motion=-run.motion)
+    assert wrong["motion_error_max_mm"] > 0.8 and wrong["motion_error_max_deg"] > 1.5, wrong
+    line = next(s for s in format_table(right).splitlines() if s.startswith("motion_error_median_mm"))
+    assert float(line.split()[-1]) == pytest.approx(right["motion_error_median_mm"], rel=0.01)

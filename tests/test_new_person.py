@@ -97,3 +97,26 @@ def test_a_scrambled_person_shares_no_code(latent_space):
         pred = np.c_[z[200:], np.ones(100)] @ coef
         fits.append(np.mean([np.corrcoef(pred[:, v], y[200:, v])[0, 1] for v in range(y.shape[1])]))
     assert fits[0] > 0.6 and fits[1] < 0.2, fits
+
+
+def test_a_simulated_run_is_a_new_person_unless_asked(tmp_path):
+    """`rtdecode simulate run --subject-seed 1` simulated sim01 (seed 1), the brain of a pretraining
+    dataset's first person: a volume-level visit is now a new person by simulate betas' rule."""
+    small = ["--volumes", "20", "--trials", "4", "--runs", "2", "--shape", "30x36x26", "--voxel-mm", "5",
+             "--speedup", "400"]
+
+    def person(name: str, *extra) -> tuple[str, int]:
+        done = cli("simulate", "run", "--out", tmp_path / name / "watch", "--truth", tmp_path / name, *small, *extra)
+        subject = json.loads((tmp_path / name / "series-001_truth.json").read_text())["subject"]
+        assert done.stdout.startswith(f"subject {subject['name']}:"), done.stdout
+        return subject["name"], subject["seed"]
+
+    cli("simulate", "betas", "--out", tmp_path / "pre", "--subjects", 2, *SMALL)
+    pretraining = {int(p.rsplit("=", 1)[1]) for p in people(tmp_path / "pre").values()}
+    first, second = person("one", "--subject-seed", 1), person("two", "--subject-seed", 2, "--participant", "02/01")
+    assert first == ("sim51", 51) and second == ("sim52", 52)  # the new people of simulate betas --role new
+    assert not {first[1], second[1]} & pretraining and first[0] not in people(tmp_path / "pre")
+    assert person("three", "--seed", 1)[1] == 151  # another seed's new person
+    assert person("asked", "--first-person", 1) == ("sim01", 1)  # a pretraining brain, asked for
+    refused = cli("simulate", "run", "--out", tmp_path / "x", *small, "--subject-seed", 51, check=False)
+    assert refused.returncode == 2 and "--subject-seed is which new person of --seed, 1 to 25" in refused.stderr

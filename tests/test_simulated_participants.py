@@ -1,6 +1,6 @@
 """Issue 28, round 4 (9): each simulated participant has their own stimulus order and head motion.
 
-`rtdecode simulate run --subject-seed 51 --participant 01/01` and `... 52 ... 02/01` wrote the same events
+`rtdecode simulate run --subject-seed 1 --participant 01/01` and `... 2 ... 02/01` (issue 28: 51 and 52) wrote the same events
 table and the same motion; the defaults stay as they were (other tests rely on them)."""
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ def _simulate(tmp_path, name: str, *extra: str) -> tuple[pd.DataFrame, np.ndarra
 
 
 def test_each_participant_has_their_own_stimulus_order_and_motion(tmp_path):
-    one = _simulate(tmp_path, "a", "--subject-seed", "51", "--participant", "01/01")
-    two = _simulate(tmp_path, "b", "--subject-seed", "52", "--participant", "02/01")
-    again = _simulate(tmp_path, "c", "--subject-seed", "51", "--participant", "01/01")
+    one = _simulate(tmp_path, "a", "--subject-seed", "1", "--participant", "01/01")
+    two = _simulate(tmp_path, "b", "--subject-seed", "2", "--participant", "02/01")
+    again = _simulate(tmp_path, "c", "--subject-seed", "1", "--participant", "01/01")
     assert list(one[0].image) != list(two[0].image), "the same stimulus order for two participants"
     assert one[1].shape == two[1].shape and not np.allclose(one[1], two[1]), "the same head motion"
     assert list(one[0].image) == list(again[0].image) and np.array_equal(one[1], again[1])  # repeatable

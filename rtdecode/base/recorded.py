@@ -53,3 +53,31 @@ def session_trials(folder: SessionFolder) -> tuple[list[str], list[int]]:
             images += list(ev.image)
             runs += [number] * len(ev.image)
     return images, runs
+
+
+def recorded_tr(folder: SessionFolder) -> float | None:
+    """The repetition time (s) the session's runs were recorded or imported at (each run's
+    ``desc-acquisition.json``); None when no run says. Runs that disagree are a ValueError naming both."""
+    import json
+
+    found: dict[float, str] = {}
+    for row in folder.runs():
+        path = folder.derivatives / f"{folder.prefix(int(row['run']))}_desc-acquisition.json"
+        if path.exists():
+            tr = json.loads(path.read_text()).get("tr_s")
+            if tr:
+                found.setdefault(round(float(tr), 6), path.name)
+    if len(found) > 1:
+        (a, fa), (b, fb) = sorted(found.items())[:2]
+        raise ValueError(f"{fb}: TR {b:g} s, but {fa} says {a:g} s: one session, one TR")
+    return next(iter(found), None)
+
+
+def session_tr(folder: SessionFolder, given: float | None) -> float:
+    """The TR to fit ``folder`` at: ``given`` (--tr), else the recorded one, else 1.5 s; a ``given`` TR that
+    contradicts the record is a ValueError."""
+    recorded = recorded_tr(folder)
+    if given is not None and recorded is not None and abs(given - recorded) > 1e-3:
+        raise ValueError(f"--tr {given:g}, but {folder.path} was recorded at TR {recorded:g} s "
+                         "(derivatives/rtdecode/func/*_desc-acquisition.json): leave --tr out")
+    return float(given if given is not None else recorded or 1.5)

@@ -51,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
             logging.basicConfig(level=logging.DEBUG, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                                 datefmt="%H:%M:%S")
         return run_window(window)
+    if argv[:2] == ["bench", "betas"]:  # its own parser, with every option of the betas bench
+        return bench.run_betas(argv[2:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")

@@ -19,8 +19,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--voxels", dest="n_voxels", type=int, default=None)
     p.add_argument("--hidden", type=int, default=None, help="decoder: MindEye2 hidden size (4096 or 1024)")
     p.add_argument("--unclip", action="store_true", default=None, help="decoder: also time unCLIP on the CPU")
-    p.add_argument("--seeds", type=int, nargs="+", default=None, help="betas: simulated visits to average (default 0)")
-    p.add_argument("--out", type=Path, default=None, help="betas: write results.json and table.md here")
+    p.add_argument("--out", type=Path, default=None, help="gpu: where its tables go (bench betas: see its --help)")
     p.add_argument("--tr", type=float, default=None, help="contention: the TR the run is written at (default 1.5 s)")
     p.add_argument("--threads", type=_threads, default=None,
                    help="contention: threads of the scanner side and the decoder (default: [threads]; 0: every core)")
@@ -32,13 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    """Run one stage's benchmark (``betas`` and ``gpu`` have their own tools)."""
-    if args.stage == "betas":
-        from rtdecode.tools.betas_bench import main as bench_betas
-
-        argv = ["--seeds", *map(str, args.seeds or [0])] + (["--out", str(args.out)] if args.out else []) \
-            + (["--voxels", str(args.n_voxels)] if args.n_voxels else [])
-        return bench_betas(argv)
+    """Run one stage's benchmark (``gpu`` has its own tool; ``betas`` parses its own options: :func:`run_betas`)."""
     from rtdecode.tools.bench import run_stage
 
     if args.project:
@@ -60,3 +53,10 @@ def _bench(args: argparse.Namespace) -> int:
         extra.update({"volumes": args.volumes, "shape": args.shape})
     run_stage(args.stage, as_json=args.json, n_voxels=args.n_voxels, **extra)
     return 0
+
+
+def run_betas(argv: list[str]) -> int:
+    """``rtdecode bench betas ...``: every option of ``python -m rtdecode.tools.betas_bench`` (docs/glm.md)."""
+    from rtdecode.tools.betas_bench import main as bench_betas
+
+    return bench_betas(argv)

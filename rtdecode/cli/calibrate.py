@@ -236,8 +236,12 @@ def _session_glm(args: argparse.Namespace) -> dict:
     denoise = args.glm_denoise  # checked by argparse (_denoise)
     tuning = None
     if needs_tuning(args.glm_hrf, denoise):
+        from calibration.build import standin_tokens
+
         runs, held = tuning_split(args.session, args.subject, args.holdout)
-        tuning = tune_session(args.session, out=args.out, runs=runs, held_out=held)
+        # Without repeated training images (the default holdout takes them) the images' tokens score the tuning.
+        tuning = tune_session(args.session, out=args.out, runs=runs, held_out=held,
+                              features=lambda ids: standin_tokens(ids, args.out / "embedding-cache"))
         print(describe(tuning))
     # Subtracted from each volume, as many as were chosen for the betas trained on (fast tier or end of run).
     n = denoise_count(denoise, tuned_count(tuning, "subtract", args.train_delay if args.train_on == "realtime" else None))

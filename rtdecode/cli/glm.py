@@ -17,7 +17,8 @@ def add_glm_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--noise-model", choices=["ar1", "ols"], default="ar1")
     p.add_argument("--version", choices=["endofrun", "realtime"], default="endofrun",
                    help="whole-run estimates, or the real-time estimates replayed")
-    p.add_argument("--tr", type=float, default=1.5)
+    p.add_argument("--tr", type=float, default=None, help="default: the TR the session was recorded or imported at, "
+                   "else 1.5 s")
     p.add_argument("--delay", type=float, default=7.5, help="seconds after onset (realtime version)")
     p.add_argument("--tuning", type=Path, default=None,
                    help="model folder with glm_tuning.npz: its per-voxel HRFs and noise subtraction (docs/glm.md)")
@@ -31,7 +32,8 @@ def add_tune_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("glm-tune", help="tune the GLM on a calibration session: each voxel's HRF, noise pool and count")
     p.add_argument("session", type=Path, help="session folder (.../sub-XX/ses-YY)")
     p.add_argument("--out", type=Path, required=True, help="folder for glm_tuning.npz and .json (the model folder)")
-    p.add_argument("--tr", type=float, default=1.5)
+    p.add_argument("--tr", type=float, default=None, help="default: the TR the session was recorded or imported at, "
+                   "else 1.5 s")
     p.add_argument("--runs", type=_run_list, default=None, help="tune on these runs only, e.g. 1,2,3 (default: all)")
     p.add_argument("--holdout", default=None, help="images left out of every criterion, as calibrate's --holdout: "
                    "runs:N,M, @FILE or id,id,... (default: none; calibrate leaves out its own held-out images)")
@@ -55,7 +57,10 @@ def _glm_tune(args: argparse.Namespace) -> int:
         runs, held = tuning_split(args.session, "glm-tune", args.holdout) if args.holdout else (None, set())
         if args.runs is not None:
             runs = [r for r in args.runs if runs is None or r in runs]
-        print(describe(tune_session(args.session, args.tr, out=args.out, runs=runs, held_out=held)))
+        from calibration.build import standin_tokens
+
+        print(describe(tune_session(args.session, args.tr, out=args.out, runs=runs, held_out=held,
+                                    features=standin_tokens)))
     except (OSError, ValueError) as exc:
         raise ConfigError(f"rtdecode glm-tune: {exc}") from None
     print(f"GLM tuning -> {args.out / 'glm_tuning.npz'}")

@@ -1,17 +1,23 @@
-"""``rtdecode session finalize``: a recorded session folder's finished runs written as BIDS."""
+"""``rtdecode session finalize``: a recorded session folder's finished runs written as BIDS; ``rtdecode session
+import``: recorded NIfTI runs, events and confounds brought into a session folder (docs/session-folder.md)."""
 
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 from rtdecode.base.errors import ConfigError
 
+LABEL = re.compile(r"\A[A-Za-z0-9]{1,32}\Z")
+DEFAULT_TR = 1.5  # Real-time MindEye's; another TR is worth a line
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    """``session finalize SESSION``."""
-    p = sub.add_parser("session", help="a recorded session folder: write its finished runs as BIDS")
-    p.add_argument("action", choices=["finalize"])
+    """``session finalize SESSION`` and ``session import SESSION --run BOLD EVENTS [CONFOUNDS] ...``."""
+    p = sub.add_parser("session", help="a session folder: write its finished runs as BIDS (finalize), or bring "
+                                       "recorded NIfTI runs in (import)")
+    p.add_argument("action", choices=["finalize", "import"])
     p.add_argument("session", type=Path, help="the session folder (.../sub-XX/ses-YY)")
     p.add_argument("--runs", type=int, nargs="*", default=None, help="only these runs (default: all in runs.tsv)")
     p.add_argument("--tr", type=float, default=None, help="repetition time in s, for sessions recorded without it")
@@ -19,7 +25,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", type=Path, default=None,
                    help="the configuration rtdecode run ran with, to close a run it left open (default: the "
                         "session folder's config.toml)")
-    p.set_defaults(func=_finalize)
+    # --tr is finalize's too
+    p.add_argument("--run", dest="import_runs", nargs="+", action="append", default=None, metavar="FILE",
+                   help="import: BOLD.nii[.gz] EVENTS.tsv [CONFOUNDS.tsv], once per run, in order")
+    p.add_argument("--mask", type=Path, default=None, help="import: a 3-D NIfTI mask on the runs' grid")
+    p.add_argument("--image-column", default="image", help="import: the events column naming each trial's image")
+    p.add_argument("--task", default=None, help="import: the task label of a new session folder (default rt)")
+    p.set_defaults(func=lambda args: _import(args) if args.action == "import" else _finalize(args))
 
 
 def _finalize(args: argparse.Namespace) -> int:
@@ -58,3 +70,64 @@ def _close_runs(folder, config_path: Path | None) -> None:
 
     for run, line in close_runs(folder, session_config(folder, config_path)).items():
         print(f"run {run}: {line}")
+
+
+def _import(args: argparse.Namespace) -> int:
+    """Read and check every run, then write them into the session folder; one line per run. (rtdecode.bids loads
+    nibabel: imported here, not at the CLI's start.)"""
+    from rtdecode.base.recorded import session_folder
+    from rtdecode.base.storage import FolderLock
+    from rtdecode.bids.importer import plan_import, write_import
+    from rtdecode.bids.inputs import SessionImportError, read_run
+
+    where = "rtdecode session import"
+    if not args.import_runs:
+        raise ConfigError(f"{where}: give each run as --run BOLD EVENTS [CONFOUNDS]")
+    bad = [g for g in args.import_runs if len(g) not in (2, 3)]
+    if bad:
+        raise ConfigError(f"{where}: --run takes BOLD EVENTS [CONFOUNDS] (2 or 3 files), got {len(bad[0])}: {bad[0]}")
+    stray = [name for name, value in (("--runs", args.runs), ("--gallery", args.gallery), ("--config", args.config))
+             if value is not None]
+    if stray:
+        raise ConfigError(f"{where}: {', '.join(stray)} belong to session finalize; the import takes --run, --mask, "
+                          "--tr, --image-column and --task")
+    if args.tr is not None and not 0 < args.tr < 100:
+        raise ConfigError(f"{where}: --tr: expected seconds between 0 and 100, got {args.tr}")
+    try:
+        folder = session_folder(args.session)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    if args.task is not None:
+        if not LABEL.fullmatch(args.task):
+            raise ConfigError(f"{where}: --task: expected 1 to 32 letters or digits, got {args.task!r}")
+        if any((folder.path / "func").glob("*_events.tsv")) and args.task != folder.task:
+            raise ConfigError(f"{where}: --task {args.task}, but {folder.path} holds task {folder.task}")
+        folder.task = args.task
+    lock = None
+    try:
+        runs = [read_run(Path(g[0]), Path(g[1]), Path(g[2]) if len(g) == 3 else None, args.tr, args.image_column)
+                for g in args.import_runs]
+        if folder.path.exists():  # an existing session: nobody else writes while it is read and written
+            lock = FolderLock(folder.path, where).acquire()
+        plan = plan_import(folder, runs, args.mask)
+        if lock is None:
+            lock = FolderLock(folder.path, where).acquire()
+        written = write_import(folder, plan)
+    except SessionImportError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    finally:
+        if lock is not None:
+            lock.release()
+    for note in plan.notes:
+        print(f"note: {note}")
+    for i, r in enumerate(runs):
+        if i in plan.skipped:
+            print(f"{r.bold}: imported before as run {plan.skipped[i]}; skipped")
+        else:
+            print(f"run {plan.numbers[i]}: {r.bold} ({r.n_volumes} volumes, {len(r.events)} trials, TR {r.tr_s:g} s"
+                  f"{f', {len(r.missing)} missing' if r.missing else ''})")
+    print(f"{len(written)} run(s) imported into {folder.path}; mask: {int(plan.mask.sum())} voxels "
+          f"({plan.mask_origin})")
+    if abs(runs[0].tr_s - DEFAULT_TR) > 1e-6:
+        print(f"TR is {runs[0].tr_s:g} s (kept: rtdecode glm, glm-tune and calibrate read it)")
+    return 0

@@ -30,7 +30,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--pattern", default=None, help="file-name pattern (default: Siemens real-time export)")
     q.add_argument("--max-mm", type=float, default=1.0)
     q.add_argument("--max-deg", type=float, default=1.0)
-    q.add_argument("--subject-seed", type=int, default=1)
+    q.add_argument("--subject-seed", type=int, default=1, help="which new person of --seed: 1 is sim51 at seed 0 "
+                   "(sim151 at seed 1), never a pretraining dataset's person (docs/simulated-brain.md)")
+    q.add_argument("--first-person", type=int, default=None, help="number (and seed) of the person for --subject-seed "
+                   "1, sim<N>, e.g. a pretraining person's brain on purpose")
     q.add_argument("--participant", default="01/01", help="subject/session labels: the series' SeriesInstanceUID is "
                    "theirs (another participant's series is set aside by the scanner side)")
     q.add_argument("--voxels", type=int, default=2000, help="visual voxels of the simulated subject (at 2 mm)")

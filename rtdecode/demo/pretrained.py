@@ -15,12 +15,38 @@ from pathlib import Path
 from rtdecode.demo.settings import DemoSettings
 
 
+def calibration_images(settings: DemoSettings) -> int:
+    """How many images the calibration hour shows once (NSD's share repeated three times, as Visit plans)."""
+    trials = settings.calibration_runs * settings.trials
+    return trials - 3 * round(50 * trials / 693)
+
+
+def visits(settings: DemoSettings, spec, latent) -> tuple:
+    """(calibration hour, real-time run) of the demo's person. The hour's once-shown images come from the
+    new-person pool, which the shared model never sees (as a new NSD subject's images are new to a shared
+    model); its repeated (held-out) images and the real-time run's come from the test pool."""
+    from rtdecode.gallery.splits import test_pool
+    from rtdecode.simulator.paradigm import Paradigm
+    from rtdecode.simulator.trials import new_person_pool
+    from rtdecode.simulator.visit import Visit
+
+    s, n = settings, latent.stimuli.n
+    paradigm = Paradigm(volumes=s.volumes, trials=s.trials)
+    calib = Visit(spec, n_runs=s.calibration_runs, paradigm=paradigm, shape=s.shape, voxel_mm=s.voxel_mm,
+                  seed=s.seed, latent=latent, unique_from=new_person_pool(n, calibration_images(s)),
+                  repeated_from=test_pool(n))
+    live = Visit(spec, n_runs=s.realtime_runs, n_repeated=0, paradigm=paradigm, shape=s.shape, voxel_mm=s.voxel_mm,
+                 seed=s.seed + 1000, latent=latent, exclude=calib.shown, unique_from=test_pool(n))
+    return calib, live
+
+
 def pretrained_key(settings: DemoSettings, latent_dim: int) -> str:
     recipe = {"subjects": settings.pretrain_subjects, "sessions": settings.pretrain_sessions,
               "runs": settings.pretrain_runs,
               "epochs": settings.pretrain_epochs, "hidden": settings.hidden, "latent_dim": latent_dim,
-              "seed": settings.seed, "version": 4}
-    # 2: no test-pool image; 3: one backbone pass per step; 4: no new-person-pool image (issue 35)
+              "seed": settings.seed, "version": 5, "new_images": calibration_images(settings)}
+    # 2: no test-pool image; 3: one backbone pass per step; 4: no new-person-pool image (issue 35);
+    # 5: the new-person pool holds the calibration hour's once-shown images (issue 35)
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -41,7 +67,7 @@ def shared_model(settings: DemoSettings, cache: Path, latent, log=print) -> tupl
              for i in range(settings.pretrain_subjects)]
     log(f"   simulating {len(specs)} pretraining subjects x {settings.pretrain_sessions} session(s)")
     write_dataset(work / "dataset", specs, sessions=settings.pretrain_sessions, n_runs=settings.pretrain_runs,
-                  latent=latent, seed=settings.seed, role="pretrain")
+                  latent=latent, seed=settings.seed, role="pretrain", new_images=calibration_images(settings))
     subjects = [load_trial_dataset(work / "dataset", s.name, cache / "embeddings").zscored() for s in specs]
     config = TrainConfig(epochs=settings.pretrain_epochs, batch_size=48, max_lr=1e-3, seed=settings.seed,
                          checkpoint_s=1e9, cpu=True)

@@ -27,10 +27,15 @@ import numpy as np
 from rtdecode.demo.settings import DemoSettings
 
 
-def _tuned_glm(s: DemoSettings, session: Path, model_dir: Path):
-    """The demo's GLM (settings.GLM_BEST): tuned on the calibration hour when it needs a tuning; returns the
-    offline settings, the tuning and the scanner side's [glm] lines, and says which configuration runs."""
+def _tuned_glm(s: DemoSettings, session: Path, model_dir: Path, cache: Path | None = None):
+    """The demo's GLM (settings.GLM_BEST): tuned on the calibration hour's training data when it needs a tuning
+    (``cache``: the image embeddings' cache); returns the offline settings, the tuning and the scanner side's
+    [glm] lines, and says which configuration runs."""
+    from calibration.build import standin_tokens
+    from calibration.data import SubjectData
+    from calibration.splits import repeated_images
     from rtdecode.base.config import denoise_count, needs_tuning
+    from rtdecode.base.recorded import session_folder, session_trials
     from rtdecode.demo.settings import GLM_BEST
     from rtdecode.glm.incremental import GLMSettings
     from rtdecode.glm.runner import tuned_count
@@ -38,7 +43,13 @@ def _tuned_glm(s: DemoSettings, session: Path, model_dir: Path):
 
     tuning = None
     if needs_tuning(s.glm_hrf, s.glm_denoise):
-        tuning = tune_session(session, out=model_dir)
+        # Training data only: the calibration runs, less the images calibrate holds out (its default, the repeated
+        # ones); without repeats left the images' tokens score the tuning (docs/glm.md).
+        runs = list(range(1, s.calibration_runs + 1))
+        shown = [im for im, r in zip(*session_trials(session_folder(session)), strict=True) if r in runs]
+        held = repeated_images(SubjectData("demo", np.zeros((len(shown), 0)), shown, np.zeros((len(shown), 0, 0))))
+        tuning = tune_session(session, out=model_dir, runs=runs, held_out=held,
+                              features=lambda ids: standin_tokens(ids, cache))
         _say(f"   {describe(tuning)}")
     # The scanner side subtracts the calibration hour's components (glm.denoise_mode "subtract"), whose
     # count is chosen per tier: the training betas' tier decides it (None: end of run).
@@ -126,34 +137,36 @@ def run_demo(out: Path, settings: DemoSettings | None = None, cache: Path | None
 
 def _plan(s: DemoSettings, out: Path, cache: Path, watch: Path, truth: Path) -> _Demo:
     """The simulated subject and its two visits: the calibration hour and the real-time run."""
-    from rtdecode.gallery.splits import test_pool, training_pool
-    from rtdecode.simulator.paradigm import Paradigm
+    from rtdecode.demo.pretrained import visits
     from rtdecode.simulator.subjects import LatentSpace, SubjectSpec
-    from rtdecode.simulator.visit import Visit
 
     spec = SubjectSpec(name="demo01", n_voxels=s.subject_voxels, seed=1, reliability=s.reliability,
                        physiology=s.physiology)
     latent = LatentSpace(dim=spec.latent_dim)
-    paradigm = Paradigm(volumes=s.volumes, trials=s.trials)
-    # Held-out images (the hour's repeated ones, the real-time run's) come from the built-in test pool,
-    # which no training set draws from: held-out figures measure generalisation, by construction.
-    pool, rest = test_pool(latent.stimuli.n), training_pool(latent.stimuli.n)
-    calib = Visit(spec, n_runs=s.calibration_runs, paradigm=paradigm, shape=s.shape, voxel_mm=s.voxel_mm,
-                  seed=s.seed, latent=latent, unique_from=rest, repeated_from=pool)
-    live = Visit(spec, n_runs=s.realtime_runs, n_repeated=0, paradigm=paradigm, shape=s.shape, voxel_mm=s.voxel_mm,
-                 seed=s.seed + 1000, latent=latent, exclude=calib.shown, unique_from=pool)
+    # Held-out images (the hour's repeated ones, the real-time run's) come from the built-in test pool, which
+    # no training set draws from; the hour's other images from the new-person pool, which pretraining never
+    # shows (issue 35): held-out figures measure generalisation, fine-tuning meets new images, by construction.
+    calib, live = visits(s, spec, latent)
+    paradigm = calib.paradigm
     return _Demo(s, out, cache, watch, truth, spec, latent, paradigm, calib, live)
 
 
 def _shared_model(d: _Demo) -> None:
-    """1. The shared model, pretrained on simulated subjects (built once, then cached)."""
+    """1. The shared model, pretrained on simulated subjects (built once, then cached); never on the calibration
+    hour's images (issue 35)."""
+    from calibration.splits import read_training_images
     from rtdecode.demo.pretrained import shared_model
+    from rtdecode.gallery.builtin import image_id
 
     _say("1. shared model: a small MindEye2 pretrained on simulated subjects")
     t = time.monotonic()
     d.shared, built = shared_model(d.s, d.cache, d.latent, log=_say)
     d.timings["pretraining_s"] = time.monotonic() - t
     _say(f"   {'built and cached' if built else 'from the cache'}: {d.shared} ({d.timings['pretraining_s']:.0f} s)")
+    seen = {image_id(i) for i in d.calib.shown} & read_training_images(d.shared)
+    if seen:  # e.g. a shared model left in the cache by other code
+        raise RuntimeError(f"{d.shared}: pretrained on {len(seen)} of the calibration hour's images (e.g. {min(seen)}); "
+                           "a new person's images must be new to it (issue 35): remove that folder to rebuild it")
 
 
 def _calibration_hour(d: _Demo) -> None:
@@ -203,7 +216,7 @@ def _calibration(d: _Demo) -> None:
     _say("3. calibration (the GLM tuned on the hour, offline betas, then fine-tuning the shared model)")
     t = time.monotonic()
     d.model_dir = model_dir = d.out / "model"
-    glm_settings, tuning, d.glm_lines = _tuned_glm(s, session, model_dir)
+    glm_settings, tuning, d.glm_lines = _tuned_glm(s, session, model_dir, d.cache / "embeddings")
     d.data = data = load_session(session, d.spec.name, d.cache / "embeddings", glm=glm_settings, train_on=s.train_on,
                                  tuning=tuning)
     config = TrainConfig(epochs=s.calibrate_epochs, batch_size=24, max_lr=s.calibrate_lr, seed=s.seed,

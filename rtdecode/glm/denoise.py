@@ -178,11 +178,12 @@ def learn_subtraction(runs: list[tuple[np.ndarray, np.ndarray, np.ndarray]], poo
     return NoiseSubtraction(pool, center, scale, patterns, loadings)
 
 
-def subtraction_scores(runs: list, sub: NoiseSubtraction, voxels: np.ndarray, pairs: np.ndarray, settings,
+def subtraction_scores(runs: list, sub: NoiseSubtraction, voxels: np.ndarray, score, settings,
                        delay_s: float) -> tuple[np.ndarray, np.ndarray]:
-    """Repeat reliability of ``voxels``' betas with 0..K components subtracted, (K + 1, voxels) at each trial's
-    fast tier (``delay_s`` after onset: the rows the live GLM has then) and at the end of its run. ``runs``:
-    :class:`rtdecode.glm.tuning.TuningRun`; ``settings``: the GLM's (Glover's design for every voxel)."""
+    """The tuning's criterion on ``voxels``' betas with 0..K components subtracted, (K + 1, voxels) at each
+    trial's fast tier (``delay_s`` after onset: the rows the live GLM has then) and at the end of its run.
+    ``runs``: :class:`rtdecode.glm.tuning.TuningRun`; ``score``: betas (trials, voxels) -> (voxels,)
+    (:mod:`rtdecode.glm.criteria`); ``settings``: the GLM's (Glover's design for every voxel)."""
     from rtdecode.base.events import Events
     from rtdecode.glm.incremental import IncrementalGLM
 
@@ -201,6 +202,6 @@ def subtraction_scores(runs: list, sub: NoiseSubtraction, voxels: np.ndarray, pa
                 n = min(glm.frames_at(j, delay_s), len(run.rows))
                 tiers[0].append(glm.estimate(j, n, version="endofrun").beta)
                 tiers[1].append(glm.estimate(j, version="endofrun").beta)
-        fast.append(repeat_reliability(np.stack(tiers[0]), pairs))
-        end.append(repeat_reliability(np.stack(tiers[1]), pairs))
+        fast.append(score(np.stack(tiers[0])))
+        end.append(score(np.stack(tiers[1])))
     return np.stack(fast), np.stack(end)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rtdecode.base.recorded import MOTION, recorded_runs, session_folder
+from rtdecode.base.recorded import MOTION, recorded_runs, recorded_tr, session_folder, session_tr
 from rtdecode.base.session import SessionFolder
 from rtdecode.glm.incremental import GLMSettings
 from rtdecode.glm.tuning import GLMTuning
@@ -29,7 +29,7 @@ def offline_betas(folder: SessionFolder, settings: GLMSettings, version: str = "
     hour's GLM tuning, for ``settings.hrf = "library"`` or noise components."""
     if version not in ("endofrun", "realtime"):
         raise ValueError(f"version must be 'endofrun' or 'realtime', got {version!r}")
-    settings = replace(settings, refine=False)
+    settings = replace(settings, refine=False, t_r=recorded_tr(folder) or settings.t_r)  # calibrate: the data's TR
     betas, images, runs, trials = [], [], [], []
     for run, events, rows, vectors in recorded_runs(folder):
         glm = make_glm(events, vectors.shape[1], settings, len(rows), tuning)
@@ -72,10 +72,11 @@ def training_betas(folder: SessionFolder, settings: GLMSettings, train_on: str =
 
 
 def write_offline_betas(session: Path, out: Path, noise_model: str = "ar1", version: str = "endofrun",
-                        tr_s: float = 1.5, delay_s: float = 7.5, tuning: Path | None = None, hrf: str | None = None,
+                        tr_s: float | None = None, delay_s: float = 7.5, tuning: Path | None = None, hrf: str | None = None,
                         denoise: str = "auto") -> Path:
     """``rtdecode glm``: estimate and write betas.npy + trials.tsv (the simulator's trial-level layout) and
-    betas.json naming the model. ``tuning``: a folder with glm_tuning.npz; with it the HRFs are the
+    betas.json naming the model. ``tr_s``: default the TR the session was recorded at, else 1.5 s; one that
+    contradicts the recorded TR is refused. ``tuning``: a folder with glm_tuning.npz; with it the HRFs are the
     tuning's (``hrf`` "library", the default) and ``denoise`` "auto" subtracts the count chosen for the
     version's tier (``delay_s`` for realtime, end of run for endofrun)."""
     import json
@@ -86,6 +87,8 @@ def write_offline_betas(session: Path, out: Path, noise_model: str = "ar1", vers
     from rtdecode.glm.store import betas_model_description
 
     try:
+        folder = session_folder(session)
+        tr_s = session_tr(folder, tr_s)
         tuned = GLMTuning.load(tuning) if tuning is not None else None
         if tuned is None and (hrf == "library" or denoise not in ("auto", "off")):
             raise ValueError("--hrf library and --denoise N need --tuning MODEL (a folder with glm_tuning.npz)")
@@ -93,7 +96,7 @@ def write_offline_betas(session: Path, out: Path, noise_model: str = "ar1", vers
             delay_s if version == "realtime" else None))
         settings = GLMSettings(t_r=tr_s, noise_model=noise_model, delay_s=delay_s,
                                hrf=hrf or ("library" if tuned is not None else "glover"), denoise=count)
-        result = offline_betas(session_folder(session), settings, version, tuned)
+        result = offline_betas(folder, settings, version, tuned)
     except (ValueError, EventsError) as exc:
         raise ConfigError(f"rtdecode glm: {exc}") from None
     out = Path(out)

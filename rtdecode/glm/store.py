@@ -49,7 +49,7 @@ def betas_model_description(settings: GLMSettings, tuning=None, tuning_path: str
             "noise_components": noise, "design": "LSS: the trial, all other trials, confounds, drift, constant",
             "tuning": None if not uses_tuning else {
                 "folder": None if tuning_path is None else str(tuning_path), "source": tuning.source,
-                "runs": list(tuning.runs), "held_out_images": int(tuning.held_out)}}
+                "runs": list(tuning.runs), "held_out_images": int(tuning.held_out), "criterion": tuning.criterion}}
 
 
 class BetaStore:

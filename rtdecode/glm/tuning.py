@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import json
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from rtdecode.base.events import Events
-from rtdecode.base.recorded import MOTION, recorded_runs, session_folder
+from rtdecode.base.recorded import MOTION, recorded_runs, session_folder, session_tr
+from rtdecode.glm.criteria import EncodingCriterion, RepeatCriterion
 from rtdecode.glm.denoise import (
     MAX_COMPONENTS,
     NoiseSubtraction,
@@ -25,8 +27,6 @@ from rtdecode.glm.denoise import (
     choose_count,
     learn_subtraction,
     noise_components,
-    repeat_pairs,
-    repeat_reliability,
     subtraction_scores,
 )
 from rtdecode.glm.design import frame_times, trial_regressors
@@ -73,9 +73,10 @@ class GLMTuning:
     tier_delay_s: float = 7.5  # the fast tier the subtraction's count was chosen for
     fast_components: int = 0  # components to subtract for betas at tier_delay_s ...
     end_components: int = 0  # ... and for end-of-run betas
-    # The HRF choice's evidence, repeat reliability per (member, voxel) on each half of the repeated images and
-    # on all of them ("a", "b", "all"); kept in memory for checks, not saved.
+    # The HRF choice's evidence, the criterion per (member, voxel) on each half of the evidence and on all of
+    # it ("a", "b", "all"); kept in memory for checks, not saved.
     evidence: dict | None = field(default=None, repr=False)
+    criterion: str = ""  # what scored the choices (rtdecode.glm.criteria); "" when nothing could
 
     def components_for(self, delay_s: float | None) -> int:
         """How many components to subtract for betas ``delay_s`` after onset (None: end of run)."""
@@ -95,7 +96,7 @@ class GLMTuning:
                 "component_scores": self.component_scores.round(5).tolist(), "runs": list(self.runs),
                 "held_out_images": int(self.held_out), "subtraction": self.subtraction is not None,
                 "tier_delay_s": self.tier_delay_s, "fast_components": self.fast_components,
-                "end_components": self.end_components}
+                "end_components": self.end_components, "criterion": self.criterion}
 
     def save(self, folder: str | Path) -> Path:
         folder = Path(folder)
@@ -134,6 +135,7 @@ class GLMTuning:
                                                                    ("center", "scale", "patterns", "loadings")))
                         t.tier_delay_s = float(meta["tier_delay_s"])
                         t.fast_components, t.end_components = int(meta["fast_components"]), int(meta["end_components"])
+                    t.criterion = str(meta.get("criterion", ""))
         # np.load of a file that is not a zip raises a ValueError (it refuses the pickle fallback)
         except (OSError, KeyError, TypeError, ValueError, zipfile.BadZipFile) as exc:
             raise ValueError(f"{folder}: glm_tuning.npz/.json unreadable ({type(exc).__name__}: {exc})") from None
@@ -165,112 +167,139 @@ def _run_betas(run: TuningRun, tr_s: float, settings: GLMSettings, kernel: np.nd
     return np.stack([e.beta for e in glm.end_of_run()])
 
 
+Features = Callable[[list[str]], np.ndarray]
+CRITERIA = ("encoding", "repeats")  # what scores the tuning when both could: rtdecode.glm.criteria
+
+
+def _criterion(runs: list[TuningRun], held_out: frozenset[str] | set[str], features: Features | None,
+               seed: int, prefer: str) -> tuple[RepeatCriterion | EncodingCriterion, np.ndarray, list[str]]:
+    """What scores the tuning: the encoding score when image ``features`` are given (``prefer`` "encoding") or
+    when training images do not repeat, else repeat reliability (held-out images' features are never asked
+    for); with the mask of scored trials and the notes."""
+    if prefer not in CRITERIA:
+        raise ValueError(f"GLM tuning criterion: expected one of {CRITERIA}, got {prefer!r}")
+    shown = [img for run in runs for img in run.images]
+    scored = np.array([img not in held_out for img in shown], bool)
+    images = [img if keep else f"held-out trial {i}" for i, (img, keep) in enumerate(zip(shown, scored, strict=True))]
+    notes: list[str] = [f"{int((~scored).sum())} trial(s) of {len(set(shown) & set(held_out))} held-out image(s) "
+                        "left out of every criterion"] if (~scored).any() else []
+    criterion: RepeatCriterion | EncodingCriterion = RepeatCriterion(images, seed)
+    complete = all(len(run.images) == len(run.onsets) for run in runs)
+    if (prefer == "encoding" or not criterion.usable) and features is not None and complete:
+        trial_runs = np.concatenate([np.full(len(run.images), k) for k, run in enumerate(runs)])
+        wanted = [img for img, keep in zip(shown, scored, strict=True) if keep]
+        if len(set(trial_runs[scored].tolist())) >= 2:
+            try:
+                found = np.asarray(features(wanted))
+            except (KeyError, ValueError) as exc:  # e.g. a recorded session's own image ids: no tokens for them
+                if criterion.usable:
+                    notes.append(f"no image features ({exc}): scored by repeat reliability instead")
+                    return criterion, scored, notes
+                raise
+            criterion = EncodingCriterion(found, trial_runs, scored)
+    return criterion, scored, notes
+
+
 def tune(runs: list[TuningRun], tr_s: float, high_pass_hz: float = 0.01, max_components: int = MAX_COMPONENTS,
          motion: bool = True, source: str = "", seed: int = 0, held_out: frozenset[str] | set[str] = frozenset(),
-         grid: VoxelGrid | None = None, tier_delay_s: float = 7.5) -> GLMTuning:
+         grid: VoxelGrid | None = None, tier_delay_s: float = 7.5, features: Features | None = None,
+         criterion: str = "encoding") -> GLMTuning:
     """Choose each voxel's HRF, the noise pool and the number of components from calibration runs.
 
-    Every choice is scored by how well single-trial betas (whole-run LSS, OLS) of the same image agree
-    across its presentations, which lie in different runs: HRF members per voxel (pooled over
-    neighbours on ``grid``, else shrunk towards the person's curve: :func:`choose_members`), the pool
-    (voxels whose betas do not repeat, reliability at or below 0, and whose mean beta is within
-    ``EVOKED_T`` standard errors of 0), the number of components (:func:`choose_count`). Trials of
-    ``held_out`` images stay in the design (they were shown) but their betas score nothing: the
-    tuning sees training data only. Without repeated training images nothing can be scored: every
-    voxel keeps Glover's neighbour and no components are chosen (said in notes).
+    Every choice is scored by one criterion (:mod:`rtdecode.glm.criteria`) on single-trial betas (whole-run
+    LSS, OLS): how well a ridge map from the images' ``features`` (image ids -> (n, ...) array) fitted on
+    the other runs predicts them, when features are given (``criterion`` "encoding": it uses every
+    training trial and finds late voxels, docs/glm.md); else, or with ``criterion`` "repeats" where
+    training images repeat, how well betas of the same image agree across its presentations. It chooses HRF members per voxel (pooled over neighbours on
+    ``grid``, else shrunk towards the person's curve: :func:`choose_members`), the pool (voxels whose
+    betas score at or below 0 and whose mean beta is within ``EVOKED_T`` standard errors of 0) and the
+    number of components (:func:`choose_count`). Trials of ``held_out`` images stay in the design (they
+    were shown) but their betas score nothing and teach the encoding map nothing: the tuning sees training
+    data only. With neither criterion usable every voxel keeps Glover's neighbour and no components are
+    chosen (said in notes).
     """
     if len(runs) < 2:
         raise ValueError(f"GLM tuning needs at least 2 calibration runs with events, got {len(runs)}")
     params = library_params()
     n_vox = runs[0].data.shape[1]
-    shown = [img for run in runs for img in run.images]
-    scored = np.array([img not in held_out for img in shown])
-    images = [img if keep else f"held-out trial {i}" for i, (img, keep) in enumerate(zip(shown, scored, strict=True))]
-    pairs = repeat_pairs(images)
-    notes: list[str] = [f"{int((~scored).sum())} trial(s) of {len(set(shown) & set(held_out))} held-out image(s) "
-                        "left out of every criterion"] if (~scored).any() else []
+    criterion, scored, notes = _criterion(runs, held_out, features, seed, criterion)
     settings = GLMSettings(t_r=tr_s, high_pass=high_pass_hz, noise_model="ols", motion_confounds=motion)
-    if len(pairs) < 10:
-        notes.append(f"only {len(pairs)} pairs of repeated training images (held-out images do not count): HRFs "
-                     "stay Glover's, no noise components")
+    if not criterion.usable:
+        notes.append(f"only {len(criterion.pairs)} pairs of repeated training images (held-out images do not count)"
+                     " and no image features: HRFs stay Glover's, no noise components")
         return GLMTuning(np.full(n_vox, GLOVER_INDEX), params, np.zeros(0, int), np.zeros(n_vox), 0,
                          np.zeros(1), source, notes, np.zeros(n_vox))
-    rng = np.random.default_rng(seed)
-    repeated = sorted({images[i] for i in pairs[:, 0]})
-    half = {img for img, h in zip(repeated, rng.permutation(len(repeated)) % 2, strict=True) if h}
-    in_a = np.array([images[i] in half for i in pairs[:, 0]])
-    rel: dict[str, list] = {"a": [], "b": [], "all": [], "evoked_t": []}
-    for m in range(len(params)):
-        kernel = library_kernel(m, tr_s, params)
-        betas = np.concatenate([_run_betas(run, tr_s, settings, kernel) for run in runs])
-        for key, sel in (("a", in_a), ("b", ~in_a), ("all", np.ones(len(pairs), bool))):
-            rel[key].append(repeat_reliability(betas, pairs[sel]))
+    rel: dict[str, list] = {"a": [None] * len(params), "b": [None] * len(params), "all": [None] * len(params),
+                            "evoked_t": [None] * len(params)}
+    # Glover's member first: the encoding criterion fixes its ridge penalty on the first betas it scores.
+    for m in [GLOVER_INDEX] + [m for m in range(len(params)) if m != GLOVER_INDEX]:
+        betas = np.concatenate([_run_betas(run, tr_s, settings, library_kernel(m, tr_s, params)) for run in runs])
+        rel["a"][m], rel["b"][m], rel["all"][m] = criterion.halves(betas)
         ev = betas[scored]
-        rel["evoked_t"].append(ev.mean(0) / np.maximum(ev.std(0) / np.sqrt(len(ev)), 1e-12))
+        rel["evoked_t"][m] = ev.mean(0) / np.maximum(ev.std(0) / np.sqrt(len(ev)), 1e-12)
     rel = {k: np.stack(v) for k, v in rel.items()}  # (members, voxels)
+    notes.append(f"scored by {criterion.describe()}")
     best, how, held = choose_members(rel["a"], rel["b"], rel["all"], grid)
-    notes.append(f"HRF choice {how} (held-out reliability "
+    notes.append(f"HRF choice {how} (held-out score "
                  + ", ".join(f"{s:g}: {v:.4f}" for s, v in held.items()) + ")")
     reliability = rel["all"][best, np.arange(n_vox)]
     gain = reliability - rel["all"][GLOVER_INDEX]
-    # No task response of either kind: betas that do not repeat, and no mean response to the images.
-    pool = np.flatnonzero((reliability <= 0) & (np.abs(rel["evoked_t"][best, np.arange(n_vox)]) < EVOKED_T))
+    # No task response of either kind: betas the criterion finds nothing in, and no mean response to the images.
+    # The encoding score is judged at Glover's member: each voxel's best of 21 members is biased upwards (median
+    # +0.06 for voxels without a response in tests/test_glm_tuning.py's visit), which would empty the pool.
+    at = np.full(n_vox, GLOVER_INDEX) if isinstance(criterion, EncodingCriterion) else best
+    pool = np.flatnonzero((rel["all"][at, np.arange(n_vox)] <= 0)
+                          & (np.abs(rel["evoked_t"][at, np.arange(n_vox)]) < EVOKED_T))
+    tuning = GLMTuning(best, params, pool, reliability, 0, np.zeros(1), source, notes, gain)
+    tuning.evidence, tuning.criterion = {key: rel[key] for key in ("a", "b", "all")}, criterion.name
     if len(pool) < MIN_POOL:
-        notes.append(f"only {len(pool)} voxels with betas that do not repeat; no noise components")
-        tuning = GLMTuning(best, params, pool, reliability, 0, np.zeros(1), source, notes, gain)
-        tuning.evidence = {key: rel[key] for key in ("a", "b", "all")}
+        notes.append(f"only {len(pool)} voxels whose betas score at or below 0; no noise components")
         return tuning
     others = np.setdiff1d(np.arange(n_vox), pool)
-    scores = _count_scores(runs, pool, others, pairs, len(images), tr_s, high_pass_hz, settings, max_components)
     weights = np.clip(reliability[others], 0, None)
-    k, mean = choose_count(np.stack(scores), weights)
-    notes.append(f"{k} noise component(s) as regressors: reliability of the other voxels (weighted by their own) "
-                 f"with 0..{max_components}: " + ", ".join(f"{v:.4f}" for v in mean))
-    tuning = GLMTuning(best, params, pool, reliability, k, mean, source, notes, gain)
-    tuning.evidence = {key: rel[key] for key in ("a", "b", "all")}
-    _tune_subtraction(tuning, runs, others, weights, pairs, settings, max_components, tier_delay_s)
+    tuning.n_components, tuning.component_scores = _regress_count(runs, pool, others, weights, criterion, settings,
+                                                                 max_components)
+    notes.append(f"{tuning.n_components} noise component(s) as regressors: score of the other voxels (weighted by "
+                 f"their own) with 0..{max_components}: " + ", ".join(f"{v:.4f}" for v in tuning.component_scores))
+    _tune_subtraction(tuning, runs, others, weights, criterion.score, settings, max_components, tier_delay_s)
     return tuning
 
 
-def _count_scores(runs: list[TuningRun], pool: np.ndarray, others: np.ndarray, pairs: np.ndarray, n_trials: int,
-                  tr_s: float, high_pass_hz: float, settings: GLMSettings, max_components: int) -> list[np.ndarray]:
-    """Repeat reliability of the ``others`` voxels' betas with 0..max_components of the pool's noise
-    components as regressors (one score array per count)."""
+def _regress_count(runs: list[TuningRun], pool: np.ndarray, others: np.ndarray, weights: np.ndarray, criterion,
+                   settings: GLMSettings, max_components: int) -> tuple[int, np.ndarray]:
+    """Issue 20's count: components of each run's pool re-fitted as regressors, scored on the other voxels."""
     scores = []
     for k in range(max_components + 1):
-        betas = np.zeros((n_trials, len(others)))
-        row = 0
+        parts = []
         for run in runs:
             comps = None
             if k:
-                base = baseline_columns(len(run.rows), tr_s, high_pass_hz, run.rows)
+                base = baseline_columns(len(run.rows), settings.t_r, settings.high_pass, run.rows)
                 comps = np.zeros((len(run.rows), k))
                 found = noise_components(run.data[:, pool], base, k)
                 comps[run.rows, : found.shape[1]] = found
             # Glover's design for every voxel here: the count hardly depends on each voxel's member.
             sub = TuningRun(run.onsets, run.durations, run.data[:, others], run.motion, run.rows, run.images)
-            part = _run_betas(sub, tr_s, settings, None, comps)
-            betas[row: row + len(part)] = part
-            row += len(part)
-        scores.append(repeat_reliability(betas, pairs))
-    return scores
+            parts.append(_run_betas(sub, settings.t_r, settings, None, comps))
+        scores.append(criterion.score(np.concatenate(parts)))
+    return choose_count(np.stack(scores), weights)
 
 
 def _tune_subtraction(tuning: GLMTuning, runs: list[TuningRun], others: np.ndarray, weights: np.ndarray,
-                      pairs: np.ndarray, settings: GLMSettings, max_components: int, tier_delay_s: float) -> None:
+                      score, settings: GLMSettings, max_components: int, tier_delay_s: float) -> None:
     """Learn the pool's noise on the whole hour and how many components to subtract, for the fast tier
-    (``tier_delay_s`` after onset) and for end-of-run betas, each by its own betas' repeat reliability."""
+    (``tier_delay_s`` after onset) and for end-of-run betas, each by the criterion (``score``) on its own betas."""
     learn = []
     for run in runs:
         base = baseline_columns(len(run.rows), settings.t_r, settings.high_pass, run.rows)
         task = trial_regressors(run.onsets, run.durations, frame_times(len(run.rows), settings.t_r), settings.t_r)
         learn.append((run.data, base, task.sum(1, keepdims=True)[run.rows]))
     tuning.subtraction = learn_subtraction(learn, tuning.pool, max_components)
-    fast, end = subtraction_scores(runs, tuning.subtraction, others, pairs, settings, tier_delay_s)
+    fast, end = subtraction_scores(runs, tuning.subtraction, others, score, settings, tier_delay_s)
     (k_fast, s_fast), (k_end, s_end) = choose_count(fast, weights), choose_count(end, weights)
     tuning.tier_delay_s, tuning.fast_components, tuning.end_components = tier_delay_s, k_fast, k_end
     for name, k, sc in ((f"fast tier ({tier_delay_s:g} s)", k_fast, s_fast), ("end of run", k_end, s_end)):
-        tuning.notes.append(f"{name}: subtract {k} component(s) (reliability with 0..{len(sc) - 1}: "
+        tuning.notes.append(f"{name}: subtract {k} component(s) (score with 0..{len(sc) - 1}: "
                             + ", ".join(f"{v:.4f}" for v in sc) + ")")
 
 
@@ -310,16 +339,20 @@ def session_grid(folder, run: int, n_voxels: int) -> VoxelGrid | None:
     return VoxelGrid.from_mask(mask, img.affine) if int(mask.sum()) == n_voxels else None
 
 
-def tune_session(path: str | Path, tr_s: float = 1.5, high_pass_hz: float = 0.01, out: str | Path | None = None,
+def tune_session(path: str | Path, tr_s: float | None = None, high_pass_hz: float = 0.01, out: str | Path | None = None,
                  max_components: int = MAX_COMPONENTS, runs: list[int] | None = None,
-                 held_out: set[str] | frozenset[str] = frozenset()) -> GLMTuning:
+                 held_out: set[str] | frozenset[str] = frozenset(), features: Features | None = None) -> GLMTuning:
     """``rtdecode glm-tune``: tune on a recorded session folder's ``runs`` (default all), leaving
-    ``held_out`` images out of every criterion; saved into ``out`` when given."""
+    ``held_out`` images out of every criterion; ``features``: image ids -> features, for the encoding
+    criterion when training images do not repeat (:func:`tune`); saved into ``out`` when given. ``tr_s``:
+    default the TR the session was recorded or imported at, else 1.5 s."""
     folder = session_folder(path)
+    tr_s = session_tr(folder, tr_s)
     chosen = session_runs(folder, runs)
     data = [r for _, r in chosen]
     grid = session_grid(folder, chosen[0][0], data[0].data.shape[1]) if chosen else None
-    tuning = tune(data, tr_s, high_pass_hz, max_components, source=str(path), held_out=frozenset(held_out), grid=grid)
+    tuning = tune(data, tr_s, high_pass_hz, max_components, source=str(path), held_out=frozenset(held_out), grid=grid,
+                  features=features)
     tuning.runs = [run for run, _ in chosen]
     tuning.held_out = len(set(held_out))
     if out is not None:

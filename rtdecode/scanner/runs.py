@@ -64,6 +64,7 @@ class RunBook:
         self._ends = folder.run_ends()
         actions = [r["action"] for r in log_rows if r["action"] in ("stop_run", "start_run")]
         self.armed = not actions or actions[-1] == "start_run"
+        self._split: set[str] = set()  # acquisitions read as split into a series per volume (their series_uid)
 
     def new_state(self, number: int, key: int, uid: str) -> RunState:
         run = RunState(number, key, uid, self.folder.run_store(number), RunSequencer(self.missing_timeout_s))
@@ -89,17 +90,29 @@ class RunBook:
     def recorded(self, number: int) -> bool:
         return number in self._ends
 
-    def busy(self, run: RunState, pending_series: set[int]) -> bool:
-        """Whether files of ``run``'s series wait to be read, or read volumes wait for a gap to be declared."""
-        return bool(run.sequencer.pending) or run.series_key in pending_series
+    def busy(self, run: RunState, pending_series: set[int], below: int | None = None) -> bool:
+        """Whether files of ``run``'s series wait to be read, or read volumes wait for a gap to be declared.
+
+        For a split acquisition (XA interoperability) every volume has a series number of its own above
+        the run's, so a waiting file numbered above it (below ``below``, when given) may be the run's."""
+        if run.sequencer.pending or run.series_key in pending_series:
+            return True
+        return run.series_uid in self._split and any(
+            run.series_key < key and (below is None or key < below) for key in pending_series)
 
     def holds_back(self, series_key: int, now: float, pending_series: set[int]) -> bool:
         """Whether a new series' file waits: the open run first takes every file of its own on disk (after a
-        restart or a burst), and a last volume landing up to ``missing_timeout_s`` after its newest one."""
+        restart or a burst), and a last volume landing up to ``missing_timeout_s`` after its newest one.
+
+        A file still waiting to be read under a series number between the open run's and the new one's
+        holds the new series back too: series numbers rise through a session, so it comes first, and in
+        an XA interoperability export it may be the open run's own volume (a series of its own, 7003 in
+        run 7001), unknown until it can be read. It waits ``partial_timeout_s`` at most."""
         run = self.open_run
         if run is None or self.stray(series_key) is not None:
             return False
-        if not self.busy(run, pending_series) and now - run.last_file >= self.missing_timeout_s:
+        between = any(run.series_key < key < series_key for key in pending_series)
+        if not between and not self.busy(run, pending_series, series_key) and now - run.last_file >= self.missing_timeout_s:
             return False
         if series_key not in run.held_back:
             run.held_back.add(series_key)
@@ -121,8 +134,12 @@ class RunBook:
     def series_key_of(self, file_series: int, volume: Any) -> int:
         """The series key a read file belongs to: the one its name gives, except for a volume of an acquisition
         split into a series per volume (Siemens XA interoperability, MFSPLIT), which joins the run its
-        acquisition already has (same acquisition identity in ``series_uid``, across restarts too)."""
-        if file_series in self.runs or not volume.meta.get("split_series") or not volume.series:
+        acquisition already has (same acquisition identity in ``series_uid``, across restarts too). Split
+        acquisitions are remembered, so :meth:`busy` knows their runs' volumes come under numbers of their own."""
+        if not volume.meta.get("split_series") or not volume.series:
+            return file_series
+        self._split.add(volume.series)
+        if file_series in self.runs:
             return file_series
         return next((r.series_key for r in self.runs.values() if r.series_uid == volume.series), file_series)
 

@@ -10,7 +10,7 @@ from rtdecode.base.errors import ConfigError
 from rtdecode.gallery.builtin import StimulusSet
 from rtdecode.simulator.paradigm import Paradigm
 from rtdecode.simulator.scanner import simulate_run, write_run
-from rtdecode.simulator.subjects import SubjectSpec, dataset_people
+from rtdecode.simulator.subjects import dataset_people, visit_person
 
 
 def simulate(args: argparse.Namespace) -> int:
@@ -50,8 +50,9 @@ def _run(args: argparse.Namespace) -> int:
         run = simulate_run(args.volumes, shape=args.shape, voxel_mm=args.voxel_mm, max_mm=args.max_mm,
                            max_deg=args.max_deg, seed=seed)
     else:
-        spec = SubjectSpec(name=f"sim{args.subject_seed:02d}", n_voxels=args.voxels, seed=args.subject_seed,
-                           reliability=args.reliability)
+        # A new person by simulate betas' rule (sim51.. at seed 0), never a pretraining person unless asked.
+        spec = visit_person(args.subject_seed, args.seed, args.first_person, n_voxels=args.voxels,
+                            reliability=args.reliability)
         visit = Visit(spec, n_runs=args.runs, paradigm=Paradigm(tr_s=args.tr, volumes=args.volumes, trials=args.trials),
                       shape=args.shape, voxel_mm=args.voxel_mm, max_mm=args.max_mm, max_deg=args.max_deg, seed=seed)
         run = visit.run(args.run - 1)

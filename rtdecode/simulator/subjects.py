@@ -16,7 +16,7 @@ The model (see docs/simulated-brain.md):
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 
 import numpy as np
@@ -327,3 +327,16 @@ def dataset_people(n: int, role: str, dataset_seed: int, first: int | None = Non
     if first < 1:
         raise ValueError(f"the first person must be 1 or more, got {first}")
     return default_subjects(n, base_seed=first, **kwargs)
+
+
+def visit_person(k: int, dataset_seed: int, first: int | None = None, **kwargs) -> SubjectSpec:
+    """The person of a volume-level visit (``rtdecode simulate run``): the ``k``-th (1-based) new person of
+    ``dataset_seed`` by :func:`dataset_people`'s rule (sim51 for k 1 at seed 0), never a pretraining
+    dataset's person; or person ``first + k - 1`` when a first person is asked for."""
+    if first is None and not 1 <= k <= ROLE_ROOM["new"]:
+        raise ValueError(f"--subject-seed is which new person of --seed, 1 to {ROLE_ROOM['new']} (sim"
+                         f"{first_person('new', dataset_seed):02d} for 1), got {k}; to simulate a given brain (e.g. "
+                         "a pretraining person's) pass --first-person N")
+    if k < 1:
+        raise ValueError(f"--subject-seed must be 1 or more, got {k}")
+    return replace(dataset_people(k, "new", dataset_seed, first)[-1], **kwargs)

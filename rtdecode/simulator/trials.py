@@ -38,24 +38,26 @@ ROLES = ("pretrain", "new", "new-overlap", "any")
 NEW_SHARE = 0.3  # of the training pool: the images only people to calibrate see (NSD: each person's own)
 
 
-def new_person_pool(n_images: int) -> tuple[int, ...]:
-    """Indices of the images a person to calibrate sees once: the last 30 % of the training pool, never
-    shown in a pretraining dataset (as in NSD, where a new subject's images are mostly new to a shared
-    model). 300 of the default 1,200 images; an NSD-like hour needs 543, so simulate 2,400."""
+def new_person_pool(n_images: int, at_least: int = 0) -> tuple[int, ...]:
+    """Indices of the images a person to calibrate sees once: the last 30 % of the training pool (or its
+    last ``at_least`` images, if more), never shown in a pretraining dataset (as in NSD, where a new
+    subject's images are mostly new to a shared model). 300 of the default 1,200 images; an NSD-like
+    hour needs 543: simulate 2,400, or pass ``at_least`` 543 and pretrain on the 457 left."""
     train = training_pool(n_images)
-    return train[len(train) - int(NEW_SHARE * len(train)):]
+    return train[len(train) - max(int(NEW_SHARE * len(train)), min(at_least, len(train))):]
 
 
-def pools(role: str, n_images: int) -> dict:
+def pools(role: str, n_images: int, new_images: int = 0) -> dict:
     """session_plan's pools for a subject's role: ``pretrain`` never sees a test-pool image nor one of
     :func:`new_person_pool`; ``new`` (the person being calibrated) repeats test-pool images (its held-out
     set) and sees the rest once from the new-person pool; ``new-overlap`` sees those from the whole
     training pool instead, so most were pretraining images too (the claim before issue 35, kept to show
-    its effect); ``any`` draws from every image (no evaluation is meant)."""
+    its effect); ``any`` draws from every image (no evaluation is meant). ``new_images``: the new-person
+    pool holds at least this many images (:func:`new_person_pool`)."""
     if role == "pretrain":
-        return {"exclude": test_pool(n_images) + new_person_pool(n_images)}
+        return {"exclude": test_pool(n_images) + new_person_pool(n_images, new_images)}
     if role == "new":
-        return {"repeated_from": test_pool(n_images), "unique_from": new_person_pool(n_images)}
+        return {"repeated_from": test_pool(n_images), "unique_from": new_person_pool(n_images, new_images)}
     if role == "new-overlap":
         return {"repeated_from": test_pool(n_images), "unique_from": training_pool(n_images)}
     if role == "any":
@@ -65,7 +67,7 @@ def pools(role: str, n_images: int) -> dict:
 
 def simulate_session(subject: SimulatedSubject, latent: LatentSpace, session: int, n_runs: int = 11,
                      trials_per_run: int = 63, n_repeated: int | None = None, seed: int = 0,
-                     role: str = "pretrain") -> SessionBetas:
+                     role: str = "pretrain", new_images: int = 0) -> SessionBetas:
     """One session of ``n_runs`` runs (NSD-like: 50 of 693 trials' images shown 3 times, the rest once);
     which images it may show follows the subject's ``role`` (:func:`pools`)."""
     if n_repeated is None:
@@ -73,7 +75,7 @@ def simulate_session(subject: SimulatedSubject, latent: LatentSpace, session: in
     try:
         plan = session_plan(latent.stimuli.n, n_runs, trials_per_run, n_repeated=n_repeated,
                             seed=int(np.random.default_rng([seed, subject.spec.seed, session, 1]).integers(2**31)),
-                            **pools(role, latent.stimuli.n))
+                            **pools(role, latent.stimuli.n, new_images))
     except ValueError as exc:
         raise ValueError(f"{exc} (role {role!r}, {latent.stimuli.n} images: a new person's images are drawn "
                          f"apart from pretraining images; simulate more images, e.g. 2400)") from None
@@ -89,21 +91,24 @@ def simulate_session(subject: SimulatedSubject, latent: LatentSpace, session: in
 
 def write_dataset(folder: str | Path, specs: list[SubjectSpec], sessions: int = 1, n_runs: int = 11,
                   trials_per_run: int = 63, n_repeated: int | None = None, latent: LatentSpace | None = None,
-                  seed: int = 0, role: str = "pretrain") -> Path:
+                  seed: int = 0, role: str = "pretrain", new_images: int = 0) -> Path:
     """Simulate and write every subject's sessions; returns the dataset.json path. ``role``: ``pretrain``
-    (no test-pool image), ``new`` (a person to calibrate: held-out repeats from the test pool) or ``any``."""
+    (no test-pool image), ``new`` (a person to calibrate: held-out repeats from the test pool) or ``any``;
+    ``new_images``: a new-person pool of at least this many images (recorded when set)."""
     folder = Path(folder)
     latent = latent or LatentSpace(dim=max(s.latent_dim for s in specs))
     index = {"format": "rtdecode-simulated-betas", "version": 1, "seed": seed, "role": role,
              "stimuli": {"n": latent.stimuli.n, "size": latent.stimuli.size, "seed": latent.stimuli.seed},
              "standin": latent.embedder.config.to_dict(), "subjects": []}
+    if new_images:
+        index["new_images"] = new_images
     for spec in specs:
         subject = SimulatedSubject(spec)
         sub_dir = folder / f"sub-{spec.name}"
         sub_dir.mkdir(parents=True, exist_ok=True)
         np.save(sub_dir / "voxels_xyz.npy", subject.xyz.astype(np.float32))
         for ses in range(1, sessions + 1):
-            data = simulate_session(subject, latent, ses, n_runs, trials_per_run, n_repeated, seed, role)
+            data = simulate_session(subject, latent, ses, n_runs, trials_per_run, n_repeated, seed, role, new_images)
             save_session(sub_dir / f"ses-{ses:02d}", data)
         index["subjects"].append({**spec.to_dict(), "sessions": sessions, "person": spec.person})
     path = folder / "dataset.json"

@@ -34,7 +34,7 @@ def bench_preprocess(volumes: int = 40, shape: tuple[int, int, int] = SHAPE, n_v
     from rtdecode.simulator.scanner import simulate_run
 
     run = simulate_run(volumes, shape=shape, max_mm=3.0, max_deg=3.0, seed=seed)
-    return bench(run.volumes, run.affine, _writer(fmt), n_voxels=n_voxels, fmt=fmt)
+    return bench(run.volumes, run.affine, _writer(fmt), n_voxels=n_voxels, fmt=fmt, motion=run.motion)
 
 
 def bench_endurance(volumes: int = 4800, shape: tuple[int, int, int] = SHAPE, n_voxels: int = 8627,
@@ -142,7 +142,9 @@ def format_table(result: dict) -> str:
     width = max(len(k) for k in result)
     lines = [f"{'figure':<{width}}  value", f"{'-' * width}  -----"]
     for key, value in result.items():
-        text = f"{value:.2f}" if isinstance(value, float) else str(value)
+        # Small figures (motion errors of a few micrometres) keep three significant digits, not 0.00.
+        text = (f"{value:.2f}" if abs(value) >= 1 or value == 0 else f"{value:.3g}") if isinstance(value, float) \
+            else str(value)
         lines.append(f"{key:<{width}}  {text}")
     return "\n".join(lines)
 

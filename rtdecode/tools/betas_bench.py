@@ -58,6 +58,7 @@ class BetasSetup:
     no_grid: bool = False  # HRF choice without voxel positions (issue 20's shrinkage towards the person)
     max_components: int = 6  # noise components tried (glm-tune tries 10; auto chose at most 3 here)
     top1: bool = True  # False: betas of the calibration hour are not estimated per configuration (no top-1)
+    criterion: str = "encoding"  # what scores the tuning: "encoding" (the images' tokens) or "repeats" (issue 20's)
 
 
 @dataclass
@@ -232,10 +233,11 @@ def measure_seed(setup: BetasSetup, seed: int, configs: str = "abcreo", log=prin
     groups = np.concatenate([np.full(len(r.images), i) for i, r in enumerate(cal)])
     truth = np.concatenate([r.truth.T for r in live])  # (trials, visual voxels)
     t = time.monotonic()
+    lookup = dict(zip([i for r in cal for i in r.images], tokens[:n_cal], strict=True))  # the hour's images only
     tuning = tune([TuningRun(r.events.onset, r.events.duration, r.series, r.motion, np.ones(len(r.series), bool),
                              tuple(r.images)) for r in cal], 1.5, max_components=setup.max_components,
-                  grid=None if setup.no_grid else grid,
-                  tier_delay_s=TIERS[0][1])
+                  grid=None if setup.no_grid else grid, tier_delay_s=TIERS[0][1],
+                  features=lambda ids: np.stack([lookup[i] for i in ids]), criterion=setup.criterion)
     oracle = oracle_tuning(tuning, runs, roi_cols)
     info["tuning_s"] = time.monotonic() - t
     info["hrf_recovery"] = rec = hrf_recovery(tuning, runs, roi_cols)
@@ -314,6 +316,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--physiology", choices=("varied", "venous", "canonical"), default="varied")
     p.add_argument("--no-grid", action="store_true", help="choose HRFs without voxel positions (issue 20's shrinkage)")
     p.add_argument("--no-top1", action="store_true", help="betas only: skip the ridge decoder (and the hour's betas)")
+    p.add_argument("--criterion", choices=("encoding", "repeats"), default="encoding",
+                   help="what scores the GLM tuning (docs/glm.md): the images' tokens, or repeat reliability (issue 20)")
     p.add_argument("--merge", type=Path, nargs="+", default=None,
                    help="print one table from earlier --out folders (seeds run as separate processes)")
     args = p.parse_args(argv)
@@ -321,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
         merged = [r for folder in args.merge for r in json.loads((folder / "results.json").read_text())["results"]]
         print(table(merged))
         return 0
-    setup = BetasSetup(physiology=args.physiology, no_grid=args.no_grid, top1=not args.no_top1)
+    setup = BetasSetup(physiology=args.physiology, no_grid=args.no_grid, top1=not args.no_top1, criterion=args.criterion)
     changes = {"calibration_runs": args.calibration_runs, "realtime_runs": args.realtime_runs, "roi_voxels": args.voxels}
     setup = replace(setup, **{k: v for k, v in changes.items() if v is not None})
     results = [measure_seed(setup, s, args.configs) for s in args.seeds]

@@ -11,6 +11,8 @@ against one pretrained on people who share no code with the new person (scramble
   (the same grid for each), never on the held-out images;
 - one unit per new person (person k, fine-tuning seed k): the arms are compared pairwise over people.
 Work runs in ``workers`` processes of one thread each; a unit still running at ``deadline_s`` is named.
+A work folder keeps datasets, shared models and finished units (read back, not trained again), so sizes
+(``--runs 1 2 4``) and pretraining seeds (``--pretrain-seed 1``: folders and units tagged ``-p1``) add up.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ class ClaimSetup:
     arms: tuple[str, ...] = ARMS
     overlap: bool = False  # the new people's once-shown images from every training image (before issue 35)
     latent_dim: int = 32
+    pretrain_seed: int = 0  # the shared models' seed; another samples the spread between pretraining runs
     workers: int = 2
     deadline_s: float = 0.0  # 0: none
 
@@ -72,6 +75,11 @@ def _latent(setup: ClaimSetup):
     return LatentSpace(dim=setup.latent_dim, stimuli=StimulusSet(n=setup.images))
 
 
+def _shared(setup: ClaimSetup, group: str) -> str:
+    """A shared model's folder name: ``shared-real``, or ``shared-real-p1`` for pretraining seed 1."""
+    return f"shared-{group}" + (f"-p{setup.pretrain_seed}" if setup.pretrain_seed else "")
+
+
 def _write(out: Path, setup: ClaimSetup, group: str) -> None:
     from rtdecode.simulator.trials import write_dataset
 
@@ -88,8 +96,9 @@ def _pretrain(out: Path, setup: ClaimSetup, group: str) -> None:
     from calibration.trainer import TrainConfig
 
     subjects = [load_trial_dataset(out / group, s.name, out / "cache").zscored() for s in _specs(setup, group)]
-    pretrain(subjects, out / f"shared-{group}", TrainConfig(epochs=setup.pretrain_epochs, batch_size=setup.pretrain_batch,
-                                                            max_lr=setup.pretrain_lr, checkpoint_s=1e9, seed=0))
+    pretrain(subjects, out / _shared(setup, group), TrainConfig(epochs=setup.pretrain_epochs, batch_size=setup.pretrain_batch,
+                                                            max_lr=setup.pretrain_lr, checkpoint_s=1e9,
+                                                            seed=setup.pretrain_seed))
 
 
 def _calibrate(out: Path, setup: ClaimSetup, unit: dict) -> dict:
@@ -107,10 +116,16 @@ def _calibrate(out: Path, setup: ClaimSetup, unit: dict) -> dict:
         data = data.subset(np.flatnonzero((data.runs <= unit["runs"]) | np.isin(data.images, sorted(held))))
     scale = total / unit["runs"]
     grid = Grid(setup.lrs, tuple(max(1, round(e * scale)) for e in setup.epochs))
-    pretrained = None if unit["arm"] == "scratch" else out / f"shared-{'real' if unit['arm'] == 'pretrained' else 'scrambled'}"
-    folder = calibrate(data, out / "models" / unit["name"], TrainConfig(batch_size=24, checkpoint_s=1e9, seed=unit["seed"]),
-                       pretrained=pretrained, holdout=held, tune=grid)
-    summary = json.loads((folder / "training.json").read_text())
+    pretrained = None if unit["arm"] == "scratch" else out / _shared(setup, "real" if unit["arm"] == "pretrained" else "scrambled")
+    calibrate(data, out / "models" / unit["name"], TrainConfig(batch_size=24, checkpoint_s=1e9, seed=unit["seed"]),
+              pretrained=pretrained, holdout=held, tune=grid)
+    return _row(out, setup, unit)
+
+
+def _row(out: Path, setup: ClaimSetup, unit: dict) -> dict:
+    """A finished unit's row, read from its model folder's training.json."""
+    spec = _specs(setup, "new")[unit["seed"]]
+    summary = json.loads((out / "models" / unit["name"] / "training.json").read_text())
     return {**unit, "person": spec.name, "top1": both_ways(summary["evaluation"]),
             "held_out_images": summary["evaluation"]["held_out_images"], "chance": summary["evaluation"]["chance"],
             "overlap": summary["held_out_overlap"], "seen_person": summary["seen_person"],
@@ -132,8 +147,10 @@ def _task(out: str, setup: dict, kind: str, unit: dict):
         result = None
         if kind == "write" and not (out_path / unit["group"] / "dataset.json").exists():  # kept in a work folder
             _write(out_path, s, unit["group"])
-        elif kind == "pretrain" and not (out_path / f"shared-{unit['group']}" / "model.safetensors").exists():
+        elif kind == "pretrain" and not (out_path / _shared(s, unit["group"]) / "model.safetensors").exists():
             _pretrain(out_path, s, unit["group"])
+        elif kind == "unit" and (out_path / "models" / unit["name"] / "training.json").exists():
+            result = _row(out_path, s, unit)  # finished in this work folder before (training.json comes last)
         elif kind == "unit":
             result = _calibrate(out_path, s, unit)
     finally:
@@ -167,7 +184,8 @@ def _plan(setup: ClaimSetup) -> list[tuple[str, dict, tuple[str, ...]]]:
                                  (f"pretrain-{'real' if arm == 'pretrained' else 'scrambled'}",))
         for runs in setup.runs:
             for seed, spec in enumerate(_specs(setup, "new")):
-                tasks.append(("unit", {"name": f"{arm}-seed{seed}-{spec.name}-runs{runs}", "arm": arm, "seed": seed,
+                tag = f"-p{setup.pretrain_seed}" if setup.pretrain_seed and arm != "scratch" else ""
+                tasks.append(("unit", {"name": f"{arm}-seed{seed}-{spec.name}-runs{runs}{tag}", "arm": arm, "seed": seed,
                                        "runs": runs}, need))
     return tasks
 

@@ -292,21 +292,28 @@ def test_an_xa_interoperability_export_forms_one_run_per_acquisition(tmp_path, s
     assert all("was recorded by another session (sub-01 ses-01, run " in r for r in reasons), reasons
 
 
+def _xa_setup(tmp_path: Path, small_run, volumes_per_run: int):
+    """An XA split export's slices, a watch folder and the template's config with a short missing-file wait and
+    a long partial-file wait (a file may stay half written): (slices per volume, watch folder, config)."""
+    n = small_run.volumes[0].shape[2]
+    watch = tmp_path / "watch"
+    watch.mkdir()
+    cfg = load_config(_template(tmp_path, {
+        "session": {"root": str(tmp_path / "sessions"), "bids": False},
+        "scanner": {"watch_dir": str(watch), "pattern": NAME, "slices_per_volume": n, "volumes_per_run": volumes_per_run,
+                    "missing_timeout_s": 0.5, "partial_timeout_s": 60.0, "quarantine_dir": str(tmp_path / "rejected")},
+        "network": {"events_port": 0, "control_port": 0},
+    }))
+    return n, watch, cfg
+
+
 def test_a_split_volume_still_being_written_keeps_its_run_open_for_it(tmp_path, small_run):
     """Acquisition 7's last volume (series 7003) has one slice still being written while acquisition 8's
     first volume (series 8001) lies whole in the folder, longer than ``missing_timeout_s`` after run 1's
     last file. The still-partial file is the open run's, under a series number of its own: the next
     acquisition waits for it. On round 4's start run 1 ended early ("new series") and volume 2's slices
     were set aside as "incomplete when run 1 ended"."""
-    n = small_run.volumes[0].shape[2]
-    watch = tmp_path / "watch"
-    watch.mkdir()
-    cfg = load_config(_template(tmp_path, {
-        "session": {"root": str(tmp_path / "sessions"), "bids": False},
-        "scanner": {"watch_dir": str(watch), "pattern": NAME, "slices_per_volume": n, "volumes_per_run": 3,
-                    "missing_timeout_s": 0.5, "partial_timeout_s": 60.0, "quarantine_dir": str(tmp_path / "rejected")},
-        "network": {"events_port": 0, "control_port": 0},
-    }))
+    n, watch, cfg = _xa_setup(tmp_path, small_run, volumes_per_run=3)
 
     def volume(acquisition: int, t: int, order=None) -> list[Path]:
         return write_slices(tmp_path / "staging" / f"{acquisition}-{t}", NAME, small_run.volumes[t], small_run.affine,
@@ -345,15 +352,7 @@ def test_a_split_volume_still_being_written_at_shutdown_keeps_its_run_open(tmp_p
     written, longer than ``missing_timeout_s``: the run is not closed under it; the volume is taken when
     whole, and the run is left open for the next start, as a run whose files are still arriving is. On
     round 4's start the run was closed at shutdown and volume 2's slices were set aside."""
-    n = small_run.volumes[0].shape[2]
-    watch = tmp_path / "watch"
-    watch.mkdir()
-    cfg = load_config(_template(tmp_path, {
-        "session": {"root": str(tmp_path / "sessions"), "bids": False},
-        "scanner": {"watch_dir": str(watch), "pattern": NAME, "slices_per_volume": n, "volumes_per_run": 5,
-                    "missing_timeout_s": 0.5, "partial_timeout_s": 60.0, "quarantine_dir": str(tmp_path / "rejected")},
-        "network": {"events_port": 0, "control_port": 0},
-    }))
+    n, watch, cfg = _xa_setup(tmp_path, small_run, volumes_per_run=5)
     staging = tmp_path / "staging"
     with SideThread(cfg, n=10, timeout=120) as st:
         for t in range(2):
@@ -388,15 +387,7 @@ def test_after_a_restart_a_split_volume_still_being_written_keeps_its_run_open_f
     files gone from the folder), and all of the third volume's slices (series 7003) are still being
     written when acquisition 8 lands: the restarted side has read no split file of run 1, so only the
     series numbers say 7003 comes before 8001."""
-    n = small_run.volumes[0].shape[2]
-    watch = tmp_path / "watch"
-    watch.mkdir()
-    cfg = load_config(_template(tmp_path, {
-        "session": {"root": str(tmp_path / "sessions"), "bids": False},
-        "scanner": {"watch_dir": str(watch), "pattern": NAME, "slices_per_volume": n, "volumes_per_run": 3,
-                    "missing_timeout_s": 0.5, "partial_timeout_s": 60.0, "quarantine_dir": str(tmp_path / "rejected")},
-        "network": {"events_port": 0, "control_port": 0},
-    }))
+    n, watch, cfg = _xa_setup(tmp_path, small_run, volumes_per_run=3)
 
     def volume(acquisition: int, t: int) -> list[Path]:
         return write_slices(tmp_path / "staging" / f"{acquisition}-{t}", NAME, small_run.volumes[t], small_run.affine,

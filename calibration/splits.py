@@ -22,19 +22,29 @@ class OverlapError(ValueError):
     """Held-out images were found in a training set."""
 
 
+def _write_list(folder: str | Path, name: str, items: Iterable[str]) -> Path:
+    """The distinct ``items``, one per line, sorted, into ``folder/name``."""
+    path = Path(folder) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{item}\n" for item in sorted(set(items))))
+    return path
+
+
+def _read_list(folder: str | Path, name: str) -> set[str] | None:
+    """What :func:`_write_list` wrote; None when the folder has no such file."""
+    path = Path(folder) / name
+    return set(path.read_text().split()) if path.exists() else None
+
+
 def write_training_images(folder: str | Path, images: Iterable[str]) -> Path:
     """The distinct image ids a model was trained on, one per line, sorted."""
-    path = Path(folder) / TRAINING_IMAGES
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(f"{im}\n" for im in sorted(set(images))))
-    return path
+    return _write_list(folder, TRAINING_IMAGES, images)
 
 
 def read_training_images(folder: str | Path) -> set[str] | None:
     """The images a model folder says it was trained on; None when it does not say (a converted
     published checkpoint: MindEye2 kept the shared 1,000 NSD test images out of all its training)."""
-    path = Path(folder) / TRAINING_IMAGES
-    return set(path.read_text().split()) if path.exists() else None
+    return _read_list(folder, TRAINING_IMAGES)
 
 
 def repeated_images(data: SubjectData, repeats: int = 2) -> set[str]:
@@ -101,16 +111,12 @@ class SeenPersonError(ValueError):
 
 def write_training_people(folder: str | Path, people: Iterable[str]) -> Path:
     """Whose brains a model was trained on (a simulated person's seed, a participant label), one a line."""
-    path = Path(folder) / TRAINING_PEOPLE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(f"{p}\n" for p in sorted(set(people))))
-    return path
+    return _write_list(folder, TRAINING_PEOPLE, people)
 
 
 def read_training_people(folder: str | Path) -> set[str] | None:
     """The people a model folder says it was trained on; None when it does not say (older folders)."""
-    path = Path(folder) / TRAINING_PEOPLE
-    return set(path.read_text().split()) if path.exists() else None
+    return _read_list(folder, TRAINING_PEOPLE)
 
 
 def seen_person(subject: str, person: str | None, pretrained_subjects: list[str], pretrained_people: set[str] | None

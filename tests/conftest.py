@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
+import re
 import socket
+import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -17,6 +22,11 @@ from rtdecode.base.settings import SessionConfig
 from rtdecode.scanner import ScannerSide, VolumeEvent
 from rtdecode.simulator.scanner import SimulatedRun, simulate_run
 
+if TYPE_CHECKING:
+    from pytestqt.qtbot import QtBot
+
+    from gui.console import ConsoleWindow
+
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # Qt tests never need a screen
 # Derived arrays (template, latent basis) cached inside the checkout, not in the user's home.
 os.environ.setdefault("RTDECODE_CACHE", str(Path(__file__).resolve().parents[1] / ".pytest_cache" / "rtdecode"))
@@ -24,6 +34,7 @@ os.environ.setdefault("RTDECODE_CACHE", str(Path(__file__).resolve().parents[1] 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 SKYRA_RUN = SHARED / "data" / "siemens-skyra-mosaic-run"
 SMALL_SHAPE = (26, 30, 20)  # unequal sides so axis mix-ups fail
+SCREEN_W, SCREEN_H = 1366, 768 - 40  # an operator's laptop screen, less a taskbar
 
 
 @pytest.fixture(scope="session")
@@ -59,6 +70,23 @@ def free_port() -> int:
                 continue
             return port
     raise RuntimeError(f"no free port between 20000 and {low}")
+
+
+def config_template(cli: list[str], tmp_path: Path, changes: dict[str, dict[str, object]]) -> Path:
+    """``<cli> config template``'s output with the given keys changed (each must be in the template)."""
+    path = tmp_path / "session.toml"
+    subprocess.run([*cli, "config", "template", str(path)], check=True, timeout=120)
+    pending = {s: dict(keys) for s, keys in changes.items()}
+    section, out = "", []
+    for line in path.read_text().splitlines():
+        section = m[1] if (m := re.match(r"^\[(\w+)\]$", line)) else section
+        key = line.split(" = ")[0]
+        if key in pending.get(section, {}):
+            line = f"{key} = {json.dumps(pending[section].pop(key))}"
+        out.append(line)
+    assert not any(pending.values()), f"not in the template: {pending}"
+    path.write_text("\n".join(out) + "\n")
+    return path
 
 
 def make_config(tmp_path: Path, **sections) -> SessionConfig:
@@ -174,6 +202,25 @@ def windows(qtbot):
 
     yield keep
     dispose(*held)
+
+
+def full_session_window(windows: Callable[[ConsoleWindow], ConsoleWindow], qtbot: QtBot,
+                        replay: bool = False) -> ConsoleWindow:
+    """A console window on ``gui.bench``'s seeded full session, shown at 1366 x 728 and exposed."""
+    from gui.bench import full_session
+    from gui.console import ConsoleWindow
+    from gui.state import ConsoleState
+
+    msgs, gallery = full_session(volumes=400, trials=60, log_lines=300, seed=0)
+    state = ConsoleState(replay=replay)
+    for source, msg in msgs:
+        state.apply(msg, source)
+    window = windows(ConsoleWindow(state, gallery))
+    window.resize(SCREEN_W, SCREEN_H)
+    window.refresh()
+    window.show()
+    qtbot.waitExposed(window, timeout=5000)
+    return window
 
 
 def record_session(root, runs):

@@ -9,9 +9,10 @@ from gui.sessions import SessionFilter
 from gui.state import ConsoleState
 from rtdecode.wire.protocol import Message
 
+from conftest import full_session_window
+
 pytest.importorskip("pytestqt")
 
-SCREEN_W, SCREEN_H = 1366, 768 - 40  # less a taskbar
 ONE = {"subject": "01", "session": "01", "session_uid": "a" * 32}
 
 
@@ -31,18 +32,7 @@ def test_the_match_figure_names_what_the_run_was_matched_to(qtbot, windows):
 
 def test_at_1366_px_every_top5_caption_and_runs_column_is_in_view(qtbot, windows):
     """6: the captions under the retrieval thumbnails and two runs-table columns were cut at 1366 px."""
-    from gui.bench import full_session
-    from gui.console import ConsoleWindow
-
-    msgs, gallery = full_session(volumes=400, trials=60, log_lines=300)
-    state = ConsoleState()
-    for source, msg in msgs:
-        state.apply(msg, source)
-    window = windows(ConsoleWindow(state, gallery))
-    window.resize(SCREEN_W, SCREEN_H)
-    window.refresh()
-    window.show()
-    qtbot.waitExposed(window, timeout=5000)
+    window = full_session_window(windows, qtbot)
     for tile in window.retrieved:
         caption = tile.caption
         assert caption.text().startswith("sim-")

@@ -9,9 +9,10 @@ import pytest
 from gui.state import ConsoleState
 from rtdecode.wire.protocol import Message, encode_png
 
+from conftest import full_session_window
+
 pytest.importorskip("pytestqt")
 
-SCREEN_W, SCREEN_H = 1366, 768 - 40  # less a taskbar
 TWO = {"subject": "02", "session": "01", "session_uid": "b" * 32}
 UID_NAME = "1.3.12.2.1107.5.2.43.167004.30000025120508120345678900000042.dcm"  # a 60+ character export name
 
@@ -37,27 +38,11 @@ def test_a_file_set_aside_before_the_first_run_names_the_session_and_its_reason_
     assert "…" in line and UID_NAME[:10] in line and UID_NAME[-12:] in line and len(line) < len(reason) + 60
 
 
-def _full_window(windows, qtbot, replay: bool = False):
-    from gui.bench import full_session
-    from gui.console import ConsoleWindow
-
-    msgs, gallery = full_session(volumes=400, trials=60, log_lines=300)
-    state = ConsoleState(replay=replay)
-    for source, msg in msgs:
-        state.apply(msg, source)
-    window = windows(ConsoleWindow(state, gallery))
-    window.resize(SCREEN_W, SCREEN_H)
-    window.refresh()
-    window.show()
-    qtbot.waitExposed(window, timeout=5000)
-    return window
-
-
 def test_at_1366x768_the_alignment_mosaics_keep_a_usable_height_and_scroll(qtbot, windows):
     """5: titles clipped, mosaics squeezed to ~30 px strips, no scrollbar."""
     from gui.alignment import MOSAIC_MIN_H
 
-    window = _full_window(windows, qtbot)
+    window = full_session_window(windows, qtbot)
     # A scanner side's mosaic: one wide row of slices (16 slices of 60 x 60), each map as wide.
     wide = encode_png(np.random.default_rng(0).integers(0, 255, (60, 960, 3), dtype=np.uint8))
     window.state.apply(Message("run_started", {"run": 9, "series": 19, "shape": [], "n_voxels": 200}, images={
@@ -78,7 +63,7 @@ def test_at_1366x768_the_alignment_mosaics_keep_a_usable_height_and_scroll(qtbot
 
 def test_the_replay_banner_is_one_compact_line(qtbot, windows):
     """5: the amber replay banner left the trials table two rows."""
-    window = _full_window(windows, qtbot, replay=True)
+    window = full_session_window(windows, qtbot, replay=True)
     banner = window.banner
     assert banner.isVisible()
     assert banner.height() <= banner.fontMetrics().height() + 6, banner.height()

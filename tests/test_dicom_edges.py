@@ -4,10 +4,8 @@ into a series per volume forms one run. Real files are read in place; odd files 
 
 from __future__ import annotations
 
-import json
-import re
-import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +25,7 @@ from rtdecode.ingest.slices import assemble, read_slice
 from rtdecode.preprocess.rigid import rotation_matrix
 from rtdecode.simulator.dicom_writer import write_enhanced, write_mosaic, write_slices
 
-from conftest import SKYRA_RUN, SideThread, wait_until
+from conftest import SKYRA_RUN, SideThread, config_template, wait_until
 
 RTDECODE = Path(__file__).resolve().parents[1] / ".venv" / "bin" / "rtdecode"
 skyra = pytest.mark.skipif(not SKYRA_RUN.is_dir(), reason="../shared/data/siemens-skyra-mosaic-run not present")
@@ -127,11 +125,16 @@ def test_a_report_or_capture_is_named_for_what_it_is(tmp_path, sop_class, named)
         read_volume(path)
 
 
+def _volume_file(tmp_path: Path, rng: np.random.Generator, writer: Callable[..., object]) -> tuple[Path, Dataset]:
+    """A 20 x 24 x 5 volume of the seeded ``rng`` written by ``writer`` to vol.dcm, and its data set read back."""
+    path = tmp_path / "vol.dcm"
+    writer(path, rng.integers(0, 4000, (20, 24, 5)).astype(np.float32), _affine(), series_number=3, instance=1)
+    return path, pydicom.dcmread(path)
+
+
 def test_a_file_meta_without_transfer_syntax_is_named_not_a_crash(tmp_path, rng):
     """On round 3's start: AttributeError in dicom_pixels.py."""
-    path = tmp_path / "vol.dcm"
-    write_mosaic(path, rng.integers(0, 4000, (20, 24, 5)).astype(np.float32), _affine(), series_number=3, instance=1)
-    ds = pydicom.dcmread(path)
+    path, ds = _volume_file(tmp_path, rng, write_mosaic)
     del ds.file_meta.TransferSyntaxUID
     ds.save_as(path, enforce_file_format=False, implicit_vr=False, little_endian=True)
     assert "TransferSyntaxUID" not in pydicom.dcmread(path).file_meta
@@ -140,9 +143,7 @@ def test_a_file_meta_without_transfer_syntax_is_named_not_a_crash(tmp_path, rng)
 
 
 def test_a_bare_data_set_without_file_meta_is_named(tmp_path, rng):
-    path = tmp_path / "vol.dcm"
-    write_mosaic(path, rng.integers(0, 4000, (20, 24, 5)).astype(np.float32), _affine(), series_number=3, instance=1)
-    ds = pydicom.dcmread(path)
+    _, ds = _volume_file(tmp_path, rng, write_mosaic)
     bare = tmp_path / "bare.dcm"
     with bare.open("wb") as out:  # the data set alone, as old ACR-NEMA style exports write it
         fp = DicomFileLike(out)
@@ -154,9 +155,7 @@ def test_a_bare_data_set_without_file_meta_is_named(tmp_path, rng):
 
 def test_an_enhanced_mr_object_without_functional_groups_is_named_so(tmp_path, rng):
     """On round 3's start it was called a classic multi-frame image."""
-    path = tmp_path / "vol.dcm"
-    write_enhanced(path, rng.integers(0, 4000, (20, 24, 5)).astype(np.float32), _affine(), series_number=3, instance=1)
-    ds = pydicom.dcmread(path)
+    path, ds = _volume_file(tmp_path, rng, write_enhanced)
     del ds.PerFrameFunctionalGroupsSequence
     del ds.SharedFunctionalGroupsSequence
     ds.save_as(path)
@@ -224,30 +223,13 @@ def test_a_uih_grid_without_its_slice_positions_is_refused_with_the_true_reason(
 NAME = "{run:04d}{instance:03d}.dcm"  # e.g. 7001001.dcm: series 7001 (acquisition 7, volume 1), slice 1
 
 
-def _template(tmp_path: Path, changes: dict[str, dict[str, object]]) -> Path:
-    """``rtdecode config template``'s output with the given keys changed (each must be in the template)."""
-    path = tmp_path / "session.toml"
-    subprocess.run([str(RTDECODE), "config", "template", str(path)], check=True, timeout=120)
-    pending = {s: dict(keys) for s, keys in changes.items()}
-    section, out = "", []
-    for line in path.read_text().splitlines():
-        section = m[1] if (m := re.match(r"^\[(\w+)\]$", line)) else section
-        key = line.split(" = ")[0]
-        if key in pending.get(section, {}):
-            line = f"{key} = {json.dumps(pending[section].pop(key))}"
-        out.append(line)
-    assert not any(pending.values()), f"not in the template: {pending}"
-    path.write_text("\n".join(out) + "\n")
-    return path
-
-
 def test_an_xa_interoperability_export_forms_one_run_per_acquisition(tmp_path, small_run):
     """Two acquisitions (7 and 8) of three volumes, every volume a series of its own (7001, 7002, ...,
     8001, ...) with its own SeriesInstanceUID: two runs of three volumes. On round 3's start each
     volume ended the run before it."""
     n = small_run.volumes[0].shape[2]
     (tmp_path / "watch").mkdir()
-    cfg = load_config(_template(tmp_path, {
+    cfg = load_config(config_template([str(RTDECODE)], tmp_path, {
         "session": {"root": str(tmp_path / "sessions"), "bids": False},
         "scanner": {"watch_dir": str(tmp_path / "watch"), "pattern": NAME, "slices_per_volume": n,
                     "volumes_per_run": 3, "missing_timeout_s": 1.0, "quarantine_dir": str(tmp_path / "rejected")},
@@ -278,7 +260,7 @@ def test_an_xa_interoperability_export_forms_one_run_per_acquisition(tmp_path, s
 
     # The next participant starts on the same watch folder: every split file of 01's acquisitions is set
     # aside by the guard against another session's series (it sees the acquisition, as runs.tsv holds it).
-    cfg2 = load_config(_template(tmp_path, {
+    cfg2 = load_config(config_template([str(RTDECODE)], tmp_path, {
         "session": {"root": str(tmp_path / "sessions"), "subject": "02", "bids": False},
         "scanner": {"watch_dir": str(tmp_path / "watch"), "pattern": NAME, "slices_per_volume": n,
                     "volumes_per_run": 3, "missing_timeout_s": 1.0, "quarantine_dir": str(tmp_path / "rejected")},
@@ -298,7 +280,7 @@ def _xa_setup(tmp_path: Path, small_run, volumes_per_run: int):
     n = small_run.volumes[0].shape[2]
     watch = tmp_path / "watch"
     watch.mkdir()
-    cfg = load_config(_template(tmp_path, {
+    cfg = load_config(config_template([str(RTDECODE)], tmp_path, {
         "session": {"root": str(tmp_path / "sessions"), "bids": False},
         "scanner": {"watch_dir": str(watch), "pattern": NAME, "slices_per_volume": n, "volumes_per_run": volumes_per_run,
                     "missing_timeout_s": 0.5, "partial_timeout_s": 60.0, "quarantine_dir": str(tmp_path / "rejected")},

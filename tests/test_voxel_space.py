@@ -24,27 +24,10 @@ from rtdecode.base.session import SessionFolder, read_tsv
 from rtdecode.cli import main
 from rtdecode.wire.sockets import Subscriber
 
-from conftest import free_port, wait_until
+from conftest import config_template, free_port, wait_until
 
 CLI = [sys.executable, "-m", "rtdecode.cli"]
 SHAPE = ["--shape", "32x36x28", "--voxel-mm", "5"]  # a small head: 192 volumes are quick to write and process
-
-
-def _template(tmp_path: Path, changes: dict[str, dict[str, object]]) -> Path:
-    """``rtdecode config template``'s output with the given keys changed (each must be in the template)."""
-    path = tmp_path / "session.toml"
-    subprocess.run([*CLI, "config", "template", str(path)], check=True, timeout=120)
-    pending = {s: dict(keys) for s, keys in changes.items()}
-    section, out = "", []
-    for line in path.read_text().splitlines():
-        section = m[1] if (m := re.match(r"^\[(\w+)\]$", line)) else section
-        key = line.split(" = ")[0]
-        if key in pending.get(section, {}):
-            line = f"{key} = {json.dumps(pending[section].pop(key))}"
-        out.append(line)
-    assert not any(pending.values()), f"not in the template: {pending}"
-    path.write_text("\n".join(out) + "\n")
-    return path
 
 
 def _paths(tmp_path: Path, **glm) -> dict[str, dict[str, object]]:
@@ -102,7 +85,7 @@ def _mask(path: Path) -> np.ndarray:
 @pytest.mark.timeout(600)  # about a minute on an idle 2-core machine; more when others share it
 def test_three_runs_on_the_template_defaults_give_betas_in_one_voxel_space_across_a_restart(tmp_path):
     """On the main of round 2, run 2 logged 'GLM failed ... operands could not be broadcast' and gave no betas."""
-    config = _template(tmp_path, _paths(tmp_path, events=str(tmp_path / "truth" / "series-{series:03d}_events.tsv")))
+    config = config_template(CLI, tmp_path, _paths(tmp_path, events=str(tmp_path / "truth" / "series-{series:03d}_events.tsv")))
     folder = SessionFolder(tmp_path / "sessions", "01", "01")
     log = tmp_path / "scanner.log"
     scanner = Scanner(config, log)
@@ -140,7 +123,7 @@ def test_three_runs_on_the_template_defaults_give_betas_in_one_voxel_space_acros
 def test_a_mask_or_saved_statistics_of_another_voxel_set_is_refused_in_one_line(tmp_path):
     """Before: a mask given mid-session was taken silently; statistics of another size broke at the first beta."""
     events = tmp_path / "events.tsv"
-    config = _template(tmp_path, _paths(tmp_path, events=str(events)))
+    config = config_template(CLI, tmp_path, _paths(tmp_path, events=str(events)))
     folder = SessionFolder(tmp_path / "sessions", "01", "01")
     log = tmp_path / "scanner.log"
     scanner = Scanner(config, log)
@@ -189,7 +172,7 @@ def test_a_mask_or_saved_statistics_of_another_voxel_set_is_refused_in_one_line(
 def test_config_check_names_each_run_that_has_no_events_table(tmp_path, capsys):
     tables = tmp_path / "events"
     tables.mkdir()
-    config = _template(tmp_path, _paths(tmp_path))
+    config = config_template(CLI, tmp_path, _paths(tmp_path))
 
     def check(events: str | None) -> list[str]:
         if events is not None:
@@ -234,7 +217,7 @@ def test_a_run_without_its_events_table_shows_no_betas_on_its_row_after_a_reopen
 
     expected = tmp_path / "events" / "series-001.tsv"
     paths = _paths(tmp_path, events=str(tmp_path / "events" / "series-{series:03d}.tsv"))
-    config = _template(tmp_path, paths)
+    config = config_template(CLI, tmp_path, paths)
     address = f"tcp://127.0.0.1:{paths['network']['events_port']}"
     log = tmp_path / "scanner.log"
     scanner = Scanner(config, log)

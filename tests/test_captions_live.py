@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -66,6 +68,25 @@ def _service(tmp_path, folders, refine: str | None, refiner=None, captions: bool
 
 def _beta(trial: int, rng) -> object:
     return beta_message(1, trial, rng.normal(size=N_VOXELS), SESSION, image=image_id(1000 + trial % 12))
+
+
+def _send_two(tmp_path: Path, service: DecoderService, rng: np.random.Generator,
+              done: Callable[[BetaSender], bool]) -> None:
+    """Trials 0 and 1's betas (from the seeded ``rng``) sent to ``service``, stepped until ``done(sender)``; both closed."""
+    sender = BetaSender(service.receiver.address, tmp_path / "acked.keys", resend_s=1.0)
+    try:
+        for trial in range(2):
+            sender.send(_beta(trial, rng))
+
+        def stepped() -> bool:
+            service.step(timeout_ms=20)
+            sender.pump()
+            return done(sender)
+
+        assert wait_until(stepped, 60)
+    finally:
+        service.close()
+        sender.close()
 
 
 def test_caption_field_is_validated_whole():
@@ -302,20 +323,7 @@ def test_rtdecode_decode_with_tiny_git_and_tiny_sdxl(tmp_path, folders, rng):
 def test_trials_decoded_without_a_caption_are_captioned_after_a_restart(tmp_path, folders, rng):
     """Decoded by a decoder without a captioner (or killed before captioning): the next one captions them."""
     first = _service(tmp_path, folders, refine=None, captions=False)
-    sender = BetaSender(first.receiver.address, tmp_path / "acked.keys", resend_s=1.0)
-    try:
-        for trial in range(2):
-            sender.send(_beta(trial, rng))
-
-        def decoded() -> bool:
-            first.step(timeout_ms=20)
-            sender.pump()
-            return first.decoded_count() == 2 and not sender.outbox
-
-        assert wait_until(decoded, 60)
-    finally:
-        first.close()
-        sender.close()
+    _send_two(tmp_path, first, rng, lambda sender: first.decoded_count() == 2 and not sender.outbox)
     store = ResultStore(tmp_path / "out" / "sub-01" / "ses-01", readonly=True)
     assert set(store.captions().values()) == {""}
     again = _service(tmp_path, folders, refine=None)
@@ -334,19 +342,10 @@ class FailingRefiner:
 
 def test_a_failing_refiner_leaves_the_first_pictures_and_the_loop_going(tmp_path, folders, rng, caplog):
     service = _service(tmp_path, folders, refine="idle", refiner=FailingRefiner())
-    sender = BetaSender(service.receiver.address, tmp_path / "acked.keys", resend_s=1.0)
-    try:
-        for trial in range(2):
-            sender.send(_beta(trial, rng))
 
-        def done() -> bool:
-            service.step(timeout_ms=20)
-            sender.pump()
-            images = tmp_path / "out" / "sub-01" / "ses-01" / "images"
-            return len(list(images.glob("*.png"))) == 2 and not service.refine_queue and not sender.outbox
+    def done(sender: BetaSender) -> bool:
+        images = tmp_path / "out" / "sub-01" / "ses-01" / "images"
+        return len(list(images.glob("*.png"))) == 2 and not service.refine_queue and not sender.outbox
 
-        assert wait_until(done, 60)
-    finally:
-        service.close()
-        sender.close()
+    _send_two(tmp_path, service, rng, done)
     assert service.refined_here == 0 and "refinement of" in caplog.text and "out of memory" in caplog.text

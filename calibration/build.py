@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from calibration.data import SubjectData, average_repeats, split_by_image
+from calibration.data import SubjectData, split_by_image
+from calibration.heldout import evaluate, new_model
 from calibration.splits import (
     parse_holdout,
     read_training_images,
@@ -27,12 +28,10 @@ from calibration.splits import (
     write_training_images,
     write_training_people,
 )
-from calibration.trainer import TrainConfig, predict_blur, predict_tokens, train
+from calibration.trainer import TrainConfig, train
 from models.folder import standin_spec, write_model_folder
 from models.mindeye2.checkpoint import load_pretrained
-from models.mindeye2.config import MindEye2Config, standin_config
 from models.mindeye2.model import MindEye2
-from models.retrieval import n_way_top1, similarity, top_k
 from models.standin import StandInEmbedder
 from rtdecode.gallery.builtin import StimulusSet, builtin_images
 from rtdecode.gallery.embed import embed_ids
@@ -105,17 +104,6 @@ def token_space(kind: str):
     raise ValueError(f"token space must be 'standin' or 'openclip', got {kind!r}")
 
 
-def new_model(subjects: list[SubjectData], hidden: int) -> MindEye2:
-    """A fresh model sized to the data's token shape: CPU-sized in the stand-in space, else published."""
-    tokens, dim = subjects[0].tokens.shape[1:]
-    names, voxels = [s.subject for s in subjects], [s.n_voxels for s in subjects]
-    blurry = all(s.blur is not None for s in subjects)  # the low-level branch where there are VAE targets
-    if (tokens, dim) == StandInEmbedder().token_shape:
-        return MindEye2(standin_config(names, voxels, hidden, blurry=blurry))
-    return MindEye2(MindEye2Config(subjects=names, voxels=voxels, hidden=hidden, clip_tokens=tokens, clip_dim=dim,
-                                   blurry=blurry))
-
-
 def session_participant(source: str | Path | None) -> tuple[str | None, str]:
     """(participant label, voxel-set fingerprint) of a session folder recorded by rtdecode; (None, "")
     for any other source (a simulated dataset, NSD), whose subject names no scanner participant."""
@@ -158,38 +146,6 @@ def _write(model: MindEye2, out: Path, subject: str, data: SubjectData | None, c
                "final_loss": history["loss"][-1:], "evaluation": evaluation, **(extra or {})}
     np.savez(out / "history.npz", **{k: np.asarray(history[k], np.float32) for k in ("loss", "clip", "prior", "blurry")})
     (out / "training.json").write_text(json.dumps(summary, indent=2))
-
-
-def blurry_scores(pred: np.ndarray, target: np.ndarray) -> dict:
-    """Low-level fit of predicted VAE latents: mean L1, mean per-image Pearson r, and 2-way identification
-    (is each prediction closer, by correlation, to its own image's latent than to each other image's?)."""
-    p = pred.reshape(len(pred), -1)
-    t = target.reshape(len(target), -1)
-    pz = (p - p.mean(1, keepdims=True)) / (p.std(1, keepdims=True) + 1e-8)
-    tz = (t - t.mean(1, keepdims=True)) / (t.std(1, keepdims=True) + 1e-8)
-    r = pz @ tz.T / p.shape[1]
-    own = np.diag(r)
-    two_way = float((own[:, None] > r).sum()) / (len(r) * (len(r) - 1)) if len(r) > 1 else float("nan")
-    return {"l1": float(np.abs(p - t).mean()), "pearson": float(own.mean()), "two_way": two_way}
-
-
-def evaluate(model: MindEye2, test: SubjectData) -> dict:
-    """Held-out retrieval: repeats averaged, top-1 both ways at 300-way (MindEye2) and 50-way (Real-time
-    MindEye), or as many ways as there are images; plus each image's top-5 among all held-out images."""
-    test = average_repeats(test)
-    pred = predict_tokens(model, test)
-    out = {"held_out_images": len(test.betas), "retrieval": []}
-    for n_way in sorted({min(300, len(test.betas)), min(50, len(test.betas))}, reverse=True):
-        fwd, bwd = n_way_top1(pred, test.tokens, n_way=n_way)
-        out["retrieval"].append({"n_way": n_way, "top1_brain_to_image": fwd, "top1_image_to_brain": bwd,
-                                 "chance": 1 / n_way})
-    out.update(out["retrieval"][-1])  # the smaller set's figures at the top level, as before
-    if model.config.blurry and test.blur is not None:
-        out["blurry"] = blurry_scores(predict_blur(model, test), test.blur)
-    idx, scores = top_k(similarity(pred, test.tokens), 5)
-    out["top5"] = [{"image": im, "top5": [test.images[j] for j in row], "scores": [round(float(v), 4) for v in sc]}
-                   for im, row, sc in zip(test.images, idx, scores, strict=True)]
-    return out
 
 
 def pretrain(subjects: list[SubjectData], out: str | Path, config: TrainConfig, hidden: int = 128,

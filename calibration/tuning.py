@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from calibration.data import SubjectData
+from calibration.heldout import evaluate, new_model
 from calibration.trainer import TrainConfig, train
 
 
@@ -59,7 +60,6 @@ def validation_split(data: SubjectData, share: float, seed: int) -> tuple[Subjec
 def start_model(data: SubjectData, pretrained: str | Path | None, hidden: int, seed: int):
     """The model calibration starts from: the pretrained one with a fresh ridge for ``data``'s subject,
     or a fresh model (the same draws every time from ``seed``)."""
-    from calibration.build import new_model
     from models.mindeye2.checkpoint import load_pretrained
 
     torch.manual_seed(seed)
@@ -77,8 +77,6 @@ def tune(train_set: SubjectData, config: TrainConfig, grid: Grid, pretrained: st
     """Every grid point trained on the fit trials and scored on the validation images; the best (highest
     score, the first on a tie) as ``best`` (``max_lr``, ``epochs``). ``train_set`` must hold no held-out
     image: the caller has split those off already."""
-    from calibration.build import evaluate
-
     fit, val = validation_split(train_set, grid.share, config.seed)
     fit = fit.zscored()
     val = val.zscored(fit.mean, fit.std)

@@ -94,6 +94,14 @@ def test_no_circles_between_rooms_or_between_modules_of_rtdecode():
     assert _circles(graph, lambda m: m if m.startswith("rtdecode.") else None) == []
 
 
+def test_no_circles_between_modules_of_calibration_gui_or_models():
+    """The same inside the other packages (calibration.build and calibration.tuning met in calibration.heldout).
+    Imports under TYPE_CHECKING only name a type for the checker, so they may point back (gui's state)."""
+    graph = grimp.build_graph(*PACKAGES, cache_dir=None, exclude_type_checking_imports=True)
+    for package in ("calibration", "gui", "models"):
+        assert _circles(graph, lambda m, p=package: m if m.startswith(f"{p}.") else None) == [], package
+
+
 def test_every_room_stands_on_a_floor():
     rooms = {f"rtdecode.{child}" for child in _children("rtdecode")} | {"calibration", "gui", "models"}
     assert rooms == _floors(), f"not on a floor: {sorted(rooms - _floors())}"

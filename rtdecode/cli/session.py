@@ -19,13 +19,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                        "recorded NIfTI runs in (import)")
     p.add_argument("action", choices=["finalize", "import"])
     p.add_argument("session", type=Path, help="the session folder (.../sub-XX/ses-YY)")
-    p.add_argument("--runs", type=int, nargs="*", default=None, help="only these runs (default: all in runs.tsv)")
-    p.add_argument("--tr", type=float, default=None, help="repetition time in s, for sessions recorded without it")
-    p.add_argument("--gallery", type=Path, default=None, help="the shown images, copied into the dataset's stimuli/")
+    p.add_argument("--runs", type=int, nargs="*", default=None,
+                   help="finalize: only these runs (default: all in runs.tsv)")
+    p.add_argument("--tr", type=float, default=None,
+                   help="finalize and import: repetition time in s, for runs recorded without it")
+    p.add_argument("--gallery", type=Path, default=None,
+                   help="finalize: the shown images, copied into the dataset's stimuli/")
     p.add_argument("--config", type=Path, default=None,
-                   help="the configuration rtdecode run ran with, to close a run it left open (default: the "
-                        "session folder's config.toml)")
-    # --tr is finalize's too
+                   help="finalize: the configuration rtdecode run ran with, to close a run it left open (default: "
+                        "the session folder's config.toml)")
+    p.add_argument("--close-anyway", action="store_true",
+                   help="finalize: close a run left open even while its files wait unread in the watch folder "
+                        "(they are dropped; default: restart rtdecode run to take them first)")
     p.add_argument("--run", dest="import_runs", nargs="+", action="append", default=None, metavar="FILE",
                    help="import: BOLD.nii[.gz] EVENTS.tsv [CONFOUNDS.tsv], once per run, in order")
     p.add_argument("--mask", type=Path, default=None, help="import: a 3-D NIfTI mask on the runs' grid")
@@ -49,11 +54,12 @@ def _finalize(args: argparse.Namespace) -> int:
 
     lock = FolderLock(folder.path, "rtdecode session finalize").acquire()  # a live rtdecode run: one line, no start
     try:
-        _close_runs(folder, args.config)
-        done = finalize_session(folder, args.runs, args.tr, gallery=args.gallery)
+        kept = _close_runs(folder, args.config, args.close_anyway)
+        runs = [int(r["run"]) for r in folder.runs()] if args.runs is None else args.runs
+        done = finalize_session(folder, [r for r in runs if r not in kept], args.tr, gallery=args.gallery)
     finally:
         lock.release()
-    failed = 0
+    failed = len(kept)
     for run, what in done.items():
         if isinstance(what, str):
             failed += 1
@@ -64,12 +70,17 @@ def _finalize(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _close_runs(folder, config_path: Path | None) -> None:
-    """A run that ``rtdecode run`` left open (killed) is closed first: its end-of-run betas, its end on record."""
+def _close_runs(folder, config_path: Path | None, close_anyway: bool) -> set[int]:
+    """A run that ``rtdecode run`` left open (killed) is closed first: its end-of-run betas, its end on record.
+    The runs kept open (their files still wait in the watch folder) are returned: they are not finalised."""
     from rtdecode.scanner.close import close_runs, session_config
 
-    for run, line in close_runs(folder, session_config(folder, config_path)).items():
+    kept = set()
+    for run, line in close_runs(folder, session_config(folder, config_path), close_anyway).items():
         print(f"run {run}: {line}")
+        if line.startswith("left open: ") and "wait unread" in line:
+            kept.add(run)
+    return kept
 
 
 def _import(args: argparse.Namespace) -> int:
@@ -86,8 +97,8 @@ def _import(args: argparse.Namespace) -> int:
     bad = [g for g in args.import_runs if len(g) not in (2, 3)]
     if bad:
         raise ConfigError(f"{where}: --run takes BOLD EVENTS [CONFOUNDS] (2 or 3 files), got {len(bad[0])}: {bad[0]}")
-    stray = [name for name, value in (("--runs", args.runs), ("--gallery", args.gallery), ("--config", args.config))
-             if value is not None]
+    stray = [name for name, value in (("--runs", args.runs), ("--gallery", args.gallery), ("--config", args.config),
+                                      ("--close-anyway", args.close_anyway or None)) if value is not None]
     if stray:
         raise ConfigError(f"{where}: {', '.join(stray)} belong to session finalize; the import takes --run, --mask, "
                           "--tr, --image-column and --task")

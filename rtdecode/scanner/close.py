@@ -15,6 +15,7 @@ from pathlib import Path
 
 from rtdecode.base.config import config_from_dict, config_to_toml
 from rtdecode.base.errors import ConfigError
+from rtdecode.base.naming import compile_pattern, parse_name
 from rtdecode.base.session import SessionFolder
 from rtdecode.base.settings import SessionConfig
 from rtdecode.glm.runner import TrialBetas, events_path
@@ -73,14 +74,73 @@ def unclosed_runs(folder: SessionFolder, volumes_per_run: int | None) -> dict[in
     return out
 
 
-def close_runs(folder: SessionFolder, config: SessionConfig | None) -> dict[int, str]:
-    """Close every run whose end is not on record, as the scanner side would have; run -> one line saying how."""
+def waiting_files(config: SessionConfig, series: int, rows: list[dict[str, str]]) -> list[Path]:
+    """Files of ``series`` in the watch folder (the config's ``watch_dir`` and ``pattern``) that a restarted
+    ``rtdecode run`` would still take: volumes not in the run's ``rows``. A per-slice export's names carry
+    no volume, so its files beyond the stored volumes' slices count (the newest names)."""
+    sc = config.scanner
+    if not sc.watch_dir.is_dir():
+        return []
+    regex = compile_pattern(sc.pattern, per_slice=bool(sc.slices_per_volume))
+    stored = {int(r["volume"]) for r in rows if r.get("volume", "").isdigit()}
+    mine: list[tuple[int, str, Path]] = []
+    for path in sc.watch_dir.iterdir():
+        key = parse_name(regex, path.name)
+        if key is not None and key.run == series and path.is_file():
+            mine.append((key.volume, path.name, path))
+    mine.sort()
+    if sc.slices_per_volume:
+        return [p for _v, _n, p in mine[len(stored) * sc.slices_per_volume:]]
+    return [p for v, _n, p in mine if v not in stored and v < sc.volumes_per_run]
+
+
+def _left_waiting(folder: SessionFolder, config: SessionConfig, todo: dict[int, str],
+                  close_anyway: bool) -> tuple[dict[int, str], dict[int, str]]:
+    """Runs to keep open because their files wait unread (run -> the line saying so), and what closing the
+    others anyway drops (run -> the note)."""
+    kept: dict[int, str] = {}
+    dropped: dict[int, str] = {}
+    where = config.scanner.watch_dir
+    for row in folder.runs():
+        number, series = int(row["run"]), int(row["series"])
+        if todo.get(number) != CLOSED_BY_FINALIZE:
+            continue
+        files = waiting_files(config, series, folder.run_store(number).load()[0])
+        if not files:
+            continue
+        n = len(files)
+        if close_anyway:
+            dropped[number] = (f"{n} file(s) of series {series} still waiting in {where} dropped: listed as not "
+                               "received; a later rtdecode run sets them aside")
+        else:
+            kept[number] = (f"left open: {n} file(s) of series {series} wait unread in {where} (first: "
+                            f"{files[0].name}); restart rtdecode run to take them, then finalize (or give "
+                            "--close-anyway to close it now and drop them)")
+    return kept, dropped
+
+
+def close_runs(folder: SessionFolder, config: SessionConfig | None, close_anyway: bool = False) -> dict[int, str]:
+    """Close every run whose end is not on record, as the scanner side would have; run -> one line saying how.
+    A run left open whose files still wait unread in the watch folder stays open (its line says so, and starts
+    with "left open") unless ``close_anyway``."""
     todo = unclosed_runs(folder, config.scanner.volumes_per_run if config is not None else None)
     if not todo:
         return {}
     if config is None:
         return {run: "left open: no config.toml in the session folder (give --config, the file rtdecode run ran "
                      "with)" for run in todo}
+    kept, dropped = _left_waiting(folder, config, todo, close_anyway)
+    todo = {run: end for run, end in todo.items() if run not in kept}
+    done = _close(folder, config, todo)
+    for run, note in dropped.items():
+        done[run] += f"; {note}"
+    return {**kept, **done}
+
+
+def _close(folder: SessionFolder, config: SessionConfig, todo: dict[int, str]) -> dict[int, str]:
+    """Close the runs in ``todo`` (run -> the end to record); run -> one line saying how."""
+    if not todo:
+        return {}
     betas = TrialBetas(config, folder, lambda beta, resumed: None)
     stateful = config.glm.zscore == "running" or config.glm.average_repeats  # statistics run across the session
     done: dict[int, str] = {}

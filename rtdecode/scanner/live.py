@@ -33,14 +33,16 @@ class LiveSummary:
                   f"  DVARS {ev.dvars:7.1f}  tSNR {ev.tsnr:6.1f}  latency {ev.latency_ms:6.1f} ms", flush=True)
 
     def report(self, side: ScannerSide) -> str:
-        lat = np.asarray(self.latencies) if self.latencies else np.zeros(1)
+        """The closing summary: volumes, files set aside, FD alarms, latency ("n/a" when no volume was processed)."""
+        lat = np.asarray(self.latencies)
+        figures = (f"median {np.median(lat):.1f} ms, p99 {np.percentile(lat, 99):.1f} ms" if lat.size
+                   else "n/a (no volume processed)")
         lines = [
             "",
             f"processed {side.processed} volumes in {len(side.runs)} run(s); "
             f"{len(side.folder.rejected())} file(s) set aside; {self.fd_alarms} FD alarm(s) "
             f"(> {self.config.preprocess.fd_threshold_mm} mm)",
-            f"file closed -> masked vector: median {np.median(lat):.1f} ms, p99 {np.percentile(lat, 99):.1f} ms "
-            f"(TR {self.config.scanner.tr_s * 1000:.0f} ms)",
+            f"file closed -> masked vector: {figures} (TR {self.config.scanner.tr_s * 1000:.0f} ms)",
             f"session folder: {side.folder.path}",
         ]
         return "\n".join(lines)

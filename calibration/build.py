@@ -34,19 +34,38 @@ from models.mindeye2.checkpoint import load_pretrained
 from models.mindeye2.model import MindEye2
 from models.standin import StandInEmbedder
 from rtdecode.gallery.builtin import StimulusSet, builtin_images
-from rtdecode.gallery.embed import embed_ids
+from rtdecode.gallery.embed import ImageSource, embed_ids
+from rtdecode.gallery.folder import folder_source
 
 
-def standin_tokens(images: list[str], cache: Path | None = None, n_images: int | None = None) -> np.ndarray:
+def standin_tokens(images: list[str], cache: Path | None = None, n_images: int | None = None,
+                   folder: Path | None = None) -> np.ndarray:
     """Stand-in tokens of built-in stimulus ids (embedded once per image, cached on disk); ``n_images``:
-    a built-in set larger than the default 1,200 (a simulated dataset says which it drew from)."""
+    a built-in set larger than the default 1,200 (a simulated dataset says which it drew from); ``folder``:
+    the images are the files of this folder named by id instead (a recorded session's own images)."""
+    return embed_ids(images, StandInEmbedder(), cache, images=image_source(folder, n_images))
+
+
+def image_source(folder: Path | None = None, n_images: int | None = None) -> ImageSource:
+    """Where images come from by id: ``folder``'s files (named by id), else the built-in stimuli, whose
+    error for another id says how to give a session's own images."""
+    if folder is not None:
+        return folder_source(folder)
     source = builtin_images if n_images is None else StimulusSet(n=n_images).by_id
-    return embed_ids(images, StandInEmbedder(), cache, images=source)
+
+    def builtin(ids: list[str]) -> np.ndarray:
+        try:
+            return source(ids)
+        except ValueError as exc:
+            raise ValueError(f"{exc}; a session with its own images: give them with --images DIR (a folder of PNG "
+                             "or JPEG files named by image id)") from None
+
+    return builtin
 
 
-def blur_targets(images: list[str], vae, cache: Path | None = None) -> np.ndarray | None:
-    """Blurry-branch targets (trials x 4 x 28 x 28) of built-in stimulus ids; None without a VAE."""
-    return None if vae is None else embed_ids(images, vae, cache)
+def blur_targets(images: list[str], vae, cache: Path | None = None, folder: Path | None = None) -> np.ndarray | None:
+    """Blurry-branch targets (trials x 4 x 28 x 28) of the images (built-in ids, or ``folder``'s); None without a VAE."""
+    return None if vae is None else embed_ids(images, vae, cache, images=image_source(folder))
 
 
 def load_trial_dataset(folder: str | Path, subject: str, cache: Path | None = None, vae=None) -> SubjectData:
@@ -73,13 +92,15 @@ def load_trial_dataset(folder: str | Path, subject: str, cache: Path | None = No
 
 
 def load_session(session: str | Path, subject: str, cache: Path | None = None, noise_model: str = "ar1",
-                 vae=None, glm=None, train_on: str = "endofrun", tuning=None) -> SubjectData:
+                 vae=None, glm=None, train_on: str = "endofrun", tuning=None, images_dir: Path | None = None,
+                 embedder=None) -> SubjectData:
     """A session recorded by rtdecode: every run's betas by the GLM's offline mode.
 
     ``glm`` (GLMSettings; default Real-time MindEye's with ``noise_model``) and ``tuning`` (the session's
     GLM tuning) say how; ``train_on`` which betas: 'endofrun' (whole run), 'realtime' (as the live GLM
     sends them at ``glm.delay_s``) or 'both'. ``vae`` (a :class:`models.blurry.VaeTargets`) adds
-    blurry-branch targets of the shown images."""
+    blurry-branch targets of the shown images. ``images_dir``: the session's own images, files named by id
+    (default: built-in stimulus ids); ``embedder``: their token space (default the stand-in)."""
     from rtdecode.base.recorded import session_folder
     from rtdecode.glm.incremental import GLMSettings
     from rtdecode.glm.offline import training_betas
@@ -87,8 +108,9 @@ def load_session(session: str | Path, subject: str, cache: Path | None = None, n
     settings = glm or GLMSettings(noise_model=noise_model)
     result = training_betas(session_folder(session), settings, train_on, tuning)
     participant, _ = session_participant(session)
-    return SubjectData(subject, result.betas.astype(np.float32), result.images, standin_tokens(result.images, cache),
-                       blur=blur_targets(result.images, vae, cache), runs=np.asarray(result.runs),
+    tokens = embed_ids(result.images, embedder or StandInEmbedder(), cache, images=image_source(images_dir))
+    return SubjectData(subject, result.betas.astype(np.float32), result.images, tokens,
+                       blur=blur_targets(result.images, vae, cache, images_dir), runs=np.asarray(result.runs),
                        person=None if participant is None else f"participant:{participant}")
 
 

@@ -113,7 +113,7 @@ def test_calibrate_tunes_with_its_default_holdout_by_encoding_and_sees_no_held_o
     criterion (ridge from the images' tokens to betas, scored on the other runs) tunes instead of leaving Glover's
     HRF everywhere. Its choice moves towards the true peaks, and shuffling which held-out image each held-out
     trial showed leaves it unchanged (their trials neither train the map nor score it)."""
-    from rtdecode.cli import _session_glm
+    from rtdecode.cli.calibrate import _session_glm
     from rtdecode.glm.hrf_library import GLOVER_INDEX, peak_times
 
     folder = record_session(tmp_path / "s", small_varied)

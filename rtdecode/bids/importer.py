@@ -22,6 +22,7 @@ import nibabel as nib
 import numpy as np
 
 from rtdecode.base.events import write_events
+from rtdecode.base.recorded import recorded_tr
 from rtdecode.base.session import SessionFolder, append_tsv, read_tsv
 from rtdecode.bids.inputs import MOTION, RunInput, SessionImportError, check_same_grid, read_mask
 from rtdecode.ingest.reader import Volume
@@ -62,6 +63,7 @@ def plan_import(folder: SessionFolder, runs: list[RunInput], mask_path: Path | N
     (finite inside the mask) and decide each run's number; raises :class:`SessionImportError`."""
     check_same_grid(runs)
     first = runs[0]
+    _check_session_tr(folder, first)
     mask, origin, new_space = _mask(folder, first, mask_path)
     digests = []
     for run in runs:
@@ -75,6 +77,20 @@ def plan_import(folder: SessionFolder, runs: list[RunInput], mask_path: Path | N
     plan = ImportPlan(runs, [], digests, mask, origin, new_space)
     _number_runs(folder, plan)
     return plan
+
+
+def _check_session_tr(folder: SessionFolder, first: RunInput) -> None:
+    """A session has one TR (every offline fit reads it): runs at another TR than the session's recorded
+    one are refused before anything is written."""
+    if not folder.path.exists():
+        return
+    try:
+        recorded = recorded_tr(folder)
+    except ValueError as exc:  # a session already holding two TRs (imported before this check existed)
+        raise SessionImportError(f"{folder.path}: {exc}") from None
+    if recorded is not None and abs(first.tr_s - recorded) > 1e-3:
+        raise SessionImportError(f"{first.bold}: TR {first.tr_s:g} s, but the session {folder.path} was recorded at "
+                                 f"TR {recorded:g} s: one session, one TR (import it into a new session folder)")
 
 
 def received_mean(data: np.ndarray, missing: list[int]) -> np.ndarray:

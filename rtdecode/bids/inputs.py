@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import re
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ from rtdecode.base.errors import RtdecodeError
 from rtdecode.base.events import Events, EventsError, events_from_records
 
 MOTION = ("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z")
+ROW = re.compile(r"(\brow )(\d+)")  # an events error's row number
 TR_UNITS = {"msec": 1e-3, "usec": 1e-6}  # NIfTI's time units; 'sec' and 'unknown' are taken as seconds
 
 
@@ -87,7 +89,10 @@ def read_run(bold: Path, events_file: Path, confounds_file: Path | None, tr_s: f
     sidecar = _sidecar(run.bold)
     run.tr_s = _repetition_time(run, img, sidecar, tr_s)
     run.missing = _missing(run, sidecar)
-    run.events = _events(run.events_file, run.n_volumes * run.tr_s, image_column)
+    run.events, skipped = _events(run.events_file, run.n_volumes * run.tr_s, image_column)
+    if skipped:
+        run.notes.append(f"{run.events_file.name}: {skipped} row(s) with {image_column} n/a (no image shown, e.g. "
+                         "fixation) skipped")
     run.motion = (np.zeros((run.n_volumes, 6)) if run.confounds_file is None
                   else read_motion(run.confounds_file, run.n_volumes, set(run.missing), run.bold.name))
     return run
@@ -137,8 +142,9 @@ def _missing(run: RunInput, sidecar: dict) -> list[int]:
     return sorted(set(missing))
 
 
-def _events(path: Path, run_duration_s: float, column: str) -> Events:
-    """The events table in the project's form: onset, duration and the image from ``column``."""
+def _events(path: Path, run_duration_s: float, column: str) -> tuple[Events, int]:
+    """The events table in the project's form (onset, duration and the image from ``column``), and how many
+    rows were skipped: rows whose ``column`` is BIDS's n/a show no image (fixation, responses)."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:
             records = list(csv.DictReader(fh, delimiter="\t"))
@@ -149,15 +155,22 @@ def _events(path: Path, run_duration_s: float, column: str) -> Events:
     if records and column not in records[0]:
         raise SessionImportError(f"{path}: no column {column!r} naming each trial's image; found "
                            f"{', '.join(map(str, records[0].keys()))} (choose one with --image-column)")
+    rows = [k for k, rec in enumerate(records, start=1) if (rec.get(column) or "").strip() != "n/a"]
+    if records and not rows:
+        raise SessionImportError(f"{path}: every row's {column} is n/a; expected at least one row naming an image")
+    kept = [records[k - 1] for k in rows]
     if column != "image":
-        for rec in records:
+        for rec in kept:
             value = rec.get(column) or ""
             # stim_file names a file (stimuli/x.png): its id is the base name without the extension
             rec["image"] = value.rsplit("/", 1)[-1].rsplit(".", 1)[0] if column == "stim_file" else value
     try:
-        return events_from_records(records, source=str(path), run_duration_s=run_duration_s)
+        return events_from_records(kept, source=str(path), run_duration_s=run_duration_s), len(records) - len(kept)
     except EventsError as exc:
         text = str(exc) if column == "image" else str(exc).replace(", column image:", f", column {column}:")
+        # the rows kept are numbered from 1 among themselves: the error names the table's own row
+        source = str(path) if text.startswith(str(path)) else ""
+        text = source + ROW.sub(lambda m: f"{m.group(1)}{rows[int(m.group(2)) - 1]}", text[len(source):])
         raise SessionImportError(text) from None
 
 

@@ -40,6 +40,9 @@ def add_calibrate_parser(sub: argparse._SubParsersAction) -> None:
                    help="calibrate a person whose brain or subject name was in pretraining (refused otherwise; the "
                         "first line printed, training.json and the report then say so)")
     p.add_argument("--no-report", action="store_true", help="skip report/report.md and its plots")
+    p.add_argument("--images", type=Path, default=None, metavar="DIR",
+                   help="--session: the session's own images, a folder of PNG or JPEG files named by image id "
+                        "(stim-001.png), embedded by --embedder (default: the ids are built-in stimulus ids)")
     g = p.add_argument_group("the GLM of --session (docs/glm.md)")
     g.add_argument("--glm-hrf", choices=("glover", "library"), default="glover",
                    help="library: tune each voxel's HRF on the session (saved as glm_tuning.npz in --out)")
@@ -103,9 +106,13 @@ def _calibration(args: argparse.Namespace) -> int:
     config = _train_config(args)
     cache = args.out / "embedding-cache"
     kind = args.embedder or ("openclip" if args.nsd else "standin")
-    if kind != "standin" and not args.nsd:
-        raise ConfigError(f"rtdecode {args.command}: --embedder {kind} needs --nsd (recorded sessions and simulated "
-                          "datasets use the built-in stimuli's stand-in tokens)")
+    images = getattr(args, "images", None)  # calibrate's only
+    if images is not None and not args.session:
+        raise ConfigError(f"rtdecode {args.command}: --images {images} goes with --session (a recorded session's own "
+                          "images); simulated datasets and NSD bring their images")
+    if kind != "standin" and not (args.nsd or images):
+        raise ConfigError(f"rtdecode {args.command}: --embedder {kind} needs --nsd or --images (recorded sessions "
+                          "without --images and simulated datasets use the built-in stimuli's stand-in tokens)")
     try:
         embedder, spec = token_space(kind)
         vae = None
@@ -186,7 +193,8 @@ def _calibrate_one(args: argparse.Namespace, config, spec, embedder, cache: Path
 
     holdout = args.holdout
     if args.session:
-        data = load_session(args.session, args.subject, cache, vae=vae, **_session_glm(args))
+        data = load_session(args.session, args.subject, cache, vae=vae, images_dir=args.images, embedder=embedder,
+                            **_session_glm(args))
     elif args.nsd:
         data = _nsd(args, args.subject, embedder, cache, vae)
         if holdout is None and (args.nsd / "wds" / f"subj0{args.subject}" / "new_test").is_dir():
@@ -220,9 +228,11 @@ def _print_figures(args: argparse.Namespace, out: Path) -> None:
             print(f"{name}held-out blurry branch: L1 {b['l1']:.3f}, Pearson r {b['pearson']:.2f}, "
                   f"2-way {b['two_way']:.0%} (chance 50%)")
     if args.command == "calibrate" and not args.no_report:
-        from calibration.report import write_report
+        from calibration.report import builtin_or_none, write_report
+        from rtdecode.gallery.folder import folder_source
 
-        print(f"report: {write_report(out, session=args.session)}")
+        images = builtin_or_none if args.images is None else folder_source(args.images)
+        print(f"report: {write_report(out, session=args.session, images=images)}")
 
 
 def _session_glm(args: argparse.Namespace) -> dict:
@@ -241,7 +251,8 @@ def _session_glm(args: argparse.Namespace) -> dict:
         runs, held = tuning_split(args.session, args.subject, args.holdout)
         # Without repeated training images (the default holdout takes them) the images' tokens score the tuning.
         tuning = tune_session(args.session, out=args.out, runs=runs, held_out=held,
-                              features=lambda ids: standin_tokens(ids, args.out / "embedding-cache"))
+                              features=lambda ids: standin_tokens(ids, args.out / "embedding-cache",
+                                                                  folder=args.images))
         print(describe(tuning))
     # Subtracted from each volume, as many as were chosen for the betas trained on (fast tier or end of run).
     n = denoise_count(denoise, tuned_count(tuning, "subtract", args.train_delay if args.train_on == "realtime" else None))

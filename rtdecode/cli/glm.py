@@ -37,6 +37,9 @@ def add_tune_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--runs", type=_run_list, default=None, help="tune on these runs only, e.g. 1,2,3 (default: all)")
     p.add_argument("--holdout", default=None, help="images left out of every criterion, as calibrate's --holdout: "
                    "runs:N,M, @FILE or id,id,... (default: none; calibrate leaves out its own held-out images)")
+    p.add_argument("--images", type=Path, default=None, metavar="DIR",
+                   help="the session's own images, a folder of PNG or JPEG files named by image id, whose stand-in "
+                        "tokens score the tuning (default: the ids are built-in stimulus ids)")
     p.set_defaults(func=_glm_tune)
 
 
@@ -60,7 +63,7 @@ def _glm_tune(args: argparse.Namespace) -> int:
         from calibration.build import standin_tokens
 
         print(describe(tune_session(args.session, args.tr, out=args.out, runs=runs, held_out=held,
-                                    features=standin_tokens)))
+                                    features=lambda ids: standin_tokens(ids, folder=args.images))))
     except (OSError, ValueError) as exc:
         raise ConfigError(f"rtdecode glm-tune: {exc}") from None
     print(f"GLM tuning -> {args.out / 'glm_tuning.npz'}")

@@ -49,3 +49,27 @@ def save_images(folder: str | Path, images: dict[str, Callable[[], np.ndarray]])
             Image.fromarray(make()).save(path)
         paths.append(path)
     return paths
+
+
+EMBED_SIZE = 256  # a folder's images are read at one size: every embedder resizes them again
+
+
+def folder_source(folder: str | Path, size: int = EMBED_SIZE) -> Callable[[list[str]], np.ndarray]:
+    """The images of ``folder`` by id, for embedding (``ids -> (N, size, size, 3)`` uint8). An id is looked up
+    among the folder's files, never made into a path; an id with no file is a FileNotFoundError naming the id
+    and the folder, as is an id with two files (x.png and x.jpg)."""
+    files = gallery_files(folder)
+    stems = [p.stem for p in Path(folder).iterdir() if p.suffix.lower() in SUFFIXES]
+    twice = sorted({s for s in stems if stems.count(s) > 1})
+    if twice:
+        raise FileNotFoundError(f"{folder}: image id {twice[0]!r} has more than one file; expected one PNG or JPEG "
+                                "per id")
+
+    def images(ids: list[str]) -> np.ndarray:
+        absent = [i for i in ids if i not in files]
+        if absent:
+            raise FileNotFoundError(f"image id {absent[0]!r}: no {absent[0]}.png, .jpg or .jpeg in {folder} "
+                                    f"({len(set(absent))} id(s) without a file); expected one image file per id")
+        return np.stack([load_image(files[i], size) for i in ids])
+
+    return images

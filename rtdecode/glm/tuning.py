@@ -19,7 +19,7 @@ import numpy as np
 
 from rtdecode.base.events import Events
 from rtdecode.base.recorded import MOTION, recorded_runs, session_folder, session_tr
-from rtdecode.glm.criteria import EncodingCriterion, RepeatCriterion
+from rtdecode.glm.criteria import MIN_PAIRS, EncodingCriterion, RepeatCriterion
 from rtdecode.glm.denoise import (
     MAX_COMPONENTS,
     NoiseSubtraction,
@@ -195,7 +195,10 @@ def _criterion(runs: list[TuningRun], held_out: frozenset[str] | set[str], featu
                 if criterion.usable:
                     notes.append(f"no image features ({exc}): scored by repeat reliability instead")
                     return criterion, scored, notes
-                raise
+                raise ValueError(f"{len(criterion.pairs)} pair(s) of repeated training images found, at least "
+                                 f"{MIN_PAIRS} needed to tune by repeat reliability, and no image features ({exc}): "
+                                 "hold out fewer repeated images, or give the images' features (--images DIR)"
+                                 ) from None
             criterion = EncodingCriterion(found, trial_runs, scored)
     return criterion, scored, notes
 

@@ -1,4 +1,4 @@
-"""``rtdecode bench betas``: how much better, and how much sooner, real-time betas get (issue 20).
+"""``rtdecode bench betas``: how much better, and how much sooner, real-time betas get.
 
 A simulated visit (``physiology = "varied"``: per-person and per-voxel HRF timing, shared slow noise;
 docs/simulated-brain.md) of one calibration hour and a few real-time runs whose images the hour never
@@ -305,19 +305,38 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _configs(text: str) -> str:
+    """--configs: letters of CONFIGS, at least one."""
+    unknown = sorted(set(text) - set(CONFIGS))
+    if not text or unknown:
+        raise argparse.ArgumentTypeError(f"expected letters of {''.join(CONFIGS)} (e.g. aeo), got {text!r}")
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
+    d = BetasSetup()
     p = argparse.ArgumentParser(prog="rtdecode bench betas", description=__doc__.split("\n\n")[0])
-    p.add_argument("--seeds", type=int, nargs="+", default=[0])
-    p.add_argument("--configs", default="abcreo")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0],
+                   help="simulated visits to measure, one per seed, e.g. --seeds 0 1 2 (default: 0)")
+    p.add_argument("--configs", type=_configs, default="abcreo",
+                   help="which configurations, one letter each (default: abcreo): " + "; ".join(
+                       f"{k} {name}" for k, (name, _) in CONFIGS.items()))
     p.add_argument("--out", type=Path, default=None, help="write results.json and table.md here")
-    p.add_argument("--calibration-runs", type=int, default=None)
-    p.add_argument("--realtime-runs", type=int, default=None)
-    p.add_argument("--voxels", type=int, default=None)
-    p.add_argument("--physiology", choices=("varied", "venous", "canonical"), default="varied")
-    p.add_argument("--no-grid", action="store_true", help="choose HRFs without voxel positions (issue 20's shrinkage)")
+    p.add_argument("--calibration-runs", type=int, default=None,
+                   help=f"runs of the calibration hour the tuning and decoder learn from (default: {d.calibration_runs})")
+    p.add_argument("--realtime-runs", type=int, default=None,
+                   help=f"real-time runs measured, of images the hour never shows (default: {d.realtime_runs})")
+    p.add_argument("--voxels", type=int, default=None,
+                   help=f"visual voxels simulated; the mask holds as many again that do not respond (default: "
+                        f"{d.roi_voxels})")
+    p.add_argument("--physiology", choices=("varied", "venous", "canonical"), default="varied",
+                   help="HRF timing of the simulated people (docs/simulated-brain.md; default: varied)")
+    p.add_argument("--no-grid", action="store_true",
+                   help="choose HRFs without voxel positions (each voxel shrunk towards the person's curve)")
     p.add_argument("--no-top1", action="store_true", help="betas only: skip the ridge decoder (and the hour's betas)")
     p.add_argument("--criterion", choices=("encoding", "repeats"), default="encoding",
-                   help="what scores the GLM tuning (docs/glm.md): the images' tokens, or repeat reliability (issue 20)")
+                   help="what scores the GLM tuning (docs/glm.md): the images' tokens, or repeat reliability "
+                        "(default: encoding)")
     p.add_argument("--merge", type=Path, nargs="+", default=None,
                    help="print one table from earlier --out folders (seeds run as separate processes)")
     args = p.parse_args(argv)

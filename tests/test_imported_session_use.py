@@ -104,3 +104,16 @@ def test_calibrate_trains_on_a_sessions_own_images(tmp_path, recorded, capsys): 
     assert main([*argv, "--images", str(folder)]) == 0
     evaluation = json.loads((tmp_path / "m" / "training.json").read_text())["evaluation"]
     assert evaluation["held_out_images"] == 5
+
+
+def test_images_go_with_a_session_and_one_file_per_id(tmp_path, capsys):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for name in ("own-1.png", "own-1.jpg", "own-2.png"):
+        Image.new("RGB", (8, 8)).save(folder / name)
+    assert main(["calibrate", "--dataset", str(tmp_path), "--subject", "a", "--out", str(tmp_path / "m"), "--images",
+                 str(folder)]) == 2
+    assert f"--images {folder} goes with --session" in capsys.readouterr().err
+    assert main(["glm-tune", str(tmp_path / "s" / "sub-01" / "ses-01"), "--out", str(tmp_path / "t"), "--images",
+                 str(folder)]) == 2
+    assert f"{folder}: image id 'own-1' has more than one file" in capsys.readouterr().err

@@ -114,6 +114,10 @@ def _calibration(args: argparse.Namespace) -> int:
         raise ConfigError(f"rtdecode {args.command}: --embedder {kind} needs --nsd or --images (recorded sessions "
                           "without --images and simulated datasets use the built-in stimuli's stand-in tokens)")
     try:
+        if images is not None:
+            from rtdecode.gallery.folder import folder_source
+
+            folder_source(images)  # the folder checked before the GLM runs
         embedder, spec = token_space(kind)
         vae = None
         if args.sd_vae is not None:

@@ -62,6 +62,11 @@ def _glm_tune(args: argparse.Namespace) -> int:
             runs = [r for r in args.runs if runs is None or r in runs]
         from calibration.build import standin_tokens
 
+        if args.images is not None:
+            from rtdecode.gallery.folder import folder_source
+
+            folder_source(args.images)  # the folder checked before any fit (ids are looked up when scored)
+
         print(describe(tune_session(args.session, args.tr, out=args.out, runs=runs, held_out=held,
                                     features=lambda ids: standin_tokens(ids, folder=args.images))))
     except (OSError, ValueError) as exc:

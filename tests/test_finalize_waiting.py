@@ -56,13 +56,19 @@ def test_finalize_keeps_open_a_killed_run_whose_files_wait_and_closes_it_once_a_
     assert _ends(tmp_path) == {1: "closed by session finalize"} and _folder(tmp_path).rejected() == []
 
 
-def test_finalize_close_anyway_says_what_it_drops(tmp_path, run32):
-    """--close-anyway closes the run all the same and names the files it drops."""
+def _killed_after(tmp_path, run32, n: int):
+    """A scanner side SIGKILLed once it stored the first ``n`` volumes of series 7 (run 1); its config."""
     config = _config(tmp_path)
     first = Scanner(tmp_path, config)
-    _feed(tmp_path, run32, 7, range(6), pause=0.02)
-    assert _wait(lambda: len(_stored(tmp_path, 1)) == 6, 60, first), first.output()
+    _feed(tmp_path, run32, 7, range(n), pause=0.02)
+    assert _wait(lambda: len(_stored(tmp_path, 1)) == n, 60, first), first.output()
     first.stop(signal.SIGKILL)
+    return config
+
+
+def test_finalize_close_anyway_says_what_it_drops(tmp_path, run32):
+    """--close-anyway closes the run all the same and names the files it drops."""
+    _killed_after(tmp_path, run32, 6)
     _feed(tmp_path, run32, 7, range(6, 10))
     done = _finalize(tmp_path, "--close-anyway")
     assert done.returncode == 0, done.stdout + done.stderr
@@ -73,11 +79,7 @@ def test_finalize_close_anyway_says_what_it_drops(tmp_path, run32):
 
 def test_a_restart_with_nothing_new_says_n_a_for_its_latencies(tmp_path, run32):
     """Finding 13: a restart that processes nothing printed "median 0.0 ms, p99 0.0 ms"."""
-    config = _config(tmp_path)
-    first = Scanner(tmp_path, config)
-    _feed(tmp_path, run32, 7, range(3), pause=0.02)
-    assert _wait(lambda: len(_stored(tmp_path, 1)) == 3, 60, first), first.output()
-    first.stop(signal.SIGKILL)
+    config = _killed_after(tmp_path, run32, 3)
     again = Scanner(tmp_path, config)
     assert _wait(lambda: "session sub-01" in again.output(), 60, again), again.output()
     assert again.stop(signal.SIGTERM) == 0, again.output()

@@ -18,7 +18,13 @@ def gallery_files(folder: str | Path) -> dict[str, Path]:
     paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in SUFFIXES)
     if not paths:
         raise FileNotFoundError(f"{folder}: no PNG or JPEG images to use as a gallery")
-    return {p.stem: p for p in paths}
+    files: dict[str, Path] = {}
+    for p in paths:
+        if p.stem in files:  # x.png and x.jpg: which picture the id names would depend on the sort order
+            raise FileNotFoundError(f"{folder}: image id {p.stem!r} has more than one file; expected one PNG or "
+                                    "JPEG per id")
+        files[p.stem] = p
+    return files
 
 
 def load_image(path: str | Path, size: int | None = None) -> np.ndarray:
@@ -59,11 +65,6 @@ def folder_source(folder: str | Path, size: int = EMBED_SIZE) -> Callable[[list[
     among the folder's files, never made into a path; an id with no file is a FileNotFoundError naming the id
     and the folder, as is an id with two files (x.png and x.jpg)."""
     files = gallery_files(folder)
-    stems = [p.stem for p in Path(folder).iterdir() if p.suffix.lower() in SUFFIXES]
-    twice = sorted({s for s in stems if stems.count(s) > 1})
-    if twice:
-        raise FileNotFoundError(f"{folder}: image id {twice[0]!r} has more than one file; expected one PNG or JPEG "
-                                "per id")
 
     def images(ids: list[str]) -> np.ndarray:
         absent = [i for i in ids if i not in files]
